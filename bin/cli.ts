@@ -1,0 +1,97 @@
+// What every command shares: global options, output, and turning errors into
+// one line and an exit code. Only bin/ exits the process.
+import { Command, CommanderError } from 'commander';
+import { EXIT, FerryError } from '../format/errors.js';
+
+export interface GlobalOptions {
+  json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
+  passphraseFile?: string;
+  passphraseCommand?: string;
+}
+
+export class Output {
+  constructor(readonly opts: GlobalOptions) {}
+  /** Human text on stdout (suppressed by --json and --quiet). */
+  info(line: string): void {
+    if (!this.opts.json && !this.opts.quiet) process.stdout.write(line + '\n');
+  }
+  /** Extra detail, only with --verbose. */
+  verbose(line: string): void {
+    if (this.opts.verbose && !this.opts.json) process.stderr.write(line + '\n');
+  }
+  warn(line: string): void {
+    if (!this.opts.quiet) process.stderr.write(`ferry: warning: ${line}\n`);
+  }
+  /** The one JSON document of --json. */
+  json(doc: unknown): void {
+    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+  }
+  /** Either the JSON document or the human lines. */
+  result(doc: unknown, human: () => void): void {
+    if (this.opts.json) this.json(doc);
+    else human();
+  }
+}
+
+/** The options every command takes. Commander puts them on the subcommand. */
+export function withGlobals(cmd: Command): Command {
+  return cmd
+    .option('--json', 'print one JSON document on stdout')
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('-v, --verbose', 'print more detail on stderr')
+    .option('--passphrase-file <file>', 'read the vault passphrase from this file')
+    .option('--passphrase-command <cmd>', 'run this command and read the passphrase from its output');
+}
+
+/**
+ * Wraps a command's action: the action returns an exit code (or nothing for
+ * 0); errors become one line on stderr and a stable exit code.
+ */
+export function action<A extends unknown[]>(
+  fn: (out: Output, ...args: A) => Promise<number | void>,
+): (...args: unknown[]) => Promise<void> {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const opts = cmd.optsWithGlobals() as GlobalOptions;
+    const out = new Output(opts);
+    try {
+      const code = await fn(out, ...(args.slice(0, -1) as A));
+      process.exitCode = code ?? EXIT.ok;
+    } catch (err) {
+      process.exitCode = report(err, out);
+    }
+  };
+}
+
+export function report(err: unknown, out?: Output): number {
+  if (err instanceof FerryError) {
+    if (out?.opts.json) process.stdout.write(JSON.stringify({ error: err.toJSON() }, null, 2) + '\n');
+    process.stderr.write(`ferry: ${err.message}\n`);
+    if (out?.opts.verbose && err.stack) process.stderr.write(err.stack + '\n');
+    return err.exitCode;
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.code === 'string' && e.syscall) {
+    // An OS error nobody translated: still one line, naming the path.
+    process.stderr.write(`ferry: ${e.syscall} ${e.path ?? ''}: ${e.message}\n`);
+    return EXIT.failed;
+  }
+  process.stderr.write(`ferry: internal error, please report it with this output:\n${(err as Error)?.stack ?? String(err)}\n`);
+  return EXIT.failed;
+}
+
+export function makeProgram(): Command {
+  const program = new Command('ferry');
+  program
+    .description('offline seeding, incremental backup and restore for Linux, built on VHD')
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
+  return program;
+}
+
+export function isCommanderError(err: unknown): err is CommanderError {
+  return err instanceof CommanderError;
+}

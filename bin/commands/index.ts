@@ -1,0 +1,5 @@
+// Every command module registers itself on the program. One file per command.
+import type { Command } from 'commander';
+import { register as vhd } from './vhd.js';
+
+export const commands: Array<(program: Command) => void> = [vhd];

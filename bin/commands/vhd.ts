@@ -1,0 +1,176 @@
+// ferry vhd info | check | cat | create | export | merge
+import type { Command } from 'commander';
+import { createReadStream } from 'node:fs';
+import { open as fsOpen, stat } from 'node:fs/promises';
+import { action, withGlobals, type Output } from '../cli.js';
+import { progressBar } from '../progress.js';
+import { FerryError, UsageError, formatSize, parseSize } from '../../format/errors.js';
+import {
+  createDifferencing,
+  createVhd,
+  exportDisk,
+  inspectVhd,
+  mergeVhd,
+  openChain,
+  problemLine,
+  writeVhd,
+  VhdError,
+} from '../../format/vhd/index.js';
+import type { Inspection } from '../../format/vhd/index.js';
+
+export function register(program: Command): void {
+  const vhd = program.command('vhd').description('inspect, create, export and merge VHD files');
+
+  withGlobals(vhd.command('info').argument('<file>', 'a VHD file').description('footer, header, geometry, chain and allocation'))
+    .action(action(async (out: Output, file: string) => {
+      const r = await inspectVhd(file);
+      out.result(r, () => printInfo(out, r));
+      return r.problems.some((p) => p.severity === 'fatal') ? 1 : 0;
+    }));
+
+  withGlobals(vhd.command('check').argument('<file>', 'a VHD file').description('exit 0 when clean, 1 with every problem listed'))
+    .action(action(async (out: Output, file: string) => {
+      const r = await inspectVhd(file);
+      const doc = { file, clean: r.problems.length === 0, problems: r.problems };
+      out.result(doc, () => {
+        if (r.problems.length === 0) out.info(`${file}: clean (${r.layers.length} disk${r.layers.length > 1 ? 's' : ''} in the chain)`);
+        for (const p of r.problems) process.stdout.write(`${p.severity}: ${problemLine(p)}\n`);
+      });
+      return r.problems.length === 0 ? 0 : 1;
+    }));
+
+  withGlobals(vhd.command('cat').argument('<file>', 'a VHD file').description('virtual bytes to stdout, through the chain'))
+    .option('--offset <n>', 'first byte', '0')
+    .option('--length <n>', 'number of bytes (default: to the end)')
+    .action(action(async (_out: Output, file: string, o: { offset: string; length?: string }) => {
+      const disk = await openChain(file);
+      try {
+        const offset = parseSize(o.offset, '--offset');
+        if (offset > disk.size) throw new UsageError(`--offset ${offset} is past the end of the disk (${disk.size} bytes)`);
+        const length = o.length !== undefined ? parseSize(o.length, '--length') : disk.size - offset;
+        if (offset + length > disk.size) throw new UsageError(`--offset + --length runs past the end of the disk (${disk.size} bytes)`);
+        await catTo(disk, offset, length);
+      } finally {
+        await disk.close();
+      }
+    }));
+
+  withGlobals(vhd.command('create').argument('<out>', 'the VHD to write').description('a new fixed, dynamic or differencing VHD'))
+    .option('--size <size>', 'virtual size (K, M, G, T suffixes)')
+    .option('--type <type>', 'fixed or dynamic', 'dynamic')
+    .option('--from <raw>', 'fill it from this raw image (its size is the disk size)')
+    .option('--parent <vhd>', 'make a differencing disk over this VHD')
+    .action(action(async (out: Output, file: string, o: { size?: string; type: string; from?: string; parent?: string }) => {
+      if (o.type !== 'fixed' && o.type !== 'dynamic') throw new UsageError(`--type must be fixed or dynamic (got ${JSON.stringify(o.type)})`);
+      const type = o.type as 'fixed' | 'dynamic';
+      if (o.parent) {
+        if (o.size || o.from) throw new UsageError('--parent cannot be combined with --size or --from: a differencing disk has its parent\'s size');
+        await createDifferencing(file, o.parent);
+        out.info(`created differencing disk ${file} over ${o.parent}`);
+        return;
+      }
+      if (o.from) {
+        const size = await rawSize(o.from, o.size);
+        const bar = progressBar(out.opts, 'create');
+        const src = await fsOpen(o.from, 'r');
+        const bs = 2 * 1024 * 1024;
+        try {
+          await writeVhd(file, { size, type }, async (i) => {
+            const len = Math.min(bs, size - i * bs);
+            const buf = Buffer.alloc(len);
+            let done = 0;
+            while (done < len) {
+              const { bytesRead } = await src.read(buf, done, len - done, i * bs + done);
+              if (bytesRead === 0) break; // short source: the rest stays zero
+              done += bytesRead;
+            }
+            return buf;
+          }, (d, t) => bar.update(d, t));
+        } finally {
+          bar.stop();
+          await src.close();
+        }
+        out.result({ file, size, type }, () => out.info(`created ${type} disk ${file} (${formatSize(size)}) from ${o.from}`));
+        return;
+      }
+      if (!o.size) throw new UsageError('vhd create needs --size, --from or --parent');
+      const size = parseSize(o.size, '--size');
+      await createVhd(file, { size, type });
+      out.result({ file, size, type }, () => out.info(`created ${type} disk ${file} (${formatSize(size)})`));
+    }));
+
+  withGlobals(vhd.command('export').argument('<file>', 'a VHD file (a chain reads as one disk)').description('flatten a chain into one raw or VHD file'))
+    .requiredOption('--to <out>', 'the file to write')
+    .option('--type <type>', 'raw, fixed or dynamic', 'raw')
+    .action(action(async (out: Output, file: string, o: { to: string; type: string }) => {
+      if (!['raw', 'fixed', 'dynamic'].includes(o.type)) throw new UsageError(`--type must be raw, fixed or dynamic (got ${JSON.stringify(o.type)})`);
+      const disk = await openChain(file);
+      const bar = progressBar(out.opts, 'export');
+      try {
+        await exportDisk(disk, o.to, o.type as 'raw' | 'fixed' | 'dynamic', (d, t) => bar.update(d, t));
+      } finally {
+        bar.stop();
+        await disk.close();
+      }
+      out.result({ file, to: o.to, type: o.type }, () => out.info(`exported ${file} to ${o.to} (${o.type})`));
+    }));
+
+  withGlobals(vhd.command('merge').argument('<child>', 'a differencing VHD').description('coalesce a child into its parent'))
+    .action(action(async (out: Output, child: string) => {
+      const bar = progressBar(out.opts, 'merge');
+      try {
+        const r = await mergeVhd(child, { onProgress: (d, t) => bar.update(d, t) });
+        bar.stop();
+        out.result(r, () =>
+          out.info(`merged ${child} into ${r.parent}: ${r.blocks} blocks, ${formatSize(r.bytes)}${r.resumedAt ? ` (resumed at block ${r.resumedAt})` : ''}; the parent now reads as the chain did and ${child} can be deleted`),
+        );
+      } finally {
+        bar.stop();
+      }
+    }));
+}
+
+async function rawSize(from: string, size?: string): Promise<number> {
+  let st;
+  try {
+    st = await stat(from);
+  } catch {
+    throw new FerryError('NO_SUCH_FILE', `--from ${from}: no such file`);
+  }
+  let n = size ? parseSize(size, '--size') : st.size;
+  if (!size && n % 512 !== 0) n = Math.ceil(n / 512) * 512; // pad a ragged image with zeros
+  if (n === 0) throw new UsageError(`--from ${from} is empty; give --size for an empty disk`);
+  return n;
+}
+
+async function catTo(disk: Awaited<ReturnType<typeof openChain>>, offset: number, length: number): Promise<void> {
+  const chunk = 4 * 1024 * 1024;
+  const stdout = process.stdout;
+  let broken = false;
+  stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') broken = true;
+  });
+  for (let pos = offset; pos < offset + length && !broken; ) {
+    const n = Math.min(chunk, offset + length - pos);
+    const buf = await disk.read(pos, n);
+    if (!stdout.write(buf)) await new Promise<void>((res) => { stdout.once('drain', res); stdout.once('error', () => res()); });
+    pos += n;
+  }
+}
+
+function printInfo(out: Output, r: Inspection): void {
+  r.layers.forEach((l, i) => {
+    out.info(`${i === 0 ? '' : 'parent: '}${l.file}`);
+    out.info(`  type ${l.type ?? '?'}, virtual size ${l.size ?? '?'} bytes${l.size ? ` (${formatSize(l.size)})` : ''}, file ${l.fileSize} bytes`);
+    if (l.geometry) out.info(`  geometry ${l.geometry.cylinders}/${l.geometry.heads}/${l.geometry.sectorsPerTrack} (C/H/S), creator ${l.creator} on ${l.creatorOs}, ${l.timestamp}`);
+    if (l.uniqueId) out.info(`  unique id ${l.uniqueId}`);
+    if (l.blockSize) out.info(`  blocks ${l.allocatedBlocks}/${l.blocks} allocated, ${formatSize(l.blockSize)} each`);
+    if (l.parentName !== undefined) {
+      out.info(`  parent name ${JSON.stringify(l.parentName)}, parent id ${l.parentUniqueId}`);
+      for (const loc of l.locators ?? []) out.info(`  locator ${loc.index} ${loc.code} ${JSON.stringify(loc.path ?? '?')}`);
+    }
+  });
+  for (const p of r.problems) out.info(`${p.severity}: ${problemLine(p)}`);
+}
+
+export { VhdError };

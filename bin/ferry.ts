@@ -1,0 +1,24 @@
+// ferry's command line: builds the commander program from bin/commands/*.
+import { EXIT } from '../format/errors.js';
+import { isCommanderError, makeProgram, report } from './cli.js';
+import { commands } from './commands/index.js';
+
+export async function main(argv: string[]): Promise<void> {
+  // `ferry ... | head` closes our stdout early: that is not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+  const program = makeProgram();
+  for (const register of commands) register(program);
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (isCommanderError(err)) {
+      // help and version are not errors; everything else commander rejects is usage
+      process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+      return;
+    }
+    process.exitCode = report(err);
+  }
+}

@@ -1,0 +1,41 @@
+// The only place that draws progress bars: on a terminal, unless --quiet or --json.
+import cliProgress from 'cli-progress';
+import type { GlobalOptions } from './cli.js';
+import { formatSize } from '../format/errors.js';
+
+export interface Bar {
+  update(done: number, total: number, extra?: string): void;
+  stop(): void;
+}
+
+export function progressBar(opts: GlobalOptions, label: string): Bar {
+  if (opts.quiet || opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
+  const started = Date.now();
+  const bar = new cliProgress.SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% {doneh}/{totalh} {rate} eta {eta_formatted} {extra}`,
+      hideCursor: true,
+      clearOnComplete: true,
+      etaBuffer: 50,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  let begun = false;
+  return {
+    update(done, total, extra = '') {
+      const secs = (Date.now() - started) / 1000;
+      const payload = { doneh: formatSize(done), totalh: formatSize(total), rate: secs > 0 ? `${formatSize(done / secs)}/s` : '', extra };
+      if (!begun) {
+        bar.start(total, done, payload);
+        begun = true;
+      } else {
+        bar.setTotal(total);
+        bar.update(done, payload);
+      }
+    },
+    stop() {
+      if (begun) bar.stop();
+    },
+  };
+}

@@ -1,0 +1,92 @@
+// Inspection without throwing: what `ferry vhd info` and `ferry vhd check`
+// show. Decoding already collected the problems; here the chain is followed
+// and each layer's facts are gathered.
+import { decodeVhd, type Decoded } from './decode.js';
+import { openChain } from './chain.js';
+import { diskTypeName, UNUSED } from './layout.js';
+import { type Problem, VhdError } from './problems.js';
+import { FileStorage } from './vhd.js';
+import { FerryError } from '../errors.js';
+
+export interface LayerInfo {
+  file: string;
+  type?: string;
+  size?: number;
+  blockSize?: number;
+  blocks?: number;
+  allocatedBlocks?: number;
+  fileSize: number;
+  uniqueId?: string;
+  creator?: string;
+  creatorOs?: string;
+  timestamp?: string;
+  geometry?: { cylinders: number; heads: number; sectorsPerTrack: number };
+  parentName?: string;
+  parentUniqueId?: string;
+  locators?: Array<{ index: number; code: string; path?: string }>;
+}
+
+export interface Inspection {
+  layers: LayerInfo[];
+  problems: Problem[];
+}
+
+function layerInfo(d: Decoded): LayerInfo {
+  const f = d.footer;
+  const info: LayerInfo = { file: d.name, fileSize: d.fileSize };
+  if (!f) return info;
+  info.type = diskTypeName(f.diskType) ?? `unknown (${f.diskType})`;
+  info.size = d.size;
+  info.uniqueId = f.uniqueId.toString('hex');
+  info.creator = `${f.creatorApp.replace(/\0/g, '\\0')} ${f.creatorVersion >>> 16}.${f.creatorVersion & 0xffff}`;
+  info.creatorOs = f.creatorOs.replace(/\0/g, '\\0');
+  info.timestamp = new Date((f.timestamp + 946684800) * 1000).toISOString();
+  info.geometry = { cylinders: f.cylinders, heads: f.heads, sectorsPerTrack: f.sectorsPerTrack };
+  if (d.blockSize) info.blockSize = d.blockSize;
+  if (d.bat) {
+    info.blocks = d.bat.length;
+    let n = 0;
+    for (const e of d.bat) if (e !== UNUSED) n++;
+    info.allocatedBlocks = n;
+  }
+  if (d.type === 'differencing' && d.header) {
+    info.parentName = d.parentName;
+    info.parentUniqueId = d.header.parentUniqueId.toString('hex');
+    info.locators = d.locators.map((l) => ({ index: l.index, code: l.platformCode, path: l.path }));
+  }
+  return info;
+}
+
+/** Decodes `path` and every parent it can find; never throws for bad content. */
+export async function inspectVhd(path: string): Promise<Inspection> {
+  const layers: LayerInfo[] = [];
+  const problems: Problem[] = [];
+  const storage = await FileStorage.open(path, false);
+  let d: Decoded;
+  try {
+    d = await decodeVhd(storage);
+  } finally {
+    await storage.close();
+  }
+  layers.push(layerInfo(d));
+  problems.push(...d.problems);
+  if (d.type !== 'differencing' || d.problems.some((p) => p.severity === 'fatal')) return { layers, problems };
+  // Follow the chain; problems of the parents count too.
+  try {
+    const top = await openChain(path);
+    try {
+      for (let p = top.parent as (typeof top) | null; p; p = p.parent as (typeof top) | null) {
+        layers.push(layerInfo(p.info));
+        problems.push(...p.info.problems);
+      }
+      problems.push(...top.info.problems.filter((x) => !d.problems.includes(x) && x.code === 'VHD_PARENT_SIZE'));
+    } finally {
+      await top.close();
+    }
+  } catch (err) {
+    if (err instanceof VhdError) problems.push(err.problem);
+    else if (err instanceof FerryError) problems.push({ code: 'VHD_PARENT_MISSING', severity: 'fatal', file: path, message: err.message });
+    else throw err;
+  }
+  return { layers, problems };
+}

@@ -1,0 +1,283 @@
+// Creating VHDs: empty fixed, dynamic and differencing disks, and a streaming
+// writer that lays a whole disk out in one sequential pass (header, blocks,
+// then the BAT and footer), which is what `create --from` and `export` use.
+import { randomBytes } from 'node:crypto';
+import { open as fsOpen, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, relative, resolve } from 'node:path';
+import { checkArg } from '../errors.js';
+import { geometryToWrite } from './geometry.js';
+import {
+  DEFAULT_BLOCK_SIZE,
+  DiskType,
+  type DynamicHeader,
+  FIXED_DATA_OFFSET,
+  FOOTER_COOKIE,
+  type Footer,
+  HEADER_COOKIE,
+  LocatorStruct,
+  MAX_VHD_SIZE,
+  SECTOR,
+  UNUSED,
+  VHD_VERSION,
+  bitmapSize,
+  encodeFooter,
+  encodeHeader,
+  vhdTimestamp,
+} from './layout.js';
+import { VhdDisk } from './vhd.js';
+
+export const CREATOR_APP = 'frry';
+export const CREATOR_VERSION = 0x00010000;
+
+export interface FooterOptions {
+  size: number;
+  type: 'fixed' | 'dynamic' | 'differencing';
+  uniqueId?: Buffer;
+  date?: Date;
+}
+
+export function makeFooter(o: FooterOptions): Footer {
+  const g = geometryToWrite(o.size);
+  return {
+    cookie: FOOTER_COOKIE,
+    features: 2,
+    version: VHD_VERSION,
+    dataOffset: o.type === 'fixed' ? FIXED_DATA_OFFSET : 512n,
+    timestamp: vhdTimestamp(o.date),
+    creatorApp: CREATOR_APP,
+    creatorVersion: CREATOR_VERSION,
+    creatorOs: 'Wi2k',
+    originalSize: BigInt(o.size),
+    currentSize: BigInt(o.size),
+    cylinders: g.cylinders,
+    heads: g.heads,
+    sectorsPerTrack: g.sectorsPerTrack,
+    diskType: DiskType[o.type],
+    checksum: 0,
+    uniqueId: o.uniqueId ?? randomBytes(16),
+    savedState: 0,
+  };
+}
+
+export function checkSize(size: number): void {
+  checkArg(
+    Number.isSafeInteger(size) && size > 0 && size % SECTOR === 0 && size <= MAX_VHD_SIZE,
+    'size',
+    `a multiple of 512 bytes between 512 and 2040 GiB`,
+    size,
+  );
+}
+
+export interface ParentRef {
+  /** Absolute path of the parent file. */
+  path: string;
+  uniqueId: Buffer;
+  /** Parent modification time, in seconds since 2000 (the spec's "parent time stamp"). */
+  timestamp: number;
+}
+
+interface Layout {
+  header: Buffer;
+  batOffset: number;
+  batEntries: number;
+  locatorData: Array<{ offset: number; data: Buffer }>;
+  dataStart: number;
+}
+
+/** Header, BAT position and locator sectors of a new dynamic or differencing disk at `childPath`. */
+function layoutDynamic(size: number, blockSize: number, childPath: string, parent?: ParentRef): Layout {
+  const batEntries = Math.ceil(size / blockSize);
+  const batBytes = Math.ceil((batEntries * 4) / SECTOR) * SECTOR;
+  // Locator data goes between the header and the BAT: qemu puts new blocks
+  // right after the BAT whatever lies there, so nothing of ours may live there.
+  let next = 512 + 1024;
+  const locators = Buffer.alloc(8 * 24);
+  const locatorData: Layout['locatorData'] = [];
+  let parentName = Buffer.alloc(512);
+  if (parent) {
+    const rel = relative(dirname(resolve(childPath)), parent.path) || basename(parent.path);
+    const relWin = '.\\' + rel.split('/').join('\\');
+    const relPosix = rel.startsWith('.') ? rel : './' + rel;
+    const entries: Array<[string, Buffer]> = [
+      ['W2ru', Buffer.from(relWin, 'utf16le')],
+      ['W2ku', Buffer.from(parent.path, 'utf16le')],
+      ['MacX', Buffer.from('file://' + encodeURI(relPosix), 'utf8')],
+    ];
+    entries.forEach(([code, data], i) => {
+      const space = Math.ceil(data.length / SECTOR) * SECTOR;
+      // Data space in bytes, as Windows, Virtual PC and blktap write it.
+      LocatorStruct.encode({ platformCode: code, dataSpace: space, dataLength: data.length, reserved: 0, dataOffset: BigInt(next) }, locators, i * 24);
+      locatorData.push({ offset: next, data });
+      next += space;
+    });
+    const name = Buffer.from(parent.path, 'utf16le').swap16();
+    parentName = Buffer.alloc(512);
+    name.copy(parentName, 0, 0, Math.min(512, name.length));
+  }
+  const batOffset = next;
+  next += batBytes;
+  const h: DynamicHeader = {
+    cookie: HEADER_COOKIE,
+    dataOffset: 0xffffffffffffffffn,
+    tableOffset: BigInt(batOffset),
+    version: VHD_VERSION,
+    maxTableEntries: batEntries,
+    blockSize,
+    checksum: 0,
+    parentUniqueId: parent ? parent.uniqueId : Buffer.alloc(16),
+    parentTimestamp: parent ? parent.timestamp : 0,
+    parentName,
+    locators,
+  };
+  return { header: encodeHeader(h), batOffset, batEntries, locatorData, dataStart: next };
+}
+
+export interface CreateOptions {
+  size: number;
+  type?: 'fixed' | 'dynamic';
+  blockSize?: number;
+  date?: Date;
+  uniqueId?: Buffer;
+}
+
+/**
+ * Streams a whole disk into `path` in one pass. `blockAt(i)` gives block i's
+ * bytes (exactly blockSize, or less for the last one) or null when it holds
+ * only zeros; null blocks stay unallocated in a dynamic disk. The file is
+ * written under a temporary name and renamed into place when complete.
+ */
+export async function writeVhd(
+  path: string,
+  opts: CreateOptions,
+  blockAt: (index: number) => Promise<Buffer | null>,
+  onProgress?: (done: number, total: number) => void,
+): Promise<void> {
+  checkSize(opts.size);
+  const type = opts.type ?? 'dynamic';
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
+  checkArg(blockSize >= SECTOR && (blockSize & (blockSize - 1)) === 0, 'blockSize', 'a power of two of at least 512', blockSize);
+  const footer = encodeFooter(makeFooter({ size: opts.size, type, date: opts.date, uniqueId: opts.uniqueId }));
+  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  const fh = await fsOpen(tmp, 'w');
+  try {
+    const count = Math.ceil(opts.size / blockSize);
+    // Prefetch one block ahead so reading the source overlaps writing.
+    let pending = count > 0 ? blockAt(0) : null;
+    if (type === 'fixed') {
+      let pos = 0;
+      for (let i = 0; i < count; i++) {
+        const b = await pending!;
+        pending = i + 1 < count ? blockAt(i + 1) : null;
+        const len = Math.min(blockSize, opts.size - i * blockSize);
+        if (b) await writeAll(fh, b.subarray(0, len), pos);
+        pos += len;
+        onProgress?.(pos, opts.size);
+      }
+      await writeAll(fh, footer, opts.size);
+    } else {
+      const lay = layoutDynamic(opts.size, blockSize, path);
+      const bat = Buffer.alloc(Math.ceil((lay.batEntries * 4) / SECTOR) * SECTOR, 0xff);
+      const bmBytes = bitmapSize(blockSize);
+      const bm = Buffer.alloc(bmBytes, 0xff);
+      let pos = lay.dataStart;
+      for (let i = 0; i < count; i++) {
+        const b = await pending!;
+        pending = i + 1 < count ? blockAt(i + 1) : null;
+        if (b && !isZero(b)) {
+          bat.writeUInt32BE(pos / SECTOR, i * 4);
+          await writeAll(fh, bm, pos);
+          await writeAll(fh, b, pos + bmBytes);
+          if (b.length < blockSize) await writeAll(fh, Buffer.alloc(blockSize - b.length), pos + bmBytes + b.length);
+          pos += bmBytes + blockSize;
+        }
+        onProgress?.(Math.min((i + 1) * blockSize, opts.size), opts.size);
+      }
+      await writeAll(fh, footer, 0);
+      await writeAll(fh, lay.header, 512);
+      await writeAll(fh, bat, lay.batOffset);
+      await writeAll(fh, footer, pos);
+    }
+    await fh.sync();
+    await fh.close();
+    await rename(tmp, path);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+const ZERO = Buffer.alloc(DEFAULT_BLOCK_SIZE);
+export function isZero(b: Buffer): boolean {
+  for (let off = 0; off < b.length; off += ZERO.length) {
+    const n = Math.min(ZERO.length, b.length - off);
+    if (b.compare(ZERO, 0, n, off, off + n) !== 0) return false;
+  }
+  return true;
+}
+
+async function writeAll(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, pos + done);
+    done += bytesWritten;
+  }
+}
+
+/** Creates an empty fixed or dynamic disk. */
+export async function createVhd(path: string, opts: CreateOptions): Promise<void> {
+  if ((opts.type ?? 'dynamic') === 'fixed') {
+    checkSize(opts.size);
+    // A fixed disk is its data then a footer: extend the file sparsely.
+    const tmp = `${path}.ferry-tmp-${process.pid}`;
+    const fh = await fsOpen(tmp, 'w');
+    try {
+      await writeAll(fh, encodeFooter(makeFooter({ size: opts.size, type: 'fixed', date: opts.date, uniqueId: opts.uniqueId })), opts.size);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
+    return;
+  }
+  await writeVhd(path, opts, async () => null);
+}
+
+/** Creates a differencing disk at `path` over the VHD at `parentPath`. */
+export async function createDifferencing(path: string, parentPath: string, opts: { date?: Date; uniqueId?: Buffer } = {}): Promise<void> {
+  const parentAbs = resolve(parentPath);
+  const parent = await VhdDisk.open(parentAbs);
+  let ref: ParentRef;
+  let size: number;
+  let blockSize: number;
+  try {
+    const st = await stat(parentAbs);
+    size = parent.size;
+    blockSize = parent.type === 'fixed' ? DEFAULT_BLOCK_SIZE : parent.blockSize;
+    ref = { path: parentAbs, uniqueId: parent.uniqueId, timestamp: vhdTimestamp(st.mtime) };
+  } finally {
+    await parent.close();
+  }
+  const lay = layoutDynamic(size, blockSize, path, ref);
+  const footer = encodeFooter(makeFooter({ size, type: 'differencing', date: opts.date, uniqueId: opts.uniqueId }));
+  const bat = Buffer.alloc(Math.ceil((lay.batEntries * 4) / SECTOR) * SECTOR, 0xff);
+  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  const fh = await fsOpen(tmp, 'w');
+  try {
+    await writeAll(fh, footer, 0);
+    await writeAll(fh, lay.header, 512);
+    await writeAll(fh, bat, lay.batOffset);
+    for (const l of lay.locatorData) {
+      const sector = Buffer.alloc(Math.ceil(l.data.length / SECTOR) * SECTOR);
+      l.data.copy(sector);
+      await writeAll(fh, sector, l.offset);
+    }
+    await writeAll(fh, footer, lay.dataStart);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+}
+
+export { UNUSED };

@@ -1,0 +1,59 @@
+// Flattening any Disk (a chain, a vault disk) into a raw image or a VHD.
+import { open as fsOpen, rename, rm } from 'node:fs/promises';
+import type { Disk } from '../disk.js';
+import { writeVhd } from './create.js';
+
+export type ExportType = 'raw' | 'fixed' | 'dynamic';
+
+export async function exportDisk(
+  disk: Disk,
+  to: string,
+  type: ExportType,
+  onProgress?: (done: number, total: number) => void,
+): Promise<void> {
+  const bs = 2 * 1024 * 1024;
+  const blockAt = async (i: number): Promise<Buffer | null> => {
+    const start = i * bs;
+    const len = Math.min(bs, disk.size - start);
+    // Blocks no layer holds are zero: skip reading them.
+    if (!anyLayerHas(disk, start, len)) return null;
+    return disk.read(start, len);
+  };
+  if (type !== 'raw') {
+    await writeVhd(to, { size: disk.size, type, blockSize: bs }, blockAt, onProgress);
+    return;
+  }
+  const tmp = `${to}.ferry-tmp-${process.pid}`;
+  const fh = await fsOpen(tmp, 'w');
+  try {
+    const count = Math.ceil(disk.size / bs);
+    let pending = count > 0 ? blockAt(0) : null;
+    for (let i = 0; i < count; i++) {
+      const b = await pending!;
+      pending = i + 1 < count ? blockAt(i + 1) : null;
+      if (b) {
+        let done = 0;
+        while (done < b.length) done += (await fh.write(b, done, b.length - done, i * bs + done)).bytesWritten;
+      }
+      onProgress?.(Math.min((i + 1) * bs, disk.size), disk.size);
+    }
+    await fh.truncate(disk.size);
+    await fh.sync();
+    await fh.close();
+    await rename(tmp, to);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/** Whether any layer of the chain holds data in [start, start+len). */
+function anyLayerHas(disk: Disk, start: number, len: number): boolean {
+  for (let d: Disk | null = disk; d; d = d.parent) {
+    const first = Math.floor(start / d.blockSize);
+    const last = Math.floor((start + len - 1) / d.blockSize);
+    for (let i = first; i <= last; i++) if (d.hasBlock(i)) return true;
+  }
+  return false;
+}

@@ -1,0 +1,448 @@
+// A VHD (fixed, dynamic or differencing) as a Disk: reads through its chain,
+// writes into its own layer, allocates blocks the way qemu does (block where
+// the footer was, then the footer at the new end, then the BAT entry), so
+// that a write torn at any instant leaves a file that still opens.
+import { open as fsOpen, type FileHandle } from 'node:fs/promises';
+import type { Disk, Extent } from '../disk.js';
+import { checkArg } from '../errors.js';
+import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
+import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
+import { type Problem, VhdError } from './problems.js';
+
+/** Random read/write access to the bytes of a VHD. */
+export interface VhdStorage extends ByteSource {
+  readonly writable: boolean;
+  write(position: number, data: Buffer): Promise<void>;
+  sync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export class FileStorage implements VhdStorage {
+  private constructor(
+    readonly name: string,
+    private readonly fh: FileHandle,
+    readonly writable: boolean,
+    private length: number,
+  ) {}
+
+  static async open(path: string, writable: boolean): Promise<FileStorage> {
+    let fh: FileHandle;
+    try {
+      fh = await fsOpen(path, writable ? 'r+' : 'r');
+    } catch (err) {
+      throw openError(path, err as NodeJS.ErrnoException);
+    }
+    const st = await fh.stat();
+    if (!st.isFile() && !st.isBlockDevice()) {
+      await fh.close();
+      throw new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: 'not a regular file' });
+    }
+    return new FileStorage(path, fh, writable, st.size);
+  }
+
+  async size(): Promise<number> {
+    return this.length;
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.fh.read(buf, done, length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done === length ? buf : buf.subarray(0, done);
+  }
+
+  async readInto(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.fh.read(buf, offset + done, length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  }
+
+  async write(position: number, data: Buffer): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
+      done += bytesWritten;
+    }
+    if (position + data.length > this.length) this.length = position + data.length;
+  }
+
+  async sync(): Promise<void> {
+    await this.fh.sync();
+  }
+
+  async close(): Promise<void> {
+    await this.fh.close();
+  }
+}
+
+export function openError(path: string, err: NodeJS.ErrnoException): Error {
+  const why: Record<string, string> = {
+    ENOENT: 'no such file',
+    EACCES: 'permission denied',
+    EISDIR: 'is a directory, not a VHD file',
+    EROFS: 'read-only file system',
+  };
+  if (err.code && why[err.code]) {
+    return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: why[err.code] });
+  }
+  return err;
+}
+
+/** Bit i of a VHD sector bitmap: MSB first. */
+function bit(bm: Buffer, i: number): boolean {
+  return (bm[i >> 3] & (0x80 >> (i & 7))) !== 0;
+}
+
+export interface VhdOpenOptions {
+  writable?: boolean;
+  /** The parent layer of a differencing disk (see chain.ts for resolving it). */
+  parent?: Disk | null;
+}
+
+export class VhdDisk implements Disk {
+  readonly name: string;
+  readonly size: number;
+  readonly blockSize: number;
+  readonly blockCount: number;
+  readonly type: 'fixed' | 'dynamic' | 'differencing';
+  readonly writable: boolean;
+  parent: Disk | null;
+  readonly footer: Footer;
+  readonly info: Decoded;
+  private readonly bat: Uint32Array | undefined;
+  private readonly bitmapBytes: number;
+  private readonly bitmaps = new Map<number, Buffer>();
+  /** Where the next block goes: the footer's position, or past whatever a torn write left. */
+  private nextFree: number;
+  private footerBuf: Buffer;
+  private closed = false;
+
+  protected constructor(readonly storage: VhdStorage, d: Decoded, parent: Disk | null) {
+    this.name = storage.name;
+    this.info = d;
+    this.footer = d.footer!;
+    this.type = d.type!;
+    this.size = d.size!;
+    this.writable = storage.writable;
+    this.parent = parent;
+    this.bat = d.bat;
+    // Fixed disks have no blocks; present them as 2 MiB units, all allocated.
+    this.blockSize = d.blockSize ?? 2 * 1024 * 1024;
+    this.blockCount = Math.ceil(this.size / this.blockSize);
+    this.bitmapBytes = d.blockSize ? bitmapSize(d.blockSize) : 0;
+    this.footerBuf = encodeFooter(this.footer);
+    const end = d.footerAtEnd ? d.footerOffset! : d.fileSize;
+    this.nextFree = Math.ceil(end / SECTOR) * SECTOR;
+  }
+
+  get problems(): Problem[] {
+    return this.info.problems;
+  }
+
+  /** Opens a VHD from its storage; fatal problems throw a VhdError. */
+  static async fromStorage(storage: VhdStorage, opts: VhdOpenOptions = {}): Promise<VhdDisk> {
+    const d = await decodeVhd(storage);
+    if (isFatal(d)) {
+      await storage.close();
+      throw new VhdError(d.problems.find((p) => p.severity === 'fatal')!);
+    }
+    const disk = new VhdDisk(storage, d, opts.parent ?? null);
+    if (storage.writable) await disk.repairTail();
+    return disk;
+  }
+
+  static async open(path: string, opts: VhdOpenOptions = {}): Promise<VhdDisk> {
+    const storage = await FileStorage.open(path, !!opts.writable);
+    return VhdDisk.fromStorage(storage, opts);
+  }
+
+  /** A writer found no footer at the end (a torn allocation): put one back. */
+  private async repairTail(): Promise<void> {
+    if (this.type === 'fixed' || this.info.footerAtEnd) return;
+    await this.storage.write(this.nextFree, this.footerBuf);
+    this.info.footerAtEnd = true;
+    this.info.footerOffset = this.nextFree;
+  }
+
+  get parentUniqueId(): Buffer | undefined {
+    return this.info.header?.parentUniqueId;
+  }
+
+  get uniqueId(): Buffer {
+    return this.footer.uniqueId;
+  }
+
+  hasBlock(index: number): boolean {
+    if (this.type === 'fixed') return index >= 0 && index < this.blockCount;
+    return !!this.bat && index < this.bat.length && this.bat[index] !== UNUSED && this.blockOk(index);
+  }
+
+  /** File offset of block `index`'s bitmap, or undefined when absent. */
+  blockOffset(index: number): number | undefined {
+    if (!this.bat || index >= this.bat.length || this.bat[index] === UNUSED) return undefined;
+    return this.bat[index] * SECTOR;
+  }
+
+  private blockOk(index: number): boolean {
+    return this.bat![index] * SECTOR + this.bitmapBytes <= this.storageEnd();
+  }
+
+  private storageEnd(): number {
+    return this.info.footerAtEnd ? this.info.footerOffset! : this.info.fileSize;
+  }
+
+  private async bitmap(index: number): Promise<Buffer> {
+    let bm = this.bitmaps.get(index);
+    if (bm) return bm;
+    const pos = this.bat![index] * SECTOR;
+    bm = await this.storage.read(pos, this.bitmapBytes);
+    if (bm.length < this.bitmapBytes) this.pastEnd(index);
+    if (this.bitmaps.size >= 8192) this.bitmaps.clear();
+    this.bitmaps.set(index, bm);
+    return bm;
+  }
+
+  private pastEnd(index: number): never {
+    throw new VhdError({
+      code: 'VHD_BAT_PAST_END',
+      severity: 'error',
+      file: this.name,
+      offset: Number(this.info.header?.tableOffset ?? 0) + index * 4,
+      field: `bat[${index}]`,
+      message: `block ${index} lies past the end of the file; the disk is truncated or its block table is damaged`,
+    });
+  }
+
+  private checkRange(offset: number, length: number, what: string): void {
+    if (this.closed) throw new Error(`${this.name} is closed`);
+    checkArg(
+      Number.isSafeInteger(offset) && Number.isSafeInteger(length) && offset >= 0 && length >= 0 && offset + length <= this.size,
+      what,
+      `inside the disk (0..${this.size})`,
+      `${offset}+${length}`,
+    );
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange(offset, length, 'read range');
+    const out = Buffer.alloc(length);
+    await this.readInto(out, offset);
+    return out;
+  }
+
+  /** Fills `out` with the chain's bytes from `offset`; `out` arrives zeroed. */
+  async readInto(out: Buffer, offset: number): Promise<void> {
+    const length = out.length;
+    if (this.type === 'fixed') {
+      const got = await this.storage.read(offset, length);
+      if (got.length < length) {
+        throw new VhdError({
+          code: 'VHD_TRUNCATED',
+          severity: 'error',
+          file: this.name,
+          offset: offset + got.length,
+          message: `fixed disk ends before its declared size (${this.size} bytes)`,
+        });
+      }
+      got.copy(out);
+      return;
+    }
+    const bs = this.blockSize;
+    for (let pos = offset; pos < offset + length; ) {
+      const bi = Math.floor(pos / bs);
+      const inBlock = pos - bi * bs;
+      const n = Math.min(bs - inBlock, offset + length - pos);
+      const dst = out.subarray(pos - offset, pos - offset + n);
+      await this.readBlockPart(bi, inBlock, dst);
+      pos += n;
+    }
+  }
+
+  private async fromParent(pos: number, dst: Buffer): Promise<void> {
+    if (!this.parent) return; // zeros
+    const p = this.parent as Disk & { readInto?: (b: Buffer, o: number) => Promise<void> };
+    if (pos + dst.length > this.parent.size) {
+      // A parent smaller than the child reads as zeros past its end.
+      const n = Math.max(0, this.parent.size - pos);
+      if (n > 0) (await this.parent.read(pos, n)).copy(dst);
+      return;
+    }
+    if (p.readInto) await p.readInto(dst, pos);
+    else (await this.parent.read(pos, dst.length)).copy(dst);
+  }
+
+  private async readBlockPart(bi: number, inBlock: number, dst: Buffer): Promise<void> {
+    const bs = this.blockSize;
+    const virt = bi * bs + inBlock;
+    const diff = this.type === 'differencing';
+    if (!this.bat || bi >= this.bat.length || this.bat[bi] === UNUSED) {
+      if (diff) await this.fromParent(virt, dst);
+      return;
+    }
+    const bm = await this.bitmap(bi);
+    const dataPos = this.bat[bi] * SECTOR + this.bitmapBytes;
+    // Walk runs of equal bits: set bits read here, clear bits read the parent
+    // (differencing) or zeros (dynamic, as the spec and libvhdi have it).
+    const firstSector = Math.floor(inBlock / SECTOR);
+    const lastSector = Math.floor((inBlock + dst.length - 1) / SECTOR);
+    let s = firstSector;
+    while (s <= lastSector) {
+      const here = bit(bm, s);
+      let e = s + 1;
+      while (e <= lastSector && bit(bm, e) === here) e++;
+      const runStart = Math.max(inBlock, s * SECTOR);
+      const runEnd = Math.min(inBlock + dst.length, e * SECTOR);
+      const part = dst.subarray(runStart - inBlock, runEnd - inBlock);
+      if (here) {
+        const got = await this.storage.read(dataPos + runStart, runEnd - runStart);
+        if (got.length < runEnd - runStart) this.pastEnd(bi);
+        got.copy(part);
+      } else if (diff) {
+        await this.fromParent(bi * bs + runStart, part);
+      }
+      s = e;
+    }
+  }
+
+  async ownExtents(index: number): Promise<Extent[]> {
+    if (this.type === 'fixed') {
+      const start = index * this.blockSize;
+      return [{ offset: start, length: Math.min(this.blockSize, this.size - start) }];
+    }
+    if (!this.hasBlock(index)) return [];
+    const bm = await this.bitmap(index);
+    const sectors = Math.ceil(Math.min(this.blockSize, this.size - index * this.blockSize) / SECTOR);
+    const out: Extent[] = [];
+    let s = 0;
+    while (s < sectors) {
+      if (!bit(bm, s)) {
+        s++;
+        continue;
+      }
+      let e = s + 1;
+      while (e < sectors && bit(bm, e)) e++;
+      out.push({ offset: index * this.blockSize + s * SECTOR, length: (e - s) * SECTOR });
+      s = e;
+    }
+    return out;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    this.checkRange(offset, data.length, 'write range');
+    if (!this.writable) throw new Error(`${this.name} is open read-only`);
+    if (this.type === 'fixed') {
+      await this.storage.write(offset, data);
+      return;
+    }
+    const bs = this.blockSize;
+    for (let pos = offset; pos < offset + data.length; ) {
+      const bi = Math.floor(pos / bs);
+      const inBlock = pos - bi * bs;
+      const n = Math.min(bs - inBlock, offset + data.length - pos);
+      await this.writeBlockPart(bi, inBlock, data.subarray(pos - offset, pos - offset + n));
+      pos += n;
+    }
+  }
+
+  private async writeBlockPart(bi: number, inBlock: number, data: Buffer): Promise<void> {
+    const bs = this.blockSize;
+    const blockLen = Math.min(bs, this.size - bi * bs);
+    // Widen to whole 4 KiB groups (one bitmap byte), filling the edges from
+    // what the chain reads there now: bitmap bytes are then only ever 0x00 or
+    // 0xFF, which every reader (libvhdi included) decodes correctly.
+    const G = 8 * SECTOR;
+    const wStart = Math.floor(inBlock / G) * G;
+    const wEnd = Math.min(Math.ceil((inBlock + data.length) / G) * G, Math.ceil(blockLen / SECTOR) * SECTOR);
+    let buf = data;
+    if (wStart !== inBlock || wEnd !== inBlock + data.length) {
+      buf = Buffer.alloc(wEnd - wStart);
+      const readEnd = Math.min(wEnd, blockLen);
+      if (inBlock > wStart) await this.readBlockPart(bi, wStart, buf.subarray(0, inBlock - wStart));
+      if (readEnd > inBlock + data.length) {
+        await this.readBlockPart(bi, inBlock + data.length, buf.subarray(inBlock + data.length - wStart, readEnd - wStart));
+      }
+      data.copy(buf, inBlock - wStart);
+    }
+    if (this.bat![bi] === UNUSED) {
+      await this.allocate(bi, wStart, buf);
+      return;
+    }
+    if (!this.blockOk(bi)) this.pastEnd(bi);
+    const blockPos = this.bat![bi] * SECTOR;
+    await this.storage.write(blockPos + this.bitmapBytes + wStart, buf);
+    const bm = await this.bitmap(bi);
+    const first = wStart / SECTOR;
+    const last = (wStart + buf.length) / SECTOR; // exclusive; multiple of 8 unless at the disk's end
+    let changed = false;
+    for (let s = first; s < last; s++) {
+      const m = 0x80 >> (s & 7);
+      if (!(bm[s >> 3] & m)) {
+        bm[s >> 3] |= m;
+        changed = true;
+      }
+    }
+    if (changed) {
+      const b0 = Math.floor(first / 8 / SECTOR) * SECTOR;
+      const b1 = Math.ceil(Math.ceil(last / 8) / SECTOR) * SECTOR;
+      await this.storage.write(blockPos + b0, bm.subarray(b0, b1));
+    }
+  }
+
+  /** Writes a new block with `buf` at `inBlock` (4 KiB-aligned), the rest zero and absent. */
+  private async allocate(bi: number, inBlock: number, buf: Buffer): Promise<void> {
+    const bs = this.blockSize;
+    const block = Buffer.alloc(this.bitmapBytes + bs);
+    const bm = block.subarray(0, this.bitmapBytes);
+    if (this.type === 'dynamic') {
+      // qemu ignores dynamic bitmaps, libvhdi honours them: mark every sector
+      // present and keep unwritten ones zero so that both read the same.
+      bm.fill(0xff);
+    } else {
+      const first = inBlock / SECTOR;
+      const last = (inBlock + buf.length) / SECTOR;
+      for (let s = first; s < last; s++) bm[s >> 3] |= 0x80 >> (s & 7);
+    }
+    buf.copy(block, this.bitmapBytes + inBlock);
+    const pos = this.nextFree;
+    const newEnd = pos + block.length;
+    // qemu's order: block, then the footer at the new end, then the BAT entry.
+    await this.storage.write(pos, block);
+    await this.storage.write(newEnd, this.footerBuf);
+    const entry = Buffer.alloc(4);
+    entry.writeUInt32BE(pos / SECTOR);
+    await this.storage.write(Number(this.info.header!.tableOffset) + bi * 4, entry);
+    this.bat![bi] = pos / SECTOR;
+    this.nextFree = newEnd;
+    this.info.footerOffset = newEnd;
+    this.info.fileSize = newEnd + SECTOR;
+    this.bitmaps.set(bi, Buffer.from(bm));
+  }
+
+  async flush(): Promise<void> {
+    if (this.writable) await this.storage.sync();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.writable) await this.storage.sync();
+    await this.storage.close();
+    if (this.parent) await this.parent.close();
+  }
+
+  /** Closes only this layer, leaving the parent open. */
+  async closeLayer(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.writable) await this.storage.sync();
+    await this.storage.close();
+  }
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env node
+// Makes a fresh machine ready for `npm test` and `npm run demo`: npm packages,
+// then the Debian packages the interop tests and benches need. Only node
+// built-ins here: this runs before node_modules exists.
+import { execSync, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const run = (cmd) => execSync(cmd, { stdio: 'inherit', cwd: root });
+const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0;
+
+// Debian package -> a command (or file) that proves it is there.
+const debs = [
+  ['qemu-utils', 'qemu-img'],
+  ['libvhdi-utils', 'vhdimount'],
+  ['libfuse2', '/usr/lib/x86_64-linux-gnu/libfuse.so.2'],
+  ['fuse', 'fusermount'],
+  ['e2fsprogs', 'mkfs.ext4'],
+  ['attr', 'getfattr'],
+  ['restic', 'restic'],
+  ['borgbackup', 'borg'],
+  ['time', '/usr/bin/time'],
+];
+const missing = debs.filter(([, probe]) => (probe.startsWith('/') ? !existsSync(probe) : !has(probe))).map(([p]) => p);
+if (missing.length > 0) {
+  const sudo = process.getuid && process.getuid() === 0 ? '' : 'sudo ';
+  console.error(`setup: installing Debian packages: ${missing.join(' ')}`);
+  run(`${sudo}apt-get update -qq`);
+  run(`${sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`);
+}
+
+const needNpm = ['better-sqlite3', 'zstd-napi', 'commander', 'ava', 'typescript'].some(
+  (m) => !existsSync(join(root, 'node_modules', m, 'package.json')),
+);
+if (needNpm) {
+  console.error('setup: installing npm packages');
+  run(existsSync(join(root, 'package-lock.json')) ? 'npm ci --no-fund --no-audit' : 'npm install --no-fund --no-audit');
+}
