@@ -1,0 +1,184 @@
+// Sealing on all cores. Compression dominates the cost of a sealed object
+// (zstd level 1 runs at a few hundred MB/s, AES-GCM at GB/s), so backup and
+// seed pipelines hand blocks to worker threads. The queue is bounded: a
+// producer awaits ready() before making the next block, so memory stays flat
+// whatever the size of the source.
+import { KeyObject } from 'node:crypto';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { checkArg, FerryError, ErrorData } from '../errors.js';
+import { Sealer, SealerOptions, SealOptions } from './seal.js';
+
+export interface TaskMessage {
+  id: number;
+  op: 'seal' | 'unseal';
+  name: string;
+  data: Uint8Array;
+  opts?: SealOptions;
+}
+
+export type ResultMessage =
+  | { id: number; ok: true; data: Uint8Array }
+  | { id: number; ok: false; ferry: { code: string; message: string; data: ErrorData; exitCode: number } }
+  | { id: number; ok: false; internal: { message: string; stack?: string } };
+
+export interface SealPoolOptions extends SealerOptions {
+  /** Worker threads (default: os.availableParallelism()). 0 seals in the calling thread. */
+  size?: number;
+  /** Tasks that may wait for a worker before ready() holds producers back (default 2 per worker, at least 4). */
+  maxQueue?: number;
+}
+
+interface Task {
+  id: number;
+  op: 'seal' | 'unseal';
+  name: string;
+  data: Uint8Array;
+  opts?: SealOptions;
+  resolve: (b: Buffer) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  task: Task | null;
+}
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
+
+export class SealPool {
+  readonly size: number;
+  readonly maxQueue: number;
+  readonly #sealer: Sealer;
+  readonly #options: SealerOptions;
+  readonly #slots: Slot[] = [];
+  readonly #queue: Task[] = [];
+  #readyWaiters: Array<() => void> = [];
+  #drainWaiters: Array<() => void> = [];
+  #nextId = 1;
+  #running = 0;
+  #closed = false;
+
+  constructor(key: Uint8Array | KeyObject, opts: SealPoolOptions = {}) {
+    const { size, maxQueue, random, ...sealerOpts } = opts;
+    this.size = size ?? availableParallelism();
+    checkArg(Number.isInteger(this.size) && this.size >= 0 && this.size <= 256, 'size', 'an integer from 0 to 256', this.size);
+    this.maxQueue = maxQueue ?? Math.max(4, 2 * this.size);
+    checkArg(Number.isInteger(this.maxQueue) && this.maxQueue >= 1, 'maxQueue', 'a positive integer', this.maxQueue);
+    // A function cannot cross into a worker; an injected random source only makes sense in-thread.
+    checkArg(random === undefined || this.size === 0, 'random', 'given only with size 0 (in-thread sealing)', 'a function');
+    this.#sealer = new Sealer(key, { ...sealerOpts, random });
+    this.#options = sealerOpts;
+  }
+
+  /** Tasks accepted and not finished. */
+  get pending(): number {
+    return this.#queue.length + this.#running;
+  }
+
+  seal(name: string, data: Uint8Array, opts?: SealOptions): Promise<Buffer> {
+    return this.#submit('seal', name, data, opts);
+  }
+
+  unseal(name: string, sealed: Uint8Array): Promise<Buffer> {
+    return this.#submit('unseal', name, sealed);
+  }
+
+  /** Resolves when the queue has room: await it before producing the next block. */
+  ready(): Promise<void> {
+    if (this.#queue.length < this.maxQueue) return Promise.resolve();
+    return new Promise((resolve) => this.#readyWaiters.push(resolve));
+  }
+
+  /** Waits for every accepted task, then stops the workers. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.pending > 0) await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
+    await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
+  }
+
+  #submit(op: 'seal' | 'unseal', name: string, data: Uint8Array, opts?: SealOptions): Promise<Buffer> {
+    if (this.#closed) return Promise.reject(new Error('SealPool is closed'));
+    if (this.size === 0) {
+      // In-thread: still asynchronous, so callers behave the same either way.
+      return Promise.resolve().then(() => (op === 'seal' ? this.#sealer.seal(name, data, opts) : this.#sealer.unseal(name, data)));
+    }
+    // Argument errors belong to the caller's stack, not a worker's.
+    checkArg(typeof name === 'string' && name.length > 0, 'name', 'a non-empty string', name);
+    checkArg(data instanceof Uint8Array, op === 'seal' ? 'data' : 'sealed', 'a Buffer', data);
+    // Our own copy, transferred to the worker: the caller keeps its buffer, and
+    // a view into a large buffer never clones the whole of it.
+    const copy = new Uint8Array(data.byteLength);
+    copy.set(data);
+    return new Promise<Buffer>((resolve, reject) => {
+      this.#queue.push({ id: this.#nextId++, op, name, data: copy, opts, resolve, reject });
+      this.#dispatch();
+    });
+  }
+
+  #dispatch(): void {
+    while (this.#queue.length > 0) {
+      let slot = this.#slots.find((s) => s.task === null);
+      if (!slot && this.#slots.length < this.size) slot = this.#spawn();
+      if (!slot) break;
+      const task = this.#queue.shift()!;
+      slot.task = task;
+      this.#running++;
+      slot.worker.ref();
+      const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, opts: task.opts };
+      slot.worker.postMessage(msg, [task.data.buffer as ArrayBuffer]);
+    }
+    if (this.#queue.length < this.maxQueue && this.#readyWaiters.length > 0) {
+      const waiters = this.#readyWaiters;
+      this.#readyWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  #spawn(): Slot {
+    const worker = new Worker(WORKER_URL, { workerData: { key: this.#sealer.key, options: this.#options } });
+    const slot: Slot = { worker, task: null };
+    worker.on('message', (m: ResultMessage) => {
+      const task = slot.task;
+      if (!task || task.id !== m.id) return;
+      if (m.ok) task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength));
+      else if ('ferry' in m) task.reject(new FerryError(m.ferry.code, m.ferry.message, m.ferry.data, m.ferry.exitCode));
+      else task.reject(Object.assign(new Error(`seal worker: ${m.internal.message}`), { workerStack: m.internal.stack }));
+      this.#finish(slot);
+    });
+    // A worker that dies takes only its current task with it; the next task gets a new worker.
+    const onDeath = (err: unknown) => {
+      const i = this.#slots.indexOf(slot);
+      if (i < 0) return;
+      this.#slots.splice(i, 1);
+      if (slot.task) {
+        slot.task.reject(err instanceof Error ? err : new Error(`seal worker exited: ${String(err)}`));
+        slot.task = null;
+        this.#running--;
+      }
+      if (!this.#closed || this.pending > 0) this.#dispatch();
+      this.#checkDrained();
+    };
+    worker.on('error', onDeath);
+    worker.on('exit', (code) => onDeath(new Error(`seal worker exited with code ${code}`)));
+    this.#slots.push(slot);
+    return slot;
+  }
+
+  #finish(slot: Slot): void {
+    slot.task = null;
+    this.#running--;
+    // Idle workers must not keep the process alive.
+    slot.worker.unref();
+    this.#dispatch();
+    this.#checkDrained();
+  }
+
+  #checkDrained(): void {
+    if (this.pending === 0 && this.#drainWaiters.length > 0) {
+      const waiters = this.#drainWaiters;
+      this.#drainWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+}

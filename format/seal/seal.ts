@@ -1,0 +1,217 @@
+// Sealing in the calling thread: compress, then AES-256-GCM with the header
+// and the object's name as associated data. The pool (pool.ts) runs the same
+// code in worker threads.
+import { createCipheriv, createDecipheriv, createSecretKey, KeyObject, randomFillSync } from 'node:crypto';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import zstd from 'zstd-napi/binding.js';
+import { checkArg, FerryError } from '../errors.js';
+import {
+  CODECS,
+  CodecName,
+  decodeSealed,
+  DEFAULT_MAX_LENGTH,
+  HEADER_SIZE,
+  KEY_SIZE,
+  NONCE_SIZE,
+  sealError,
+  TAG_SIZE,
+  VERSION,
+  writeHeader,
+} from './layout.js';
+
+/** Fills `buf` with random bytes. Injected in tests; never used to pass a nonce in. */
+export type RandomSource = (buf: Buffer) => void;
+
+export interface SealOptions {
+  /** Default zstd. Whatever is asked, a body that does not shrink is stored raw (codec none). */
+  codec?: CodecName;
+  /** zstd 1..19 (default 1), deflate 1..9 (default 6). */
+  level?: number;
+}
+
+export interface SealerOptions extends SealOptions {
+  random?: RandomSource;
+  /** Largest plaintext unseal will allocate (default 256 MiB). */
+  maxLength?: number;
+}
+
+export const DEFAULT_LEVEL: Record<CodecName, number> = { none: 0, zstd: 1, deflate: 6 };
+
+const defaultRandom: RandomSource = (buf) => {
+  randomFillSync(buf);
+};
+
+// One compression context per thread: creating one costs more than
+// compressing a small object.
+let cctx: zstd.CCtx | undefined;
+let dctx: zstd.DCtx | undefined;
+// Compression output for ordinary block sizes is reused; bigger objects get a
+// one-off buffer so a rare huge object does not pin memory for good.
+const SCRATCH_LIMIT = 16 * 2 ** 20;
+let scratch: Buffer | undefined;
+
+// A lone surrogate has no UTF-8 form: two different names would give the same AAD.
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+function checkName(name: unknown): asserts name is string {
+  checkArg(typeof name === 'string' && name.length > 0 && !LONE_SURROGATE.test(name), 'name', 'a non-empty string of valid Unicode', name);
+}
+
+function checkOptions(o: SealOptions): void {
+  if (o.codec !== undefined) checkArg(o.codec in CODECS, 'codec', 'one of none, zstd, deflate', o.codec);
+  if (o.level !== undefined) {
+    const max = o.codec === 'deflate' ? 9 : 22;
+    checkArg(Number.isInteger(o.level) && o.level >= 1 && o.level <= max, 'level', `an integer from 1 to ${max}`, o.level);
+  }
+}
+
+function compress(codec: CodecName, level: number, data: Buffer): Buffer | null {
+  if (codec === 'none' || data.length === 0) return null;
+  let out: Buffer;
+  if (codec === 'zstd') {
+    cctx ??= new zstd.CCtx();
+    const bound = zstd.compressBound(data.length);
+    let dst: Buffer;
+    if (bound <= SCRATCH_LIMIT) {
+      if (!scratch || scratch.length < bound) scratch = Buffer.allocUnsafe(Math.max(bound, 2 ** 20 + 2 ** 16));
+      dst = scratch;
+    } else {
+      dst = Buffer.allocUnsafe(bound);
+    }
+    out = dst.subarray(0, cctx.compress(dst, data, level));
+  } else {
+    out = deflateRawSync(data, { level });
+  }
+  return out.length < data.length ? out : null;
+}
+
+/**
+ * Seals and unseals with one key. There is no way to pass a nonce: each
+ * seal() draws a fresh random one, so a nonce cannot be reused by mistake.
+ */
+export class Sealer {
+  readonly #key: KeyObject;
+  readonly #random: RandomSource;
+  readonly #codec: CodecName;
+  readonly #level: number | undefined;
+  readonly maxLength: number;
+
+  constructor(key: Uint8Array | KeyObject, opts: SealerOptions = {}) {
+    if (key instanceof KeyObject) {
+      checkArg(key.type === 'secret' && key.symmetricKeySize === KEY_SIZE, 'key', `a ${KEY_SIZE}-byte secret key`, key.type);
+      this.#key = key;
+    } else {
+      checkArg(key instanceof Uint8Array && key.length === KEY_SIZE, 'key', `${KEY_SIZE} bytes`, key);
+      this.#key = createSecretKey(key);
+    }
+    checkOptions(opts);
+    this.#random = opts.random ?? defaultRandom;
+    this.#codec = opts.codec ?? 'zstd';
+    this.#level = opts.level;
+    this.maxLength = opts.maxLength ?? DEFAULT_MAX_LENGTH;
+    checkArg(Number.isSafeInteger(this.maxLength) && this.maxLength >= 0, 'maxLength', 'a non-negative integer', this.maxLength);
+  }
+
+  /** The KeyObject, for handing to worker threads. */
+  get key(): KeyObject {
+    return this.#key;
+  }
+
+  seal(name: string, data: Uint8Array, opts: SealOptions = {}): Buffer {
+    checkName(name);
+    checkArg(data instanceof Uint8Array, 'data', 'a Buffer', data);
+    if (opts.codec !== undefined || opts.level !== undefined) checkOptions(opts);
+    const plain = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    const codec = opts.codec ?? this.#codec;
+    const level = opts.level ?? (opts.codec === undefined ? this.#level : undefined) ?? DEFAULT_LEVEL[codec];
+    const packed = compress(codec, level, plain);
+    const body = packed ?? plain;
+
+    const out = Buffer.allocUnsafe(HEADER_SIZE + body.length + TAG_SIZE);
+    writeHeader(out, { version: VERSION, codec: packed ? CODECS[codec] : CODECS.none, flags: 0, length: BigInt(plain.length) });
+    const nonce = out.subarray(HEADER_SIZE - NONCE_SIZE, HEADER_SIZE);
+    this.#random(nonce);
+    const cipher = createCipheriv('aes-256-gcm', this.#key, nonce, { authTagLength: TAG_SIZE });
+    cipher.setAAD(aad(out, name));
+    const ct = cipher.update(body);
+    ct.copy(out, HEADER_SIZE);
+    const fin = cipher.final();
+    if (fin.length !== 0) fin.copy(out, HEADER_SIZE + ct.length);
+    cipher.getAuthTag().copy(out, HEADER_SIZE + body.length);
+    return out;
+  }
+
+  /**
+   * Opens a sealed object stored as `name`. Every failure is a FerryError
+   * with a SEAL_* code and the object's name at the start of its message.
+   */
+  unseal(name: string, sealed: Uint8Array): Buffer {
+    checkName(name);
+    checkArg(sealed instanceof Uint8Array, 'sealed', 'a Buffer', sealed);
+    const buf = Buffer.isBuffer(sealed) ? sealed : Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
+    const d = decodeSealed(buf, this.maxLength);
+    if (d.problems.length > 0) throw sealError(name, d.problems[0]);
+    const h = d.header!;
+    const length = Number(h.length);
+    const bodyEnd = buf.length - TAG_SIZE;
+
+    const decipher = createDecipheriv('aes-256-gcm', this.#key, h.nonce, { authTagLength: TAG_SIZE });
+    decipher.setAAD(aad(buf, name));
+    decipher.setAuthTag(buf.subarray(bodyEnd));
+    // The plaintext is not trusted, nor even looked at, until final() accepts the tag.
+    const body = decipher.update(buf.subarray(HEADER_SIZE, bodyEnd));
+    try {
+      decipher.final();
+    } catch {
+      throw new FerryError(
+        'SEAL_WRONG_NAME_OR_KEY',
+        `object ${name}: authentication failed: it was altered or truncated, stored under another name, or sealed with another key`,
+        { object: name },
+      );
+    }
+    if (d.codecName === 'none') return body;
+    return decompress(name, d.codecName!, body, length);
+  }
+}
+
+/** AAD = the 28 header bytes, then the name in UTF-8. The header is fixed-size, so the split is unambiguous. */
+function aad(buf: Buffer, name: string): Buffer {
+  const nameLen = Buffer.byteLength(name, 'utf8');
+  const a = Buffer.allocUnsafe(HEADER_SIZE + nameLen);
+  buf.copy(a, 0, 0, HEADER_SIZE);
+  a.write(name, HEADER_SIZE, 'utf8');
+  return a;
+}
+
+function decompress(name: string, codec: CodecName, body: Buffer, length: number): Buffer {
+  // The tag is good, so a failure here means the writer was broken, not the storage.
+  const corrupt = (why: string) =>
+    new FerryError('SEAL_CORRUPT', `object ${name}: authentic but does not decompress (${codec}): ${why}`, { object: name, codec });
+  let out: Buffer;
+  try {
+    if (codec === 'zstd') {
+      dctx ??= new zstd.DCtx();
+      // Exactly the announced size: zstd refuses to write past it, so a frame
+      // claiming more cannot make us allocate more.
+      out = Buffer.allocUnsafe(length);
+      const n = dctx.decompress(out, body);
+      if (n !== length) throw corrupt(`${n} bytes, header says ${length}`);
+    } else {
+      out = inflateRawSync(body, { maxOutputLength: Math.max(length, 1) });
+      if (out.length !== length) throw corrupt(`${out.length} bytes, header says ${length}`);
+    }
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw corrupt((err as Error).message);
+  }
+  return out;
+}
+
+/** One-shot helpers for callers that seal a handful of objects. */
+export function seal(key: Uint8Array, name: string, data: Uint8Array, opts: SealerOptions = {}): Buffer {
+  return new Sealer(key, opts).seal(name, data);
+}
+
+export function unseal(key: Uint8Array, name: string, sealed: Uint8Array, opts: SealerOptions = {}): Buffer {
+  return new Sealer(key, opts).unseal(name, sealed);
+}

@@ -1,0 +1,33 @@
+// A SealPool worker: runs Sealer in its own thread and answers one message
+// per task. Errors go back as plain data; the pool rebuilds FerryErrors.
+import { parentPort, workerData } from 'node:worker_threads';
+import { FerryError } from '../errors.js';
+import { Sealer, SealerOptions } from './seal.js';
+import type { TaskMessage, ResultMessage } from './pool.js';
+
+const { key, options } = workerData as { key: import('node:crypto').KeyObject; options: SealerOptions };
+const sealer = new Sealer(key, options);
+const port = parentPort!;
+
+port.on('message', (m: TaskMessage) => {
+  let reply: ResultMessage;
+  let transfer: ArrayBuffer[] = [];
+  try {
+    const input = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    const out = m.op === 'seal' ? sealer.seal(m.name, input, m.opts) : sealer.unseal(m.name, input);
+    // Hand the result's memory over instead of copying it, but only when the
+    // Buffer owns its whole ArrayBuffer (small Buffers share Node's pool).
+    if (out.byteOffset === 0 && out.buffer.byteLength === out.length && out.buffer instanceof ArrayBuffer) {
+      transfer = [out.buffer];
+    }
+    reply = { id: m.id, ok: true, data: out };
+  } catch (err) {
+    if (err instanceof FerryError) {
+      reply = { id: m.id, ok: false, ferry: { code: err.code, message: err.message, data: err.data, exitCode: err.exitCode } };
+    } else {
+      const e = err as Error;
+      reply = { id: m.id, ok: false, internal: { message: e?.message ?? String(err), stack: e?.stack } };
+    }
+  }
+  port.postMessage(reply, transfer);
+});
