@@ -110,7 +110,9 @@ function layoutDynamic(size: number, blockSize: number, childPath: string, paren
       locatorData.push({ offset: next, data });
       next += space;
     });
-    const name = Buffer.from(parent.path, 'utf16le').swap16();
+    // The parent name in the relative Windows form: libvhdi looks for what
+    // follows its last backslash in the child's folder, and Windows accepts it.
+    const name = Buffer.from(relWin, 'utf16le').swap16();
     parentName = Buffer.alloc(512);
     name.copy(parentName, 0, 0, Math.min(512, name.length));
   }
