@@ -1,0 +1,219 @@
+// The catalog of a files-kind volume: an SQLite database (one row per entry),
+// stored inside the volume like a file. Schema and column encodings are
+// specified in docs/volume-format.md; this module is the one place that
+// turns rows into entries and back.
+//
+// 64-bit values (times in ns, inode, device) are SQLite INTEGERs read with
+// safeIntegers, so nothing is rounded through a double. Unsigned 64-bit
+// values (ino, dev, rdev) are stored as their two's-complement signed form.
+import type Database from 'better-sqlite3';
+
+export const ENTRY_TYPES = ['file', 'dir', 'symlink', 'hardlink', 'chardev', 'blockdev', 'fifo', 'socket'] as const;
+export type EntryType = (typeof ENTRY_TYPES)[number];
+
+export interface Xattr {
+  /** The attribute name's bytes, as a latin1 string (lossless for any byte). */
+  name: string;
+  value: Buffer;
+}
+
+/** What the source knows about one entry: the part every layer shares. */
+export interface EntryMeta {
+  /** Absolute path on the source machine, as bytes. */
+  path: Buffer;
+  type: EntryType;
+  /** Permission bits, with setuid, setgid and sticky (mode & 0o7777). */
+  mode: number;
+  uid: number;
+  gid: number;
+  atimeNs: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  /** Apparent size in bytes (files; the target's length for symlinks). */
+  size: number;
+  ino: bigint;
+  dev: bigint;
+  nlink: number;
+  /** Device number of a chardev/blockdev (Linux dev_t encoding). */
+  rdev: bigint;
+  /** Symlink target, or for a 'hardlink' the path of the group's first entry. */
+  target: Buffer | null;
+  xattrs: Xattr[];
+  /** Ancestor of a source root, kept so the tree is complete; restore does not change an existing one. */
+  implicit: boolean;
+}
+
+/** A file's data: `length` bytes at `fileOffset` live at `diskOffset`. */
+export interface FileExtent {
+  fileOffset: number;
+  diskOffset: number;
+  length: number;
+}
+
+export interface VolumeEntry extends EntryMeta {
+  id: number;
+  parent: number | null;
+  /** Id of the first entry of the hard-link group (itself for the first), null when not linked. */
+  linkGroup: number | null;
+  extents: FileExtent[];
+  /** SHA-256 of each chunk of the file's logical bytes, 32 bytes each, concatenated. */
+  chunks: Buffer;
+}
+
+export const SCHEMA = `
+CREATE TABLE meta (
+  key   TEXT PRIMARY KEY,
+  value BLOB
+);
+CREATE TABLE entries (
+  id         INTEGER PRIMARY KEY,
+  parent     INTEGER,
+  path       BLOB NOT NULL UNIQUE,
+  name       BLOB NOT NULL,
+  type       TEXT NOT NULL,
+  mode       INTEGER NOT NULL,
+  uid        INTEGER NOT NULL,
+  gid        INTEGER NOT NULL,
+  atime_ns   INTEGER NOT NULL,
+  mtime_ns   INTEGER NOT NULL,
+  ctime_ns   INTEGER NOT NULL,
+  size       INTEGER NOT NULL,
+  ino        INTEGER NOT NULL,
+  dev        INTEGER NOT NULL,
+  nlink      INTEGER NOT NULL,
+  rdev       INTEGER NOT NULL,
+  target     BLOB,
+  xattrs     BLOB,
+  link_group INTEGER,
+  implicit   INTEGER NOT NULL DEFAULT 0,
+  extents    BLOB,
+  chunks     BLOB
+);
+CREATE INDEX entries_parent ON entries (parent, name);
+`;
+
+export const COLUMNS = [
+  'parent', 'path', 'name', 'type', 'mode', 'uid', 'gid', 'atime_ns', 'mtime_ns', 'ctime_ns', 'size',
+  'ino', 'dev', 'nlink', 'rdev', 'target', 'xattrs', 'link_group', 'implicit', 'extents', 'chunks',
+] as const;
+
+export const INSERT_SQL = `INSERT INTO entries (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => '@' + c).join(', ')})`;
+
+const EXTENT_BYTES = 24;
+
+export function encodeExtents(extents: FileExtent[]): Buffer | null {
+  if (extents.length === 0) return null;
+  const b = Buffer.alloc(extents.length * EXTENT_BYTES);
+  extents.forEach((e, i) => {
+    b.writeBigUInt64LE(BigInt(e.fileOffset), i * EXTENT_BYTES);
+    b.writeBigUInt64LE(BigInt(e.diskOffset), i * EXTENT_BYTES + 8);
+    b.writeBigUInt64LE(BigInt(e.length), i * EXTENT_BYTES + 16);
+  });
+  return b;
+}
+
+export function decodeExtents(b: Buffer | null): FileExtent[] {
+  if (!b) return [];
+  const out: FileExtent[] = [];
+  for (let i = 0; i + EXTENT_BYTES <= b.length; i += EXTENT_BYTES) {
+    out.push({
+      fileOffset: Number(b.readBigUInt64LE(i)),
+      diskOffset: Number(b.readBigUInt64LE(i + 8)),
+      length: Number(b.readBigUInt64LE(i + 16)),
+    });
+  }
+  return out;
+}
+
+/** xattrs column: JSON `[[name, base64 value], ...]`, NULL when there are none. */
+export function encodeXattrs(x: Xattr[]): Buffer | null {
+  if (x.length === 0) return null;
+  return Buffer.from(JSON.stringify(x.map((a) => [a.name, a.value.toString('base64')])));
+}
+
+export function decodeXattrs(b: Buffer | null): Xattr[] {
+  if (!b) return [];
+  const list = JSON.parse(b.toString('utf8')) as [string, string][];
+  return list.map(([name, v]) => ({ name, value: Buffer.from(v, 'base64') }));
+}
+
+const s64 = (n: bigint) => BigInt.asIntN(64, n);
+const u64 = (n: bigint) => BigInt.asUintN(64, n);
+
+/** Name of the last path component. */
+export function baseName(path: Buffer): Buffer {
+  if (path.length === 1 && path[0] === 0x2f) return path;
+  const i = path.lastIndexOf(0x2f);
+  return path.subarray(i + 1);
+}
+
+/** Parent path of an absolute path; null for "/". */
+export function parentPath(path: Buffer): Buffer | null {
+  if (path.length === 1 && path[0] === 0x2f) return null;
+  const i = path.lastIndexOf(0x2f);
+  return i <= 0 ? Buffer.from('/') : path.subarray(0, i);
+}
+
+export function toRow(
+  e: EntryMeta,
+  extra: { parent: number | null; linkGroup: number | null; extents: FileExtent[]; chunks: Buffer | null },
+): Record<(typeof COLUMNS)[number], unknown> {
+  return {
+    parent: extra.parent,
+    path: e.path,
+    name: baseName(e.path),
+    type: e.type,
+    mode: e.mode,
+    uid: e.uid,
+    gid: e.gid,
+    atime_ns: e.atimeNs,
+    mtime_ns: e.mtimeNs,
+    ctime_ns: e.ctimeNs,
+    size: e.size,
+    ino: s64(e.ino),
+    dev: s64(e.dev),
+    nlink: e.nlink,
+    rdev: s64(e.rdev),
+    target: e.target,
+    xattrs: encodeXattrs(e.xattrs),
+    link_group: extra.linkGroup,
+    implicit: e.implicit ? 1 : 0,
+    extents: encodeExtents(extra.extents),
+    chunks: extra.chunks && extra.chunks.length ? extra.chunks : null,
+  };
+}
+
+/** Rows must be read with safeIntegers(true): every INTEGER arrives as a bigint. */
+export function fromRow(r: Record<string, unknown>): VolumeEntry {
+  const n = (v: unknown) => (v === null || v === undefined ? null : Number(v as bigint));
+  return {
+    id: Number(r.id as bigint),
+    parent: n(r.parent),
+    path: r.path as Buffer,
+    type: r.type as EntryType,
+    mode: Number(r.mode as bigint),
+    uid: Number(r.uid as bigint),
+    gid: Number(r.gid as bigint),
+    atimeNs: r.atime_ns as bigint,
+    mtimeNs: r.mtime_ns as bigint,
+    ctimeNs: r.ctime_ns as bigint,
+    size: Number(r.size as bigint),
+    ino: u64(r.ino as bigint),
+    dev: u64(r.dev as bigint),
+    nlink: Number(r.nlink as bigint),
+    rdev: u64(r.rdev as bigint),
+    target: (r.target as Buffer | null) ?? null,
+    xattrs: decodeXattrs(r.xattrs as Buffer | null),
+    linkGroup: n(r.link_group),
+    implicit: Number(r.implicit as bigint) !== 0,
+    extents: decodeExtents(r.extents as Buffer | null),
+    chunks: (r.chunks as Buffer | null) ?? Buffer.alloc(0),
+  };
+}
+
+export function setupCatalog(db: Database.Database): void {
+  db.pragma('page_size = 4096');
+  db.pragma('journal_mode = OFF');
+  db.pragma('synchronous = OFF');
+  db.exec(SCHEMA);
+}

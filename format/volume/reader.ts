@@ -1,0 +1,277 @@
+// Reads a files-kind volume from any Disk (a chain reads as one disk): the
+// superblock is checked, the catalog is read and its SHA-256 checked, then
+// lookups go to SQLite and file data is read through the extents, each chunk
+// checked against its stored SHA-256 as it is read.
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Disk } from '../disk.js';
+import { FerryError, checkArg } from '../errors.js';
+import { HASH_SIZE, SUPERBLOCK_SIZE, decodeSuperblock, type Superblock } from './layout.js';
+import { fromRow, type VolumeEntry } from './catalog.js';
+import { zeroChunkHash } from './writer.js';
+
+export interface VolumeReaderOptions {
+  /** Catalogs larger than this are spooled to a temporary file instead of memory (64 MiB). */
+  memoryLimit?: number;
+  tmpDir?: string;
+}
+
+/** A piece of a file's data, read from the volume; `ok` is false when its chunk's checksum failed. */
+export interface ReadPiece {
+  offset: number;
+  data: Buffer;
+  ok: boolean;
+}
+
+const ROOT = Buffer.from('/');
+
+export function toPathBuffer(p: Buffer | string): Buffer {
+  let b = Buffer.isBuffer(p) ? p : Buffer.from(p);
+  while (b.length > 1 && b[b.length - 1] === 0x2f) b = b.subarray(0, b.length - 1);
+  return b;
+}
+
+/** Upper bound for a BLOB range scan of everything under `dir/`. */
+function subtreeRange(dir: Buffer): [Buffer, Buffer] {
+  const base = dir.length === 1 && dir[0] === 0x2f ? Buffer.alloc(0) : dir;
+  return [Buffer.concat([base, Buffer.from('/')]), Buffer.concat([base, Buffer.from('0')])]; // '0' = '/' + 1
+}
+
+export class VolumeReader {
+  private readonly byPath: Database.Statement;
+  private readonly byId: Database.Statement;
+  private readonly children: Database.Statement;
+  private readonly page: Database.Statement;
+  private readonly pageUnder: Database.Statement;
+  readonly meta: Record<string, string>;
+
+  private constructor(
+    readonly disk: Disk,
+    readonly superblock: Superblock,
+    private readonly db: Database.Database,
+    private readonly tmp: string | null,
+  ) {
+    const q = (sql: string) => db.prepare(sql).safeIntegers(true);
+    this.byPath = q('SELECT * FROM entries WHERE path = ?');
+    this.byId = q('SELECT * FROM entries WHERE id = ?');
+    this.children = q('SELECT * FROM entries WHERE parent = ? ORDER BY name');
+    this.page = q('SELECT * FROM entries WHERE id > ? ORDER BY id LIMIT 512');
+    this.pageUnder = q('SELECT * FROM entries WHERE id > ? AND (path = ? OR (path >= ? AND path < ?)) ORDER BY id LIMIT 512');
+    this.meta = {};
+    for (const r of db.prepare('SELECT key, value FROM meta').all() as { key: string; value: unknown }[]) {
+      this.meta[r.key] = Buffer.isBuffer(r.value) ? r.value.toString() : String(r.value);
+    }
+  }
+
+  static async open(disk: Disk, opts: VolumeReaderOptions = {}): Promise<VolumeReader> {
+    checkArg(!!disk && typeof disk.read === 'function', 'disk', 'a Disk', disk);
+    if (disk.size < SUPERBLOCK_SIZE) {
+      throw new FerryError('VOLUME_BAD_MAGIC', `${disk.name} is too small to hold a ferry volume`, { disk: disk.name });
+    }
+    const { sb, problems } = decodeSuperblock(await disk.read(0, SUPERBLOCK_SIZE));
+    if (problems.length) {
+      const p = problems[0];
+      throw new FerryError(p.code, `${disk.name}: ${p.message}`, { disk: disk.name, offset: 0, field: p.field, problems });
+    }
+    for (const e of sb.catalogExtents) {
+      if (e.diskOffset + e.length > disk.size) {
+        throw new FerryError('VOLUME_BAD_FIELD', `${disk.name}: a catalog extent (${e.diskOffset}+${e.length}) lies past the end of the disk`, { disk: disk.name, field: 'catalogExtents' });
+      }
+    }
+    const limit = opts.memoryLimit ?? 64 * 1024 * 1024;
+    const sum = createHash('sha256');
+    let db: Database.Database;
+    let tmp: string | null = null;
+    const pieces = async function* () {
+      for (const e of sb.catalogExtents) {
+        for (let off = 0; off < e.length; off += 4 * 1024 * 1024) {
+          const b = await disk.read(e.diskOffset + off, Math.min(4 * 1024 * 1024, e.length - off));
+          sum.update(b);
+          yield b;
+        }
+      }
+    };
+    const badCatalog = () =>
+      new FerryError('VOLUME_BAD_CATALOG', `${disk.name}: the catalog does not match its checksum (damaged or foreign data)`, {
+        disk: disk.name, offset: sb.catalogExtents[0]?.diskOffset,
+      });
+    if (sb.catalogSize <= limit) {
+      const parts: Buffer[] = [];
+      for await (const b of pieces()) parts.push(b);
+      if (!sum.digest().equals(sb.catalogSha256)) throw badCatalog();
+      db = new Database(Buffer.concat(parts), { readonly: true });
+    } else {
+      tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'ferry-catalog-'));
+      const file = join(tmp, 'catalog.db');
+      const fh = await open(file, 'w');
+      try {
+        for await (const b of pieces()) await fh.write(b);
+      } finally {
+        await fh.close();
+      }
+      if (!sum.digest().equals(sb.catalogSha256)) {
+        rmSync(tmp, { recursive: true, force: true });
+        throw badCatalog();
+      }
+      db = new Database(file, { readonly: true });
+    }
+    try {
+      return new VolumeReader(disk, sb, db, tmp);
+    } catch (err) {
+      db.close();
+      if (tmp) rmSync(tmp, { recursive: true, force: true });
+      throw new FerryError('VOLUME_BAD_CATALOG', `${disk.name}: the catalog is not a ferry catalog (${(err as Error).message})`, { disk: disk.name });
+    }
+  }
+
+  get uuid(): Buffer {
+    return this.superblock.uuid;
+  }
+
+  get chunkSize(): number {
+    return this.superblock.chunkSize;
+  }
+
+  count(): number {
+    return Number((this.db.prepare('SELECT count(*) AS n FROM entries').get() as { n: number }).n);
+  }
+
+  stat(path: Buffer | string): VolumeEntry | null {
+    const r = this.byPath.get(toPathBuffer(path)) as Record<string, unknown> | undefined;
+    return r ? fromRow(r) : null;
+  }
+
+  get(id: number): VolumeEntry | null {
+    const r = this.byId.get(id) as Record<string, unknown> | undefined;
+    return r ? fromRow(r) : null;
+  }
+
+  /** Children of a directory, by name; null when there is no such directory. */
+  readdir(dir: Buffer | string | VolumeEntry): VolumeEntry[] | null {
+    const e = Buffer.isBuffer(dir) || typeof dir === 'string' ? this.stat(dir) : dir;
+    if (!e || e.type !== 'dir') return null;
+    return (this.children.all(e.id) as Record<string, unknown>[]).map(fromRow);
+  }
+
+  /** Roots of the stored tree: entries without a parent (normally just "/"). */
+  roots(): VolumeEntry[] {
+    return (this.db.prepare('SELECT * FROM entries WHERE parent IS NULL ORDER BY path').safeIntegers(true).all() as Record<string, unknown>[]).map(fromRow);
+  }
+
+  /**
+   * Every entry (or every entry at and under `under`) in the order they were
+   * written, which puts each directory before its contents. Reads the
+   * catalog a page at a time, so memory stays flat.
+   */
+  *entries(opts: { under?: Buffer | string } = {}): IterableIterator<VolumeEntry> {
+    let last = 0n;
+    const under = opts.under === undefined ? null : toPathBuffer(opts.under);
+    const range = under && !under.equals(ROOT) ? subtreeRange(under) : null;
+    for (;;) {
+      const rows = (range ? this.pageUnder.all(last, under, range[0], range[1]) : this.page.all(last)) as Record<string, unknown>[];
+      if (rows.length === 0) return;
+      for (const r of rows) yield fromRow(r);
+      last = rows[rows.length - 1].id as bigint;
+    }
+  }
+
+  /** Reads `length` bytes of a file at `offset` (zeros in holes, short at the end of the file). */
+  async read(file: VolumeEntry | Buffer | string, offset: number, length: number): Promise<Buffer> {
+    const e = this.fileEntry(file);
+    checkArg(Number.isSafeInteger(offset) && offset >= 0, 'offset', 'a byte offset', offset);
+    checkArg(Number.isSafeInteger(length) && length >= 0, 'length', 'a byte count', length);
+    const end = Math.min(e.size, offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    const out = Buffer.alloc(end - offset);
+    const ext = e.extents;
+    // first extent that ends after offset
+    let lo = 0;
+    let hi = ext.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (ext[mid].fileOffset + ext[mid].length <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let i = lo; i < ext.length && ext[i].fileOffset < end; i++) {
+      const x = ext[i];
+      const s = Math.max(offset, x.fileOffset);
+      const t = Math.min(end, x.fileOffset + x.length);
+      if (t <= s) continue;
+      const b = await this.disk.read(x.diskOffset + (s - x.fileOffset), t - s);
+      b.copy(out, s - offset);
+    }
+    return out;
+  }
+
+  /**
+   * A file's stored data, chunk by chunk (holes are skipped: chunks that
+   * are all hole yield nothing). Each chunk is checked against its stored
+   * SHA-256; a damaged chunk is still yielded, with ok = false.
+   */
+  async *readData(file: VolumeEntry | Buffer | string): AsyncGenerator<ReadPiece> {
+    const e = this.fileEntry(file);
+    const cs = this.chunkSize;
+    const ext = e.extents;
+    const nChunks = Math.ceil(e.size / cs);
+    let xi = 0;
+    for (let c = 0; c < nChunks; c++) {
+      const cStart = c * cs;
+      const cEnd = Math.min(e.size, cStart + cs);
+      while (xi < ext.length && ext[xi].fileOffset + ext[xi].length <= cStart) xi++;
+      const stored = e.chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE);
+      const pieces: { offset: number; data: Buffer }[] = [];
+      for (let i = xi; i < ext.length && ext[i].fileOffset < cEnd; i++) {
+        const x = ext[i];
+        const s = Math.max(cStart, x.fileOffset);
+        const t = Math.min(cEnd, x.fileOffset + x.length);
+        if (t > s) pieces.push({ offset: s, data: await this.disk.read(x.diskOffset + (s - x.fileOffset), t - s) });
+      }
+      let ok: boolean;
+      if (pieces.length === 0) {
+        ok = stored.length === HASH_SIZE && (cEnd - cStart === cs ? stored.equals(zeroChunkHash(cs)) : stored.equals(hashZeros(cEnd - cStart)));
+        if (!ok) yield { offset: cStart, data: Buffer.alloc(0), ok };
+        continue;
+      }
+      const h = createHash('sha256');
+      let pos = cStart;
+      for (const p of pieces) {
+        if (p.offset > pos) h.update(Buffer.alloc(p.offset - pos));
+        h.update(p.data);
+        pos = p.offset + p.data.length;
+      }
+      if (cEnd > pos) h.update(Buffer.alloc(cEnd - pos));
+      ok = stored.length === HASH_SIZE && h.digest().equals(stored);
+      for (const p of pieces) yield { ...p, ok };
+    }
+  }
+
+  /** Indexes of the chunks of a file whose data does not match its checksum. */
+  async verify(file: VolumeEntry | Buffer | string): Promise<number[]> {
+    const bad = new Set<number>();
+    for await (const p of this.readData(file)) if (!p.ok) bad.add(Math.floor(p.offset / this.chunkSize));
+    return [...bad].sort((a, b) => a - b);
+  }
+
+  private fileEntry(file: VolumeEntry | Buffer | string): VolumeEntry {
+    let e = Buffer.isBuffer(file) || typeof file === 'string' ? this.stat(file) : file;
+    // a hard link's data is its group's first entry's
+    if (e && e.type === 'hardlink' && e.linkGroup !== null) e = this.get(e.linkGroup) ?? e;
+    if (!e) throw new FerryError('VOLUME_NO_ENTRY', `${String(file)} is not in the volume`, { path: String(file) });
+    if (e.type !== 'file') throw new FerryError('VOLUME_NOT_A_FILE', `${e.path.toString()} is a ${e.type}, not a file`, { path: e.path.toString() });
+    return e;
+  }
+
+  /** Closes the catalog (not the disk: the caller opened it). */
+  close(): void {
+    if (this.db.open) this.db.close();
+    if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
+  }
+}
+
+function hashZeros(n: number): Buffer {
+  return createHash('sha256').update(Buffer.alloc(n)).digest();
+}

@@ -1,0 +1,480 @@
+// Writes a fresh files-kind volume onto a Disk (layout in layout.ts, spec in
+// docs/volume-format.md). File data goes to the allocation pointer in large
+// sequential writes (two 4 MiB buffers: one filling while the other is
+// written); the catalog is built in a temporary SQLite file and copied into
+// the volume by finish(), then the superblock is written and both are read
+// back and checked before the writer reports success.
+import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import type { Disk } from '../disk.js';
+import { FerryError, checkArg } from '../errors.js';
+import {
+  ALIGN, DATA_START, DEFAULT_CHUNK_SIZE, HASH_SIZE, MAX_CATALOG_EXTENTS, SUPERBLOCK_SIZE, VERSION, MAGIC,
+  alignUp, decodeSuperblock, encodeSuperblock, type DiskRange,
+} from './layout.js';
+import { INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
+
+/**
+ * A piece of a file's data at a file offset; pieces come in increasing,
+ * non-overlapping order. The writer may keep a piece's buffer until its write
+ * completes: a source must hand over fresh buffers, never refill one.
+ */
+export interface DataPiece {
+  offset: number;
+  data: Buffer;
+}
+
+/** A file's content: pieces (gaps between them are holes) or plain buffers (read one after another). */
+export type FileContent = AsyncIterable<DataPiece | Buffer>;
+
+export interface VolumeProgress {
+  files: number;
+  bytes: number;
+}
+
+export interface VolumeWriterOptions {
+  /** Volume id; random when not given. */
+  uuid?: Buffer;
+  /** Bytes per checksummed chunk (a multiple of 4096); 1 MiB by default. */
+  chunkSize?: number;
+  /** Where the catalog is built before it goes into the volume (os.tmpdir() by default). */
+  tmpDir?: string;
+  /** Clock, ns since the epoch (injectable for tests). */
+  now?: () => bigint;
+  /** Free-form facts stored in the catalog's meta table (e.g. kind, sources). */
+  meta?: Record<string, string>;
+  onProgress?: (p: VolumeProgress) => void;
+}
+
+export interface VolumeStats {
+  entries: number;
+  files: number;
+  /** Bytes of file data stored (holes excluded). */
+  bytes: number;
+  catalogBytes: number;
+  /** First never-written byte of the data area: what the volume occupies. */
+  allocPtr: number;
+  uuid: Buffer;
+}
+
+/** Thrown by addFile when the content (the source) failed: nothing of the entry was kept. */
+export class ContentError extends FerryError {
+  constructor(readonly path: Buffer, readonly reason: unknown) {
+    super('SOURCE_READ', `cannot read ${path.toString()}: ${(reason as Error)?.message ?? String(reason)}`, { path: path.toString() });
+  }
+}
+
+const BUFFER_SIZE = 4 * 1024 * 1024;
+/** Pieces at least this large go to the disk as they are when the buffer is empty (saves a copy). */
+const DIRECT_WRITE = 1024 * 1024;
+
+/** Sequential writer at the allocation pointer, double-buffered. */
+class SeqWriter {
+  private bufs = [Buffer.allocUnsafe(BUFFER_SIZE), Buffer.allocUnsafe(BUFFER_SIZE)];
+  private cur = 0;
+  private used = 0;
+  private bufStart: number;
+  private inflight: Promise<void> | null = null;
+
+  constructor(private readonly disk: Disk, start: number) {
+    this.bufStart = start;
+  }
+
+  get pos(): number {
+    return this.bufStart + this.used;
+  }
+
+  /** `data` must not be changed by the caller afterwards: large pieces are written without a copy. */
+  async append(data: Buffer): Promise<void> {
+    if (this.used === 0 && data.length >= DIRECT_WRITE) {
+      if (this.inflight) await this.inflight;
+      this.inflight = this.disk.write(this.bufStart, data);
+      this.bufStart += data.length;
+      return;
+    }
+    let off = 0;
+    while (off < data.length) {
+      const n = Math.min(BUFFER_SIZE - this.used, data.length - off);
+      data.copy(this.bufs[this.cur], this.used, off, off + n);
+      this.used += n;
+      off += n;
+      if (this.used === BUFFER_SIZE) await this.flushBuffer();
+    }
+  }
+
+  /** Zero-fills up to the next multiple of `align`. */
+  async pad(align = ALIGN): Promise<void> {
+    const target = alignUp(this.pos, align);
+    if (target === this.pos) return;
+    const n = target - this.pos;
+    this.bufs[this.cur].fill(0, this.used, this.used + n);
+    this.used += n;
+    if (this.used === BUFFER_SIZE) await this.flushBuffer();
+  }
+
+  /** Forgets everything from `to` on (a file whose source failed): its bytes will be overwritten. */
+  rewind(to: number): void {
+    if (to >= this.bufStart) this.used = to - this.bufStart;
+    else {
+      this.bufStart = to;
+      this.used = 0;
+    }
+  }
+
+  private async flushBuffer(): Promise<void> {
+    if (this.inflight) await this.inflight;
+    const buf = this.bufs[this.cur];
+    const start = this.bufStart;
+    const len = this.used;
+    this.inflight = len ? this.disk.write(start, buf.subarray(0, len)) : null;
+    this.cur ^= 1;
+    this.bufStart = start + len;
+    this.used = 0;
+  }
+
+  async flush(): Promise<void> {
+    await this.flushBuffer();
+    if (this.inflight) await this.inflight;
+    this.inflight = null;
+  }
+}
+
+/** Per-chunk SHA-256 over a file's logical bytes (holes count as zeros). */
+export class ChunkHasher {
+  private pos = 0;
+  private cur: Hash | null = null;
+  private readonly out: Buffer[] = [];
+  private readonly zeros: Buffer;
+
+  constructor(private readonly chunkSize: number) {
+    this.zeros = zeroChunk(chunkSize);
+  }
+
+  feed(offset: number, data: Buffer): void {
+    if (offset > this.pos) this.fillZeros(offset);
+    let off = 0;
+    while (off < data.length) {
+      const inChunk = this.pos % this.chunkSize;
+      const n = Math.min(this.chunkSize - inChunk, data.length - off);
+      (this.cur ??= createHash('sha256')).update(data.subarray(off, off + n));
+      off += n;
+      this.pos += n;
+      if (this.pos % this.chunkSize === 0) this.endChunk();
+    }
+  }
+
+  end(size: number): Buffer {
+    if (size > this.pos) this.fillZeros(size);
+    if (this.cur) this.endChunk();
+    return Buffer.concat(this.out);
+  }
+
+  private fillZeros(to: number): void {
+    while (this.pos < to) {
+      const inChunk = this.pos % this.chunkSize;
+      if (inChunk === 0 && to - this.pos >= this.chunkSize && !this.cur) {
+        this.out.push(zeroChunkHash(this.chunkSize));
+        this.pos += this.chunkSize;
+        continue;
+      }
+      const n = Math.min(this.chunkSize - inChunk, to - this.pos);
+      (this.cur ??= createHash('sha256')).update(this.zeros.subarray(0, n));
+      this.pos += n;
+      if (this.pos % this.chunkSize === 0) this.endChunk();
+    }
+  }
+
+  private endChunk(): void {
+    this.out.push(this.cur!.digest());
+    this.cur = null;
+  }
+}
+
+const zeroChunks = new Map<number, Buffer>();
+const zeroHashes = new Map<number, Buffer>();
+function zeroChunk(size: number): Buffer {
+  let z = zeroChunks.get(size);
+  if (!z) zeroChunks.set(size, (z = Buffer.alloc(size)));
+  return z;
+}
+/** SHA-256 of a whole chunk of zeros (a chunk that is all hole). */
+export function zeroChunkHash(size: number): Buffer {
+  let h = zeroHashes.get(size);
+  if (!h) zeroHashes.set(size, (h = createHash('sha256').update(zeroChunk(size)).digest()));
+  return h;
+}
+
+export class VolumeWriter {
+  private readonly seq: SeqWriter;
+  private readonly db: Database.Database;
+  private readonly insert: Database.Statement;
+  private readonly findId: Database.Statement;
+  private readonly setGroup: Database.Statement;
+  private readonly dirs = new Map<string, number>();
+  private readonly uuid: Buffer;
+  private readonly chunkSize: number;
+  private readonly now: () => bigint;
+  private readonly tmp: string;
+  private stats = { entries: 0, files: 0, bytes: 0 };
+  private inTx = 0;
+  private done = false;
+
+  private constructor(private readonly disk: Disk, private readonly opts: VolumeWriterOptions) {
+    this.uuid = opts.uuid ?? randomBytes(16);
+    this.chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    this.now = opts.now ?? (() => BigInt(Date.now()) * 1_000_000n);
+    this.seq = new SeqWriter(disk, DATA_START);
+    this.tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'ferry-catalog-'));
+    this.db = new Database(join(this.tmp, 'catalog.db'));
+    setupCatalog(this.db);
+    this.insert = this.db.prepare(INSERT_SQL);
+    this.findId = this.db.prepare('SELECT id FROM entries WHERE path = ?').safeIntegers(true);
+    this.setGroup = this.db.prepare('UPDATE entries SET link_group = ? WHERE id = ? AND link_group IS NULL');
+    this.db.exec('BEGIN');
+  }
+
+  /** Starts a fresh volume on `disk` (which must be writable and empty where the volume goes). */
+  static async create(disk: Disk, opts: VolumeWriterOptions = {}): Promise<VolumeWriter> {
+    checkArg(!!disk && typeof disk.write === 'function', 'disk', 'a Disk', disk);
+    checkArg(disk.writable, 'disk', 'writable', disk.name);
+    checkArg(disk.size >= DATA_START * 2, 'disk', 'at least 2 MiB large', disk.size);
+    const cs = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+    checkArg(Number.isSafeInteger(cs) && cs >= ALIGN && cs % ALIGN === 0 && cs <= 64 * 1024 * 1024, 'chunkSize', 'a multiple of 4096 up to 64 MiB', cs);
+    if (opts.uuid) checkArg(opts.uuid.length === 16, 'uuid', '16 bytes', opts.uuid);
+    return new VolumeWriter(disk, opts);
+  }
+
+  /** Adds an entry that has no data (dir, symlink, hardlink, device, fifo, socket, empty file). */
+  async addEntry(meta: EntryMeta): Promise<number> {
+    return this.record(meta, [], null);
+  }
+
+  /**
+   * Adds a regular file with its content. The stored size is meta.size read
+   * after the content is consumed (a source may correct it), raised to the
+   * end of the data. If the content throws, nothing is kept and a
+   * ContentError is thrown.
+   */
+  async addFile(meta: EntryMeta, content: FileContent): Promise<number> {
+    this.checkOpen();
+    checkArg(meta.type === 'file', 'meta.type', '"file" for addFile', meta.type);
+    const start = this.seq.pos;
+    const extents: FileExtent[] = [];
+    const hasher = new ChunkHasher(this.chunkSize);
+    let next = 0; // file offset right after the last piece
+    let stored = 0;
+    const it = content[Symbol.asyncIterator]();
+    for (;;) {
+      let r: IteratorResult<DataPiece | Buffer>;
+      try {
+        r = await it.next();
+      } catch (err) {
+        this.seq.rewind(start);
+        throw new ContentError(meta.path, err);
+      }
+      if (r.done) break;
+      const piece = Buffer.isBuffer(r.value) ? { offset: next, data: r.value } : r.value;
+      if (piece.data.length === 0) continue;
+      if (piece.offset < next) {
+        this.seq.rewind(start);
+        await it.return?.();
+        throw new ContentError(meta.path, new Error(`data piece at ${piece.offset} overlaps the previous one (ends at ${next})`));
+      }
+      const last = extents[extents.length - 1];
+      if (!last || piece.offset !== next) {
+        await this.seq.pad();
+        extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
+      }
+      hasher.feed(piece.offset, piece.data);
+      await this.seq.append(piece.data);
+      extents[extents.length - 1].length += piece.data.length;
+      next = piece.offset + piece.data.length;
+      stored += piece.data.length;
+    }
+    await this.seq.pad();
+    const size = Math.max(meta.size, next);
+    const chunks = hasher.end(size);
+    this.stats.files++;
+    this.stats.bytes += stored;
+    return this.record({ ...meta, size }, extents, chunks);
+  }
+
+  private async record(meta: EntryMeta, extents: FileExtent[], chunks: Buffer | null): Promise<number> {
+    this.checkOpen();
+    const pkey = parentPath(meta.path);
+    let parent: number | null = null;
+    if (pkey) {
+      parent = this.dirs.get(pkey.toString('latin1')) ?? null;
+      if (parent === null) parent = await this.addMissingParent(pkey, meta);
+    }
+    let linkGroup: number | null = null;
+    if (meta.type === 'hardlink' && meta.target) {
+      const row = this.findId.get(meta.target) as { id: bigint } | undefined;
+      if (row) {
+        linkGroup = Number(row.id);
+        this.setGroup.run(linkGroup, linkGroup);
+      }
+    }
+    let id: number;
+    try {
+      id = Number(this.insert.run(toRow(meta, { parent, linkGroup, extents, chunks })).lastInsertRowid);
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+        throw new FerryError('VOLUME_DUPLICATE_PATH', `${meta.path.toString()} was added to the volume twice`, { path: meta.path.toString() });
+      }
+      throw err;
+    }
+    if (meta.type === 'dir') this.dirs.set(meta.path.toString('latin1'), id);
+    this.stats.entries++;
+    if (++this.inTx >= 5000) {
+      this.db.exec('COMMIT; BEGIN');
+      this.inTx = 0;
+    }
+    this.opts.onProgress?.({ files: this.stats.entries, bytes: this.stats.bytes });
+    return id;
+  }
+
+  /** A child arrived before its parent: the parent is recorded as an implicit directory. */
+  private async addMissingParent(path: Buffer, child: EntryMeta): Promise<number> {
+    return this.record({
+      path: Buffer.from(path), type: 'dir', mode: 0o755, uid: 0, gid: 0,
+      atimeNs: child.mtimeNs, mtimeNs: child.mtimeNs, ctimeNs: child.mtimeNs,
+      size: 0, ino: 0n, dev: child.dev, nlink: 1, rdev: 0n, target: null, xattrs: [], implicit: true,
+    }, [], null);
+  }
+
+  private checkOpen(): void {
+    if (this.done) throw new FerryError('VOLUME_CLOSED', 'the volume writer is already finished');
+  }
+
+  /** Writes the catalog and the superblock, reads both back, and returns what was written. */
+  async finish(): Promise<VolumeStats> {
+    this.checkOpen();
+    this.done = true;
+    try {
+      const meta = this.db.prepare('INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)');
+      const facts: Record<string, string> = {
+        format: 'ferry-files-volume',
+        version: String(VERSION),
+        uuid: this.uuid.toString('hex'),
+        chunk_size: String(this.chunkSize),
+        hash: 'sha256',
+        generation: '1',
+        written_ns: String(this.now()),
+        ...this.opts.meta,
+      };
+      for (const [k, v] of Object.entries(facts)) meta.run(k, v);
+      this.db.exec('COMMIT');
+      this.db.close();
+
+      await this.seq.pad();
+      const catalogStart = this.seq.pos;
+      const sum = createHash('sha256');
+      let catalogSize = 0;
+      const fh = await open(join(this.tmp, 'catalog.db'), 'r');
+      try {
+        for (;;) {
+          const buf = Buffer.allocUnsafe(BUFFER_SIZE); // fresh each time: the writer may keep it
+          const { bytesRead } = await fh.read(buf, 0, BUFFER_SIZE, catalogSize);
+          if (bytesRead === 0) break;
+          const piece = buf.subarray(0, bytesRead);
+          sum.update(piece);
+          await this.seq.append(piece);
+          catalogSize += bytesRead;
+        }
+      } finally {
+        await fh.close();
+      }
+      await this.seq.pad();
+      await this.seq.flush();
+      const allocPtr = this.seq.pos;
+      const catalogExtents: DiskRange[] = [{ diskOffset: catalogStart, length: catalogSize }];
+      if (catalogExtents.length > MAX_CATALOG_EXTENTS) throw new Error('unreachable');
+      const sb = encodeSuperblock({
+        magic: MAGIC, version: VERSION, sbSize: SUPERBLOCK_SIZE, uuid: this.uuid, generation: 1,
+        writtenNs: this.now(), chunkSize: this.chunkSize, align: ALIGN, dataStart: DATA_START, allocPtr,
+        catalogSize, catalogExtentCount: 1, flags: 0, catalogSha256: sum.digest(), diskSize: this.disk.size,
+        catalogExtents,
+      });
+      await this.disk.write(0, sb);
+
+      // Read back before trusting it.
+      const back = decodeSuperblock(await this.disk.read(0, SUPERBLOCK_SIZE));
+      if (back.problems.length) {
+        throw new FerryError('VOLUME_READBACK', `the superblock read back from ${this.disk.name} is wrong: ${back.problems[0].message}`, { disk: this.disk.name });
+      }
+      const check = createHash('sha256');
+      for (let off = 0; off < catalogSize; off += BUFFER_SIZE) {
+        check.update(await this.disk.read(catalogStart + off, Math.min(BUFFER_SIZE, catalogSize - off)));
+      }
+      if (!check.digest().equals(back.sb.catalogSha256)) {
+        throw new FerryError('VOLUME_READBACK', `the catalog read back from ${this.disk.name} does not match what was written`, { disk: this.disk.name });
+      }
+      return { ...this.stats, catalogBytes: catalogSize, allocPtr, uuid: this.uuid };
+    } finally {
+      rmSync(this.tmp, { recursive: true, force: true });
+    }
+  }
+
+  /** Drops the catalog being built; what was written to the disk stays unreferenced. */
+  async abort(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    try {
+      if (this.db.open) this.db.close();
+    } finally {
+      rmSync(this.tmp, { recursive: true, force: true });
+    }
+  }
+}
+
+/** One entry to write: its metadata and, for a regular file, a way to read its content. */
+export interface SourceEntry extends EntryMeta {
+  content?: () => FileContent;
+}
+
+export interface EntryWarning {
+  code: string;
+  message: string;
+  path?: Buffer;
+}
+
+export interface WriteVolumeOptions extends VolumeWriterOptions {
+  /** A file whose content failed is reported here and left out; without it the error is thrown. */
+  onWarning?: (w: EntryWarning) => void;
+}
+
+/** Writes every entry into a fresh volume on `disk`: the one call seeding needs. */
+export async function writeVolume(
+  disk: Disk,
+  entries: AsyncIterable<SourceEntry> | Iterable<SourceEntry>,
+  opts: WriteVolumeOptions = {},
+): Promise<VolumeStats & { skipped: number }> {
+  const w = await VolumeWriter.create(disk, opts);
+  let skipped = 0;
+  try {
+    for await (const e of entries) {
+      if (e.type === 'file' && e.content) {
+        try {
+          await w.addFile(e, e.content());
+        } catch (err) {
+          if (!(err instanceof ContentError) || !opts.onWarning) throw err;
+          skipped++;
+          opts.onWarning({ code: err.code, message: err.message, path: e.path });
+        }
+      } else {
+        await w.addEntry(e);
+      }
+    }
+  } catch (err) {
+    await w.abort();
+    throw err;
+  }
+  return { ...(await w.finish()), skipped };
+}
+
+export { HASH_SIZE };
