@@ -245,6 +245,40 @@ export async function createVhd(path: string, opts: CreateOptions): Promise<void
   await writeVhd(path, opts, async () => null);
 }
 
+export interface EmptyImage {
+  /** Bytes 0..dataStart of the file: footer copy, dynamic header, locators, BAT. */
+  prefix: Buffer;
+  /** The footer that ends the file (equal to the copy at 0). */
+  footer: Buffer;
+  dataStart: number;
+  uniqueId: Buffer;
+}
+
+/**
+ * An empty dynamic or differencing image, in memory. `childPath` and the
+ * parent's path only shape the relative locators.
+ */
+export function emptyImage(o: {
+  size: number;
+  blockSize?: number;
+  parent?: ParentRef;
+  childPath?: string;
+  uniqueId?: Buffer;
+  date?: Date;
+}): EmptyImage {
+  checkSize(o.size);
+  const blockSize = o.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const uniqueId = o.uniqueId ?? randomBytes(16);
+  const lay = layoutDynamic(o.size, blockSize, o.childPath ?? '/child.vhd', o.parent);
+  const footer = encodeFooter(makeFooter({ size: o.size, type: o.parent ? 'differencing' : 'dynamic', date: o.date, uniqueId }));
+  const prefix = Buffer.alloc(lay.dataStart, 0);
+  footer.copy(prefix, 0);
+  lay.header.copy(prefix, 512);
+  prefix.fill(0xff, lay.batOffset, lay.batOffset + Math.ceil((lay.batEntries * 4) / SECTOR) * SECTOR);
+  for (const l of lay.locatorData) l.data.copy(prefix, l.offset);
+  return { prefix, footer, dataStart: lay.dataStart, uniqueId };
+}
+
 /** Creates a differencing disk at `path` over the VHD at `parentPath`. */
 export async function createDifferencing(path: string, parentPath: string, opts: { date?: Date; uniqueId?: Buffer } = {}): Promise<void> {
   const parentAbs = resolve(parentPath);
@@ -260,21 +294,11 @@ export async function createDifferencing(path: string, parentPath: string, opts:
   } finally {
     await parent.close();
   }
-  const lay = layoutDynamic(size, blockSize, path, ref);
-  const footer = encodeFooter(makeFooter({ size, type: 'differencing', date: opts.date, uniqueId: opts.uniqueId }));
-  const bat = Buffer.alloc(Math.ceil((lay.batEntries * 4) / SECTOR) * SECTOR, 0xff);
+  const img = emptyImage({ size, blockSize, parent: ref, childPath: path, ...opts });
   const tmp = `${path}.ferry-tmp-${process.pid}`;
   const fh = await fsOpen(tmp, 'w');
   try {
-    await writeAll(fh, footer, 0);
-    await writeAll(fh, lay.header, 512);
-    await writeAll(fh, bat, lay.batOffset);
-    for (const l of lay.locatorData) {
-      const sector = Buffer.alloc(Math.ceil(l.data.length / SECTOR) * SECTOR);
-      l.data.copy(sector);
-      await writeAll(fh, sector, l.offset);
-    }
-    await writeAll(fh, footer, lay.dataStart);
+    await writeAll(fh, Buffer.concat([img.prefix, img.footer]), 0);
     await fh.sync();
   } finally {
     await fh.close();

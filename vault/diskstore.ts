@@ -1,0 +1,438 @@
+// A VHD kept as objects: `disks/<id>/head` plus one object per allocated
+// block (`disks/<id>/blocks/<index>`: the block's sector bitmap then its
+// data, exactly as in the file). Like Xen Orchestra's VhdDirectory, a merge
+// or an incremental then costs what the child holds, not what the base holds.
+//
+// Head object layout (plaintext, before sealing):
+//   0   8  magic "FRRYHEAD"
+//   8   4  length J of the JSON that follows (u32 BE)
+//   12  J  JSON: { v: 1, fileSize, type: 'dynamic'|'differencing'|'fixed',
+//              regions: [{ offset, length }], fixedBlocks?: number[] }
+//   ..     the bytes of each region, in order
+// For dynamic and differencing disks the regions are the file's prefix (footer
+// copy, dynamic header, parent locators, BAT) and the footer at the end; the
+// blocks lie at their BAT offsets; anything else reads as zeros. For fixed
+// disks the one region is the footer and `fixedBlocks` lists the stored
+// 2 MiB data chunks. The exact VHD file comes back from head + blocks.
+//
+// Reading goes through VhdDisk over a storage that maps file offsets to these
+// objects, so a vault disk reads (and chains) exactly like a file.
+import { open as fsOpen } from 'node:fs/promises';
+import type { Disk } from '../format/disk.js';
+import { FerryError } from '../format/errors.js';
+import { type ByteSource, decodeVhd } from '../format/vhd/decode.js';
+import { type EmptyImage } from '../format/vhd/create.js';
+import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
+import { VhdError } from '../format/vhd/problems.js';
+import { VhdDisk, type VhdStorage } from '../format/vhd/vhd.js';
+
+const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
+const FIXED_CHUNK = 2 * 1024 * 1024;
+
+/** Where plaintext objects come from (a vault or a seed, unsealing on the way). */
+export interface ObjectGetter {
+  get(name: string): Promise<Buffer>;
+}
+/** Where plaintext objects go (sealed on the way). */
+export interface ObjectPutter {
+  put(name: string, data: Buffer): Promise<void>;
+}
+
+export const diskPrefix = (id: string) => `disks/${id}/`;
+export const headName = (id: string) => `disks/${id}/head`;
+export const blockName = (id: string, index: number) => `disks/${id}/blocks/${index}`;
+
+interface HeadMeta {
+  v: 1;
+  fileSize: number;
+  type: 'dynamic' | 'differencing' | 'fixed';
+  regions: Array<{ offset: number; length: number }>;
+  fixedBlocks?: number[];
+}
+
+export interface Head {
+  meta: HeadMeta;
+  regions: Array<{ offset: number; data: Buffer }>;
+}
+
+export function encodeHead(meta: HeadMeta, regionData: Buffer[]): Buffer {
+  const json = Buffer.from(JSON.stringify(meta));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(json.length);
+  return Buffer.concat([MAGIC, len, json, ...regionData]);
+}
+
+export function decodeHead(name: string, buf: Buffer): Head {
+  const bad = (why: string) => new FerryError('DISK_BAD_HEAD', `${name}: not a disk head object (${why})`, { object: name });
+  if (buf.length < 12 || !buf.subarray(0, 8).equals(MAGIC)) throw bad('no FRRYHEAD magic');
+  const jl = buf.readUInt32BE(8);
+  if (12 + jl > buf.length) throw bad('truncated metadata');
+  let meta: HeadMeta;
+  try {
+    meta = JSON.parse(buf.toString('utf8', 12, 12 + jl)) as HeadMeta;
+  } catch {
+    throw bad('unreadable metadata');
+  }
+  if (meta.v !== 1 || !Array.isArray(meta.regions) || !Number.isSafeInteger(meta.fileSize)) throw bad('unknown version or fields');
+  let at = 12 + jl;
+  const regions = meta.regions.map((r) => {
+    const data = buf.subarray(at, at + r.length);
+    if (data.length !== r.length) throw bad('truncated region');
+    at += r.length;
+    return { offset: r.offset, data };
+  });
+  return { meta, regions };
+}
+
+/** Block index of each file position that starts a block, from the BAT inside the prefix. */
+function batFromPrefix(prefix: Buffer): { bat: Uint32Array; span: number } | undefined {
+  if (prefix.length < 1536) return undefined;
+  const h = HeaderStruct.decode(prefix, 512);
+  const t = Number(h.tableOffset);
+  if (t + h.maxTableEntries * 4 > prefix.length) return undefined;
+  const bat = new Uint32Array(h.maxTableEntries);
+  for (let i = 0; i < bat.length; i++) bat[i] = prefix.readUInt32BE(t + i * 4);
+  return { bat, span: bitmapSize(h.blockSize) + h.blockSize };
+}
+
+/** Read-only bytes of a stored VHD, fetched object by object, with a small block cache. */
+export class StoredVhdStorage implements VhdStorage {
+  readonly writable = false;
+  private readonly starts: Array<{ pos: number; index: number }> = [];
+  private span = 0;
+  private readonly cache = new Map<number, Promise<Buffer>>();
+
+  constructor(
+    readonly name: string,
+    readonly id: string,
+    private readonly head: Head,
+    private readonly objects: ObjectGetter,
+    private readonly cacheBlocks = 16,
+  ) {
+    if (head.meta.type === 'fixed') {
+      this.span = FIXED_CHUNK;
+      for (const i of head.meta.fixedBlocks ?? []) this.starts.push({ pos: i * FIXED_CHUNK, index: i });
+    } else {
+      const b = batFromPrefix(head.regions[0]?.data ?? Buffer.alloc(0));
+      if (b) {
+        this.span = b.span;
+        b.bat.forEach((e, index) => {
+          if (e !== UNUSED) this.starts.push({ pos: e * SECTOR, index });
+        });
+      }
+    }
+    this.starts.sort((a, b) => a.pos - b.pos);
+  }
+
+  async size(): Promise<number> {
+    return this.head.meta.fileSize;
+  }
+
+  private block(index: number): Promise<Buffer> {
+    let p = this.cache.get(index);
+    if (p) {
+      this.cache.delete(index);
+      this.cache.set(index, p);
+      return p;
+    }
+    p = this.objects.get(blockName(this.id, index));
+    p.catch(() => this.cache.delete(index));
+    this.cache.set(index, p);
+    if (this.cache.size > this.cacheBlocks) this.cache.delete(this.cache.keys().next().value!);
+    return p;
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    const end = Math.min(position + length, this.head.meta.fileSize);
+    if (end <= position) return Buffer.alloc(0);
+    const out = Buffer.alloc(end - position);
+    for (const r of this.head.regions) copyOverlap(r.offset, r.data, position, out);
+    // Blocks overlapping [position, end): binary search for the first start <= position.
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.starts[mid].pos + this.span <= position) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let k = lo; k < this.starts.length && this.starts[k].pos < end; k++) {
+      const { pos, index } = this.starts[k];
+      const data = await this.block(index);
+      copyOverlap(pos, data, position, out);
+    }
+    return out;
+  }
+
+  async write(): Promise<void> {
+    throw new Error(`${this.name} is read-only`);
+  }
+  async sync(): Promise<void> {}
+  async close(): Promise<void> {
+    this.cache.clear();
+  }
+}
+
+function copyOverlap(srcPos: number, src: Buffer, dstPos: number, dst: Buffer): void {
+  const a = Math.max(srcPos, dstPos);
+  const b = Math.min(srcPos + src.length, dstPos + dst.length);
+  if (b > a) src.copy(dst, a - dstPos, a - srcPos, b - srcPos);
+}
+
+/** Opens stored disk `id` as a Disk; `parent` is the disk it differs from (found by the caller). */
+export async function openStoredDisk(objects: ObjectGetter, id: string, parent: Disk | null = null, label = `disk ${id}`): Promise<VhdDisk> {
+  const head = decodeHead(headName(id), await objects.get(headName(id)));
+  const storage = new StoredVhdStorage(label, id, head, objects);
+  const disk = await VhdDisk.fromStorage(storage, { parent });
+  if (disk.type === 'differencing' && !parent) {
+    throw new VhdError({ code: 'VHD_PARENT_MISSING', severity: 'fatal', file: label, message: 'a differencing disk was opened without its parent' });
+  }
+  if (parent && disk.parentUniqueId && !disk.parentUniqueId.equals((parent as VhdDisk).uniqueId ?? disk.parentUniqueId)) {
+    throw new VhdError({ code: 'VHD_PARENT_MISMATCH', severity: 'fatal', file: label, message: `parent ${parent.name} is not the disk this one was made from` });
+  }
+  return disk;
+}
+
+/** Stores the VHD file at `path` as objects; returns its disk id (the VHD unique id in hex). */
+export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?: (done: number, total: number) => void): Promise<{ id: string; blocks: number; bytes: number }> {
+  const fh = await fsOpen(path, 'r');
+  try {
+    const fileSize = (await fh.stat()).size;
+    const src: ByteSource = {
+      name: path,
+      size: async () => fileSize,
+      read: async (pos, len) => {
+        const b = Buffer.alloc(Math.max(0, Math.min(len, fileSize - pos)));
+        if (b.length) await fh.read(b, 0, b.length, pos);
+        return b;
+      },
+    };
+    const d = await decodeVhd(src);
+    const fatal = d.problems.find((p) => p.severity === 'fatal' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_NO_FOOTER');
+    if (fatal) throw new VhdError(fatal);
+    const id = d.footer!.uniqueId.toString('hex');
+    let blocks = 0;
+    let bytes = 0;
+    if (d.type === 'fixed') {
+      const fixedBlocks: number[] = [];
+      const size = d.size!;
+      for (let i = 0; i * FIXED_CHUNK < size; i++) {
+        const b = await src.read(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK));
+        if (!b.every((x) => x === 0)) {
+          await out.put(blockName(id, i), b);
+          fixedBlocks.push(i);
+          blocks++;
+          bytes += b.length;
+        }
+        onProgress?.(Math.min((i + 1) * FIXED_CHUNK, size), size);
+      }
+      const footer = await src.read(fileSize - SECTOR, SECTOR);
+      await out.put(headName(id), encodeHead({ v: 1, fileSize, type: 'fixed', regions: [{ offset: fileSize - SECTOR, length: SECTOR }], fixedBlocks }, [footer]));
+      return { id, blocks, bytes };
+    }
+    const bat = d.bat!;
+    const span = bitmapSize(d.blockSize!) + d.blockSize!;
+    let firstBlock = d.footerOffset!;
+    for (const e of bat) if (e !== UNUSED) firstBlock = Math.min(firstBlock, e * SECTOR);
+    for (let i = 0; i < bat.length; i++) {
+      if (bat[i] === UNUSED) continue;
+      const b = await src.read(bat[i] * SECTOR, span);
+      await out.put(blockName(id, i), b);
+      blocks++;
+      bytes += b.length;
+      onProgress?.(i + 1, bat.length);
+    }
+    const prefix = await src.read(0, firstBlock);
+    const tailLen = fileSize - d.footerOffset!;
+    const tail = await src.read(d.footerOffset!, tailLen);
+    await out.put(
+      headName(id),
+      encodeHead({ v: 1, fileSize, type: d.type!, regions: [{ offset: 0, length: prefix.length }, { offset: d.footerOffset!, length: tailLen }] }, [prefix, tail]),
+    );
+    return { id, blocks, bytes };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Writes stored disk `id` back as the exact VHD file it was. */
+export async function exportStoredVhd(objects: ObjectGetter, id: string, to: string): Promise<void> {
+  const head = decodeHead(headName(id), await objects.get(headName(id)));
+  const storage = new StoredVhdStorage(to, id, head, objects, 2);
+  const fh = await fsOpen(to, 'w');
+  try {
+    const chunk = 8 * 1024 * 1024;
+    for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
+      const b = await storage.read(pos, Math.min(chunk, head.meta.fileSize - pos));
+      await fh.write(b, 0, b.length, pos);
+    }
+    await fh.truncate(head.meta.fileSize);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Storage for a new stored disk being written (seed, backup): VhdDisk writes
+ * into it as into a file; finished blocks go out as objects as soon as more
+ * than `keep` blocks are in memory; `finish()` writes the head last.
+ * A block written again after it went out is fetched back and re-sent.
+ */
+export class SpoolStorage implements VhdStorage {
+  readonly writable = true;
+  private prefix: Buffer;
+  private fileSize: number;
+  private readonly span: number;
+  private readonly blocksAt = new Map<number, number>(); // file position -> block index
+  private readonly live = new Map<number, Buffer>(); // block index -> bytes, insertion = recency
+  private readonly pendingAt = new Map<number, Buffer>(); // written, index not yet known
+  private readonly sent = new Set<number>();
+  private readonly pinned = new Set<number>();
+  private batOffset: number;
+  private batEnd: number;
+  private inflight: Promise<void>[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly id: string,
+    img: EmptyImage,
+    private readonly objects: ObjectPutter & Partial<ObjectGetter>,
+    private readonly keep = 8,
+  ) {
+    this.prefix = Buffer.from(img.prefix);
+    this.fileSize = img.prefix.length + 512;
+    const h = HeaderStruct.decode(this.prefix, 512);
+    this.span = bitmapSize(h.blockSize) + h.blockSize;
+    this.batOffset = Number(h.tableOffset);
+    this.batEnd = this.batOffset + h.maxTableEntries * 4;
+    this.footer = img.footer;
+  }
+  private readonly footer: Buffer;
+
+  /** Keeps block `index` in memory until finish() (e.g. a superblock rewritten at the end). */
+  pin(index: number): void {
+    this.pinned.add(index);
+  }
+
+  async size(): Promise<number> {
+    return this.fileSize;
+  }
+
+  private indexAt(pos: number): { index: number | undefined; start: number } | undefined {
+    // Blocks start at prefix.length + k * span.
+    if (pos < this.prefix.length) return undefined;
+    const start = this.prefix.length + Math.floor((pos - this.prefix.length) / this.span) * this.span;
+    return { index: this.blocksAt.get(start), start };
+  }
+
+  private async blockBytes(index: number): Promise<Buffer> {
+    let b = this.live.get(index);
+    if (b) {
+      this.live.delete(index);
+      this.live.set(index, b);
+      return b;
+    }
+    if (!this.sent.has(index) || !this.objects.get) throw new Error(`${this.name}: block ${index} is gone`);
+    b = Buffer.from(await this.objects.get(blockName(this.id, index)));
+    this.live.set(index, b);
+    return b;
+  }
+
+  async read(position: number, length: number): Promise<Buffer> {
+    const end = Math.min(position + length, this.fileSize);
+    const out = Buffer.alloc(Math.max(0, end - position));
+    copyOverlap(0, this.prefix, position, out);
+    for (let p = position; p < end; ) {
+      const at = this.indexAt(p);
+      if (!at) {
+        p = this.prefix.length;
+        continue;
+      }
+      if (at.index !== undefined) copyOverlap(at.start, await this.blockBytes(at.index), position, out);
+      else {
+        const pend = this.pendingAt.get(at.start);
+        if (pend) copyOverlap(at.start, pend, position, out);
+      }
+      p = at.start + this.span;
+    }
+    if (end > this.fileSize - 512) copyOverlap(this.fileSize - 512, this.footer, position, out);
+    return out;
+  }
+
+  async write(position: number, data: Buffer): Promise<void> {
+    if (position < this.prefix.length) {
+      // Header or BAT update; a BAT entry tells which block a new block is.
+      data.copy(this.prefix, position);
+      if (position >= this.batOffset && position + data.length <= this.batEnd) {
+        for (let o = position - ((position - this.batOffset) % 4); o < position + data.length; o += 4) {
+          const index = (o - this.batOffset) / 4;
+          const e = this.prefix.readUInt32BE(o);
+          if (e === UNUSED) continue;
+          const start = e * SECTOR;
+          const pend = this.pendingAt.get(start);
+          if (pend) {
+            this.pendingAt.delete(start);
+            this.blocksAt.set(start, index);
+            this.live.set(index, pend);
+            await this.evict();
+          }
+        }
+      }
+      return;
+    }
+    const at0 = this.indexAt(position)!;
+    if (data.length === 512 && position === at0.start && at0.index === undefined && !this.pendingAt.has(at0.start)) {
+      // The footer VhdDisk moves to the new end after each allocation.
+      this.fileSize = Math.max(this.fileSize, position + 512);
+      return;
+    }
+    const at = this.indexAt(position)!;
+    if (position === at.start && data.length === this.span && at.index === undefined) {
+      this.pendingAt.set(at.start, Buffer.from(data));
+      this.fileSize = Math.max(this.fileSize, position + data.length + 512);
+      return;
+    }
+    if (at.index === undefined) throw new Error(`${this.name}: write at ${position} outside any block`);
+    const b = await this.blockBytes(at.index);
+    data.copy(b, position - at.start);
+    this.sent.delete(at.index);
+  }
+
+  private async evict(): Promise<void> {
+    while (this.live.size - this.pinnedLive() > this.keep) {
+      const victim = [...this.live.keys()].find((i) => !this.pinned.has(i))!;
+      await this.send(victim);
+    }
+  }
+
+  private pinnedLive(): number {
+    let n = 0;
+    for (const i of this.pinned) if (this.live.has(i)) n++;
+    return n;
+  }
+
+  private async send(index: number): Promise<void> {
+    const b = this.live.get(index)!;
+    this.live.delete(index);
+    if (this.sent.has(index)) return; // unchanged since it went out
+    this.sent.add(index);
+    await this.objects.put(blockName(this.id, index), b);
+  }
+
+  /** Sends every block still in memory, then the head. Returns what was stored. */
+  async finish(): Promise<{ blocks: number }> {
+    for (const index of [...this.live.keys()]) await this.send(index);
+    const tailOffset = this.fileSize - 512;
+    await this.objects.put(
+      headName(this.id),
+      encodeHead(
+        { v: 1, fileSize: this.fileSize, type: this.prefix.readUInt32BE(60) === 4 ? 'differencing' : 'dynamic', regions: [{ offset: 0, length: this.prefix.length }, { offset: tailOffset, length: 512 }] },
+        [this.prefix, this.footer],
+      ),
+    );
+    return { blocks: this.sent.size };
+  }
+
+  async sync(): Promise<void> {}
+  async close(): Promise<void> {}
+}
