@@ -1,5 +1,7 @@
 // Every command module registers itself on the program. One file per command.
 import type { Command } from 'commander';
 import { register as vhd } from './vhd.js';
+import { register as init } from './init.js';
+import { register as key } from './key.js';
 
-export const commands: Array<(program: Command) => void> = [vhd];
+export const commands: Array<(program: Command) => void> = [vhd, init, key];

@@ -1,0 +1,225 @@
+// A vault in a local directory: one file per object, at the object's name.
+// Writes go to a temporary file in the same directory, are fsynced, then
+// renamed over the name and the directory fsynced: after a crash a name holds
+// its old bytes or its new bytes, and leftover temporaries (dot-files) are
+// invisible to list() and cost only space.
+import { randomBytes } from 'node:crypto';
+import { constants as fsc, promises as fs, Dirent } from 'node:fs';
+import { dirname, join, resolve, sep } from 'node:path';
+import { FerryError } from '../format/errors.js';
+import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
+
+export interface DirBackendOptions {
+  /** fsync files and directories (default true). Off only for throwaway test data. */
+  sync?: boolean;
+}
+
+const TMP_MARK = '.ferry-tmp-';
+
+export class DirBackend implements Backend {
+  readonly location: string;
+  readonly #root: string;
+  readonly #sync: boolean;
+  #faults: IoFaults | null = null;
+
+  constructor(root: string, opts: DirBackendOptions = {}) {
+    this.#root = resolve(root);
+    this.location = this.#root;
+    this.#sync = opts.sync ?? true;
+  }
+
+  describe(): string {
+    return `directory ${this.#root}`;
+  }
+
+  injectFaults(faults: IoFaults | null): void {
+    this.#faults = faults;
+  }
+
+  #path(name: string): string {
+    checkObjectName(name);
+    const p = join(this.#root, ...name.split('/'));
+    // checkObjectName already rules out escapes; this is the belt to those braces.
+    if (!p.startsWith(this.#root + sep)) throw new FerryError('BAD_OBJECT_NAME', `object name ${name} escapes the vault`, { object: name });
+    return p;
+  }
+
+  async put(name: string, data: Buffer): Promise<void> {
+    await this.#write(name, data, false);
+  }
+
+  async putNew(name: string, data: Buffer): Promise<void> {
+    await this.#write(name, data, true);
+  }
+
+  async #write(name: string, data: Buffer, exclusive: boolean): Promise<void> {
+    const path = this.#path(name);
+    const dir = dirname(path);
+    const tmp = join(dir, `${TMP_MARK}${randomBytes(8).toString('hex')}`);
+    let created = false;
+    try {
+      await this.#mkdirs(dir);
+      const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+      created = true;
+      try {
+        if (this.#faults?.midWrite && data.length > 0) {
+          const half = data.length >> 1;
+          await writeAll(fh, data.subarray(0, half));
+          this.#faults.midWrite(name, half, data.length);
+          await writeAll(fh, data.subarray(half));
+        } else {
+          await writeAll(fh, data);
+        }
+        if (this.#sync) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      if (exclusive) {
+        // link() fails if the name exists, atomically: an exclusive create
+        // that still never shows a partial file.
+        try {
+          await fs.link(tmp, path);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw objectExists(this.location, name);
+          throw err;
+        }
+        await fs.unlink(tmp);
+        created = false;
+      } else {
+        await fs.rename(tmp, path);
+        created = false;
+      }
+      if (this.#sync) await fsyncDir(dir);
+    } catch (err) {
+      if (created) await fs.unlink(tmp).catch(() => {});
+      throw this.#translate(err, 'write', name);
+    }
+  }
+
+  /** mkdir -p, then fsync the parent of each directory it made so the new entries survive a crash. */
+  async #mkdirs(dir: string): Promise<void> {
+    const first = await fs.mkdir(dir, { recursive: true });
+    if (!first || !this.#sync) return;
+    for (let d = dir; ; d = dirname(d)) {
+      await fsyncDir(dirname(d));
+      if (d === first || d.length <= this.#root.length) break;
+    }
+  }
+
+  async get(name: string): Promise<Buffer> {
+    const path = this.#path(name);
+    try {
+      return await fs.readFile(path);
+    } catch (err) {
+      throw this.#translate(err, 'read', name);
+    }
+  }
+
+  async exists(name: string): Promise<boolean> {
+    const path = this.#path(name);
+    try {
+      return (await fs.stat(path)).isFile();
+    } catch (err) {
+      if (isMissing(err)) return false;
+      throw this.#translate(err, 'stat', name);
+    }
+  }
+
+  async stat(name: string): Promise<ObjectStat> {
+    const path = this.#path(name);
+    try {
+      const st = await fs.stat(path);
+      if (!st.isFile()) throw objectMissing(this.location, name);
+      return { size: st.size };
+    } catch (err) {
+      throw this.#translate(err, 'stat', name);
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    const path = this.#path(name);
+    try {
+      await fs.unlink(path);
+      if (this.#sync) await fsyncDir(dirname(path));
+    } catch (err) {
+      if (isMissing(err)) return;
+      throw this.#translate(err, 'delete', name);
+    }
+  }
+
+  async *list(prefix: string): AsyncIterable<string> {
+    checkPrefix(prefix);
+    // Walk only the directory the prefix pins down, then filter by the rest.
+    const cut = prefix.lastIndexOf('/');
+    const base = cut < 0 ? '' : prefix.slice(0, cut);
+    yield* this.#walk(base, prefix);
+  }
+
+  async *#walk(rel: string, prefix: string): AsyncIterable<string> {
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(rel ? join(this.#root, ...rel.split('/')) : this.#root, { withFileTypes: true });
+    } catch (err) {
+      if (isMissing(err)) return;
+      throw this.#translate(err, 'list', rel || '/');
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      if (e.name.startsWith('.')) continue; // temporaries and anything not ours
+      const name = rel ? `${rel}/${e.name}` : e.name;
+      if (e.isDirectory()) {
+        // Descend only where names can still match the prefix.
+        if (prefix.startsWith(name + '/') || name.startsWith(prefix) || (name + '/').startsWith(prefix)) yield* this.#walk(name, prefix);
+      } else if (e.isFile() && name.startsWith(prefix)) {
+        yield name;
+      }
+    }
+  }
+
+  #translate(err: unknown, op: string, name: string): unknown {
+    if (err instanceof FerryError) return err;
+    const e = err as NodeJS.ErrnoException;
+    if ((op === 'read' || op === 'stat') && isMissing(e)) return objectMissing(this.location, name);
+    if (typeof e?.code !== 'string') return err;
+    const hint = e.code === 'ENOSPC' ? ' (the disk is full)' : e.code === 'EACCES' || e.code === 'EPERM' ? ' (permission denied)' : '';
+    return new FerryError('BACKEND_IO', `cannot ${op} object ${name} in ${this.location}: ${e.code} ${e.message}${hint}`, {
+      object: name,
+      location: this.location,
+      errno: e.code,
+    });
+  }
+}
+
+async function writeAll(fh: fs.FileHandle, data: Buffer): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off);
+    off += bytesWritten;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function isMissing(err: unknown): boolean {
+  const c = (err as NodeJS.ErrnoException)?.code;
+  return c === 'ENOENT' || c === 'ENOTDIR' || c === 'EISDIR';
+}
+
+/** Whether `dir` exists and is empty (or does not exist): where `ferry init` may create a vault. */
+export async function dirState(dir: string): Promise<'missing' | 'empty' | 'nonEmpty' | 'notADirectory'> {
+  try {
+    const st = await fs.stat(dir);
+    if (!st.isDirectory()) return 'notADirectory';
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
+    throw err;
+  }
+  return (await fs.readdir(dir)).length === 0 ? 'empty' : 'nonEmpty';
+}
