@@ -1,0 +1,36 @@
+// ferry import: verify seed disks and adopt them into the vault.
+import type { Command } from 'commander';
+import { action, withGlobals, type Output } from '../cli.js';
+import { progressBar } from '../progress.js';
+import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
+import { UsageError, formatSize } from '../../format/errors.js';
+import { importSeeds } from '../../seed/import.js';
+
+export function register(program: Command): void {
+  withLockOptions(withGlobals(program.command('import').argument('[disk...]', 'seed disk folders, in any order')))
+    .description('verify seed disks and copy them into the vault; the point appears once every disk is in')
+    .requiredOption('--vault <vault>', 'the vault')
+    .action(
+      action(async (out: Output, dirs: string[], o: CliOpenOptions) => {
+        if (dirs.length === 0) throw new UsageError('import needs at least one seed disk folder');
+        const vault = await openVaultFromCli(out, o, { writable: true, command: 'import' });
+        const bar = progressBar(out.opts, 'import');
+        try {
+          const r = await importSeeds(vault, dirs, { onProgress: (p) => bar.update(p.objects, p.totalObjects, p.disk) });
+          bar.stop();
+          out.result(r, () => {
+            for (const d of r.imported) {
+              out.info(d.already ? `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} was already imported` : `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} verified and imported (${d.objects} objects, ${formatSize(d.bytes)})`);
+            }
+            for (const p of r.registered) out.info(`registered point ${p.seq} of ${p.machine}/${p.item} (seed ${p.seedId})`);
+            for (const w of r.waiting) {
+              out.info(`disk${w.missing.length > 1 ? 's' : ''} ${w.missing.join(', ')} of ${w.of} of seed ${w.seedId} (${w.machine}/${w.item}) not yet imported; the point appears once ${w.missing.length > 1 ? 'they are' : 'it is'}`);
+            }
+          });
+        } finally {
+          bar.stop();
+          await vault.close();
+        }
+      }),
+    );
+}

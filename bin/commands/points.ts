@@ -1,0 +1,30 @@
+// ferry points: every recovery point, oldest first.
+import type { Command } from 'commander';
+import { action, withGlobals, type Output } from '../cli.js';
+import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
+import { formatSize } from '../../format/errors.js';
+import { listPoints } from '../../vault/registry.js';
+
+export function register(program: Command): void {
+  withGlobals(program.command('points'))
+    .description('list recovery points: time, kind, size, and whether from a seed or a backup')
+    .requiredOption('--vault <vault>', 'the vault')
+    .option('--machine <name>', 'only this machine')
+    .option('--item <name>', 'only this item')
+    .action(
+      action(async (out: Output, o: CliOpenOptions & { machine?: string; item?: string }) => {
+        const vault = await openVaultFromCli(out, o);
+        try {
+          const points = await listPoints(vault, { machine: o.machine, item: o.item });
+          const doc = points.map((p) => ({ seq: p.seq, time: p.time, kind: p.kind, machine: p.machine, item: p.item, source: p.source, size: p.size, disks: p.chain.length, sources: p.sources, stats: p.stats }));
+          out.result(doc, () => {
+            if (points.length === 0) out.info(`no recovery points in ${o.vault}`);
+            else out.info(['seq', 'time', 'machine', 'item', 'kind', 'source', 'size'].join('\t'));
+            for (const p of points) out.info([p.seq, p.time, p.machine, p.item, p.kind, p.source, formatSize(p.size)].join('\t'));
+          });
+        } finally {
+          await vault.close();
+        }
+      }),
+    );
+}

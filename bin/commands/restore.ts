@@ -1,0 +1,63 @@
+// ferry restore: files, a volume or the system state of one recovery point.
+import type { Command } from 'commander';
+import { hostname } from 'node:os';
+import { action, withGlobals, type Output } from '../cli.js';
+import { progressBar } from '../progress.js';
+import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
+import { EXIT, UsageError, formatSize } from '../../format/errors.js';
+import { restore, type RestoreFormat } from '../../restore/restore.js';
+
+interface RestoreOpts extends CliOpenOptions {
+  item: string;
+  point?: string;
+  machine?: string;
+  path: string[];
+  to?: string;
+  ifExists: string;
+  format?: string;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+export function register(program: Command): void {
+  withGlobals(program.command('restore'))
+    .description('restore files, a volume or the system state from a recovery point')
+    .requiredOption('--vault <vault>', 'the vault')
+    .requiredOption('--item <name>', 'the item')
+    .option('--point <p>', 'a point number, latest, or a time (the newest at or before it)', 'latest')
+    .option('--machine <name>', "the machine whose item to restore (default: this host; another name is alternate-server recovery)")
+    .option('--path <p>', 'only this path or glob (repeat for more); a folder brings its whole tree', collect, [])
+    .option('--to <target>', 'restore under this folder (files) or into this device or file (volume); default: the original places')
+    .option('--if-exists <policy>', 'for files that exist: copy (keep both), overwrite or skip', 'copy')
+    .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
+    .action(
+      action(async (out: Output, o: RestoreOpts) => {
+        if (!['copy', 'overwrite', 'skip'].includes(o.ifExists)) throw new UsageError(`--if-exists must be copy, overwrite or skip (got ${JSON.stringify(o.ifExists)})`);
+        if (o.format && !['dir', 'raw', 'vhd', 'tar'].includes(o.format)) throw new UsageError(`--format must be dir, tar, raw or vhd (got ${JSON.stringify(o.format)})`);
+        const vault = await openVaultFromCli(out, o);
+        const bar = progressBar(out.opts, 'restore');
+        try {
+          const r = await restore(vault, {
+            machine: o.machine ?? hostname(),
+            item: o.item,
+            point: o.point,
+            paths: o.path,
+            to: o.to,
+            ifExists: o.ifExists as 'copy' | 'overwrite' | 'skip',
+            format: o.format as RestoreFormat | undefined,
+            onProgress: (d, t) => bar.update(d, t),
+            onWarning: (w) => out.warn(w.message),
+          });
+          bar.stop();
+          out.result(r, () => {
+            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${r.restored} entries, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
+            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be restored (listed above)`);
+          });
+          return r.warnings ? EXIT.warnings : EXIT.ok;
+        } finally {
+          bar.stop();
+          await vault.close();
+        }
+      }),
+    );
+}

@@ -1,0 +1,76 @@
+// ferry seed: the first full backup of an item, onto shippable disks.
+import type { Command } from 'commander';
+import { action, withGlobals, type Output } from '../cli.js';
+import { progressBar } from '../progress.js';
+import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
+import { EXIT, UsageError, formatSize, parseSize } from '../../format/errors.js';
+import { seed } from '../../seed/seed.js';
+import type { ItemKind } from '../../vault/registry.js';
+
+interface SeedOpts extends CliOpenOptions {
+  item: string;
+  kind: string;
+  disk: string[];
+  diskCapacity?: string;
+  databox?: string;
+  exclude: string[];
+  oneFileSystem?: boolean;
+  machine?: string;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+export function register(program: Command): void {
+  withGlobals(program.command('seed').argument('[source...]', 'paths (files), a device or image (volume); none for system-state'))
+    .description('write the first full backup of an item onto seed disks (folders, USB drives, Data Box Disks)')
+    .requiredOption('--vault <vault>', 'the vault the seed will be imported into')
+    .requiredOption('--item <name>', 'the item name')
+    .requiredOption('--kind <kind>', 'files, volume or system-state')
+    .option('--disk <dir>', 'a seed disk (folder); repeat for more', collect, [])
+    .option('--disk-capacity <size>', 'bytes to put on each disk (default: its free space)')
+    .option('--databox <container>', 'lay objects out as BlockBlob/<container>/... for an Azure Data Box')
+    .option('--exclude <glob>', 'leave out matching paths; repeat for more', collect, [])
+    .option('--one-file-system', 'do not cross into other filesystems')
+    .option('--machine <name>', 'the machine name (default: this host name)')
+    .action(
+      action(async (out: Output, sources: string[], o: SeedOpts) => {
+        if (!['files', 'volume', 'system-state'].includes(o.kind)) throw new UsageError(`--kind must be files, volume or system-state (got ${JSON.stringify(o.kind)})`);
+        if (o.disk.length === 0) throw new UsageError('seed needs at least one --disk DIR');
+        const capacity = o.diskCapacity !== undefined ? parseSize(o.diskCapacity, '--disk-capacity') : undefined;
+        const vault = await openVaultFromCli(out, o);
+        const bar = progressBar(out.opts, 'seed');
+        const warnings: Array<{ path?: string; message: string }> = [];
+        try {
+          const r = await seed({
+            vault,
+            machine: o.machine,
+            item: o.item,
+            kind: o.kind as ItemKind,
+            sources,
+            excludes: o.exclude,
+            oneFileSystem: o.oneFileSystem,
+            disks: o.disk,
+            diskCapacity: capacity,
+            databox: o.databox,
+            onProgress: (p) => bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files} files, disk ${p.disk}/${p.disks}`),
+            onWarning: (w) => {
+              warnings.push(w);
+              out.warn(w.message);
+            },
+          });
+          bar.stop();
+          out.result({ ...r, warningList: warnings }, () => {
+            out.info(
+              `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${r.files} files, ` : ''}${formatSize(r.bytes)} on ${r.diskCount} disk${r.diskCount === 1 ? '' : 's'} (${r.objects} objects, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
+            );
+            out.info(`next: ship the disks, then ferry import --vault ${o.vault} ${o.disk.join(' ')}`);
+            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be read (listed above)`);
+          });
+          return r.warnings ? EXIT.warnings : EXIT.ok;
+        } finally {
+          bar.stop();
+          await vault.close();
+        }
+      }),
+    );
+}

@@ -1,0 +1,125 @@
+// Restoring one recovery point: files and system state through the volume
+// reader, volumes as raw bytes or a VHD. Reads only; a rerun finishes an
+// interrupted restore.
+import { spawn } from 'node:child_process';
+import { mkdtemp, open as fsOpen, rm, stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import type { Disk } from '../format/disk.js';
+import { FerryError, UsageError } from '../format/errors.js';
+import { exportDisk } from '../format/vhd/export.js';
+import { VolumeReader } from '../format/volume/index.js';
+import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
+import type { VaultReader } from '../vault/vault.js';
+import { restoreFiles, type IfExists } from './files.js';
+
+export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
+
+export interface RestoreOptions {
+  machine: string;
+  item: string;
+  point?: string;
+  paths?: string[];
+  to?: string;
+  ifExists?: IfExists;
+  format?: RestoreFormat;
+  onProgress?: (done: number, total: number, what: string) => void;
+  onWarning?: (w: { path?: string; message: string }) => void;
+}
+
+export interface RestoreResult {
+  point: PointManifest;
+  to: string;
+  format: RestoreFormat;
+  restored: number;
+  skipped: number;
+  bytes: number;
+  warnings: number;
+}
+
+export async function restore(vault: VaultReader, o: RestoreOptions): Promise<RestoreResult> {
+  const point = await resolvePoint(vault, o.machine, o.item, o.point ?? 'latest');
+  const format = o.format ?? (point.kind === 'volume' ? 'raw' : 'dir');
+  if (point.kind === 'volume' && (format === 'dir' || format === 'tar')) throw new UsageError(`a volume restores as --format raw or vhd, not ${format}`);
+  if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
+  const disk = await openPointDisk(vault, point);
+  try {
+    if (point.kind === 'volume') {
+      if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
+      const bytes = await restoreVolume(disk, o.to, format as 'raw' | 'vhd', o.onProgress);
+      return { point, to: o.to, format, restored: 1, skipped: 0, bytes, warnings: 0 };
+    }
+    const reader = await VolumeReader.open(disk);
+    try {
+      let warnings = 0;
+      const onWarning = (w: { path?: Buffer | string; message: string }) => {
+        warnings++;
+        o.onWarning?.({ path: w.path?.toString(), message: w.message });
+      };
+      if (format === 'tar') {
+        if (!o.to) throw new UsageError('--format tar needs --to FILE.tar');
+        const staging = await mkdtemp(join(dirname(o.to), '.ferry-restore-'));
+        try {
+          const r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
+          await tarDir(staging, o.to);
+          return { point, to: o.to, format, restored: r.restored, skipped: r.skipped, bytes: r.bytes, warnings };
+        } finally {
+          await rm(staging, { recursive: true, force: true });
+        }
+      }
+      const r = await restoreFiles(reader, {
+        to: o.to,
+        paths: o.paths,
+        ifExists: o.ifExists ?? 'copy',
+        suffix: `ferry-restored-${point.seq}`,
+        onWarning,
+        onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
+      });
+      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, bytes: r.bytes, warnings };
+    } finally {
+      await reader.close();
+    }
+  } finally {
+    await disk.close();
+  }
+}
+
+async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onProgress?: RestoreOptions['onProgress']): Promise<number> {
+  if (format === 'vhd') {
+    await exportDisk(disk, to, 'dynamic', (d, t) => onProgress?.(d, t, 'volume'));
+    return disk.size;
+  }
+  let isDevice = false;
+  try {
+    isDevice = (await stat(to)).isBlockDevice();
+  } catch {
+    // a new image file
+  }
+  if (!isDevice) {
+    await exportDisk(disk, to, 'raw', (d, t) => onProgress?.(d, t, 'volume'));
+    return disk.size;
+  }
+  // A device may hold old data: every byte is written, zeros included.
+  const fh = await fsOpen(to, 'r+');
+  try {
+    const chunk = 4 * 1024 * 1024;
+    for (let pos = 0; pos < disk.size; pos += chunk) {
+      const b = await disk.read(pos, Math.min(chunk, disk.size - pos));
+      await fh.write(b, 0, b.length, pos);
+      onProgress?.(pos + b.length, disk.size, 'volume');
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return disk.size;
+}
+
+function tarDir(dir: string, to: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const p = spawn('tar', ['--xattrs', '--acls', '--numeric-owner', '-cpf', to, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d) => (err += d));
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve() : reject(new FerryError('RESTORE_TAR', `tar could not write ${to}: ${err.trim().split('\n')[0]}`))));
+  });
+}

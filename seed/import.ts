@@ -1,0 +1,165 @@
+// Importing seed disks into a vault: in any order, in any number of sittings.
+// Every object is checked twice before it is copied: its SHA-256 against the
+// disk's manifest, then its AEAD tag under the vault key with its name (so a
+// swapped or foreign object fails). A disk counts as imported only when all
+// its objects are in; the point is registered only when every disk is.
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { FerryError } from '../format/errors.js';
+import { SEED_MANIFEST, type SeedManifest, parseSeedManifest } from '../format/seedmanifest.js';
+import { itemName, pointName, listPoints, putJson, readItem, type PointManifest } from '../vault/registry.js';
+import type { VaultWriter } from '../vault/vault.js';
+import { seedPointName, type SeedPointRecord } from './seed.js';
+
+export interface ImportProgress {
+  disk: string;
+  objects: number;
+  totalObjects: number;
+  bytes: number;
+}
+
+export interface ImportResult {
+  imported: Array<{ dir: string; seedId: string; disk: number; of: number; objects: number; bytes: number; already: boolean }>;
+  registered: Array<{ machine: string; item: string; seq: number; seedId: string }>;
+  /** Seeds still waiting for disks: which numbers. */
+  waiting: Array<{ seedId: string; machine: string; item: string; missing: number[]; of: number }>;
+}
+
+const diskMarker = (seedId: string, n: number) => `seeds/${seedId}/disks/${n}`;
+const registeredMarker = (seedId: string) => `seeds/${seedId}/registered`;
+
+async function readManifest(dir: string): Promise<SeedManifest> {
+  const file = join(dir, SEED_MANIFEST);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new FerryError('SEED_NO_MANIFEST', code === 'ENOENT' ? `${dir} holds no ${SEED_MANIFEST}: not a ferry seed disk (or the wrong folder)` : `${file}: ${(err as Error).message}`, { disk: dir });
+  }
+  return parseSeedManifest(file, text);
+}
+
+export async function importSeeds(
+  vault: VaultWriter,
+  dirs: string[],
+  opts: { onProgress?: (p: ImportProgress) => void } = {},
+): Promise<ImportResult> {
+  // Every disk is looked at before anything is copied: a foreign or unfinished one stops the import.
+  const manifests: Array<{ dir: string; m: SeedManifest }> = [];
+  for (const dir of dirs) {
+    const m = await readManifest(dir);
+    if (m.vaultId !== vault.id) {
+      throw new FerryError('SEED_FOREIGN', `${dir} holds a seed for vault ${m.vaultId}, not for this vault (${vault.id}); import it into its own vault`, { disk: dir });
+    }
+    if (!m.complete || m.of === null) {
+      throw new FerryError('SEED_UNFINISHED', `${dir} holds disk ${m.disk} of an unfinished seed ${m.seedId}; run the same ferry seed command again to finish it`, { disk: dir });
+    }
+    manifests.push({ dir, m });
+  }
+  const result: ImportResult = { imported: [], registered: [], waiting: [] };
+  for (const { dir, m } of manifests) {
+    if (await vault.exists(diskMarker(m.seedId, m.disk))) {
+      result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
+      continue;
+    }
+    const r = await importDisk(vault, dir, m, opts.onProgress);
+    await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
+    result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false });
+  }
+  // Register every seed that is now whole.
+  const seeds = new Map<string, SeedManifest>();
+  for (const { m } of manifests) seeds.set(m.seedId, m);
+  for (const m of seeds.values()) {
+    const missing: number[] = [];
+    for (let n = 1; n <= m.of!; n++) if (!(await vault.exists(diskMarker(m.seedId, n)))) missing.push(n);
+    if (missing.length > 0) {
+      result.waiting.push({ seedId: m.seedId, machine: m.machine, item: m.item, missing, of: m.of! });
+      continue;
+    }
+    if (await vault.exists(registeredMarker(m.seedId))) continue;
+    const reg = await register(vault, m);
+    result.registered.push(reg);
+  }
+  return result;
+}
+
+async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onProgress?: (p: ImportProgress) => void): Promise<{ bytes: number }> {
+  let bytes = 0;
+  let done = 0;
+  const window: Promise<void>[] = [];
+  const depth = Math.max(2, vault.pool.size * 2);
+  const one = async (o: SeedManifest['objects'][number]) => {
+    const file = join(dir, m.prefix + o.name);
+    let data: Buffer;
+    try {
+      data = await readFile(file);
+    } catch {
+      throw new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name });
+    }
+    if (data.length !== o.size || createHash('sha256').update(data).digest('hex') !== o.sha256) {
+      throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) does not match its checksum; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
+    }
+    try {
+      await vault.pool.unseal(o.name, data);
+    } catch (err) {
+      throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} fails authentication (${(err as Error).message}); nothing was registered`, { disk: dir, object: o.name });
+    }
+    if (!(await sameObject(vault, o.name, data))) {
+      // Already sealed with this vault's key: stored as it is.
+      vault.lock.assertHeld();
+      await vault.backend.put(o.name, data);
+    }
+    bytes += data.length;
+    done++;
+    onProgress?.({ disk: dir, objects: done, totalObjects: m.objects.length, bytes });
+  };
+  let failure: unknown;
+  for (const o of m.objects) {
+    if (failure) break;
+    const p = one(o).catch((err) => {
+      failure ??= err;
+    });
+    window.push(p);
+    if (window.length >= depth) await window.shift();
+  }
+  await Promise.all(window);
+  if (failure) throw failure;
+  return { bytes };
+}
+
+async function sameObject(vault: VaultWriter, name: string, data: Buffer): Promise<boolean> {
+  try {
+    const st = await vault.stat(name);
+    return st.size === data.length && (await vault.backend.get(name)).equals(data);
+  } catch {
+    return false;
+  }
+}
+
+async function register(vault: VaultWriter, m: SeedManifest): Promise<{ machine: string; item: string; seq: number; seedId: string }> {
+  if (!m.point) throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: the manifest carries no point record`);
+  let rec: SeedPointRecord;
+  try {
+    rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point, 'base64'))).toString('utf8')) as SeedPointRecord;
+  } catch (err) {
+    throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: its point record does not open (${(err as Error).message})`);
+  }
+  const { machine, item } = rec.point;
+  // Every disk of the point must really be in the vault before it becomes visible.
+  for (const id of rec.point.chain) {
+    if (!(await vault.exists(`disks/${id}/head`))) throw new FerryError('SEED_INCOMPLETE', `seed ${m.seedId}: disk ${id} has no head object in the vault`);
+  }
+  const existing = await readItem(vault, machine, item);
+  if (existing && existing.kind !== rec.item.kind) {
+    throw new FerryError('ITEM_KIND_MISMATCH', `item ${machine}/${item} exists as kind ${existing.kind}; this seed is ${rec.item.kind}`);
+  }
+  if (!existing) await putJson(vault, itemName(machine, item), rec.item);
+  const points = await listPoints(vault, { machine, item });
+  const seq = points.reduce((n, p) => Math.max(n, p.seq), 0) + 1;
+  const point: PointManifest = { ...rec.point, seq };
+  await putJson(vault, pointName(machine, item, seq), point);
+  await putJson(vault, registeredMarker(m.seedId), { seq });
+  return { machine, item, seq, seedId: m.seedId };
+}

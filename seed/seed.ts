@@ -1,0 +1,189 @@
+// Seeding: the first full backup of an item, built as a VHD whose blocks are
+// sealed and written straight onto the seed disks. The pipeline: the source
+// (walker or device reader) feeds the volume writer, which writes into a
+// VhdDisk over a SpoolStorage; finished blocks go to the seal pool and then
+// to the seed disks, with bounded queues in between.
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Disk } from '../format/disk.js';
+import { FerryError, UsageError } from '../format/errors.js';
+import { emptyImage } from '../format/vhd/create.js';
+import { MAX_VHD_SIZE } from '../format/vhd/layout.js';
+import { VhdDisk } from '../format/vhd/vhd.js';
+import { writeVolume, type SourceEntry, type EntryWarning } from '../format/volume/index.js';
+import { SpoolStorage } from '../vault/diskstore.js';
+import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
+import { checkName } from '../vault/registry.js';
+import type { VaultReader } from '../vault/vault.js';
+import { SeedTargets, type TargetsProgress } from './targets.js';
+import { sourceEntries, volumeChunks, volumeSize } from './sources.js';
+
+export interface SeedOptions {
+  vault: VaultReader;
+  machine?: string;
+  item: string;
+  kind: ItemKind;
+  sources: string[];
+  excludes?: string[];
+  oneFileSystem?: boolean;
+  disks: string[];
+  diskCapacity?: number;
+  databox?: string;
+  onProgress?: (p: SeedProgress) => void;
+  onWarning?: (w: { path?: string; message: string }) => void;
+}
+
+export interface SeedProgress {
+  phase: 'data' | 'finish';
+  files: number;
+  bytes: number;
+  totalBytes?: number;
+  disk: number;
+  disks: number;
+}
+
+export interface SeedResult {
+  seedId: string;
+  machine: string;
+  item: string;
+  kind: ItemKind;
+  disks: string[];
+  diskCount: number;
+  objects: number;
+  kept: number;
+  sealedBytes: number;
+  files: number;
+  bytes: number;
+  warnings: number;
+  resumed: boolean;
+}
+
+/** The object name of a seed's point record (sealed, carried in FERRY-SEED.json). */
+export const seedPointName = (seedId: string) => `seeds/${seedId}/point`;
+
+export interface SeedPointRecord {
+  item: ItemDef;
+  point: Omit<PointManifest, 'seq'>;
+}
+
+export async function seed(o: SeedOptions): Promise<SeedResult> {
+  const machine = o.machine ?? hostname();
+  checkName('machine', machine);
+  checkName('item', o.item);
+  if (o.disks.length === 0) throw new UsageError('seed needs at least one --disk DIR to write to');
+  if (o.kind !== 'system-state' && o.sources.length === 0) throw new UsageError(`a ${o.kind} seed needs a SOURCE (${o.kind === 'volume' ? 'a block device or image file' : 'paths to back up'})`);
+  if (o.kind === 'volume' && o.sources.length !== 1) throw new UsageError('a volume seed takes exactly one SOURCE (a block device or image file)');
+  if (o.databox !== undefined && !/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/.test(o.databox)) {
+    throw new UsageError(`--databox ${JSON.stringify(o.databox)} is not a valid Azure container name (3-63 lowercase letters, digits and single hyphens)`);
+  }
+  const vault = o.vault;
+  const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
+
+  const previous = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  const size = o.kind === 'volume' ? await volumeSize(o.sources[0]) : MAX_VHD_SIZE;
+  if (previous && (previous.kind !== o.kind || previous.params.size !== size)) {
+    throw new FerryError('SEED_DISK_IN_USE', `the disks hold an unfinished ${previous.kind} seed of ${machine}/${o.item} of another shape; use empty disks`);
+  }
+  const params = previous?.params ?? {
+    diskId: randomBytes(16).toString('hex'),
+    volumeUuid: randomBytes(16).toString('hex'),
+    time: new Date().toISOString(),
+    size,
+  };
+  const seedId = previous?.seedId ?? randomBytes(8).toString('hex');
+  let targetsProgress: TargetsProgress = { disk: 1, disks: o.disks.length, written: 0, kept: 0 };
+  let files = 0;
+  let bytes = 0;
+  const report = (phase: SeedProgress['phase']) =>
+    o.onProgress?.({ phase, files, bytes, totalBytes: o.kind === 'volume' ? size : undefined, disk: targetsProgress.disk, disks: targetsProgress.disks });
+  const targets = await SeedTargets.open(o.disks, {
+    capacity: o.diskCapacity,
+    pool: vault.pool,
+    id: { seedId, vaultId: vault.id, machine, item: o.item, kind: o.kind, prefix, params },
+    onProgress: (p) => {
+      targetsProgress = p;
+    },
+  });
+
+  const img = emptyImage({ size: params.size, uniqueId: Buffer.from(params.diskId, 'hex'), date: new Date(params.time) });
+  const spool = new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, 8);
+  spool.pin(0); // the volume's superblock is rewritten at the end
+  const disk: Disk = await VhdDisk.fromStorage(spool, {});
+  let warnings = 0;
+  const warn = (w: { path?: string; message: string }) => {
+    warnings++;
+    o.onWarning?.(w);
+  };
+  let dataBytes = 0;
+  const stats: Record<string, number> = {};
+  if (o.kind === 'volume') {
+    for await (const chunk of volumeChunks(o.sources[0])) {
+      await disk.write(chunk.offset, chunk.data);
+      bytes = chunk.offset + chunk.data.length;
+      dataBytes += chunk.data.length;
+      report('data');
+    }
+    bytes = size;
+    stats.allocatedBytes = dataBytes;
+  } else {
+    const nowNs = BigInt(Date.parse(params.time)) * 1_000_000n;
+    const entries: AsyncIterable<SourceEntry> = sourceEntries(o.kind, o.sources, {
+      excludes: o.excludes ?? [],
+      oneFileSystem: o.oneFileSystem ?? false,
+      onWarning: warn,
+    });
+    const r = await writeVolume(disk, entries, {
+      uuid: Buffer.from(params.volumeUuid, 'hex'),
+      now: () => nowNs,
+      meta: { kind: o.kind, machine, item: o.item, sources: JSON.stringify(o.sources) },
+      onWarning: (w: EntryWarning) => warn({ path: w.path?.toString(), message: w.message }),
+      onProgress: (p) => {
+        files = p.files;
+        bytes = p.bytes;
+        report('data');
+      },
+    });
+    files = r.files;
+    bytes = r.bytes;
+    dataBytes = r.bytes;
+    Object.assign(stats, { entries: r.entries, files: r.files, bytes: r.bytes, catalogBytes: r.catalogBytes, skipped: r.skipped });
+  }
+  report('finish');
+  await spool.finish();
+  await targets.flush();
+
+  const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources: o.sources, excludes: o.excludes ?? [], created: params.time };
+  const record: SeedPointRecord = {
+    item: itemDef,
+    point: {
+      time: params.time,
+      machine,
+      item: o.item,
+      kind: o.kind,
+      source: 'seed',
+      chain: [params.diskId],
+      diskSize: params.size,
+      size: dataBytes,
+      stats,
+      seedId,
+      sources: o.sources,
+    },
+  };
+  const sealedPoint = await vault.pool.seal(seedPointName(seedId), Buffer.from(JSON.stringify(record)));
+  const diskCount = await targets.finish(sealedPoint.toString('base64'));
+  return {
+    seedId,
+    machine,
+    item: o.item,
+    kind: o.kind,
+    disks: o.disks,
+    diskCount,
+    objects: targets.stats.written + targets.stats.kept,
+    kept: targets.stats.kept,
+    sealedBytes: targets.stats.sealedBytes,
+    files,
+    bytes,
+    warnings,
+    resumed: !!previous,
+  };
+}

@@ -1,0 +1,36 @@
+// What a seed or backup reads, by item kind: the file-tree walker for files
+// and system state, the block reader for volumes.
+import type { SourceEntry } from '../format/volume/index.js';
+import { walk } from '../source/files.js';
+import { collectSystemState } from '../source/system-state.js';
+import { readVolume, volumeSize as sizeOfVolume } from '../source/volume.js';
+import type { ItemKind } from '../vault/registry.js';
+
+export interface SourceOptions {
+  excludes: string[];
+  oneFileSystem: boolean;
+  onWarning: (w: { path?: string; message: string }) => void;
+}
+
+export async function* sourceEntries(kind: ItemKind, sources: string[], o: SourceOptions): AsyncGenerator<SourceEntry> {
+  const onWarning = (w: { path?: Buffer; message: string }) => o.onWarning({ path: w.path?.toString(), message: w.message });
+  if (kind === 'system-state') {
+    const state = await collectSystemState({ onWarning });
+    try {
+      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, onWarning });
+    } finally {
+      await state.cleanup();
+    }
+    return;
+  }
+  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, onWarning });
+}
+
+/** Virtual size of a volume item's disk: the device or image size, rounded up to a sector. */
+export async function volumeSize(source: string): Promise<number> {
+  return Math.ceil((await sizeOfVolume(source)) / 512) * 512;
+}
+
+export function volumeChunks(source: string): AsyncIterable<{ offset: number; data: Buffer }> {
+  return readVolume(source);
+}

@@ -1,0 +1,99 @@
+// Items and recovery points in a vault:
+//   items/<machine>/<item>/item          item definition (kind, sources, excludes)
+//   items/<machine>/<item>/points/<seq>  point manifest, written last
+// A point becomes visible only when its manifest is written, after every
+// object it needs.
+import { FerryError, UsageError } from '../format/errors.js';
+import type { Disk } from '../format/disk.js';
+import type { VaultReader, VaultWriter } from './vault.js';
+import { openStoredDisk } from './diskstore.js';
+
+export type ItemKind = 'files' | 'volume' | 'system-state';
+
+export interface ItemDef {
+  machine: string;
+  item: string;
+  kind: ItemKind;
+  sources: string[];
+  excludes: string[];
+  created: string;
+}
+
+export interface PointManifest {
+  seq: number;
+  time: string;
+  machine: string;
+  item: string;
+  kind: ItemKind;
+  source: 'seed' | 'backup';
+  /** Disk ids from the base to this point's disk. */
+  chain: string[];
+  /** Virtual disk size in bytes. */
+  diskSize: number;
+  /** Bytes of data the point holds (file bytes, or used volume bytes). */
+  size: number;
+  stats: Record<string, number>;
+  seedId?: string;
+  sources: string[];
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$/;
+
+export function checkName(what: 'machine' | 'item', name: string): void {
+  if (!NAME_RE.test(name)) throw new UsageError(`--${what} ${JSON.stringify(name)} is not valid: use letters, digits and . _ - @ + (up to 128)`);
+}
+
+export const itemName = (m: string, i: string) => `items/${m}/${i}/item`;
+export const pointName = (m: string, i: string, seq: number) => `items/${m}/${i}/points/${String(seq).padStart(8, '0')}`;
+
+async function getJson<T>(vault: VaultReader, name: string): Promise<T> {
+  return JSON.parse((await vault.getSealed(name)).toString('utf8')) as T;
+}
+
+export async function putJson(vault: VaultWriter, name: string, doc: unknown): Promise<void> {
+  await vault.putSealed(name, Buffer.from(JSON.stringify(doc)));
+}
+
+export async function readItem(vault: VaultReader, machine: string, item: string): Promise<ItemDef | undefined> {
+  if (!(await vault.exists(itemName(machine, item)))) return undefined;
+  return getJson<ItemDef>(vault, itemName(machine, item));
+}
+
+/** Every point, oldest first, optionally of one machine and item. */
+export async function listPoints(vault: VaultReader, filter: { machine?: string; item?: string } = {}): Promise<PointManifest[]> {
+  const prefix = filter.machine ? (filter.item ? `items/${filter.machine}/${filter.item}/points/` : `items/${filter.machine}/`) : 'items/';
+  const names: string[] = [];
+  for await (const n of vault.list(prefix)) {
+    const parts = n.split('/');
+    if (parts.length === 5 && parts[3] === 'points' && (!filter.item || parts[2] === filter.item)) names.push(n);
+  }
+  const points = await Promise.all(names.map((n) => getJson<PointManifest>(vault, n)));
+  return points.sort((a, b) => a.time.localeCompare(b.time) || a.machine.localeCompare(b.machine) || a.item.localeCompare(b.item) || a.seq - b.seq);
+}
+
+/** Picks a point by seq, `latest`, or a time (the newest at or before it). */
+export async function resolvePoint(vault: VaultReader, machine: string, item: string, which = 'latest'): Promise<PointManifest> {
+  const points = await listPoints(vault, { machine, item });
+  if (points.length === 0) {
+    throw new FerryError('NO_SUCH_ITEM', `no recovery point of item ${item} on machine ${machine} in ${vault.location}; see ferry points --vault ${vault.location}`, { machine, item });
+  }
+  if (which === 'latest') return points[points.length - 1];
+  if (/^\d+$/.test(which)) {
+    const p = points.find((x) => x.seq === Number(which));
+    if (!p) throw new FerryError('NO_SUCH_POINT', `item ${machine}/${item} has no point ${which} (points: ${points.map((x) => x.seq).join(', ')})`);
+    return p;
+  }
+  const t = Date.parse(which);
+  if (Number.isNaN(t)) throw new UsageError(`--point must be a number, latest, or a time such as 2026-11-23T10:00 (got ${JSON.stringify(which)})`);
+  const before = points.filter((x) => Date.parse(x.time) <= t);
+  if (before.length === 0) throw new FerryError('NO_SUCH_POINT', `item ${machine}/${item} has no point at or before ${which}`);
+  return before[before.length - 1];
+}
+
+/** Opens a point's disk chain read-only. */
+export async function openPointDisk(vault: VaultReader, p: PointManifest): Promise<Disk> {
+  let disk: Disk | null = null;
+  const objects = { get: (name: string) => vault.getSealed(name) };
+  for (const id of p.chain) disk = await openStoredDisk(objects, id, disk, `disk ${id} of ${p.machine}/${p.item} point ${p.seq}`);
+  return disk!;
+}
