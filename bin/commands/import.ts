@@ -4,7 +4,6 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
 import { UsageError, formatSize } from '../../format/errors.js';
-import { importSeeds } from '../../seed/import.js';
 
 export function register(program: Command): void {
   withLockOptions(withGlobals(program.command('import').argument('[disk...]', 'seed disk folders, in any order')))
@@ -12,6 +11,8 @@ export function register(program: Command): void {
     .requiredOption('--vault <vault>', 'the vault')
     .action(
       action(async (out: Output, dirs: string[], o: CliOpenOptions) => {
+        // loaded on use: the CLI starts fast and a command never pays for another's modules
+        const { importSeeds } = await import('../../seed/import.js');
         if (dirs.length === 0) throw new UsageError('import needs at least one seed disk folder');
         const vault = await openVaultFromCli(out, o, { writable: true, command: 'import' });
         const bar = progressBar(out.opts, 'import');

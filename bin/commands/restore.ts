@@ -5,7 +5,7 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
 import { EXIT, UsageError, formatSize } from '../../format/errors.js';
-import { restore, type RestoreFormat } from '../../restore/restore.js';
+import type { RestoreFormat } from '../../restore/restore.js';
 
 interface RestoreOpts extends CliOpenOptions {
   item: string;
@@ -32,6 +32,8 @@ export function register(program: Command): void {
     .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
     .action(
       action(async (out: Output, o: RestoreOpts) => {
+        // loaded on use: the CLI starts fast and a command never pays for another's modules
+        const { restore } = await import('../../restore/restore.js');
         if (!['copy', 'overwrite', 'skip'].includes(o.ifExists)) throw new UsageError(`--if-exists must be copy, overwrite or skip (got ${JSON.stringify(o.ifExists)})`);
         if (o.format && !['dir', 'raw', 'vhd', 'tar'].includes(o.format)) throw new UsageError(`--format must be dir, tar, raw or vhd (got ${JSON.stringify(o.format)})`);
         const vault = await openVaultFromCli(out, o);

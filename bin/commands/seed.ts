@@ -4,7 +4,6 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
 import { EXIT, UsageError, formatSize, parseSize } from '../../format/errors.js';
-import { seed } from '../../seed/seed.js';
 import type { ItemKind } from '../../vault/registry.js';
 
 interface SeedOpts extends CliOpenOptions {
@@ -34,6 +33,8 @@ export function register(program: Command): void {
     .option('--machine <name>', 'the machine name (default: this host name)')
     .action(
       action(async (out: Output, sources: string[], o: SeedOpts) => {
+        // loaded on use: the CLI starts fast and a command never pays for another's modules
+        const { seed } = await import('../../seed/seed.js');
         if (!['files', 'volume', 'system-state'].includes(o.kind)) throw new UsageError(`--kind must be files, volume or system-state (got ${JSON.stringify(o.kind)})`);
         if (o.disk.length === 0) throw new UsageError('seed needs at least one --disk DIR');
         const capacity = o.diskCapacity !== undefined ? parseSize(o.diskCapacity, '--disk-capacity') : undefined;

@@ -6,6 +6,7 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { FerryError, UsageError, formatSize, parseSize } from '../../format/errors.js';
 import {
+  HeaderStruct,
   createDifferencing,
   createVhd,
   exportDisk,
@@ -17,6 +18,11 @@ import {
   VhdError,
 } from '../../format/vhd/index.js';
 import type { Inspection } from '../../format/vhd/index.js';
+import type { Disk } from '../../format/disk.js';
+import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
+import { exportStoredVhd, headName, openStoredDisk, storeVhdFile } from '../../vault/diskstore.js';
+import { VaultPutter, vaultObjects } from '../../vault/putter.js';
+import type { VaultReader } from '../../vault/vault.js';
 
 export function register(program: Command): void {
   const vhd = program.command('vhd').description('inspect, create, export and merge VHD files');
@@ -99,20 +105,62 @@ export function register(program: Command): void {
       out.result({ file, size, type }, () => out.info(`created ${type} disk ${file} (${formatSize(size)})`));
     }));
 
-  withGlobals(vhd.command('export').argument('<file>', 'a VHD file (a chain reads as one disk)').description('flatten a chain into one raw or VHD file'))
+  withGlobals(vhd.command('export').argument('[file]', 'a VHD file (a chain reads as one disk)').description('flatten a chain into one raw or VHD file; or give back a stored disk'))
     .requiredOption('--to <out>', 'the file to write')
-    .option('--type <type>', 'raw, fixed or dynamic', 'raw')
-    .action(action(async (out: Output, file: string, o: { to: string; type: string }) => {
-      if (!['raw', 'fixed', 'dynamic'].includes(o.type)) throw new UsageError(`--type must be raw, fixed or dynamic (got ${JSON.stringify(o.type)})`);
-      const disk = await openChain(file);
+    .option('--type <type>', 'raw, fixed or dynamic (a stored disk without --type comes back as the exact VHD it was)')
+    .option('--vault <vault>', 'read the disk from this vault')
+    .option('--disk <id>', 'the stored disk id (with --vault)')
+    .action(action(async (out: Output, file: string | undefined, o: CliOpenOptions & { to: string; type?: string; disk?: string; vault?: string }) => {
+      if (o.type !== undefined && !['raw', 'fixed', 'dynamic'].includes(o.type)) throw new UsageError(`--type must be raw, fixed or dynamic (got ${JSON.stringify(o.type)})`);
+      if (!!o.vault !== !!o.disk) throw new UsageError('--vault and --disk go together');
+      if (!o.vault && !file) throw new UsageError('vhd export needs a FILE, or --vault V --disk ID');
+      if (o.vault && file) throw new UsageError('give either a FILE or --vault V --disk ID, not both');
       const bar = progressBar(out.opts, 'export');
+      let vault: VaultReader | undefined;
+      let disk: Disk | undefined;
       try {
-        await exportDisk(disk, o.to, o.type as 'raw' | 'fixed' | 'dynamic', (d, t) => bar.update(d, t));
+        if (o.vault) {
+          vault = await openVaultFromCli(out, o as CliOpenOptions);
+          const objects = vaultObjects(vault);
+          if (!(await vault.exists(headName(o.disk!)))) throw new FerryError('NO_SUCH_DISK', `vault ${o.vault} holds no disk ${o.disk}`);
+          if (o.type === undefined) {
+            await exportStoredVhd(objects, o.disk!, o.to);
+            out.result({ disk: o.disk, to: o.to, type: 'vhd' }, () => out.info(`exported stored disk ${o.disk} to ${o.to} (the VHD as it was stored)`));
+            return;
+          }
+          disk = await openStoredChain(objects, o.disk!);
+        } else {
+          disk = await openChain(file!);
+        }
+        const type = (o.type ?? 'raw') as 'raw' | 'fixed' | 'dynamic';
+        await exportDisk(disk, o.to, type, (d, t) => bar.update(d, t));
+        out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
       } finally {
         bar.stop();
-        await disk.close();
+        await disk?.close();
+        await vault?.close();
       }
-      out.result({ file, to: o.to, type: o.type }, () => out.info(`exported ${file} to ${o.to} (${o.type})`));
+    }));
+
+  withLockOptions(withGlobals(vhd.command('import').argument('<file>', 'a VHD file').description('store a VHD in a vault; prints its disk id')))
+    .requiredOption('--vault <vault>', 'the vault')
+    .action(action(async (out: Output, file: string, o: CliOpenOptions) => {
+      const vault = await openVaultFromCli(out, o, { writable: true, command: 'vhd import' });
+      const bar = progressBar(out.opts, 'store');
+      try {
+        const putter = new VaultPutter(vault);
+        const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t));
+        await putter.flush();
+        bar.stop();
+        out.result({ disk: r.id, blocks: r.blocks, bytes: r.bytes, stored: putter.stats.stored }, () => {
+          if (out.opts.quiet) return;
+          process.stdout.write(`${r.id}\n`);
+          out.verbose(`stored ${file} as disk ${r.id}: ${r.blocks} blocks, ${formatSize(r.bytes)} (${formatSize(putter.stats.stored)} sealed)`);
+        });
+      } finally {
+        bar.stop();
+        await vault.close();
+      }
     }));
 
   withGlobals(vhd.command('merge').argument('<child>', 'a differencing VHD').description('coalesce a child into its parent'))
@@ -128,6 +176,31 @@ export function register(program: Command): void {
         bar.stop();
       }
     }));
+}
+
+/** A stored disk and its parents, found by unique id (a stored disk's id is its VHD unique id). */
+async function openStoredChain(objects: { get(name: string): Promise<Buffer> }, id: string): Promise<Disk> {
+  const ids: string[] = [];
+  for (let cur: string | undefined = id; cur; ) {
+    if (ids.includes(cur) || ids.length > 256) throw new FerryError('VHD_PARENT_CYCLE', `stored disk ${id}: its chain loops at ${cur}`);
+    ids.push(cur);
+    const d = await openStoredDisk(objects, cur, null).catch((err) => {
+      if (err instanceof VhdError && err.code === 'VHD_PARENT_MISSING') return err;
+      throw err;
+    });
+    if (d instanceof VhdError) {
+      // a differencing disk: find its parent by id
+      const head = await objects.get(headName(cur));
+      const h = HeaderStruct.decode(head.subarray(head.readUInt32BE(8) + 12), 512);
+      cur = h.parentUniqueId.toString('hex');
+    } else {
+      await d.close();
+      cur = undefined;
+    }
+  }
+  let disk: Disk | null = null;
+  for (const x of ids.reverse()) disk = await openStoredDisk(objects, x, disk);
+  return disk!;
 }
 
 async function rawSize(from: string, size?: string): Promise<number> {

@@ -1,0 +1,44 @@
+// A bounded pipeline of sealed puts into a vault: sealing runs on the pool
+// and several atomic writes are in flight at once, so that neither the CPU
+// nor the disk's fsync latency sets the pace alone. Failures surface at the
+// next put or at flush().
+import type { VaultReader, VaultWriter } from './vault.js';
+
+export class VaultPutter {
+  private readonly window = new Set<Promise<void>>();
+  private failure: unknown;
+  readonly stats = { objects: 0, bytes: 0, stored: 0 };
+
+  constructor(
+    private readonly vault: VaultWriter,
+    private readonly depth = Math.max(4, vault.pool.size * 4),
+  ) {}
+
+  async put(name: string, data: Buffer): Promise<void> {
+    if (this.failure) throw this.failure;
+    while (this.window.size >= this.depth) await Promise.race(this.window);
+    if (this.failure) throw this.failure;
+    const p: Promise<void> = this.vault
+      .putSealed(name, data)
+      .then((r) => {
+        this.stats.objects++;
+        this.stats.bytes += data.length;
+        this.stats.stored += r.size;
+      })
+      .catch((err) => {
+        this.failure ??= err;
+      })
+      .finally(() => this.window.delete(p));
+    this.window.add(p);
+  }
+
+  async flush(): Promise<void> {
+    await Promise.all(this.window);
+    if (this.failure) throw this.failure;
+  }
+}
+
+/** The plaintext object getter of a vault. */
+export function vaultObjects(vault: VaultReader): { get(name: string): Promise<Buffer> } {
+  return { get: (name) => vault.getSealed(name) };
+}
