@@ -462,9 +462,12 @@ export async function writeVolume(
         try {
           await w.addFile(e, e.content());
         } catch (err) {
-          if (!(err instanceof ContentError) || !opts.onWarning) throw err;
+          if (!(err instanceof ContentError)) throw err;
+          // a source that reported the failure itself marks the error `reported`
+          const reported = (err.reason as { reported?: boolean } | null)?.reported === true;
+          if (!reported && !opts.onWarning) throw err;
           skipped++;
-          opts.onWarning({ code: err.code, message: err.message, path: e.path });
+          if (!reported) opts.onWarning!({ code: err.code, message: err.message, path: e.path });
         }
       } else {
         await w.addEntry(e);

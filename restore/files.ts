@@ -1,0 +1,724 @@
+// Restores entries of a files-kind volume to a directory tree.
+//
+// Where things go: without `to`, every entry goes back to its original
+// absolute path; with `to`, the original absolute path is placed under it
+// (`--to /srv/r` puts /home/a/x at /srv/r/home/a/x), as restic does.
+//
+// Order: one pass in catalog order (each directory before its contents)
+// creates directories, files, symlinks, devices, fifos and sockets; a
+// second pass makes hard links (to the first restored member of each group);
+// then extended attributes are set (setfattr, in batches), directory
+// metadata is applied deepest first (after their contents stopped changing),
+// and nanosecond times are set last.
+//
+// Every file is written under a temporary name in its directory
+// (".ferry-partial-<entry id>") and renamed into place when complete, so a
+// restore that was interrupted is finished by running it again: files already
+// in place and equal are left alone.
+//
+// Times: Node's utimes only takes microseconds, so after the µs-exact
+// in-process call, a small perl helper (perl-base is on every Debian/Ubuntu
+// system) sets the exact nanoseconds with utimensat(2) and creates device
+// nodes, fifos and sockets with mknodat(2). Without perl, `touch -d @S.N` and
+// `mknod`/`mkfifo` are used instead (slower; sockets are then skipped).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { constants as C } from 'node:fs';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import type { EntryWarning } from '../format/volume/writer.js';
+import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
+import { parentPath, baseName } from '../format/volume/catalog.js';
+import type { VolumeReader } from '../format/volume/reader.js';
+import { checkArg } from '../format/errors.js';
+import { compileSelectors, formatSetfattr, run } from '../source/files.js';
+
+export type IfExists = 'copy' | 'overwrite' | 'skip';
+
+export interface RestoreProgress {
+  /** Entries handled so far (restored, unchanged or skipped). */
+  files: number;
+  /** File bytes written so far. */
+  bytes: number;
+}
+
+export interface RestoreOptions {
+  /** Target root; without it entries go back to their original place. */
+  to?: string | Buffer;
+  /** What to restore: absolute paths or globs (compileSelectors); a directory selects its subtree. All when empty. */
+  paths?: (string | Buffer)[];
+  /** What to do when the target exists and differs: keep it and write a copy beside it (default), replace it, or leave it. */
+  ifExists?: IfExists;
+  /** Label in the name of copies (`name.ferry-restored-<point>`); by default the volume's write time. */
+  point?: string;
+  /** Restore owners (default: when running as root). */
+  owners?: boolean;
+  onWarning?: (w: EntryWarning) => void;
+  onProgress?: (p: RestoreProgress) => void;
+}
+
+export interface RestoreResult {
+  /** Entries created or replaced. */
+  restored: number;
+  /** Existing entries left as they were: equal to the backup (any policy) or different under `skip`. */
+  skipped: number;
+  /** Of `skipped`, those found equal to the backup. */
+  unchanged: number;
+  /** Copies written beside a differing existing entry (`copy`). */
+  copies: number;
+  bytes: number;
+  warnings: number;
+}
+
+const SLASH = 0x2f;
+const NAME_MAX = 255;
+
+function printable(p: Buffer): string {
+  return p.toString('utf8');
+}
+
+function join(dir: Buffer, name: Buffer): Buffer {
+  return dir.length > 0 && dir[dir.length - 1] === SLASH ? Buffer.concat([dir, name]) : Buffer.concat([dir, Buffer.from('/'), name]);
+}
+
+function nsToParts(ns: bigint): [bigint, bigint] {
+  let s = ns / 1_000_000_000n;
+  let n = ns % 1_000_000_000n;
+  if (n < 0n) {
+    n += 1_000_000_000n;
+    s -= 1n;
+  }
+  return [s, n];
+}
+
+function nsToSeconds(ns: bigint): number {
+  const [s, n] = nsToParts(ns);
+  return Number(s) + Number(n) / 1e9;
+}
+
+function hasGlob(p: string): boolean {
+  return /[*?[\\]/.test(p);
+}
+
+/** Linux dev_t -> major, minor (glibc encoding). */
+export function splitDev(rdev: bigint): [bigint, bigint] {
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  return [major, minor];
+}
+
+// ---------------------------------------------------------------- syscall helper
+
+const PERL_HELPER = String.raw`
+$| = 1; $/ = "\0";
+my ($utimensat, $mknodat) = @ARGV;
+while (defined(my $op = <STDIN>)) {
+  chomp $op; my $p = <STDIN>; chomp $p; my $a = <STDIN>; chomp $a;
+  my $r = -1;
+  if ($op eq 't') {
+    my ($as, $an, $ms, $mn) = split / /, $a;
+    $r = syscall($utimensat + 0, -100, $p, pack("q<q<q<q<", $as, $an, $ms, $mn), 0x100);
+  } elsif ($op eq 'n') {
+    my ($mode, $dev) = split / /, $a;
+    $r = syscall($mknodat + 0, -100, $p, $mode + 0, $dev + 0);
+  }
+  print(($r == 0 ? "ok" : "$!"), "\0");
+}
+`;
+
+const SYSCALLS: Record<string, [number, number]> = { x64: [280, 259], arm64: [88, 33] };
+
+/** One long-lived perl process that runs utimensat/mknodat for us; null when it cannot run here. */
+class SyscallHelper {
+  private readonly child: ChildProcess;
+  private readonly waiting: { resolve: (r: string) => void }[] = [];
+  private out: Buffer = Buffer.alloc(0);
+  private dead = false;
+
+  private constructor(child: ChildProcess) {
+    this.child = child;
+    child.stdout!.on('data', (d: Buffer) => {
+      this.out = this.out.length ? Buffer.concat([this.out, d]) : d;
+      for (let i = this.out.indexOf(0); i >= 0; i = this.out.indexOf(0)) {
+        const msg = this.out.toString('utf8', 0, i);
+        this.out = this.out.subarray(i + 1);
+        this.waiting.shift()?.resolve(msg);
+      }
+    });
+    child.on('close', () => {
+      this.dead = true;
+      for (const w of this.waiting.splice(0)) w.resolve('helper exited');
+    });
+    child.stdin!.on('error', () => {});
+  }
+
+  static async start(): Promise<SyscallHelper | null> {
+    const nums = SYSCALLS[process.arch];
+    if (!nums || process.platform !== 'linux') return null;
+    let child: ChildProcess;
+    try {
+      child = spawn('perl', ['-e', PERL_HELPER, String(nums[0]), String(nums[1])], { stdio: ['pipe', 'pipe', 'ignore'] });
+    } catch {
+      return null;
+    }
+    const ok = await new Promise<boolean>((resolve) => {
+      child.once('error', () => resolve(false));
+      child.once('spawn', () => resolve(true));
+    });
+    if (!ok) return null;
+    const h = new SyscallHelper(child);
+    // probe: a time change on a path that cannot exist must fail with ENOENT, not crash
+    const probe = await h.call('t', Buffer.from('/nonexistent/ferry-probe'), '0 0 0 0');
+    if (!/No such file/i.test(probe)) {
+      await h.close();
+      return null;
+    }
+    return h;
+  }
+
+  /** Runs one operation; resolves "ok" or the error text. */
+  call(op: 't' | 'n', path: Buffer, args: string): Promise<string> {
+    if (this.dead) return Promise.resolve('helper exited');
+    return new Promise((resolve) => {
+      this.waiting.push({ resolve });
+      this.child.stdin!.write(Buffer.concat([Buffer.from(op + '\0'), path, Buffer.from('\0' + args + '\0')]));
+    });
+  }
+
+  get pending(): number {
+    return this.waiting.length;
+  }
+
+  async close(): Promise<void> {
+    if (this.dead) return;
+    const closed = new Promise<void>((r) => this.child.once('close', () => r()));
+    this.child.stdin!.end();
+    await closed;
+  }
+}
+
+/** Sets exact nanosecond times, through the helper or, without one, `touch` in batches. */
+class TimeSetter {
+  private pending: Promise<void>[] = [];
+  private script: Buffer[] = [];
+  private scripted: Buffer[] = [];
+
+  constructor(private readonly helper: SyscallHelper | null, private readonly warn: (w: EntryWarning) => void) {}
+
+  async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint): Promise<void> {
+    // µs first, in process: right to the microsecond even if nothing below works
+    try {
+      await lutimes(path, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
+    } catch (err) {
+      this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${(err as Error).message}`, path });
+      return;
+    }
+    if (atimeNs % 1000n === 0n && mtimeNs % 1000n === 0n) return;
+    const [as, an] = nsToParts(atimeNs);
+    const [ms, mn] = nsToParts(mtimeNs);
+    if (this.helper) {
+      this.pending.push(
+        this.helper.call('t', path, `${as} ${an} ${ms} ${mn}`).then((r) => {
+          if (r !== 'ok') this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${r}`, path });
+        }),
+      );
+      if (this.pending.length >= 4096) await this.drain();
+      return;
+    }
+    const q = shellQuote(path);
+    const frac = (n: bigint) => n.toString().padStart(9, '0');
+    this.script.push(Buffer.from(`touch -h -c -a -d @${as}.${frac(an)} -- `), q, Buffer.from('\n'));
+    this.script.push(Buffer.from(`touch -h -c -m -d @${ms}.${frac(mn)} -- `), q, Buffer.from('\n'));
+    this.scripted.push(path);
+    if (this.scripted.length >= 500) await this.drain();
+  }
+
+  async drain(): Promise<void> {
+    const p = this.pending.splice(0);
+    await Promise.all(p);
+    if (this.script.length) {
+      const script = Buffer.concat(this.script);
+      this.script = [];
+      this.scripted = [];
+      const r = await run('sh', ['-s'], script);
+      if (r.code !== 0 && r.stderr.length) {
+        this.warn({ code: 'RESTORE_META', message: `setting exact times failed for some entries: ${r.stderr.toString().split('\n')[0]}` });
+      }
+    }
+  }
+}
+
+function shellQuote(p: Buffer): Buffer {
+  const parts: Buffer[] = [Buffer.from("'")];
+  let start = 0;
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === 0x27) {
+      parts.push(p.subarray(start, i), Buffer.from("'\\''"));
+      start = i + 1;
+    }
+  }
+  parts.push(p.subarray(start), Buffer.from("'"));
+  return Buffer.concat(parts);
+}
+
+// ---------------------------------------------------------------- restore
+
+interface DirMeta {
+  dst: Buffer;
+  e: VolumeEntry;
+}
+
+/** Restores the selected entries of `reader`; per-entry problems become warnings and the rest goes on. */
+export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = {}): Promise<RestoreResult> {
+  checkArg(!!reader && typeof reader.entries === 'function', 'reader', 'a VolumeReader', reader);
+  const ifExists: IfExists = opts.ifExists ?? 'copy';
+  checkArg(['copy', 'overwrite', 'skip'].includes(ifExists), 'ifExists', 'copy, overwrite or skip', ifExists);
+  const to = opts.to === undefined ? null : Buffer.isBuffer(opts.to) ? opts.to : Buffer.from(opts.to);
+  if (to) checkArg(to.length > 0, 'to', 'a directory', opts.to);
+  const owners = opts.owners ?? process.getuid?.() === 0;
+  const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
+
+  const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, warnings: 0 };
+  const warn = (w: EntryWarning) => {
+    result.warnings++;
+    opts.onWarning?.(w);
+  };
+  let handled = 0;
+  const progress = () => opts.onProgress?.({ files: handled, bytes: result.bytes });
+
+  const helper = await SyscallHelper.start();
+  const times = new TimeSetter(helper, warn);
+  const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
+  const knownDirs = new Set<string>();
+  const dirMetas: DirMeta[] = [];
+  const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
+  const hardlinks: VolumeEntry[] = [];
+  let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
+
+  const flushXattrs = async () => {
+    const batch = xattrBatch;
+    xattrBatch = [];
+    if (batch.length === 0) return;
+    const r = await run('setfattr', ['-h', '--restore=-'], formatSetfattr(batch));
+    if (r.missing) {
+      warn({ code: 'RESTORE_META', message: 'setfattr (package attr) is not installed: extended attributes and ACLs were not restored' });
+      return;
+    }
+    for (const line of r.stderr.toString('utf8').split('\n')) {
+      if (line.trim()) warn({ code: 'RESTORE_META', message: `cannot set extended attributes: ${line.replace(/^setfattr: /, '')}` });
+    }
+  };
+  const queueXattrs = async (path: Buffer, xattrs: Xattr[]) => {
+    if (xattrs.length === 0) return;
+    xattrBatch.push({ path, xattrs });
+    if (xattrBatch.length >= 256) await flushXattrs();
+  };
+
+  /** Default place of an entry: its original path, under `to` when given. */
+  const placeOf = (path: Buffer): Buffer => {
+    if (!to) return path;
+    if (path.length === 1 && path[0] === SLASH) return to;
+    return join(to, path.subarray(1));
+  };
+
+  /** Where an entry goes: under its parent's restored place (which may have been redirected), or undefined to skip it. */
+  const dstOf = (e: VolumeEntry): Buffer | undefined => {
+    if (e.parent !== null && dirDst.has(e.parent)) {
+      const p = dirDst.get(e.parent)!;
+      return p === null ? undefined : join(p, baseName(e.path));
+    }
+    return placeOf(e.path);
+  };
+
+  /** Makes sure the directory that will hold `dst` exists, creating missing ancestors with their stored metadata. */
+  const ensureParent = async (origPath: Buffer, dst: Buffer): Promise<void> => {
+    const pdst = parentPath(dst);
+    const porig = parentPath(origPath);
+    if (!pdst) return;
+    const key = pdst.toString('latin1');
+    if (knownDirs.has(key)) return;
+    try {
+      const st = await lstat(pdst);
+      if (st.isDirectory()) {
+        knownDirs.add(key);
+        return;
+      }
+    } catch {
+      /* missing: create below */
+    }
+    if (porig) await ensureParent(porig, pdst);
+    await mkdir(pdst, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EEXIST') throw err;
+    });
+    knownDirs.add(key);
+    const stored = porig ? reader.stat(porig) : null;
+    if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
+  };
+
+  const applyOwner = async (path: Buffer, e: VolumeEntry) => {
+    if (!owners) return;
+    try {
+      await lchown(path, e.uid, e.gid);
+    } catch (err) {
+      warn({ code: 'RESTORE_META', message: `cannot set the owner of ${printable(path)}: ${(err as Error).message}`, path });
+    }
+  };
+
+  /** Owner, mode, xattrs and times of a non-directory now in place at `dst`. */
+  const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
+    await applyOwner(dst, e);
+    if (e.type !== 'symlink') {
+      try {
+        await chmod(dst, e.mode); // after chown, which clears setuid/setgid
+      } catch (err) {
+        warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
+      }
+    }
+    await queueXattrs(dst, e.xattrs);
+    await times.set(dst, e.atimeNs, e.mtimeNs);
+  };
+
+  const mknodAt = async (path: Buffer, e: VolumeEntry): Promise<void> => {
+    const fmt = { chardev: C.S_IFCHR, blockdev: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }[e.type as 'fifo'];
+    if (helper) {
+      const r = await helper.call('n', path, `${fmt | 0o600} ${e.type === 'chardev' || e.type === 'blockdev' ? e.rdev : 0n}`);
+      if (r !== 'ok') throw new Error(`mknod: ${r}`);
+      return;
+    }
+    if (e.type === 'socket') throw new Error('sockets can only be recreated with perl available');
+    const name = printable(path);
+    if (!Buffer.from(name).equals(path)) throw new Error('without perl, nodes with non-UTF-8 paths cannot be made');
+    const [maj, min] = splitDev(e.rdev);
+    const args = e.type === 'fifo' ? ['-m', '600', name, 'p'] : ['-m', '600', name, e.type === 'chardev' ? 'c' : 'b', String(maj), String(min)];
+    const r = await run('mknod', args);
+    if (r.code !== 0) throw new Error(`mknod: ${r.stderr.toString().trim() || 'failed'}`);
+  };
+
+  /** Whether the existing entry at dst already is what the backup holds (content and kind; metadata is re-applied). */
+  const sameAsBackup = async (e: VolumeEntry, dst: Buffer, st: Stats): Promise<boolean> => {
+    switch (e.type) {
+      case 'file':
+        if (!st.isFile() || st.size !== e.size) return false;
+        return sameContent(reader, e, dst);
+      case 'symlink':
+        if (!st.isSymbolicLink()) return false;
+        try {
+          return (await readlink(dst, { encoding: 'buffer' })).equals(e.target ?? Buffer.alloc(0));
+        } catch {
+          return false;
+        }
+      case 'fifo':
+        return st.isFIFO();
+      case 'socket':
+        return st.isSocket();
+      case 'chardev':
+        return st.isCharacterDevice() && BigInt(st.rdev) === e.rdev;
+      case 'blockdev':
+        return st.isBlockDevice() && BigInt(st.rdev) === e.rdev;
+      default:
+        return false;
+    }
+  };
+
+  const writeFileData = async (tmp: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
+    const fh: FileHandle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW, 0o600);
+    try {
+      let damaged = false;
+      for await (const p of reader.readData(data)) {
+        if (!p.ok && !damaged) {
+          damaged = true;
+          warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${p.offset} does not match its checksum; restored as read`, path: e.path });
+        }
+        let off = 0;
+        while (off < p.data.length) {
+          const { bytesWritten } = await fh.write(p.data, off, p.data.length - off, p.offset + off);
+          off += bytesWritten;
+        }
+        result.bytes += p.data.length;
+      }
+      await fh.truncate(data.size); // the holes of a sparse file stay holes
+    } finally {
+      await fh.close();
+    }
+  };
+
+  /** Creates a non-directory at a temporary name and renames it onto dst. */
+  const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
+    const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
+    await rm(tmp, { force: true, recursive: true });
+    switch (e.type) {
+      case 'file':
+      case 'hardlink':
+        await writeFileData(tmp, e, data);
+        break;
+      case 'symlink':
+        await symlink(e.target ?? Buffer.alloc(0), tmp);
+        break;
+      default:
+        await mknodAt(tmp, e);
+    }
+    await rename(tmp, dst);
+  };
+
+  /** A name beside `dst` for a copy; stays within NAME_MAX bytes. */
+  const copyName = (dst: Buffer): Buffer => {
+    const suffix = Buffer.from(`.ferry-restored-${pointLabel}`);
+    let name = baseName(dst);
+    if (name.length + suffix.length > NAME_MAX) name = name.subarray(0, Math.max(1, NAME_MAX - suffix.length));
+    return join(parentPath(dst)!, Buffer.concat([name, suffix]));
+  };
+
+  const existing = async (p: Buffer): Promise<Stats | null> => {
+    try {
+      return await lstat(p);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+  };
+
+  /** Decides where a non-directory goes given the policy: a path, or null to leave it. */
+  const resolveConflict = async (e: VolumeEntry, dst: Buffer, dataEntry: VolumeEntry): Promise<{ dst: Buffer; copy: boolean } | 'unchanged' | 'skipped'> => {
+    const st = await existing(dst);
+    if (!st) return { dst, copy: false };
+    if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
+      result.skipped++;
+      result.unchanged++;
+      if (ifExists === 'overwrite') await applyMeta(dst, e);
+      return 'unchanged';
+    }
+    if (ifExists === 'skip') {
+      result.skipped++;
+      return 'skipped';
+    }
+    if (ifExists === 'copy') {
+      const c = copyName(dst);
+      const cst = await existing(c);
+      if (cst?.isDirectory()) await rm(c, { recursive: true, force: true });
+      return { dst: c, copy: true };
+    }
+    if (st.isDirectory()) await rm(dst, { recursive: true, force: true });
+    return { dst, copy: false };
+  };
+
+  const restoreDir = async (e: VolumeEntry, dst: Buffer) => {
+    if (to && dst === to) {
+      // the target root itself stays as the user made it
+      await mkdir(to, { recursive: true });
+      dirDst.set(e.id, to);
+      knownDirs.add(to.toString('latin1'));
+      return;
+    }
+    const st = await existing(dst);
+    if (st?.isDirectory()) {
+      dirDst.set(e.id, dst);
+      knownDirs.add(dst.toString('latin1'));
+      if (ifExists === 'overwrite' && !e.implicit) dirMetas.push({ dst, e });
+      result.skipped++;
+      result.unchanged++;
+      return;
+    }
+    let place = dst;
+    if (st) {
+      if (ifExists === 'skip') {
+        dirDst.set(e.id, null);
+        result.skipped++;
+        return;
+      }
+      if (ifExists === 'copy') {
+        place = copyName(dst);
+        const cst = await existing(place);
+        if (cst && !cst.isDirectory()) await rm(place, { force: true });
+        if (!cst || !cst.isDirectory()) await mkdir(place, { mode: 0o700 });
+        result.copies++;
+      } else {
+        await rm(dst, { force: true, recursive: true });
+        await mkdir(dst, { mode: 0o700 });
+      }
+    } else {
+      await mkdir(dst, { mode: 0o700 });
+    }
+    dirDst.set(e.id, place);
+    knownDirs.add(place.toString('latin1'));
+    dirMetas.push({ dst: place, e });
+    result.restored++;
+  };
+
+  const restoreOne = async (e: VolumeEntry, dataEntry: VolumeEntry = e) => {
+    const dst = dstOf(e);
+    if (dst === undefined) {
+      if (e.type === 'dir') dirDst.set(e.id, null);
+      return;
+    }
+    try {
+      await ensureParent(e.path, dst);
+      if (e.type === 'dir') {
+        await restoreDir(e, dst);
+        return;
+      }
+      const r = await resolveConflict(e, dst, dataEntry);
+      if (r === 'unchanged' || r === 'skipped') {
+        // links of an unchanged file link to it; of a skipped (different) one, nothing links
+        if (r === 'unchanged' && e.linkGroup !== null) linkFirsts.set(e.linkGroup, dst);
+        return;
+      }
+      if (e.type === 'socket' && !helper) {
+        warn({ code: 'RESTORE_UNSUPPORTED', message: `${printable(e.path)} is a socket: not recreated (needs perl)`, path: e.path });
+        return;
+      }
+      await createAt(r.dst, e, dataEntry);
+      await applyMeta(r.dst, e);
+      if (e.linkGroup !== null) linkFirsts.set(e.linkGroup, r.dst);
+      if (r.copy) result.copies++;
+      result.restored++;
+    } catch (err) {
+      warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+      if (e.type === 'dir') dirDst.set(e.id, null);
+    }
+  };
+
+  // ---- selection
+  const patterns = (opts.paths ?? []).map((p) => (Buffer.isBuffer(p) ? p.toString('latin1') : p));
+  let sources: Iterable<VolumeEntry>[];
+  let selected: (e: VolumeEntry) => boolean = () => true;
+  if (patterns.length === 0) sources = [reader.entries()];
+  else if (opts.paths!.every((p) => (Buffer.isBuffer(p) ? p[0] === SLASH : p.startsWith('/') && !hasGlob(p)))) {
+    // exact absolute paths: read just those subtrees
+    const seen = new Set<number>();
+    const roots = opts.paths!.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)));
+    sources = roots.map((r) => reader.entries({ under: r }));
+    selected = (e) => (seen.has(e.id) ? false : (seen.add(e.id), true));
+  } else {
+    const sel = compileSelectors(opts.paths!.map((p) => (Buffer.isBuffer(p) ? p.toString('utf8') : p)));
+    sources = [reader.entries()];
+    selected = (e) => sel(e.path);
+  }
+
+  try {
+    // ---- pass 1: everything but hard links
+    for (const src of sources) {
+      for (const e of src) {
+        if (!selected(e)) continue;
+        handled++;
+        if (e.type === 'hardlink') {
+          hardlinks.push(e);
+          continue;
+        }
+        await restoreOne(e);
+        progress();
+      }
+    }
+    // ---- pass 2: hard links, to the first restored member of their group
+    for (const e of hardlinks) {
+      const dst = dstOf(e);
+      if (dst === undefined) continue;
+      const group = e.linkGroup;
+      const firstDst = group !== null ? linkFirsts.get(group) : undefined;
+      const first = group !== null ? reader.get(group) : null;
+      if (firstDst === undefined || !first) {
+        // the group's data was not restored here (not selected): this link carries it
+        if (!first || first.type !== 'file') {
+          warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: the file it is a hard link of is not in the volume`, path: e.path });
+          continue;
+        }
+        await restoreOne({ ...e, type: 'file', linkGroup: group, extents: first.extents, chunks: first.chunks, size: first.size }, first);
+        continue;
+      }
+      try {
+        await ensureParent(e.path, dst);
+        const st = await existing(dst);
+        const fst = await existing(firstDst);
+        if (st && fst && st.ino === fst.ino && st.dev === fst.dev) {
+          result.skipped++;
+          result.unchanged++;
+          continue;
+        }
+        let place = dst;
+        if (st) {
+          if (await sameAsBackup({ ...first, type: 'file' }, dst, st)) {
+            if (ifExists !== 'overwrite') {
+              result.skipped++;
+              result.unchanged++;
+              continue;
+            }
+          } else if (ifExists === 'skip') {
+            result.skipped++;
+            continue;
+          } else if (ifExists === 'copy') {
+            place = copyName(dst);
+            result.copies++;
+          }
+          if (place === dst && st.isDirectory()) await rm(dst, { recursive: true, force: true });
+        }
+        const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
+        await rm(tmp, { force: true });
+        await link(firstDst, tmp);
+        await rename(tmp, place);
+        result.restored++;
+      } catch (err) {
+        warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+      }
+      progress();
+    }
+    await flushXattrs();
+    // ---- directories: deepest first, once their contents are complete
+    dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
+    for (const { dst, e } of dirMetas) {
+      await applyOwner(dst, e);
+      try {
+        await chmod(dst, e.mode);
+      } catch (err) {
+        warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
+      }
+      await queueXattrs(dst, e.xattrs);
+    }
+    await flushXattrs();
+    for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
+    await times.drain();
+  } finally {
+    await helper?.close();
+  }
+  progress();
+  return result;
+}
+
+function depth(p: Buffer): number {
+  let n = 0;
+  for (const c of p) if (c === SLASH) n++;
+  return n;
+}
+
+function defaultPointLabel(reader: VolumeReader): string {
+  const ns = reader.superblock.writtenNs;
+  const d = new Date(Number(ns / 1_000_000n));
+  return Number.isNaN(d.getTime()) ? 'restore' : d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+}
+
+/** Whether the file at `path` holds exactly the entry's data (checked chunk by chunk against the stored SHA-256). */
+async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): Promise<boolean> {
+  const cs = reader.chunkSize;
+  let fh: FileHandle;
+  try {
+    fh = await open(path, C.O_RDONLY | C.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const buf = Buffer.allocUnsafe(cs);
+    for (let c = 0; c * cs < e.size; c++) {
+      const len = Math.min(cs, e.size - c * cs);
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(buf, got, len - got, c * cs + got);
+        if (bytesRead === 0) return false;
+        got += bytesRead;
+      }
+      const h = createHash('sha256').update(buf.subarray(0, len)).digest();
+      if (!h.equals(e.chunks.subarray(c * 32, c * 32 + 32))) return false;
+    }
+    return true;
+  } finally {
+    await fh.close();
+  }
+}
+

@@ -1,0 +1,724 @@
+// The file-tree walker of files-kind items. It yields, in a deterministic
+// depth-first order (names sorted by bytes, each directory before its
+// contents), one entry per file, directory, symlink, device, fifo and socket
+// under the given sources, with the metadata format/volume stores and, for
+// regular files, a way to read their data.
+//
+// Pipeline (bounded at every stage, so memory stays flat):
+//   lstat walk -> batches of ~1000 entries get their xattrs from one
+//   `getfattr` spawn (Node has no xattr API) -> a read-ahead window where
+//   small files are read concurrently -> the consumer.
+// Paths are bytes (Buffers) throughout: names need not be UTF-8.
+import { spawn } from 'node:child_process';
+import { constants as C } from 'node:fs';
+import { lstat, open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
+import { posix } from 'node:path';
+import type { BigIntStats } from 'node:fs';
+import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
+import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
+import { FerryError, checkArg } from '../format/errors.js';
+
+export type { EntryWarning } from '../format/volume/writer.js';
+
+export interface WalkProgress {
+  /** Entries yielded so far. */
+  files: number;
+  /** File bytes read so far. */
+  bytes: number;
+}
+
+export interface WalkOptions {
+  /** Glob patterns (restic style); an excluded directory is not entered. */
+  excludes?: string[];
+  /** Do not descend into directories on another filesystem than their source root (the mount point itself is kept). */
+  oneFileSystem?: boolean;
+  /** Collect extended attributes (and so POSIX ACLs) with getfattr; true by default. */
+  xattrs?: boolean;
+  /** Files read at the same time (default 8). */
+  concurrency?: number;
+  /** Bytes of small files read ahead of the consumer (default 64 MiB). */
+  readAhead?: number;
+  onWarning?: (w: EntryWarning) => void;
+  onProgress?: (p: WalkProgress) => void;
+}
+
+/** An entry as the walker yields it; `content` reads a regular file's data (holes left out). */
+export interface Entry extends SourceEntry {
+  content?: () => AsyncIterable<DataPiece>;
+}
+
+/** A read that failed after the walker already reported it through onWarning. */
+export class SourceReadError extends FerryError {
+  readonly reported = true;
+  constructor(path: Buffer, err: unknown) {
+    super('SOURCE_READ', `cannot read ${printable(path)}: ${(err as Error)?.message ?? String(err)}`, { path: printable(path) });
+  }
+}
+
+const SLASH = 0x2f;
+const HOLE_GRAIN = 64 * 1024;
+const READ_SIZE = 1024 * 1024;
+const SMALL_FILE = 1024 * 1024;
+const ZERO = Buffer.alloc(HOLE_GRAIN);
+
+export function printable(p: Buffer): string {
+  return p.toString('utf8');
+}
+
+// ---------------------------------------------------------------- globs
+
+/**
+ * Compiles restic-style patterns into one predicate over absolute paths.
+ * A pattern starting with "/" matches from the root; any other pattern may
+ * match at any depth ("*.tmp" matches every .tmp file; "cache/x" matches
+ * "/home/a/cache/x"). "*" and "?" stay inside one component, "**" spans any
+ * number of them, "[a-z]", "[!abc]" are classes and "\" escapes. Matching is
+ * on bytes; "?" takes one UTF-8 character.
+ */
+export function compileGlobs(patterns: string[]): (path: Buffer) => boolean {
+  const compiled = patterns.filter((p) => p !== '').map(compileGlob);
+  if (compiled.length === 0) return () => false;
+  return (path) => {
+    const comps = splitPath(path);
+    return compiled.some((g) => g(comps));
+  };
+}
+
+export function globMatch(pattern: string, path: Buffer | string): boolean {
+  return compileGlob(pattern)(splitPath(Buffer.isBuffer(path) ? path : Buffer.from(path)));
+}
+
+/** Whether `path` or one of its ancestors matches: a selected directory selects its subtree. */
+export function compileSelectors(patterns: string[]): (path: Buffer) => boolean {
+  const compiled = patterns.filter((p) => p !== '').map(compileGlob);
+  return (path) => {
+    const comps = splitPath(path);
+    for (let n = comps.length; n >= 0; n--) {
+      const pre = comps.slice(0, n);
+      if (compiled.some((g) => g(pre))) return true;
+    }
+    return false;
+  };
+}
+
+function splitPath(path: Buffer): string[] {
+  return path.toString('latin1').split('/').filter((c) => c !== '');
+}
+
+function compileGlob(pattern: string): (comps: string[]) => boolean {
+  const bytes = Buffer.from(pattern).toString('latin1');
+  const anchored = bytes.startsWith('/');
+  const parts = bytes.split('/').filter((c) => c !== '');
+  const res = parts.map((p) => (p === '**' ? null : componentRegExp(p)));
+  const match = (pi: number, comps: string[], si: number): boolean => {
+    if (pi === parts.length) return si === comps.length;
+    const re = res[pi];
+    if (re === null) {
+      for (let k = si; k <= comps.length; k++) if (match(pi + 1, comps, k)) return true;
+      return false;
+    }
+    return si < comps.length && re.test(comps[si]) && match(pi + 1, comps, si + 1);
+  };
+  return (comps) => {
+    if (anchored) return match(0, comps, 0);
+    for (let s = 0; s <= comps.length; s++) if (match(0, comps, s)) return true;
+    return false;
+  };
+}
+
+const UTF8_CHAR = '(?:[\\x00-\\x7f\\xc0-\\xff][\\x80-\\xbf]*|[\\x80-\\xbf])';
+
+function componentRegExp(p: string): RegExp {
+  let re = '';
+  for (let i = 0; i < p.length; i++) {
+    const c = p[i];
+    if (c === '*') re += '.*';
+    else if (c === '?') re += UTF8_CHAR;
+    else if (c === '\\' && i + 1 < p.length) re += escapeRe(p[++i]);
+    else if (c === '[') {
+      const end = p.indexOf(']', i + 2);
+      if (end < 0) {
+        re += '\\[';
+        continue;
+      }
+      let body = p.slice(i + 1, end);
+      let neg = false;
+      if (body[0] === '!' || body[0] === '^') {
+        neg = true;
+        body = body.slice(1);
+      }
+      re += '[' + (neg ? '^' : '') + body.replace(/[\\\]^]/g, (m) => '\\' + m) + ']';
+      i = end;
+    } else re += escapeRe(c);
+  }
+  return new RegExp('^' + re + '$', 's');
+}
+
+function escapeRe(c: string): string {
+  return c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+}
+
+// ---------------------------------------------------------------- xattrs through getfattr/setfattr
+
+/** Parses `getfattr -d -e base64 --absolute-names` output: path (latin1 of its bytes) -> xattrs. */
+export function parseGetfattr(out: Buffer): Map<string, Xattr[]> {
+  const map = new Map<string, Xattr[]>();
+  let cur: Xattr[] | null = null;
+  let start = 0;
+  while (start < out.length) {
+    let end = out.indexOf(0x0a, start);
+    if (end < 0) end = out.length;
+    const line = out.subarray(start, end);
+    start = end + 1;
+    if (line.length === 0) {
+      cur = null;
+      continue;
+    }
+    if (line.subarray(0, 8).toString('latin1') === '# file: ') {
+      cur = [];
+      map.set(unescapeOctal(line.subarray(8)).toString('latin1'), cur);
+      continue;
+    }
+    if (!cur || line[0] === 0x23) continue;
+    const eq = line.indexOf(0x3d);
+    const name = unescapeOctal(eq < 0 ? line : line.subarray(0, eq)).toString('latin1');
+    const raw = eq < 0 ? '' : line.subarray(eq + 1).toString('latin1');
+    let value: Buffer;
+    if (raw.startsWith('0s')) value = Buffer.from(raw.slice(2), 'base64');
+    else if (raw.startsWith('0x')) value = Buffer.from(raw.slice(2), 'hex');
+    else if (raw.startsWith('"') && raw.endsWith('"') && raw.length >= 2) value = unescapeOctal(Buffer.from(raw.slice(1, -1), 'latin1'));
+    else value = Buffer.from(raw, 'latin1');
+    cur.push({ name, value });
+  }
+  for (const [k, v] of map) if (v.length === 0) map.delete(k);
+  return map;
+}
+
+function unescapeOctal(b: Buffer): Buffer {
+  if (!b.includes(0x5c)) return Buffer.from(b);
+  const out: number[] = [];
+  for (let i = 0; i < b.length; i++) {
+    if (b[i] === 0x5c && i + 3 < b.length + 0 && /^[0-7]{3}$/.test(b.toString('latin1', i + 1, i + 4))) {
+      out.push(parseInt(b.toString('latin1', i + 1, i + 4), 8));
+      i += 3;
+    } else out.push(b[i]);
+  }
+  return Buffer.from(out);
+}
+
+/** Escapes bytes the way getfattr does, for a `setfattr --restore` file. */
+export function escapeOctal(b: Buffer): Buffer {
+  const out: number[] = [];
+  for (const c of b) {
+    if (c <= 0x20 || c === 0x3d || c === 0x5c || c >= 0x7f) {
+      out.push(0x5c, ...Buffer.from(c.toString(8).padStart(3, '0'), 'latin1'));
+    } else out.push(c);
+  }
+  return Buffer.from(out);
+}
+
+/** A `setfattr --restore` document that sets `xattrs` on each path. */
+export function formatSetfattr(items: { path: Buffer; xattrs: Xattr[] }[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const it of items) {
+    if (it.xattrs.length === 0) continue;
+    parts.push(Buffer.from('# file: '), escapeOctal(it.path), Buffer.from('\n'));
+    for (const x of it.xattrs) {
+      parts.push(escapeOctal(Buffer.from(x.name, 'latin1')), Buffer.from('=0s' + x.value.toString('base64') + '\n'));
+    }
+    parts.push(Buffer.from('\n'));
+  }
+  return Buffer.concat(parts);
+}
+
+/** Runs a command with `input` on stdin; resolves with stdout, stderr and the exit code (never rejects on exit codes). */
+export function run(cmd: string, args: string[], input?: Buffer): Promise<{ code: number | null; stdout: Buffer; stderr: Buffer; missing: boolean }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let missing = false;
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    child.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') missing = true;
+    });
+    child.stdin.on('error', () => {});
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err), missing }));
+    child.stdin.end(input ?? Buffer.alloc(0));
+  });
+}
+
+/** Extended attributes of many paths in one spawn (xargs splits the list to fit the command line). */
+export async function getXattrs(paths: Buffer[]): Promise<{ map: Map<string, Xattr[]>; missingTool: boolean }> {
+  if (paths.length === 0) return { map: new Map(), missingTool: false };
+  const input = Buffer.concat(paths.flatMap((p) => [p, Buffer.from([0])]));
+  const r = await run('xargs', ['-0', '-r', 'getfattr', '-h', '-d', '-m', '-', '-e', 'base64', '--absolute-names', '--'], input);
+  const missingTool = r.missing || r.code === 127;
+  return { map: parseGetfattr(r.stdout), missingTool };
+}
+
+// ---------------------------------------------------------------- the walk
+
+function typeOf(st: BigIntStats): EntryType {
+  if (st.isFile()) return 'file';
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isCharacterDevice()) return 'chardev';
+  if (st.isBlockDevice()) return 'blockdev';
+  if (st.isFIFO()) return 'fifo';
+  return 'socket';
+}
+
+function metaOf(path: Buffer, st: BigIntStats, implicit = false): Entry {
+  return {
+    path,
+    type: typeOf(st),
+    mode: Number(st.mode) & 0o7777,
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    atimeNs: st.atimeNs,
+    mtimeNs: st.mtimeNs,
+    ctimeNs: st.ctimeNs,
+    size: Number(st.size),
+    ino: st.ino,
+    dev: st.dev,
+    nlink: Number(st.nlink),
+    rdev: st.rdev,
+    target: null,
+    xattrs: [],
+    implicit,
+  };
+}
+
+const allocated = new WeakMap<Entry, bigint>();
+/** Where an entry really is, when its source is recorded under another path (MappedSource). */
+const realPaths = new WeakMap<Entry, Buffer>();
+const realOf = (e: Entry): Buffer => realPaths.get(e) ?? e.path;
+
+/** A source read at `path` but recorded under `as` (e.g. generated files under a virtual folder). */
+export interface MappedSource {
+  path: string | Buffer;
+  as: string | Buffer;
+}
+
+interface Root {
+  real: Buffer;
+  as: Buffer;
+}
+
+function join(dir: Buffer, name: Buffer): Buffer {
+  return dir.length === 1 && dir[0] === SLASH ? Buffer.concat([dir, name]) : Buffer.concat([dir, Buffer.from('/'), name]);
+}
+
+/** Absolute, normalized path bytes ("." and ".." resolved textually, no trailing slash). */
+export function normalizeSource(p: Buffer | string): Buffer {
+  let s = (Buffer.isBuffer(p) ? p : Buffer.from(p)).toString('latin1');
+  if (!s.startsWith('/')) s = Buffer.from(process.cwd()).toString('latin1') + '/' + s;
+  s = posix.normalize(s);
+  if (s.length > 1 && s.endsWith('/')) s = s.slice(0, -1);
+  return Buffer.from(s, 'latin1');
+}
+
+function isUnder(p: Buffer, root: Buffer): boolean {
+  if (root.length === 1) return true;
+  return p.length > root.length && p[root.length] === SLASH && p.subarray(0, root.length).equals(root);
+}
+
+function errText(err: unknown): string {
+  return (err as Error)?.message ?? String(err);
+}
+
+async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarning) => void): AsyncGenerator<Entry> {
+  const excluded = compileGlobs(opts.excludes ?? []);
+  const concurrency = Math.max(1, opts.concurrency ?? 8) * 4;
+  const links = new Map<string, { path: Buffer; left: number }>();
+  const emittedAncestors = new Set<string>();
+
+  const finish = async (e: Entry, st: BigIntStats): Promise<Entry | null> => {
+    if (e.type === 'symlink') {
+      try {
+        e.target = await readlink(realOf(e), { encoding: 'buffer' });
+      } catch (err) {
+        warn({ code: 'SOURCE_READ', message: `cannot read the symlink ${printable(e.path)}: ${errText(err)}`, path: e.path });
+        return null;
+      }
+    }
+    if (e.type !== 'dir' && e.nlink > 1) {
+      const key = `${st.dev}:${st.ino}`;
+      const first = links.get(key);
+      if (first) {
+        e.type = 'hardlink';
+        e.target = first.path;
+        if (--first.left <= 0) links.delete(key);
+      } else links.set(key, { path: e.path, left: e.nlink - 1 });
+    }
+    allocated.set(e, st.blocks);
+    return e;
+  };
+
+  async function* visit(path: Buffer, st: BigIntStats, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
+    const stored = root.real === root.as ? path : Buffer.concat([root.as, path.subarray(root.real.length)]);
+    const m = metaOf(stored, st);
+    if (stored !== path) realPaths.set(m, path);
+    const e = await finish(m, st);
+    if (!e) return;
+    yield e;
+    if (e.type !== 'dir') return;
+    if (opts.oneFileSystem && st.dev !== rootDev) return;
+    let names: Buffer[];
+    try {
+      names = await readdir(path, { encoding: 'buffer' });
+    } catch (err) {
+      warn({ code: 'SOURCE_READ', message: `cannot list ${printable(path)}: ${errText(err)}`, path });
+      return;
+    }
+    names.sort(Buffer.compare);
+    const asOf = (p: Buffer) => (root.real === root.as ? p : Buffer.concat([root.as, p.subarray(root.real.length)]));
+    const children = names.map((n) => join(path, n)).filter((p) => !excluded(asOf(p)));
+    // lstat a window of children at a time, then descend in order
+    for (let i = 0; i < children.length; i += concurrency) {
+      const slice = children.slice(i, i + concurrency);
+      const stats = await Promise.all(slice.map((p) => lstat(p, { bigint: true }).catch((err: unknown) => err as Error)));
+      for (let j = 0; j < slice.length; j++) {
+        const s = stats[j];
+        if (s instanceof Error) {
+          warn({ code: 'SOURCE_VANISHED', message: `${printable(slice[j])} cannot be read: ${errText(s)}`, path: slice[j] });
+          continue;
+        }
+        yield* visit(slice[j], s, rootDev, root);
+      }
+    }
+  }
+
+  for (const root of roots) {
+    // ancestors first, so the stored tree is complete from "/"
+    const chain: Buffer[] = [];
+    for (let p = root.as; p.length > 1; ) {
+      const i = p.lastIndexOf(SLASH);
+      p = i <= 0 ? Buffer.from('/') : p.subarray(0, i);
+      chain.unshift(p);
+    }
+    for (const a of chain) {
+      const key = a.toString('latin1');
+      if (emittedAncestors.has(key)) continue;
+      emittedAncestors.add(key);
+      let st: BigIntStats | null = null;
+      try {
+        st = await stat(a, { bigint: true });
+      } catch {
+        /* a virtual folder's parent: made up below */
+      }
+      if (st?.isDirectory()) {
+        const e = metaOf(Buffer.from(a), st, true);
+        yield e;
+      } else {
+        const now = BigInt(Date.now()) * 1_000_000n;
+        yield {
+          path: Buffer.from(a), type: 'dir', mode: 0o755, uid: 0, gid: 0, atimeNs: now, mtimeNs: now, ctimeNs: now,
+          size: 0, ino: 0n, dev: 0n, nlink: 1, rdev: 0n, target: null, xattrs: [], implicit: true,
+        };
+      }
+    }
+    if (excluded(root.as)) continue;
+    let st: BigIntStats;
+    try {
+      st = await lstat(root.real, { bigint: true });
+    } catch (err) {
+      warn({ code: 'SOURCE_VANISHED', message: `source ${printable(root.real)} cannot be read: ${errText(err)}`, path: root.real });
+      continue;
+    }
+    emittedAncestors.add(root.as.toString('latin1'));
+    yield* visit(root.real, st, st.dev, root);
+  }
+}
+
+/** Runs `src` ahead of its consumer by up to `n` items. */
+export async function* ahead<T>(src: AsyncIterable<T>, n: number): AsyncGenerator<T> {
+  const it = src[Symbol.asyncIterator]();
+  const buf: T[] = [];
+  let head = 0;
+  let done = false;
+  let stop = false;
+  let failure = null as { err: unknown } | null;
+  let wakeConsumer = null as (() => void) | null;
+  let wakePump = null as (() => void) | null;
+  const pump = (async () => {
+    try {
+      for (;;) {
+        while (buf.length - head >= n && !stop) await new Promise<void>((r) => (wakePump = r));
+        if (stop) break;
+        const r = await it.next();
+        if (r.done) break;
+        buf.push(r.value);
+        wakeConsumer?.();
+      }
+    } catch (err) {
+      failure = { err };
+    } finally {
+      done = true;
+      wakeConsumer?.();
+    }
+  })();
+  try {
+    for (;;) {
+      if (head < buf.length) {
+        const v = buf[head++];
+        if (head > 1024 && head * 2 > buf.length) {
+          buf.splice(0, head);
+          head = 0;
+        }
+        wakePump?.();
+        yield v;
+        continue;
+      }
+      if (failure) throw (failure as { err: unknown }).err;
+      if (done) return;
+      await new Promise<void>((r) => (wakeConsumer = r));
+      wakeConsumer = null;
+    }
+  } finally {
+    stop = true;
+    wakePump?.();
+    await pump;
+    await it.return?.(undefined as never)?.catch(() => {});
+  }
+}
+
+async function* withXattrs(src: AsyncIterable<Entry>, warn: (w: EntryWarning) => void, enabled: boolean): AsyncGenerator<Entry[]> {
+  let batch: Entry[] = [];
+  let usable = enabled;
+  const flush = async (): Promise<Entry[]> => {
+    const b = batch;
+    batch = [];
+    if (!usable) return b;
+    const { map, missingTool } = await getXattrs(b.map(realOf));
+    if (missingTool) {
+      usable = false;
+      warn({ code: 'XATTRS_UNAVAILABLE', message: 'getfattr (package attr) is not installed: extended attributes and ACLs are not backed up' });
+      return b;
+    }
+    for (const e of b) {
+      const x = map.get(realOf(e).toString('latin1'));
+      if (x) e.xattrs = x;
+    }
+    return b;
+  };
+  for await (const e of src) {
+    batch.push(e);
+    if (batch.length >= 1000) yield await flush();
+  }
+  if (batch.length) yield await flush();
+}
+
+async function* flatten<T>(src: AsyncIterable<T[]>): AsyncGenerator<T> {
+  for await (const b of src) yield* b;
+}
+
+/** A small counting semaphore. */
+class Limit {
+  private waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+  async take(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+  give(): void {
+    const w = this.waiting.shift();
+    if (w) w();
+    else this.free++;
+  }
+}
+
+async function openForRead(path: Buffer): Promise<FileHandle> {
+  try {
+    // O_NOATIME: a backup should not change what it backs up
+    return await open(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    return open(path, C.O_RDONLY | C.O_NOFOLLOW);
+  }
+}
+
+/** Splits a read buffer at 64 KiB-aligned all-zero grains: they are holes and are not stored. */
+function dropZeroGrains(offset: number, data: Buffer, out: DataPiece[]): void {
+  let runStart = -1;
+  for (let i = 0; i < data.length; ) {
+    const grainEnd = Math.min(data.length, Math.floor((offset + i) / HOLE_GRAIN) * HOLE_GRAIN + HOLE_GRAIN - offset);
+    const g = data.subarray(i, grainEnd);
+    const zero = g.equals(g.length === HOLE_GRAIN ? ZERO : ZERO.subarray(0, g.length));
+    if (!zero && runStart < 0) runStart = i;
+    if (zero && runStart >= 0) {
+      out.push({ offset: offset + runStart, data: data.subarray(runStart, i) });
+      runStart = -1;
+    }
+    i = grainEnd;
+  }
+  if (runStart >= 0) out.push({ offset: offset + runStart, data: data.subarray(runStart) });
+}
+
+interface ReadState {
+  bytes: number;
+}
+
+async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
+  await limit.take();
+  try {
+    const fh = await openForRead(realOf(e));
+    try {
+      const buf = Buffer.allocUnsafe(e.size);
+      let got = 0;
+      while (got < e.size) {
+        const { bytesRead } = await fh.read(buf, got, e.size - got, got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      state.bytes += got;
+      if (got < e.size) e.size = got; // shrank while we read: store what is there
+      const data = buf.subarray(0, got);
+      if (!sparse) return [{ offset: 0, data }];
+      const out: DataPiece[] = [];
+      dropZeroGrains(0, data, out);
+      return out;
+    } finally {
+      await fh.close();
+    }
+  } finally {
+    limit.give();
+  }
+}
+
+async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadState, onRead: () => void): AsyncGenerator<DataPiece> {
+  await limit.take();
+  let fh: FileHandle | null = null;
+  try {
+    fh = await openForRead(realOf(e));
+    const h = fh;
+    const size = e.size;
+    const depth = 4;
+    const inflight: Promise<{ off: number; buf: Buffer; n: number }>[] = [];
+    let next = 0;
+    const issue = () => {
+      const off = next;
+      const len = Math.min(READ_SIZE, size - off);
+      next += len;
+      const buf = Buffer.allocUnsafe(len); // fresh: the volume writer may keep it
+      inflight.push(h.read(buf, 0, len, off).then((r) => ({ off, buf, n: r.bytesRead })));
+    };
+    while (inflight.length < depth && next < size) issue();
+    while (inflight.length) {
+      const { off, buf, n } = await inflight.shift()!;
+      if (next < size) issue();
+      state.bytes += n;
+      const data = buf.subarray(0, n);
+      if (sparse) {
+        const out: DataPiece[] = [];
+        dropZeroGrains(off, data, out);
+        yield* out;
+      } else if (n) yield { offset: off, data };
+      onRead();
+      if (n < buf.length) {
+        // shrank while we read: store what is there
+        await Promise.allSettled(inflight);
+        e.size = off + n;
+        return;
+      }
+    }
+  } finally {
+    await fh?.close();
+    limit.give();
+  }
+}
+
+/**
+ * Walks `sources` and yields every entry, parents before children. Sources
+ * are absolute or relative paths (resolved against the working directory);
+ * sources inside another source are walked once. The ancestors of each source
+ * come first, flagged `implicit`. An entry that vanishes or cannot be read is
+ * reported through onWarning and left out.
+ */
+export async function* walk(sources: (string | Buffer | MappedSource)[], opts: WalkOptions = {}): AsyncGenerator<Entry> {
+  checkArg(Array.isArray(sources) && sources.length > 0, 'sources', 'a non-empty list of paths', sources);
+  for (const s of sources) {
+    checkArg(typeof s === 'string' || Buffer.isBuffer(s) || (typeof s === 'object' && s !== null && 'as' in s), 'sources', 'paths (strings, Buffers or {path, as})', s);
+  }
+  const warn = (w: EntryWarning) => {
+    if (opts.onWarning) opts.onWarning(w);
+  };
+  const all: Root[] = sources
+    .map((s) => (typeof s === 'object' && !Buffer.isBuffer(s) ? { real: normalizeSource(s.path), as: normalizeSource(s.as) } : { real: normalizeSource(s), as: normalizeSource(s) }))
+    .map((r) => (r.real.equals(r.as) ? { real: r.real, as: r.real } : r))
+    .sort((a, b) => Buffer.compare(a.as, b.as));
+  const roots: Root[] = [];
+  for (const r of all) if (!roots.some((x) => x.as.equals(r.as) || isUnder(r.as, x.as))) roots.push(r);
+
+  const limit = new Limit(Math.max(1, opts.concurrency ?? 8));
+  const budget = opts.readAhead ?? 64 * 1024 * 1024;
+  const state: ReadState = { bytes: 0 };
+  let yielded = 0;
+  const progress = () => opts.onProgress?.({ files: yielded, bytes: state.bytes });
+
+  const upstream = flatten(ahead(withXattrs(ahead(lstatWalk(roots, opts, warn), 4000), warn, opts.xattrs !== false), 2));
+  const it = upstream[Symbol.asyncIterator]();
+  const queue: { e: Entry; ready: Promise<DataPiece[] | null> | null; cost: number }[] = [];
+  let inWindow = 0;
+  let exhausted = false;
+  try {
+    for (;;) {
+      while (!exhausted && queue.length < 512 && inWindow < budget) {
+        const r = await it.next();
+        if (r.done) {
+          exhausted = true;
+          break;
+        }
+        const e = r.value;
+        if (e.type === 'file' && e.size > 0 && e.size <= SMALL_FILE) {
+          const sparse = (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
+          const ready = readSmall(e, sparse, limit, state).catch((err: unknown) => {
+            warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
+            return null;
+          });
+          inWindow += e.size;
+          queue.push({ e, ready, cost: e.size });
+        } else queue.push({ e, ready: null, cost: 0 });
+      }
+      const q = queue.shift();
+      if (!q) return;
+      const e = q.e;
+      if (q.ready) {
+        const pieces = await q.ready;
+        inWindow -= q.cost;
+        if (!pieces) continue;
+        e.content = async function* () {
+          yield* pieces;
+        };
+      } else if (e.type === 'file' && e.size > 0) {
+        const sparse = (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
+        e.content = async function* () {
+          try {
+            yield* readLarge(e, sparse, limit, state, progress);
+          } catch (err) {
+            warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
+            throw new SourceReadError(e.path, err);
+          }
+        };
+      } else if (e.type === 'file') {
+        e.content = async function* () {};
+      }
+      yielded++;
+      yield e;
+      progress();
+    }
+  } finally {
+    await it.return?.(undefined as never);
+    await Promise.allSettled(queue.map((q) => q.ready));
+  }
+}
+
+/** Whether a walker entry's file looked sparse (fewer blocks allocated than its size). */
+export function looksSparse(e: Entry): boolean {
+  return (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
+}
