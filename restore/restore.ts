@@ -70,7 +70,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         to: o.to,
         paths: o.paths,
         ifExists: o.ifExists ?? 'copy',
-        suffix: `ferry-restored-${point.seq}`,
+        point: String(point.seq),
         onWarning,
         onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
       });

@@ -2,7 +2,6 @@
 // and system state, the block reader for volumes.
 import type { SourceEntry } from '../format/volume/index.js';
 import { walk } from '../source/files.js';
-import { collectSystemState } from '../source/system-state.js';
 import { readVolume, volumeSize as sizeOfVolume } from '../source/volume.js';
 import type { ItemKind } from '../vault/registry.js';
 
@@ -15,6 +14,7 @@ export interface SourceOptions {
 export async function* sourceEntries(kind: ItemKind, sources: string[], o: SourceOptions): AsyncGenerator<SourceEntry> {
   const onWarning = (w: { path?: Buffer; message: string }) => o.onWarning({ path: w.path?.toString(), message: w.message });
   if (kind === 'system-state') {
+    const { collectSystemState } = await import('../source/system-state.js');
     const state = await collectSystemState({ onWarning });
     try {
       yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, onWarning });

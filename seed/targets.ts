@@ -12,8 +12,8 @@ import type { SealPool } from '../format/seal/pool.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedManifest, type SeedObject, parseSeedManifest } from '../format/seedmanifest.js';
 
 const run = promisify(execFile);
-/** Room kept free on each disk for its manifest. */
-const MANIFEST_RESERVE = 4 * 1024 * 1024;
+/** Room a disk's manifest takes: a little for the header, a line per object. */
+const manifestRoom = (objects: number) => 8192 + 320 * (objects + 1);
 const CHECKPOINT_BYTES = 256 * 1024 * 1024;
 
 export interface SeedIdentity {
@@ -179,7 +179,7 @@ export class SeedTargets {
           { disks: this.dirs },
         );
       }
-      if (this.used[this.cur] + sealed.length + MANIFEST_RESERVE > this.capacity[this.cur]) {
+      if (this.used[this.cur] + sealed.length + manifestRoom(this.objectsOn(this.cur)) > this.capacity[this.cur]) {
         await this.writeManifest(this.cur, false);
         this.cur++;
         continue;
@@ -200,6 +200,12 @@ export class SeedTargets {
       this.sinceCheckpoint = 0;
       await this.writeManifest(this.cur, false);
     }
+  }
+
+  private objectsOn(disk: number): number {
+    let n = 0;
+    for (const h of this.held.values()) if (h.disk === disk) n++;
+    return n;
   }
 
   /** Writes one object atomically; false when the disk is full. */

@@ -1,0 +1,213 @@
+// Seed, import and restore through the real CLI: volumes byte for byte,
+// spanning disks, disks imported in reverse and in several sittings, and
+// what happens with missing, damaged, foreign and interrupted seeds.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, writeFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SEED_MANIFEST } from '../format/seedmanifest.js';
+import { FERRY, ferry, must, run, sha256, withTmp } from './helpers/exec.js';
+
+const PASS = 'seed test passphrase, long enough';
+const env = { FERRY_PASSPHRASE: PASS };
+const MiB = 1024 * 1024;
+
+async function initVault(dir: string, name = 'vault'): Promise<string> {
+  const v = join(dir, name);
+  const r = await ferry(['init', v, '--kdf-log-n', '12'], { env });
+  if (r.code !== 0) throw new Error(r.stderr);
+  return v;
+}
+
+async function ok(args: string[], extra: NodeJS.ProcessEnv = {}): Promise<string> {
+  const r = await ferry(args, { env: { ...env, ...extra } });
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout.toString();
+}
+
+async function points(vault: string): Promise<Array<Record<string, unknown>>> {
+  return JSON.parse(await ok(['points', '--vault', vault, '--json']));
+}
+
+/** A small tree of random and compressible files. */
+async function plainTree(root: string, files = 40): Promise<void> {
+  for (let i = 0; i < files; i++) {
+    const d = join(root, `d${i % 5}`, `e${i % 3}`);
+    await mkdir(d, { recursive: true });
+    const body = i % 2 ? randomBytes(50_000 + i * 7919) : Buffer.from(`line ${i}\n`.repeat(5000 + i * 100));
+    await writeFile(join(d, `f${i}.bin`), body);
+  }
+}
+
+async function treeHash(root: string): Promise<string> {
+  const out = await must('sh', ['-c', `cd "${root}" && find . -type f -print0 | sort -z | xargs -0 sha256sum`]);
+  return sha256(out);
+}
+
+test('an ext4 image seeded as a volume restores byte for byte (raw) and as a VHD qemu-img compares equal', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const content = join(dir, 'content');
+    await plainTree(content, 12);
+    await writeFile(join(content, 'random.bin'), randomBytes(6 * MiB));
+    const img = join(dir, 'ext4.img');
+    await must('truncate', ['-s', '48M', img]);
+    await must('mkfs.ext4', ['-q', '-F', '-d', content, img]);
+    await ok(['seed', '--vault', vault, '--item', 'vol', '--kind', 'volume', '--machine', 'host1', '--disk', join(dir, 'd1'), '--disk', join(dir, 'd2'), '--disk', join(dir, 'd3'), '--disk-capacity', '5M', img]);
+    const d2 = JSON.parse(await readFile(join(dir, 'd2', SEED_MANIFEST), 'utf8'));
+    t.true(d2.of >= 2, 'the seed spans disks');
+    t.true(d2.complete);
+    const used = ['d1', 'd2', 'd3'].map((d) => join(dir, d)).filter((d) => existsSync(join(d, SEED_MANIFEST)));
+    await ok(['import', '--vault', vault, ...used.reverse()]);
+    const ps = await points(vault);
+    t.is(ps.length, 1);
+    t.like(ps[0], { seq: 1, kind: 'volume', machine: 'host1', item: 'vol', source: 'seed' });
+    const raw = join(dir, 'restored.img');
+    await ok(['restore', '--vault', vault, '--machine', 'host1', '--item', 'vol', '--to', raw, '--format', 'raw']);
+    t.true((await readFile(raw)).equals(await readFile(img)));
+    const vhd = join(dir, 'restored.vhd');
+    await ok(['restore', '--vault', vault, '--machine', 'host1', '--item', 'vol', '--to', vhd, '--format', 'vhd']);
+    const cmp = await run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', vhd, img]);
+    t.is(cmp.code, 0, cmp.stdout.toString());
+    t.is((await run('e2fsck', ['-fn', raw])).code, 0, 'the restored image is a clean ext4');
+  });
+});
+
+test('import names a missing disk and registers nothing until it comes; then the point appears', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await plainTree(src, 60);
+    await writeFile(join(src, 'big.bin'), randomBytes(9 * MiB));
+    const disks = [1, 2, 3, 4, 5, 6].map((n) => join(dir, `disk${n}`));
+    await ok(['seed', '--vault', vault, '--item', 'docs', '--kind', 'files', '--machine', 'm', ...disks.flatMap((d) => ['--disk', d]), '--disk-capacity', '5M', src]);
+    const of = JSON.parse(await readFile(join(disks[0], SEED_MANIFEST), 'utf8')).of as number;
+    t.true(of >= 3, `spans at least three disks (got ${of})`);
+    const used = disks.slice(0, of);
+    const r1 = await ferry(['import', '--vault', vault, used[0], used[of - 1]], { env });
+    t.is(r1.code, 0, r1.stderr);
+    t.regex(r1.stdout.toString(), /disks? 2.* of \d+ of seed [0-9a-f]+ .*not yet imported/);
+    t.deepEqual(await points(vault), []);
+    // the rest, in reverse order, in a second sitting
+    await ok(['import', '--vault', vault, ...used.slice(1, of - 1).reverse()]);
+    const ps = await points(vault);
+    t.is(ps.length, 1);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'docs', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+    // importing a disk again changes nothing
+    await ok(['import', '--vault', vault, used[0]]);
+    t.is((await points(vault)).length, 1);
+  });
+});
+
+test('a damaged, a foreign and a non-seed disk are named at import and nothing is registered', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const other = await initVault(dir, 'other');
+    const src = join(dir, 'src');
+    await plainTree(src, 20);
+    const d1 = join(dir, 'd1');
+    await ok(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', d1, src]);
+    // foreign: the disk belongs to `vault`, imported into `other`
+    const f = await ferry(['import', '--vault', other, d1], { env });
+    t.is(f.code, 1);
+    t.regex(f.stderr, /SEED|holds a seed for vault/);
+    t.regex(f.stderr, new RegExp(d1.replace(/[/.]/g, '\\$&')));
+    // not a seed disk
+    await mkdir(join(dir, 'empty'));
+    const e = await ferry(['import', '--vault', vault, join(dir, 'empty')], { env });
+    t.is(e.code, 1);
+    t.regex(e.stderr, /not a ferry seed disk/);
+    // damaged: flip one byte of one block object
+    const m = JSON.parse(await readFile(join(d1, SEED_MANIFEST), 'utf8'));
+    const victim = m.objects.find((o: { name: string }) => o.name.includes('/blocks/')).name as string;
+    const p = join(d1, victim);
+    const b = await readFile(p);
+    b[b.length >> 1] ^= 0x40;
+    await writeFile(p, b);
+    const c = await ferry(['import', '--vault', vault, d1], { env });
+    t.is(c.code, 1);
+    t.true(c.stderr.includes(victim), c.stderr);
+    t.is(c.stderr.trim().split('\n').length, 1);
+    t.deepEqual(await points(vault), []);
+    t.deepEqual(await points(other), []);
+  });
+});
+
+test('a seed killed at random points and run again gives the same restore', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await plainTree(src, 120);
+    await writeFile(join(src, 'big.bin'), randomBytes(24 * MiB));
+    const disks = [join(dir, 'a'), join(dir, 'b'), join(dir, 'c')];
+    const args = ['seed', '--vault', vault, '--item', 'k', '--kind', 'files', '--machine', 'm', ...disks.flatMap((d) => ['--disk', d]), '--disk-capacity', '20M', src];
+    let kills = 0;
+    for (let i = 0; i < 5; i++) {
+      const child = spawn(process.execPath, [FERRY, ...args], { env: { ...process.env, ...env }, stdio: 'ignore' });
+      const delay = 150 + Math.floor(Math.random() * 900);
+      const timer = setTimeout(() => child.kill('SIGKILL'), delay);
+      const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+      clearTimeout(timer);
+      if (code === null) kills++;
+      else break;
+    }
+    const last = await ferry(args, { env });
+    // finished already by an unkilled run, or finishes now
+    t.true(last.code === 0 || /complete seed/.test(last.stderr), last.stderr);
+    t.true(kills >= 1, 'at least one run was killed');
+    await ok(['import', '--vault', vault, ...disks.reverse().filter((d) => existsSync(join(d, SEED_MANIFEST)))]);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'k', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+  });
+});
+
+test('more data than disks: ferry asks for another disk, and the same command with one more --disk finishes', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await plainTree(src, 10);
+    await writeFile(join(src, 'big.bin'), randomBytes(12 * MiB));
+    const base = ['seed', '--vault', vault, '--item', 'full', '--kind', 'files', '--machine', 'm', '--disk-capacity', '8M', src];
+    const r = await ferry([...base, '--disk', join(dir, 'a')], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /add another --disk/);
+    const again = await ferry([...base, '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), '--disk', join(dir, 'c')], { env });
+    t.is(again.code, 0, again.stderr);
+    const doc = JSON.parse((await ferry([...base, '--disk', join(dir, 'a'), '--json'], { env })).stdout.toString() || '{}');
+    t.falsy(doc.seedId, 'a complete seed is not written again');
+    await ok(['import', '--vault', vault, ...['c', 'b', 'a'].map((d) => join(dir, d)).filter((d) => existsSync(join(d, SEED_MANIFEST)))]);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'full', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+  });
+});
+
+test('--databox lays objects out under BlockBlob/<container>/ and they import from there', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await plainTree(src, 6);
+    const d = join(dir, 'databox');
+    await ok(['seed', '--vault', vault, '--item', 'db', '--kind', 'files', '--machine', 'm', '--disk', d, '--databox', 'ferry-seed', src]);
+    t.deepEqual((await readdir(d)).sort(), ['BlockBlob', SEED_MANIFEST]);
+    t.true((await stat(join(d, 'BlockBlob', 'ferry-seed', 'disks'))).isDirectory());
+    await ok(['import', '--vault', vault, d]);
+    t.is((await points(vault)).length, 1);
+    const bad = await ferry(['seed', '--vault', vault, '--item', 'db2', '--kind', 'files', '--disk', join(dir, 'x'), '--databox', 'Bad_Name', src], { env });
+    t.is(bad.code, 2);
+  });
+});
+
+test('a wrong passphrase exits 12 and a missing source is a clear error', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', join(dir, 'd'), dir], { env: { FERRY_PASSPHRASE: 'a wrong passphrase of length' } });
+    t.is(r.code, 12);
+    const m = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'volume', '--disk', join(dir, 'd'), join(dir, 'nope.img')], { env });
+    t.not(m.code, 0);
+    t.regex(m.stderr, /nope\.img/);
+    t.is(m.stderr.trim().split('\n').length, 1, m.stderr);
+  });
+});
