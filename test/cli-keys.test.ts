@@ -1,0 +1,270 @@
+// The real CLI (node bin/ferry) for init and key: exit codes, one-line
+// errors, passphrase sources, and "a wrong passphrase writes nothing".
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { openVault } from '../vault/vault.js';
+
+const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const FERRY = join(ROOT, 'bin/ferry');
+const P1 = 'correct horse battery staple';
+const P2 = 'another long enough passphrase';
+const FAST = ['--kdf-log-n', '10'];
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function ferry(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const fullEnv: NodeJS.ProcessEnv = { ...process.env, FERRY_PASSPHRASE: undefined, FERRY_NEW_PASSPHRASE: undefined, ...env };
+    for (const k of Object.keys(fullEnv)) if (fullEnv[k] === undefined) delete fullEnv[k];
+    // stdin is not a terminal here: ferry must never wait for a prompt.
+    const child = spawn(process.execPath, [FERRY, ...args], { env: fullEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c) => (stdout += c));
+    child.stderr.on('data', (c) => (stderr += c));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function tempDir(label: string): Promise<string> {
+  return fs.mkdtemp(join(tmpdir(), `ferry-cli-${label}-`));
+}
+
+/** Every entry under dir with its type, size, mtime and content hash. */
+async function snapshot(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (rel: string) => {
+    const abs = join(dir, rel);
+    const st = await fs.lstat(abs);
+    if (st.isDirectory()) {
+      out.push(`${rel}/ ${st.mtimeMs}`);
+      for (const e of (await fs.readdir(abs)).sort()) await walk(join(rel, e));
+    } else {
+      const h = createHash('sha256').update(await fs.readFile(abs)).digest('hex');
+      out.push(`${rel} ${st.size} ${st.mtimeMs} ${h}`);
+    }
+  };
+  await walk('.');
+  return out;
+}
+
+async function newVault(label: string): Promise<{ dir: string; id: string }> {
+  const dir = join(await tempDir(label), 'vault');
+  const r = await ferry(['init', dir, '--json', ...FAST], { FERRY_PASSPHRASE: P1 });
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+  return { dir, id: JSON.parse(r.stdout).vault.id };
+}
+
+function oneLine(t: import('ava').ExecutionContext, stderr: string): void {
+  t.is(stderr.trimEnd().split('\n').length, 1, `one line: ${stderr}`);
+  t.regex(stderr, /^ferry: /);
+  t.notRegex(stderr, /at .*\.js:\d+/, 'no stack trace');
+}
+
+test('init creates the vault and prints its id; --json is one document', async (t) => {
+  const base = await tempDir('init');
+  const dir = join(base, 'new/vault');
+  // The real default KDF cost, once.
+  const r = await ferry(['init', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(r.code, 0, r.stderr);
+  const m = /created vault ([0-9a-f]{32}) at (.*)/.exec(r.stdout);
+  t.truthy(m, r.stdout);
+  const cfg = JSON.parse(await fs.readFile(join(dir, 'vault.json'), 'utf8'));
+  t.is(cfg.id, m![1]);
+  t.is(cfg.keys[0].kdf.N, 2 ** 17);
+
+  const j = await ferry(['init', join(base, 'other'), '--json', ...FAST, '--compression', 'deflate', '--level', '5'], { FERRY_PASSPHRASE: P1 });
+  t.is(j.code, 0, j.stderr);
+  const doc = JSON.parse(j.stdout);
+  t.regex(doc.vault.id, /^[0-9a-f]{32}$/);
+  t.deepEqual(doc.vault.defaults, { codec: 'deflate', level: 5 });
+  t.is(doc.vault.keys.length, 1);
+});
+
+test('init refuses a non-empty directory, an existing vault and a short passphrase', async (t) => {
+  const base = await tempDir('refuse');
+  await fs.writeFile(join(base, 'precious.txt'), 'do not touch');
+  const before = await snapshot(base);
+  const r = await ferry(['init', base, ...FAST], { FERRY_PASSPHRASE: P1 });
+  t.is(r.code, 1);
+  oneLine(t, r.stderr);
+  t.regex(r.stderr, /not empty and is not a vault/);
+  t.deepEqual(await snapshot(base), before);
+
+  const { dir } = await newVault('twice');
+  const snap = await snapshot(dir);
+  const again = await ferry(['init', dir, ...FAST], { FERRY_PASSPHRASE: P1 });
+  t.is(again.code, 1);
+  t.regex(again.stderr, /already a ferry vault/);
+  t.deepEqual(await snapshot(dir), snap);
+
+  const short = await ferry(['init', join(base, 'x'), ...FAST], { FERRY_PASSPHRASE: 'only 15 chars!!' });
+  t.is(short.code, 2);
+  t.regex(short.stderr, /at least 16/);
+  await t.throwsAsync(fs.stat(join(base, 'x')));
+
+  const badCodec = await ferry(['init', join(base, 'y'), '--compression', 'lz4'], { FERRY_PASSPHRASE: P1 });
+  t.is(badCodec.code, 2);
+});
+
+test('wrong passphrase: exit 12, one line, nothing written', async (t) => {
+  const { dir } = await newVault('wrong');
+  const fresh = join(await tempDir('wrong-new'), 'p');
+  await fs.writeFile(fresh, P2 + '\n');
+  const slot = JSON.parse(await fs.readFile(join(dir, 'vault.json'), 'utf8')).keys[0].id;
+  // Let mtimes tick, so a rewrite would show even with identical bytes.
+  await new Promise((r) => setTimeout(r, 20));
+  const before = await snapshot(dir);
+  for (const args of [
+    ['key', 'list', '--vault', dir],
+    ['key', 'add', '--vault', dir, '--new-passphrase-file', fresh, ...FAST],
+    ['key', 'remove', slot, '--vault', dir],
+    ['key', 'add', '--vault', dir, '--break-lock', '--new-passphrase-file', fresh, ...FAST],
+  ]) {
+    const r = await ferry(args, { FERRY_PASSPHRASE: 'this is not the passphrase' });
+    t.is(r.code, 12, `${args.join(' ')}: ${r.stderr}`);
+    oneLine(t, r.stderr);
+    t.regex(r.stderr, /wrong passphrase/);
+    t.is(r.stdout, '');
+    t.deepEqual(await snapshot(dir), before, `${args.join(' ')} wrote something`);
+  }
+  const json = await ferry(['key', 'list', '--vault', dir, '--json'], { FERRY_PASSPHRASE: 'this is not the passphrase' });
+  t.is(json.code, 12);
+  t.is(JSON.parse(json.stdout).error.code, 'WRONG_PASSPHRASE');
+});
+
+test('no vault: exit 10 saying to run ferry init; no passphrase: exit 2 saying how to give one', async (t) => {
+  const base = await tempDir('none');
+  const r = await ferry(['key', 'list', '--vault', join(base, 'nothing')], { FERRY_PASSPHRASE: P1 });
+  t.is(r.code, 10);
+  oneLine(t, r.stderr);
+  t.regex(r.stderr, /run `ferry init /);
+  const empty = await ferry(['key', 'list', '--vault', base]);
+  t.is(empty.code, 10, 'the missing vault is reported before asking for a passphrase');
+
+  const { dir } = await newVault('nopass');
+  const n = await ferry(['key', 'list', '--vault', dir]);
+  t.is(n.code, 2);
+  oneLine(t, n.stderr);
+  t.regex(n.stderr, /FERRY_PASSPHRASE.*--passphrase-file.*--passphrase-command/);
+});
+
+test('passphrase from a file (one newline stripped), a command, or the environment; flags beat the environment', async (t) => {
+  const { dir } = await newVault('sources');
+  const base = await tempDir('pf');
+  const ok = async (args: string[], env: Record<string, string> = {}) => {
+    const r = await ferry(['key', 'list', '--vault', dir, ...args], env);
+    t.is(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+  };
+  const fail = async (args: string[], code: number, env: Record<string, string> = {}) => {
+    const r = await ferry(['key', 'list', '--vault', dir, ...args], env);
+    t.is(r.code, code, `${args.join(' ')}: ${r.stderr}`);
+    oneLine(t, r.stderr);
+  };
+  await fs.writeFile(join(base, 'lf'), P1 + '\n');
+  await fs.writeFile(join(base, 'crlf'), P1 + '\r\n');
+  await fs.writeFile(join(base, 'bare'), P1);
+  await fs.writeFile(join(base, 'two'), P1 + '\n\n');
+  await ok(['--passphrase-file', join(base, 'lf')]);
+  await ok(['--passphrase-file', join(base, 'crlf')]);
+  await ok(['--passphrase-file', join(base, 'bare')]);
+  await fail(['--passphrase-file', join(base, 'two')], 12);
+  await fail(['--passphrase-file', join(base, 'missing')], 2);
+  await ok(['--passphrase-command', `printf '%s\\n' '${P1}'`]);
+  await ok(['--passphrase-command', `cat ${join(base, 'lf')}`]);
+  await fail(['--passphrase-command', 'exit 3'], 2);
+  await fail(['--passphrase-command', 'true'], 2);
+  await fail(['--passphrase-file', join(base, 'lf'), '--passphrase-command', 'true'], 2);
+  await ok(['--passphrase-file', join(base, 'lf')], { FERRY_PASSPHRASE: 'the wrong one, from the environment' });
+  await ok([], { FERRY_PASSPHRASE: P1 });
+});
+
+test('key add, list and remove', async (t) => {
+  const { dir, id } = await newVault('flow');
+  const base = await tempDir('flow-p');
+  await fs.writeFile(join(base, 'p2'), P2 + '\n');
+
+  const add = await ferry(['key', 'add', '--vault', dir, '--new-passphrase-file', join(base, 'p2'), '--json', ...FAST], { FERRY_PASSPHRASE: P1 });
+  t.is(add.code, 0, add.stderr);
+  const added = JSON.parse(add.stdout).added;
+  t.regex(added.id, /^[0-9a-f]{16}$/);
+  t.deepEqual(added.kdf, { name: 'scrypt', N: 1024, r: 8, p: 1 });
+
+  const list1 = JSON.parse((await ferry(['key', 'list', '--vault', dir, '--json'], { FERRY_PASSPHRASE: P2 })).stdout);
+  t.is(list1.vault, id);
+  t.is(list1.keys.length, 2);
+  const [first, second] = list1.keys;
+  t.false(first.current);
+  t.true(second.current, 'the new passphrase opens the new slot');
+  t.is(second.id, added.id);
+  for (const k of list1.keys) t.deepEqual(Object.keys(k).sort(), ['created', 'current', 'id', 'kdf']);
+
+  const human = await ferry(['key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.regex(human.stdout, new RegExp(`\\* ${first.id}`));
+  t.regex(human.stdout, /scrypt N=2\^10 r=8 p=1/);
+
+  // The slot in use cannot go; with the other passphrase it can.
+  const inUse = await ferry(['key', 'remove', first.id, '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(inUse.code, 1);
+  oneLine(t, inUse.stderr);
+  t.regex(inUse.stderr, /unlock with a passphrase that stays/);
+  const unknown = await ferry(['key', 'remove', 'ffffffffffffffff', '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(unknown.code, 2);
+  const rm = await ferry(['key', 'remove', first.id, '--vault', dir], { FERRY_PASSPHRASE: P2 });
+  t.is(rm.code, 0, rm.stderr);
+  t.regex(rm.stdout, /removed key slot .*1 left/);
+  const gone = await ferry(['key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(gone.code, 12, 'the removed passphrase no longer opens the vault');
+  const last = await ferry(['key', 'remove', second.id, '--vault', dir], { FERRY_PASSPHRASE: P2 });
+  t.is(last.code, 1);
+  t.regex(last.stderr, /only one/);
+
+  // A new passphrase that is too short is refused before anything is written.
+  await fs.writeFile(join(base, 'short'), 'short\n');
+  const snap = await snapshot(dir);
+  const short = await ferry(['key', 'add', '--vault', dir, '--new-passphrase-file', join(base, 'short')], { FERRY_PASSPHRASE: P2 });
+  t.is(short.code, 2);
+  t.regex(short.stderr, /at least 16/);
+  t.deepEqual(await snapshot(dir), snap);
+  // Without a new passphrase and no terminal: usage error.
+  const none = await ferry(['key', 'add', '--vault', dir], { FERRY_PASSPHRASE: P2 });
+  t.is(none.code, 2);
+  t.regex(none.stderr, /FERRY_NEW_PASSPHRASE/);
+  const env = await ferry(['key', 'add', '--vault', dir, ...FAST], { FERRY_PASSPHRASE: P2, FERRY_NEW_PASSPHRASE: P1 });
+  t.is(env.code, 0, env.stderr);
+});
+
+test('a locked vault: exit 11 naming the holder; --break-lock goes on with a warning', async (t) => {
+  const { dir } = await newVault('locked');
+  const base = await tempDir('locked-p');
+  await fs.writeFile(join(base, 'p2'), P2);
+  const holder = await openVault(dir, { passphrase: P1, writable: true, command: 'backup', lock: { refreshMs: 0 } });
+  try {
+    const r = await ferry(['key', 'add', '--vault', dir, '--new-passphrase-file', join(base, 'p2'), ...FAST], { FERRY_PASSPHRASE: P1 });
+    t.is(r.code, 11, r.stderr);
+    oneLine(t, r.stderr);
+    t.true(r.stderr.includes(`pid ${process.pid} on ${hostname()}`), r.stderr);
+    t.regex(r.stderr, /ferry backup/);
+    t.regex(r.stderr, /--break-lock/);
+    // Readers are not held back.
+    t.is((await ferry(['key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 })).code, 0);
+
+    const b = await ferry(['key', 'add', '--vault', dir, '--break-lock', '--new-passphrase-file', join(base, 'p2'), ...FAST], { FERRY_PASSPHRASE: P1 });
+    t.is(b.code, 0, b.stderr);
+    t.regex(b.stderr, /warning: breaking the lock/);
+    await holder.lock.refresh();
+    t.true(holder.lock.lost);
+  } finally {
+    await holder.close();
+  }
+});
