@@ -108,6 +108,7 @@ export class StoredVhdStorage implements VhdStorage {
     private readonly head: Head,
     private readonly objects: ObjectGetter,
     private readonly cacheBlocks = 16,
+    private readonly readAhead = Math.max(0, Math.min(4, cacheBlocks - 4)),
   ) {
     if (head.meta.type === 'fixed') {
       this.span = FIXED_CHUNK;
@@ -155,11 +156,16 @@ export class StoredVhdStorage implements VhdStorage {
       if (this.starts[mid].pos + this.span <= position) lo = mid + 1;
       else hi = mid;
     }
-    for (let k = lo; k < this.starts.length && this.starts[k].pos < end; k++) {
-      const { pos, index } = this.starts[k];
-      const data = await this.block(index);
-      copyOverlap(pos, data, position, out);
+    let k = lo;
+    const pending: Array<{ pos: number; data: Promise<Buffer> }> = [];
+    for (; k < this.starts.length && this.starts[k].pos < end; k++) pending.push({ pos: this.starts[k].pos, data: this.block(this.starts[k].index) });
+    // Sequential readers (restore, export) come back for the next blocks:
+    // fetch and unseal them now, so the seal pool works on several at once.
+    for (let n = 0; n < this.readAhead && k < this.starts.length; n++, k++) {
+      const index = this.starts[k].index;
+      if (!this.cache.has(index)) this.block(index).catch(() => {});
     }
+    for (const p of pending) copyOverlap(p.pos, await p.data, position, out);
     return out;
   }
 
@@ -257,7 +263,7 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
 /** Writes stored disk `id` back as the exact VHD file it was. */
 export async function exportStoredVhd(objects: ObjectGetter, id: string, to: string): Promise<void> {
   const head = decodeHead(headName(id), await objects.get(headName(id)));
-  const storage = new StoredVhdStorage(to, id, head, objects, 2);
+  const storage = new StoredVhdStorage(to, id, head, objects, 12);
   const fh = await fsOpen(to, 'w');
   try {
     const chunk = 8 * 1024 * 1024;
