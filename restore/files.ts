@@ -423,16 +423,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const writeFileData = async (tmp: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
     const fh: FileHandle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW, 0o600);
     try {
+      // a file stored with holes is restored with holes down to 4 KiB pages
+      const sparse = data.extents.reduce((n, x) => n + x.length, 0) < data.size;
       let damaged = false;
       for await (const p of reader.readData(data)) {
         if (!p.ok && !damaged) {
           damaged = true;
           warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${p.offset} does not match its checksum; restored as read`, path: e.path });
         }
-        let off = 0;
-        while (off < p.data.length) {
-          const { bytesWritten } = await fh.write(p.data, off, p.data.length - off, p.offset + off);
-          off += bytesWritten;
+        for (const run of sparse ? nonZeroRuns(p.offset, p.data) : [{ offset: p.offset, data: p.data }]) {
+          let off = 0;
+          while (off < run.data.length) {
+            const { bytesWritten } = await fh.write(run.data, off, run.data.length - off, run.offset + off);
+            off += bytesWritten;
+          }
         }
         result.bytes += p.data.length;
       }
@@ -680,6 +684,27 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
   progress();
   return result;
+}
+
+const PAGE = 4096;
+const ZERO_PAGE = Buffer.alloc(PAGE);
+
+/** The parts of `data` (at file offset `offset`) that are not whole zero pages. */
+function nonZeroRuns(offset: number, data: Buffer): { offset: number; data: Buffer }[] {
+  const out: { offset: number; data: Buffer }[] = [];
+  let start = -1;
+  for (let i = 0; i < data.length; ) {
+    const end = Math.min(data.length, (Math.floor((offset + i) / PAGE) + 1) * PAGE - offset);
+    const zero = end - i === PAGE && data.subarray(i, end).equals(ZERO_PAGE);
+    if (!zero && start < 0) start = i;
+    if (zero && start >= 0) {
+      out.push({ offset: offset + start, data: data.subarray(start, i) });
+      start = -1;
+    }
+    i = end;
+  }
+  if (start >= 0) out.push({ offset: offset + start, data: data.subarray(start) });
+  return out;
 }
 
 function depth(p: Buffer): number {
