@@ -1,0 +1,284 @@
+// The file-tree walker (source/files), the block reader (source/volume) and
+// the system-state collector (source/system-state).
+import test from 'ava';
+import { mkdtemp, rm, unlink, writeFile, mkdir, lstat, readFile, open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { globMatch, compileGlobs, compileSelectors, walk, parseGetfattr, formatSetfattr, escapeOctal, type Entry } from '../source/files.js';
+import { readVolume, volumeSize } from '../source/volume.js';
+import { collectSystemState, STATE_FOLDER } from '../source/system-state.js';
+import { MemDisk } from '../format/memdisk.js';
+import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import { makeTree, NAMES, pseudoRandom } from './helpers/tree.js';
+
+const MiB = 1024 * 1024;
+
+async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-walker-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function collect(it: AsyncIterable<Entry>): Promise<Entry[]> {
+  const out: Entry[] = [];
+  for await (const e of it) out.push(e);
+  return out;
+}
+
+test('globs: restic-style matching on whole paths and any suffix of components', (t) => {
+  const yes: [string, string][] = [
+    ['*.tmp', '/home/a/x.tmp'],
+    ['/home/*/x.tmp', '/home/a/x.tmp'],
+    ['/home/**', '/home/a/b/c'],
+    ['/home/**/c', '/home/c'],
+    ['/home/**/c', '/home/a/b/c'],
+    ['cache', '/var/lib/cache'],
+    ['lib/cache', '/var/lib/cache'],
+    ['**/node_modules', '/src/node_modules'],
+    ['[a-c]x', '/q/bx'],
+    ['[!a-c]x', '/q/dx'],
+    ['?.txt', '/é.txt'],
+    ['a\\*b', '/a*b'],
+    ['*', '/anything'],
+  ];
+  const no: [string, string][] = [
+    ['*.tmp', '/home/a/x.tmp2'],
+    ['/home/*/x.tmp', '/home/a/b/x.tmp'],
+    ['/home', '/srv/home'],
+    ['[a-c]x', '/q/dx'],
+    ['[!a-c]x', '/q/ax'],
+    ['?.txt', '/ab.txt'],
+    ['a\\*b', '/aXb'],
+    ['lib/cache', '/var/lib/cache/x'],
+  ];
+  for (const [p, s] of yes) t.true(globMatch(p, s), `${p} should match ${s}`);
+  for (const [p, s] of no) t.false(globMatch(p, s), `${p} should not match ${s}`);
+  // non-UTF-8 bytes match "*" and "?" like any other
+  t.true(compileGlobs(['bad-*.txt'])(Buffer.concat([Buffer.from('/x/'), NAMES.nonUtf8])));
+  t.true(compileGlobs(['/x/bad-??.txt'])(Buffer.concat([Buffer.from('/x/'), NAMES.nonUtf8])));
+  // selectors: a directory selects its subtree
+  const sel = compileSelectors(['/home/a', '*.log']);
+  t.true(sel(Buffer.from('/home/a/deep/file')));
+  t.true(sel(Buffer.from('/var/x.log')));
+  t.false(sel(Buffer.from('/home/ab')));
+});
+
+test('getfattr output parses, and setfattr input escapes, any byte', (t) => {
+  const out = Buffer.concat([
+    Buffer.from('# file: /t/we\\012ird\\134x '),
+    Buffer.from([0xff]),
+    Buffer.from('\nuser.a=0sAAEC\nuser.empty=0s\nuser.text="hi"\n\n# file: /t/b\nsystem.posix_acl_access=0x0200\n\n'),
+  ]);
+  const m = parseGetfattr(out);
+  const k = Buffer.concat([Buffer.from('/t/we\nird\\x '), Buffer.from([0xff])]).toString('latin1');
+  t.deepEqual(m.get(k), [
+    { name: 'user.a', value: Buffer.from([0, 1, 2]) },
+    { name: 'user.empty', value: Buffer.alloc(0) },
+    { name: 'user.text', value: Buffer.from('hi') },
+  ]);
+  t.deepEqual(m.get('/t/b'), [{ name: 'system.posix_acl_access', value: Buffer.from([2, 0]) }]);
+  t.is(escapeOctal(Buffer.from('a b\n\\=')).toString(), 'a\\040b\\012\\134\\075');
+  const doc = formatSetfattr([{ path: Buffer.from(k, 'latin1'), xattrs: [{ name: 'user.a', value: Buffer.from([0, 1, 2]) }] }]);
+  t.deepEqual(parseGetfattr(doc).get(k), [{ name: 'user.a', value: Buffer.from([0, 1, 2]) }]);
+});
+
+test('walk: every kind of entry, with its metadata, parents first, ancestors implicit', async (t) => {
+  await withTmp(async (dir) => {
+    const root = join(dir, 'tree');
+    await makeTree(root, { hugeSparse: 64 * MiB });
+    const warnings: string[] = [];
+    const entries = await collect(walk([root], { onWarning: (w) => warnings.push(w.message) }));
+    t.deepEqual(warnings, []);
+    const byPath = new Map(entries.map((e) => [e.path.toString('latin1'), e]));
+    const get = (rel: string | Buffer) => byPath.get(Buffer.concat([Buffer.from(root + '/'), Buffer.from(rel)]).toString('latin1'))!;
+
+    // ancestors of the source, implicit, then the source itself
+    t.is(entries[0].path.toString(), '/');
+    t.true(entries[0].implicit);
+    t.false(byPath.get(Buffer.from(root).toString('latin1'))!.implicit);
+    // parents before children
+    const seen = new Set<string>();
+    for (const e of entries) {
+      const p = e.path.toString('latin1');
+      const parent = p === '/' ? null : p.slice(0, p.lastIndexOf('/')) || '/';
+      if (parent) t.true(seen.has(parent), `${p} came before its parent`);
+      seen.add(p);
+    }
+    const types = new Set(entries.map((e) => e.type));
+    for (const ty of ['file', 'dir', 'symlink', 'hardlink', 'chardev', 'blockdev', 'fifo', 'socket']) t.true(types.has(ty as never), `has a ${ty}`);
+
+    // hard links: later members point at the first
+    t.is(get('links/a/orig').type, 'file');
+    t.is(get('links/b/link1').type, 'hardlink');
+    t.is(get('links/b/link1').target!.toString(), join(root, 'links/a/orig'));
+    t.is(get('links/b/c/link2').target!.toString(), join(root, 'links/a/orig'));
+    // names and targets as bytes
+    t.truthy(get(NAMES.nonUtf8));
+    t.truthy(get(NAMES.long));
+    t.deepEqual(get('odd-target').target, Buffer.from([0xff, 0xfe, 0x2f, 0x78]));
+    t.is(get('dangling').target!.toString(), 'nowhere/at/all');
+    // ns times, modes, owners, rdev
+    t.is(get('hello.txt').mtimeNs, 1234567891987654321n);
+    t.is(get('hello.txt').atimeNs, 1234567890123456789n);
+    t.is(get('multi-chunk.bin').atimeNs, -1000000000000000001n);
+    t.is(get('setuid').mode, 0o4755);
+    t.is(get('mode-000').mode, 0);
+    t.is(get('sticky').mode, 0o1777);
+    t.is(get('owned').uid, 12345);
+    t.is(get('owned').gid, 54321);
+    t.is(get('owned-link').uid, 54321);
+    const st = await lstat(join(root, 'chardev'), { bigint: true });
+    t.is(get('chardev').rdev, st.rdev);
+    // xattrs and ACLs
+    const names = get('xattrs.txt').xattrs.map((x) => x.name).sort();
+    t.deepEqual(names, ['system.posix_acl_access', 'user.binary', 'user.empty', 'user.plain']);
+    t.deepEqual(get('xattrs.txt').xattrs.find((x) => x.name === 'user.binary')!.value, Buffer.from('AAEC/wD+', 'base64'));
+    t.true(get('acl-dir').xattrs.some((x) => x.name === 'system.posix_acl_default'));
+    t.true(get(NAMES.nonUtf8).xattrs.some((x) => x.name === 'user.on-odd-name'));
+
+    // content: sparse files leave their holes out; others come whole
+    const read = async (e: Entry) => {
+      const pieces: { offset: number; data: Buffer }[] = [];
+      for await (const p of e.content!()) pieces.push({ offset: p.offset, data: Buffer.from(p.data) });
+      return pieces;
+    };
+    const huge = await read(get('sparse-huge'));
+    t.true(huge.reduce((n, p) => n + p.data.length, 0) <= 4 * MiB, 'only the data of the sparse file is read out');
+    t.true(huge[0].data.subarray(0, 4096).equals(pseudoRandom(4096, 11)));
+    t.deepEqual(await read(get('sparse-all-hole')), []);
+    const zeros = await read(get('zeros-not-sparse.bin'));
+    t.is(zeros.reduce((n, p) => n + p.data.length, 0), 256 * 1024, 'allocated zeros are kept');
+    const multi = await read(get('multi-chunk.bin'));
+    t.true(Buffer.concat(multi.map((p) => p.data)).equals(await readFile(join(root, 'multi-chunk.bin'))));
+  });
+});
+
+test('walk: excludes skip files and whole subtrees; overlapping sources are walked once', async (t) => {
+  await withTmp(async (dir) => {
+    await mkdir(join(dir, 'a/cache/deep'), { recursive: true });
+    await writeFile(join(dir, 'a/cache/deep/x'), 'x');
+    await writeFile(join(dir, 'a/keep.txt'), 'k');
+    await writeFile(join(dir, 'a/drop.tmp'), 't');
+    await mkdir(join(dir, 'b'));
+    await writeFile(join(dir, 'b/y'), 'y');
+    const entries = await collect(walk([join(dir, 'a'), join(dir, 'a/cache'), join(dir, 'b') + '/'], { excludes: ['cache', '*.tmp', `${dir}/b/y`] }));
+    const rel = entries.filter((e) => !e.implicit).map((e) => e.path.toString().slice(dir.length));
+    t.deepEqual(rel, ['/a', '/a/keep.txt', '/b']);
+  });
+});
+
+test('walk: a file that vanishes is a warning, not a crash, and the run goes on', async (t) => {
+  await withTmp(async (dir) => {
+    const root = join(dir, 't');
+    await mkdir(root);
+    await writeFile(join(root, 'a-big'), pseudoRandom(3 * MiB, 1)); // big: read lazily, after we delete it
+    await writeFile(join(root, 'b-small'), 'small');
+    const warnings: { code: string; message: string }[] = [];
+    const onWarning = (w: { code: string; message: string }) => warnings.push(w);
+    async function* vanishing() {
+      for await (const e of walk([root, join(dir, 'never-there')], { onWarning })) {
+        if (e.path.toString().endsWith('a-big')) await unlink(join(root, 'a-big'));
+        yield e;
+      }
+    }
+    const disk = new MemDisk(2040 * 1024 ** 3);
+    const stats = await writeVolume(disk, vanishing(), { onWarning });
+    t.is(stats.skipped, 1);
+    t.true(warnings.some((w) => w.code === 'SOURCE_READ' && w.message.includes('a-big')), JSON.stringify(warnings));
+    t.true(warnings.some((w) => w.message.includes('never-there')));
+    t.is(warnings.filter((w) => w.message.includes('a-big')).length, 1, 'reported once');
+    const r = await VolumeReader.open(disk);
+    t.is(r.stat(join(root, 'a-big')), null);
+    t.is((await r.read(join(root, 'b-small'), 0, 100)).toString(), 'small');
+    r.close();
+  });
+});
+
+test('walk: a file that shrinks while read is stored as it is', async (t) => {
+  await withTmp(async (dir) => {
+    await writeFile(join(dir, 'f'), pseudoRandom(4 * MiB, 2));
+    const entries: Entry[] = [];
+    for await (const e of walk([join(dir, 'f')])) {
+      if (e.type === 'file') {
+        const fh = await open(join(dir, 'f'), 'r+');
+        await fh.truncate(MiB + 5);
+        await fh.close();
+      }
+      entries.push(e);
+    }
+    const f = entries.find((e) => e.type === 'file')!;
+    let n = 0;
+    for await (const p of f.content!()) n += p.data.length;
+    t.is(n, MiB + 5);
+    t.is(f.size, MiB + 5);
+  });
+});
+
+test('walk: oneFileSystem does not enter another filesystem', async (t) => {
+  await withTmp(async (dir) => {
+    await mkdir(join(dir, 'mnt'));
+    await writeFile(join(dir, 'here'), 'h');
+    const { spawnSync } = await import('node:child_process');
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'ferrytest', join(dir, 'mnt')]);
+    if (m.status !== 0) {
+      t.pass('cannot mount a tmpfs here; skipped');
+      return;
+    }
+    try {
+      await writeFile(join(dir, 'mnt', 'inside'), 'i');
+      const one = (await collect(walk([dir], { oneFileSystem: true }))).map((e) => e.path.toString());
+      t.true(one.includes(join(dir, 'mnt')), 'the mount point itself is kept');
+      t.false(one.includes(join(dir, 'mnt', 'inside')));
+      const all = (await collect(walk([dir]))).map((e) => e.path.toString());
+      t.true(all.includes(join(dir, 'mnt', 'inside')));
+    } finally {
+      spawnSync('umount', [join(dir, 'mnt')]);
+    }
+  });
+});
+
+test('readVolume yields only non-zero data, at the right offsets; volumeSize of an image', async (t) => {
+  await withTmp(async (dir) => {
+    const img = join(dir, 'disk.img');
+    const fh = await open(img, 'w');
+    const a = pseudoRandom(100_000, 4);
+    const b = pseudoRandom(5000, 5);
+    await fh.write(a, 0, a.length, 3 * MiB);
+    await fh.write(b, 0, b.length, 9 * MiB - 5000);
+    await fh.truncate(9 * MiB);
+    await fh.close();
+    t.is(await volumeSize(img), 9 * MiB);
+    const out = Buffer.alloc(9 * MiB);
+    let stored = 0;
+    for await (const c of readVolume(img)) {
+      c.data.copy(out, c.offset);
+      stored += c.data.length;
+    }
+    t.true(out.equals(await readFile(img)));
+    t.true(stored <= 4 * 64 * 1024, `only the non-zero grains (${stored} bytes)`);
+  });
+});
+
+test('collectSystemState: files in place, command outputs under the virtual folder, never fatal', async (t) => {
+  await withTmp(async (dir) => {
+    const state = await collectSystemState({ tmpDir: dir, timeout: 30 });
+    try {
+      t.true(state.sources.includes('/etc'));
+      const manifest = JSON.parse(await readFile(join(state.staging, 'ferry-system-state', 'MANIFEST.json'), 'utf8'));
+      t.is(manifest.format, 'ferry-system-state');
+      t.true(manifest.commands.some((c: { file: string }) => c.file === 'lsblk.json'));
+      // a tool that is not installed is a note, not an error
+      t.true(state.commands.every((c) => ['ok', 'missing', 'failed', 'empty'].includes(c.status)));
+      const paths: string[] = [];
+      for await (const e of walk(state.sources, { excludes: [...state.excludes, '/etc/**'] })) paths.push(e.path.toString());
+      t.true(paths.includes(STATE_FOLDER));
+      t.true(paths.includes(`${STATE_FOLDER}/MANIFEST.json`));
+      t.false(paths.some((p) => p.startsWith(state.staging)), 'the staging path never shows');
+    } finally {
+      await state.cleanup();
+    }
+  });
+});
