@@ -2,6 +2,7 @@
 // unlock the master key, and hand out a read-only or a writer handle. Only a
 // writer holds the lock, and only after the passphrase proved right, so a
 // wrong passphrase leaves the vault exactly as it was.
+import { fileURLToPath } from 'node:url';
 import { FerryError, EXIT, UsageError } from '../format/errors.js';
 import { CodecName } from '../format/seal/layout.js';
 import { Sealer, SealOptions } from '../format/seal/seal.js';
@@ -34,7 +35,7 @@ export function openBackend(location: string, opts: BackendOptions = {}): Backen
   if (typeof location !== 'string' || location.length === 0) throw new UsageError('vault location must be a directory path (--vault DIR)');
   const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(location)?.[1]?.toLowerCase();
   if (scheme === undefined || scheme === 'file') {
-    return new DirBackend(scheme === 'file' ? new URL(location).pathname : location, { sync: opts.sync });
+    return new DirBackend(scheme === 'file' ? fileURLToPath(location) : location, { sync: opts.sync });
   }
   throw new UsageError(`vault location ${location}: the ${scheme}:// scheme is not supported yet (use a directory path)`);
 }

@@ -41,8 +41,12 @@ interface Task {
 
 interface Slot {
   worker: Worker;
-  task: Task | null;
+  tasks: Map<number, Task>;
 }
+
+// Two tasks per worker: the next one is already waiting in the worker's inbox
+// when it posts a result, so it never idles while the main thread is busy.
+const PER_WORKER = 2;
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
@@ -118,11 +122,13 @@ export class SealPool {
 
   #dispatch(): void {
     while (this.#queue.length > 0) {
-      let slot = this.#slots.find((s) => s.task === null);
+      // Fill idle workers (spawning up to size) before doubling up on busy ones.
+      let slot = this.#slots.find((s) => s.tasks.size === 0);
       if (!slot && this.#slots.length < this.size) slot = this.#spawn();
+      slot ??= this.#slots.find((s) => s.tasks.size < PER_WORKER);
       if (!slot) break;
       const task = this.#queue.shift()!;
-      slot.task = task;
+      slot.tasks.set(task.id, task);
       this.#running++;
       slot.worker.ref();
       const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, opts: task.opts };
@@ -137,10 +143,11 @@ export class SealPool {
 
   #spawn(): Slot {
     const worker = new Worker(WORKER_URL, { workerData: { key: this.#sealer.key, options: this.#options } });
-    const slot: Slot = { worker, task: null };
+    const slot: Slot = { worker, tasks: new Map() };
     worker.on('message', (m: ResultMessage) => {
-      const task = slot.task;
-      if (!task || task.id !== m.id) return;
+      const task = slot.tasks.get(m.id);
+      if (!task) return;
+      slot.tasks.delete(m.id);
       if (m.ok) task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength));
       else if ('ferry' in m) task.reject(new FerryError(m.ferry.code, m.ferry.message, m.ferry.data, m.ferry.exitCode));
       else task.reject(Object.assign(new Error(`seal worker: ${m.internal.message}`), { workerStack: m.internal.stack }));
@@ -151,11 +158,11 @@ export class SealPool {
       const i = this.#slots.indexOf(slot);
       if (i < 0) return;
       this.#slots.splice(i, 1);
-      if (slot.task) {
-        slot.task.reject(err instanceof Error ? err : new Error(`seal worker exited: ${String(err)}`));
-        slot.task = null;
+      for (const task of slot.tasks.values()) {
+        task.reject(err instanceof Error ? err : new Error(`seal worker exited: ${String(err)}`));
         this.#running--;
       }
+      slot.tasks.clear();
       if (!this.#closed || this.pending > 0) this.#dispatch();
       this.#checkDrained();
     };
@@ -166,10 +173,9 @@ export class SealPool {
   }
 
   #finish(slot: Slot): void {
-    slot.task = null;
     this.#running--;
     // Idle workers must not keep the process alive.
-    slot.worker.unref();
+    if (slot.tasks.size === 0) slot.worker.unref();
     this.#dispatch();
     this.#checkDrained();
   }

@@ -57,10 +57,10 @@ function checkName(name: unknown): asserts name is string {
   checkArg(typeof name === 'string' && name.length > 0 && !LONE_SURROGATE.test(name), 'name', 'a non-empty string of valid Unicode', name);
 }
 
-function checkOptions(o: SealOptions): void {
+function checkOptions(o: SealOptions, codec = o.codec): void {
   if (o.codec !== undefined) checkArg(o.codec in CODECS, 'codec', 'one of none, zstd, deflate', o.codec);
   if (o.level !== undefined) {
-    const max = o.codec === 'deflate' ? 9 : 22;
+    const max = codec === 'deflate' ? 9 : 22;
     checkArg(Number.isInteger(o.level) && o.level >= 1 && o.level <= max, 'level', `an integer from 1 to ${max}`, o.level);
   }
 }
@@ -120,9 +120,9 @@ export class Sealer {
   seal(name: string, data: Uint8Array, opts: SealOptions = {}): Buffer {
     checkName(name);
     checkArg(data instanceof Uint8Array, 'data', 'a Buffer', data);
-    if (opts.codec !== undefined || opts.level !== undefined) checkOptions(opts);
-    const plain = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const codec = opts.codec ?? this.#codec;
+    if (opts.codec !== undefined || opts.level !== undefined) checkOptions(opts, codec);
+    const plain = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const level = opts.level ?? (opts.codec === undefined ? this.#level : undefined) ?? DEFAULT_LEVEL[codec];
     const packed = compress(codec, level, plain);
     const body = packed ?? plain;
