@@ -298,7 +298,6 @@ export class VolumeWriter {
     await this.seq.pad();
     const size = Math.max(meta.size, next);
     const chunks = hasher.end(size);
-    this.stats.files++;
     this.stats.bytes += stored;
     return this.record({ ...meta, size }, extents, chunks);
   }
@@ -329,6 +328,7 @@ export class VolumeWriter {
       throw err;
     }
     if (meta.type === 'dir') this.dirs.set(meta.path.toString('latin1'), id);
+    if (meta.type === 'file') this.stats.files++;
     this.stats.entries++;
     if (++this.inTx >= 5000) {
       this.db.exec('COMMIT; BEGIN');
