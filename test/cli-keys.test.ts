@@ -1,7 +1,7 @@
 // The real CLI (node bin/ferry) for init and key: exit codes, one-line
 // errors, passphrase sources, and "a wrong passphrase writes nothing".
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
@@ -267,4 +267,64 @@ test('a locked vault: exit 11 naming the holder; --break-lock goes on with a war
   } finally {
     await holder.close();
   }
+});
+
+/** Runs ferry on a pseudo-terminal (util-linux `script`), answering each prompt when it appears. */
+function ferryOnTty(args: string[], answers: Array<[RegExp, string]>, env: Record<string, string> = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const cmd = [process.execPath, FERRY, ...args].map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+    const fullEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
+    delete fullEnv.FERRY_PASSPHRASE;
+    delete fullEnv.FERRY_NEW_PASSPHRASE;
+    const child = spawn('script', ['-q', '-e', '-c', cmd, '/dev/null'], { env: fullEnv, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let answered = 0;
+    child.stdout.on('data', (c) => {
+      stdout += c;
+      // Answer only once the prompt is shown: by then ferry has turned echo off.
+      while (answered < answers.length && answers[answered][0].test(stdout)) {
+        child.stdin.write(answers[answered][1] + '\r');
+        answered++;
+      }
+    });
+    child.on('error', reject);
+    child.on('close', (code) => {
+      child.stdin.destroy();
+      resolve({ code, stdout, stderr: '' });
+    });
+  });
+}
+
+const hasScript = spawnSyncOk('script', ['--version']);
+function spawnSyncOk(cmd: string, args: string[]): boolean {
+  try {
+    return execFileSync(cmd, args, { stdio: 'ignore' }) !== undefined;
+  } catch {
+    return false;
+  }
+}
+
+(hasScript ? test : test.skip)('on a terminal: prompts without echo, twice for a new passphrase', async (t) => {
+  const base = await tempDir('tty');
+  const secret = 'typed at a terminal 42';
+  const mismatch = await ferryOnTty(['init', join(base, 'a'), ...FAST], [
+    [/passphrase for the new vault/, secret],
+    [/again, to confirm/, secret + 'x'],
+  ]);
+  t.is(mismatch.code, 2, mismatch.stdout);
+  t.regex(mismatch.stdout, /differ/);
+  await t.throwsAsync(fs.stat(join(base, 'a/vault.json')));
+
+  const ok = await ferryOnTty(['init', join(base, 'b'), ...FAST], [
+    [/passphrase for the new vault/, secret],
+    [/again, to confirm/, secret],
+  ]);
+  t.is(ok.code, 0, ok.stdout);
+  t.regex(ok.stdout, /created vault/);
+  t.false(ok.stdout.includes(secret), 'the passphrase is not echoed');
+
+  const list = await ferryOnTty(['key', 'list', '--vault', join(base, 'b')], [[/vault passphrase: /, secret]]);
+  t.is(list.code, 0, list.stdout);
+  t.regex(list.stdout, /1 key slot/);
+  t.false(list.stdout.includes(secret));
 });
