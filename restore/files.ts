@@ -724,7 +724,8 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): 
   const cs = reader.chunkSize;
   let fh: FileHandle;
   try {
-    fh = await open(path, C.O_RDONLY | C.O_NOFOLLOW);
+    // O_NOATIME: looking at a file to decide it is unchanged must not change it.
+    fh = await open(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NOATIME).catch(() => open(path, C.O_RDONLY | C.O_NOFOLLOW));
   } catch {
     return false;
   }
