@@ -17,6 +17,7 @@ import { checkName } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { SeedTargets, type TargetsProgress } from './targets.js';
 import { sourceEntries, volumeChunks, volumeSize } from './sources.js';
+import { scanTotals } from './scan.js';
 
 export interface SeedOptions {
   vault: VaultReader;
@@ -38,6 +39,9 @@ export interface SeedProgress {
   files: number;
   bytes: number;
   totalBytes?: number;
+  totalFiles?: number;
+  /** Whether the totals are complete (else still being counted). */
+  totalsFinal?: boolean;
   disk: number;
   disks: number;
 }
@@ -94,8 +98,19 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   let targetsProgress: TargetsProgress = { disk: 1, disks: o.disks.length, written: 0, kept: 0 };
   let files = 0;
   let bytes = 0;
+  // Files: count what there is beside the seed, for a total and an ETA.
+  const scan = o.kind === 'files' && o.onProgress ? scanTotals(o.sources, o.excludes ?? []) : undefined;
   const report = (phase: SeedProgress['phase']) =>
-    o.onProgress?.({ phase, files, bytes, totalBytes: o.kind === 'volume' ? size : undefined, disk: targetsProgress.disk, disks: targetsProgress.disks });
+    o.onProgress?.({
+      phase,
+      files,
+      bytes,
+      totalBytes: o.kind === 'volume' ? size : scan ? Math.max(scan.totals.bytes, bytes) : undefined,
+      totalFiles: scan?.totals.files,
+      totalsFinal: o.kind === 'volume' || !!scan?.totals.done,
+      disk: targetsProgress.disk,
+      disks: targetsProgress.disks,
+    });
   const targets = await SeedTargets.open(o.disks, {
     capacity: o.diskCapacity,
     pool: vault.pool,

@@ -53,7 +53,8 @@ export function register(program: Command): void {
             disks: o.disk,
             diskCapacity: capacity,
             databox: o.databox,
-            onProgress: (p) => bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files} files, disk ${p.disk}/${p.disks}`),
+            onProgress: (p) =>
+              bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${p.totalFiles}${p.totalsFinal ? '' : '+'}` : ''} files, disk ${p.disk} of ${p.disks}`),
             onWarning: (w) => {
               warnings.push(w);
               out.warn(w.message);
