@@ -1,0 +1,245 @@
+// walk -> VolumeWriter on a MemDisk -> VolumeReader -> restoreFiles, checked
+// with the tree comparer; then selections, --if-exists policies, re-runs,
+// restores to the original place and damaged data.
+import test from 'ava';
+import { mkdtemp, rm, writeFile, readFile, mkdir, readdir, unlink, lstat, utimes } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { walk } from '../source/files.js';
+import { MemDisk } from '../format/memdisk.js';
+import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+
+async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-restore-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function backup(src: string): Promise<{ reader: VolumeReader; disk: MemDisk; warnings: string[] }> {
+  const disk = new MemDisk(2040 * GiB);
+  const warnings: string[] = [];
+  await writeVolume(disk, walk([src], { onWarning: (w) => warnings.push(w.message) }), { onWarning: (w) => warnings.push(w.message) });
+  return { reader: await VolumeReader.open(disk), disk, warnings };
+}
+
+async function restore(reader: VolumeReader, opts: RestoreOptions) {
+  const warnings: string[] = [];
+  const r = await restoreFiles(reader, { ...opts, onWarning: (w) => warnings.push(w.message) });
+  return { ...r, messages: warnings };
+}
+
+test('every kind of entry comes back equal: content, owners, modes, ns times, xattrs, ACLs, links, devices, sparse', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await makeTree(src); // with the 8 GiB sparse file
+    const before = await snapshotTree(src);
+    const { reader, warnings } = await backup(src);
+    t.deepEqual(warnings, []);
+    const to = join(dir, 'out');
+    let progress = 0;
+    const r = await restoreFiles(reader, { to, onWarning: (w) => t.fail(w.message), onProgress: () => progress++ });
+    t.is(r.warnings, 0);
+    t.true(progress > 0);
+    t.true(r.restored >= 80, `restored ${r.restored}`);
+    const after = await snapshotTree(join(to, src));
+    t.deepEqual(diffSnapshots(before, after), []);
+    // the comparer does see a difference when there is one
+    await utimes(join(to, src, 'hello.txt'), 5, 5);
+    await unlink(join(to, src, 'links', 'pair-2'));
+    await writeFile(join(to, src, 'links', 'pair-2'), 'pair'); // same bytes, but no longer linked
+    const diffs = diffSnapshots(before, await snapshotTree(join(to, src)));
+    t.true(diffs.some((d) => d.startsWith('hello.txt: mtime')), diffs.join('\n'));
+    t.true(diffs.some((d) => d.startsWith('hard-link groups differ')), diffs.join('\n'));
+    reader.close();
+  });
+});
+
+test('a re-run finishes an interrupted restore and changes nothing else', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await makeTree(src, { hugeSparse: 0 });
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    await restore(reader, { to });
+    // simulate an interruption: a file half written under its temporary name, a missing subtree
+    const base = join(to, src);
+    const multi = reader.stat(join(src, 'multi-chunk.bin'))!;
+    await unlink(join(base, 'multi-chunk.bin'));
+    await writeFile(join(base, `.ferry-partial-${multi.id}`), 'half');
+    await rm(join(base, 'links', 'b'), { recursive: true });
+    // copy and skip leave existing directories' times alone; overwrite sets them again
+    for (const ifExists of ['copy', 'skip', 'overwrite'] as const) {
+      const r = await restore(reader, { to, ifExists });
+      t.deepEqual(r.messages, []);
+      t.is(r.copies, 0, `${ifExists}: no copies of equal files`);
+    }
+    t.deepEqual(await compareTrees(src, base), []);
+    t.false((await readdir(base)).some((n) => n.startsWith('.ferry-partial')), 'no temporary files left');
+    reader.close();
+  });
+});
+
+async function conflictTree(dir: string) {
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'sub'), { recursive: true });
+  await writeFile(join(src, 'changed.txt'), 'from the backup');
+  await writeFile(join(src, 'equal.txt'), 'same');
+  await writeFile(join(src, 'sub', 'only-in-backup.txt'), 'new');
+  await writeFile(join(src, 'was-file'), 'a file in the backup');
+  return src;
+}
+
+async function prepareTarget(to: string, src: string) {
+  const base = join(to, src);
+  await mkdir(join(base, 'sub'), { recursive: true });
+  await writeFile(join(base, 'changed.txt'), 'edited since');
+  await writeFile(join(base, 'equal.txt'), 'same');
+  await writeFile(join(base, 'extra.txt'), 'only in the target');
+  await mkdir(join(base, 'was-file'));
+  await writeFile(join(base, 'was-file', 'x'), 'x');
+  return base;
+}
+
+test('ifExists copy keeps existing files and writes the restored ones beside them', async (t) => {
+  await withTmp(async (dir) => {
+    const src = await conflictTree(dir);
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    const base = await prepareTarget(to, src);
+    const r = await restore(reader, { to, ifExists: 'copy', point: '7' });
+    t.deepEqual(r.messages, []);
+    t.is(await readFile(join(base, 'changed.txt'), 'utf8'), 'edited since');
+    t.is(await readFile(join(base, 'changed.txt.ferry-restored-7'), 'utf8'), 'from the backup');
+    t.is(await readFile(join(base, 'equal.txt'), 'utf8'), 'same');
+    await t.throwsAsync(lstat(join(base, 'equal.txt.ferry-restored-7')), undefined, 'no copy of an equal file');
+    t.is(await readFile(join(base, 'extra.txt'), 'utf8'), 'only in the target');
+    t.is(await readFile(join(base, 'sub', 'only-in-backup.txt'), 'utf8'), 'new');
+    t.true((await lstat(join(base, 'was-file'))).isDirectory());
+    t.is(await readFile(join(base, 'was-file.ferry-restored-7'), 'utf8'), 'a file in the backup');
+    t.is(r.copies, 2);
+    t.true(r.unchanged >= 1);
+    reader.close();
+  });
+});
+
+test('ifExists overwrite replaces what differs, leaves extra files', async (t) => {
+  await withTmp(async (dir) => {
+    const src = await conflictTree(dir);
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    const base = await prepareTarget(to, src);
+    const r = await restore(reader, { to, ifExists: 'overwrite' });
+    t.deepEqual(r.messages, []);
+    // compared first: reading a file below changes its atime
+    t.deepEqual(await compareTrees(src, base, { ignore: (k) => k === 'extra.txt' || k === '' }), []);
+    t.is(await readFile(join(base, 'changed.txt'), 'utf8'), 'from the backup');
+    t.is(await readFile(join(base, 'was-file'), 'utf8'), 'a file in the backup');
+    t.is(await readFile(join(base, 'extra.txt'), 'utf8'), 'only in the target');
+    t.is(r.copies, 0);
+    reader.close();
+  });
+});
+
+test('ifExists skip leaves every existing entry alone', async (t) => {
+  await withTmp(async (dir) => {
+    const src = await conflictTree(dir);
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    const base = await prepareTarget(to, src);
+    const r = await restore(reader, { to, ifExists: 'skip' });
+    t.deepEqual(r.messages, []);
+    t.is(await readFile(join(base, 'changed.txt'), 'utf8'), 'edited since');
+    t.true((await lstat(join(base, 'was-file'))).isDirectory());
+    t.is(await readFile(join(base, 'sub', 'only-in-backup.txt'), 'utf8'), 'new');
+    t.is(r.copies, 0);
+    t.true(r.skipped >= 2);
+    reader.close();
+  });
+});
+
+test('paths select entries (exact paths and globs; a directory brings its subtree); a lone hard link carries the data', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await makeTree(src, { hugeSparse: 0 });
+    const { reader } = await backup(src);
+    const to1 = join(dir, 'one');
+    await restore(reader, { to: to1, paths: [join(src, 'links', 'b')] });
+    const got = await readdir(join(to1, src));
+    t.deepEqual(got, ['links']);
+    const l1 = await lstat(join(to1, src, 'links', 'b', 'link1'));
+    const l2 = await lstat(join(to1, src, 'links', 'b', 'c', 'link2'));
+    t.is(l1.ino, l2.ino, 'the two selected links are still one file');
+    t.true((await readFile(join(to1, src, 'links', 'b', 'link1'))).equals(pseudoRandom(100_000, 5)));
+    // globs
+    const to2 = join(dir, 'two');
+    await restore(reader, { to: to2, paths: ['*.txt'] });
+    const names = (await readdir(join(to2, src))).sort();
+    t.true(names.includes('hello.txt'));
+    t.true(names.includes('xattrs.txt'));
+    t.false(names.includes('multi-chunk.bin'));
+    t.true((await readdir(join(to2, src, 'deep'))).length === 1, 'deep/.../bottom.txt came with its parents');
+    reader.close();
+  });
+});
+
+test('without --to, entries go back to their original place', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await makeTree(src, { hugeSparse: 64 * MiB });
+    const before = await snapshotTree(src);
+    const { reader } = await backup(src);
+    await rm(src, { recursive: true });
+    const r = await restore(reader, {});
+    t.deepEqual(r.messages, []);
+    t.deepEqual(diffSnapshots(before, await snapshotTree(src)), []);
+    reader.close();
+  });
+});
+
+test('damaged data: the file is restored as read, with a warning, and the rest goes on', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'a'), pseudoRandom(2 * MiB, 1));
+    await writeFile(join(src, 'b'), 'fine');
+    const { reader, disk } = await backup(src);
+    const a = reader.stat(join(src, 'a'))!;
+    await disk.write(a.extents[0].diskOffset + 5, Buffer.from('XX'));
+    const to = join(dir, 'out');
+    const r = await restore(reader, { to });
+    t.is(r.messages.length, 1);
+    t.regex(r.messages[0], /checksum/);
+    t.is(await readFile(join(to, src, 'b'), 'utf8'), 'fine');
+    t.is((await readFile(join(to, src, 'a'))).length, 2 * MiB);
+    reader.close();
+  });
+});
+
+test('names: 255-byte and non-UTF-8 names get copies that still fit', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, NAMES.long), 'backup');
+    await writeFile(Buffer.concat([Buffer.from(src + '/'), NAMES.nonUtf8]), 'backup');
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    await mkdir(join(to, src), { recursive: true });
+    await writeFile(join(to, src, NAMES.long), 'local');
+    await writeFile(Buffer.concat([Buffer.from(join(to, src) + '/'), NAMES.nonUtf8]), 'local');
+    const r = await restore(reader, { to, ifExists: 'copy', point: 'p1' });
+    t.deepEqual(r.messages, []);
+    t.is(r.copies, 2);
+    const names = await readdir(join(to, src), { encoding: 'buffer' });
+    t.is(names.length, 4);
+    t.true(names.every((n) => n.length <= 255));
+    reader.close();
+  });
+});
