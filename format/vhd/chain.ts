@@ -6,6 +6,7 @@ import { access, realpath } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Problem } from './problems.js';
 import { VhdError } from './problems.js';
+import { FerryError } from '../errors.js';
 import { VhdDisk } from './vhd.js';
 
 const MAX_DEPTH = 256;
@@ -83,17 +84,29 @@ async function openParent(child: VhdDisk, seen: Set<string>): Promise<VhdDisk> {
   const candidates = parentCandidates(child);
   const want = child.parentUniqueId!;
   const mismatched: string[] = [];
+  const unusable: string[] = [];
   for (const c of candidates) {
     if (!(await exists(c))) continue;
     const real = await realpath(c);
-    if (seen.has(real)) {
-      throw chainProblem(child, 'VHD_PARENT_CYCLE', `its parent ${c} is already in the chain (a cycle)`);
+    let p: VhdDisk;
+    try {
+      p = await VhdDisk.open(c);
+    } catch (err) {
+      // A damaged locator may name a folder, a non-VHD file...: the other candidates may still lead home.
+      if (err instanceof FerryError) {
+        unusable.push(`${c} (${err.code})`);
+        continue;
+      }
+      throw err;
     }
-    const p = await VhdDisk.open(c);
     if (!p.uniqueId.equals(want)) {
       mismatched.push(c);
       await p.close();
       continue;
+    }
+    if (seen.has(real)) {
+      await p.close();
+      throw chainProblem(child, 'VHD_PARENT_CYCLE', `its parent ${c} is already in the chain (a cycle)`);
     }
     if (p.size < child.size) {
       // Allowed (the rest reads as zeros), but worth a mention in check.
@@ -121,7 +134,7 @@ async function openParent(child: VhdDisk, seen: Set<string>): Promise<VhdDisk> {
   throw chainProblem(
     child,
     'VHD_PARENT_MISSING',
-    `parent "${name}" not found (looked for ${candidates.map((c) => JSON.stringify(c)).join(', ') || 'nothing: no locators'}); put it beside the child`,
+    `parent "${name}" not found (looked for ${unusable.length ? `${unusable.join(', ')} and ` : ''}${candidates.map((c) => JSON.stringify(c)).join(', ') || 'nothing: no locators'}); put it beside the child`,
   );
 }
 

@@ -154,6 +154,15 @@ export class VhdDisk implements Disk {
       await storage.close();
       throw new VhdError(d.problems.find((p) => p.severity === 'fatal')!);
     }
+    if (storage.writable) {
+      // Writing into a disk whose block table points into itself or past the
+      // end would overwrite one block with another: refuse, name the problem.
+      const unsafe = d.problems.find((p) => p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_TOO_SMALL');
+      if (unsafe) {
+        await storage.close();
+        throw new VhdError({ ...unsafe, severity: 'fatal', message: `${unsafe.message}; refusing to write into a damaged disk (read it, or export it to a new one)` });
+      }
+    }
     const disk = new VhdDisk(storage, d, opts.parent ?? null);
     if (storage.writable) await disk.repairTail();
     return disk;
