@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
-import { createDifferencing, createVhd, emptyImage, openChain, VhdDisk } from '../format/vhd/index.js';
+import { createDifferencing, createVhd, emptyImage, openChain, VhdDisk, writeVhd } from '../format/vhd/index.js';
 import { SpoolStorage, exportStoredVhd, openStoredDisk, storeVhdFile } from '../vault/diskstore.js';
-import { ferry, must, run, withTmp } from './helpers/exec.js';
+import { ferry, fileHash, must, run, withTmp } from './helpers/exec.js';
 
 const MiB = 1024 * 1024;
 
@@ -105,3 +105,44 @@ test('a disk written through SpoolStorage reads back and exports to a VHD qemu-i
     t.true(reopened.hasBlock(3) && !reopened.hasBlock(0));
   });
 });
+
+test('a 2 GiB VHD stored into a directory vault with ferry vhd import comes back identical from ferry vhd export', async (t) => {
+  await withTmp(async (dir) => {
+    const env = { FERRY_PASSPHRASE: 'a passphrase of sixteen+ characters' };
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const size = 2048 * MiB;
+    const vhd = join(dir, 'big.vhd');
+    // half the blocks hold data: random, text, and a block of zeros that is allocated anyway
+    await writeVhdFromPattern(vhd, size);
+    const imp = await ferry(['vhd', 'import', '--vault', vault, vhd], { env });
+    t.is(imp.code, 0, imp.stderr);
+    const id = imp.stdout.toString().trim();
+    t.regex(id, /^[0-9a-f]{32}$/);
+    const back = join(dir, 'back.vhd');
+    const exp = await ferry(['vhd', 'export', '--vault', vault, '--disk', id, '--to', back], { env });
+    t.is(exp.code, 0, exp.stderr);
+    t.is(await fileHash(back), await fileHash(vhd));
+    // and flattened through the vault, qemu-img agrees with the file
+    const raw = join(dir, 'flat.raw');
+    t.is((await ferry(['vhd', 'export', '--vault', vault, '--disk', id, '--to', raw, '--type', 'raw'], { env })).code, 0);
+    const cmp = await run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', vhd, raw]);
+    t.is(cmp.code, 0, cmp.stdout.toString());
+    const missing = await ferry(['vhd', 'export', '--vault', vault, '--disk', 'f'.repeat(32), '--to', join(dir, 'x.vhd')], { env });
+    t.is(missing.code, 1);
+    t.regex(missing.stderr, /holds no disk f{32}/);
+  });
+});
+
+async function writeVhdFromPattern(path: string, size: number): Promise<void> {
+  const bs = 2 * MiB;
+  const text = Buffer.alloc(bs);
+  for (let o = 0; o < bs; o += 64) text.write(`block text ${o} ......................................\n`, o);
+  await writeVhd(path, { size, type: 'dynamic' }, async (i) => {
+    if (i % 2 === 1) return null;
+    if (i % 8 === 0) return randomBytes(bs);
+    const b = Buffer.from(text);
+    b.writeUInt32BE(i, 0);
+    return b;
+  });
+}

@@ -21,10 +21,11 @@ import { open as fsOpen } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError } from '../format/errors.js';
 import { type ByteSource, decodeVhd } from '../format/vhd/decode.js';
-import { type EmptyImage } from '../format/vhd/create.js';
+import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
 import { VhdError } from '../format/vhd/problems.js';
-import { VhdDisk, type VhdStorage } from '../format/vhd/vhd.js';
+import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
+import { isZero } from '../format/vhd/create.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -200,7 +201,9 @@ export async function openStoredDisk(objects: ObjectGetter, id: string, parent: 
 
 /** Stores the VHD file at `path` as objects; returns its disk id (the VHD unique id in hex). */
 export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?: (done: number, total: number) => void): Promise<{ id: string; blocks: number; bytes: number }> {
-  const fh = await fsOpen(path, 'r');
+  const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
+    throw openError(path, err);
+  });
   try {
     const fileSize = (await fh.stat()).size;
     const src: ByteSource = {
@@ -223,7 +226,7 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
       const size = d.size!;
       for (let i = 0; i * FIXED_CHUNK < size; i++) {
         const b = await src.read(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK));
-        if (!b.every((x) => x === 0)) {
+        if (!isZero(b)) {
           await out.put(blockName(id, i), b);
           fixedBlocks.push(i);
           blocks++;
