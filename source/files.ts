@@ -9,7 +9,7 @@
 //   `getfattr` spawn (Node has no xattr API) -> a read-ahead window where
 //   small files are read concurrently -> the consumer.
 // Paths are bytes (Buffers) throughout: names need not be UTF-8.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { constants as C } from 'node:fs';
 import { lstat, open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
@@ -591,27 +591,125 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
   }
 }
 
-async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadState, onRead: () => void): AsyncGenerator<DataPiece> {
+/** A byte range of a file that holds data (from SEEK_DATA/SEEK_HOLE). */
+interface Range {
+  start: number;
+  end: number;
+}
+
+const DATA_MAP_PERL = String.raw`
+use Fcntl; $| = 1; $/ = "\0";
+my $extra = O_NOFOLLOW | (eval { O_NOATIME() } || 0);
+while (defined(my $p = <STDIN>)) {
+  chomp $p;
+  my $fh;
+  unless (sysopen($fh, $p, O_RDONLY | $extra) || sysopen($fh, $p, O_RDONLY | O_NOFOLLOW)) { print "E $!\0"; next; }
+  my ($pos, $ok, @r) = (0, 1);
+  while (1) {
+    my $d = sysseek($fh, $pos, 3);
+    if (!defined $d) { $ok = 0 unless $!{ENXIO}; last; }
+    my $h = sysseek($fh, $d, 4);
+    if (!defined $h) { $ok = 0; last; }
+    push @r, $d + 0, $h + 0;
+    $pos = $h;
+  }
+  close $fh;
+  print(($ok ? "D @r" : "E $!"), "\0");
+}`;
+
+/**
+ * Asks the kernel where a sparse file's data is (lseek SEEK_DATA/SEEK_HOLE),
+ * which Node cannot do: one perl process (perl-base is on every Debian and
+ * Ubuntu) answers for the whole walk. Without perl, or on a filesystem that
+ * does not support it, the file is read whole and zero grains are dropped.
+ */
+class DataMapper {
+  private child: ChildProcess | null = null;
+  private waiting: ((r: string | null) => void)[] = [];
+  private out: Buffer = Buffer.alloc(0);
+  private failed = false;
+
+  private start(): ChildProcess | null {
+    if (this.child || this.failed) return this.child;
+    try {
+      const child = spawn('perl', ['-e', DATA_MAP_PERL], { stdio: ['pipe', 'pipe', 'ignore'] });
+      child.on('error', () => this.fail());
+      child.on('close', () => this.fail());
+      child.stdin.on('error', () => {});
+      child.stdout.on('data', (d: Buffer) => {
+        this.out = this.out.length ? Buffer.concat([this.out, d]) : d;
+        for (let i = this.out.indexOf(0); i >= 0; i = this.out.indexOf(0)) {
+          const msg = this.out.toString('latin1', 0, i);
+          this.out = this.out.subarray(i + 1);
+          this.waiting.shift()?.(msg);
+        }
+      });
+      this.child = child;
+    } catch {
+      this.failed = true;
+    }
+    return this.child;
+  }
+
+  private fail(): void {
+    this.failed = true;
+    this.child = null;
+    for (const w of this.waiting.splice(0)) w(null);
+  }
+
+  /** Data ranges of the file, or null when they cannot be known (read it all). */
+  async map(path: Buffer, size: number): Promise<Range[] | null> {
+    const child = this.start();
+    if (!child) return null;
+    const reply = await new Promise<string | null>((resolve) => {
+      this.waiting.push(resolve);
+      child.stdin!.write(Buffer.concat([path, Buffer.from([0])]));
+    });
+    if (!reply || !reply.startsWith('D')) return null;
+    const nums = reply.slice(1).trim().split(' ').filter(Boolean).map(Number);
+    const out: Range[] = [];
+    for (let i = 0; i + 1 < nums.length; i += 2) {
+      const start = Math.min(nums[i], size);
+      const end = Math.min(nums[i + 1], size);
+      if (end > start) out.push({ start, end });
+    }
+    return out;
+  }
+
+  close(): void {
+    this.failed = true;
+    this.child?.stdin?.end();
+    this.child = null;
+  }
+}
+
+async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadState, onRead: () => void, mapper: DataMapper): AsyncGenerator<DataPiece> {
   await limit.take();
   let fh: FileHandle | null = null;
   try {
+    const size = e.size;
+    const ranges = (sparse ? await mapper.map(realOf(e), size) : null) ?? [{ start: 0, end: size }];
     fh = await openForRead(realOf(e));
     const h = fh;
-    const size = e.size;
     const depth = 4;
-    const inflight: Promise<{ off: number; buf: Buffer; n: number }>[] = [];
-    let next = 0;
+    const inflight: Promise<{ off: number; buf: Buffer; n: number; last: boolean }>[] = [];
+    let ri = 0;
+    let next = ranges.length ? ranges[0].start : 0;
+    const more = () => ri < ranges.length;
     const issue = () => {
+      const r = ranges[ri];
       const off = next;
-      const len = Math.min(READ_SIZE, size - off);
+      const len = Math.min(READ_SIZE, r.end - off);
       next += len;
+      const last = next >= r.end;
+      if (last && ++ri < ranges.length) next = ranges[ri].start;
       const buf = Buffer.allocUnsafe(len); // fresh: the volume writer may keep it
-      inflight.push(h.read(buf, 0, len, off).then((r) => ({ off, buf, n: r.bytesRead })));
+      inflight.push(h.read(buf, 0, len, off).then((x) => ({ off, buf, n: x.bytesRead, last })));
     };
-    while (inflight.length < depth && next < size) issue();
+    while (inflight.length < depth && more()) issue();
     while (inflight.length) {
       const { off, buf, n } = await inflight.shift()!;
-      if (next < size) issue();
+      if (more()) issue();
       state.bytes += n;
       const data = buf.subarray(0, n);
       if (sparse) {
@@ -656,6 +754,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   for (const r of all) if (!roots.some((x) => x.as.equals(r.as) || isUnder(r.as, x.as))) roots.push(r);
 
   const limit = new Limit(Math.max(1, opts.concurrency ?? 8));
+  const mapper = new DataMapper();
   const budget = opts.readAhead ?? 64 * 1024 * 1024;
   const state: ReadState = { bytes: 0 };
   let yielded = 0;
@@ -699,7 +798,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
         const sparse = (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
         e.content = async function* () {
           try {
-            yield* readLarge(e, sparse, limit, state, progress);
+            yield* readLarge(e, sparse, limit, state, progress, mapper);
           } catch (err) {
             warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
             throw new SourceReadError(e.path, err);
@@ -715,6 +814,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   } finally {
     await it.return?.(undefined as never);
     await Promise.allSettled(queue.map((q) => q.ready));
+    mapper.close();
   }
 }
 
