@@ -153,7 +153,7 @@ export class SealPool {
       else task.reject(Object.assign(new Error(`seal worker: ${m.internal.message}`), { workerStack: m.internal.stack }));
       this.#finish(slot);
     });
-    // A worker that dies takes only its current task with it; the next task gets a new worker.
+    // A worker that dies takes only the tasks it holds with it; the next task gets a new worker.
     const onDeath = (err: unknown) => {
       const i = this.#slots.indexOf(slot);
       if (i < 0) return;
