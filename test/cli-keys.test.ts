@@ -36,8 +36,15 @@ function ferry(args: string[], env: Record<string, string | undefined> = {}): Pr
   });
 }
 
+const made: string[] = [];
+test.after.always(async () => {
+  await Promise.all(made.map((d) => fs.rm(d, { recursive: true, force: true })));
+});
+
 async function tempDir(label: string): Promise<string> {
-  return fs.mkdtemp(join(tmpdir(), `ferry-cli-${label}-`));
+  const d = await fs.mkdtemp(join(tmpdir(), `ferry-cli-${label}-`));
+  made.push(d);
+  return d;
 }
 
 /** Every entry under dir with its type, size, mtime and content hash. */

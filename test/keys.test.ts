@@ -24,8 +24,15 @@ const CHEAP = { N: 1024, r: 8, p: 1 };
 const P1 = 'first passphrase, long enough';
 const P2 = 'second passphrase, also long';
 
+const made: string[] = [];
+test.after.always(async () => {
+  await Promise.all(made.map((d) => fs.rm(d, { recursive: true, force: true })));
+});
+
 async function tempDir(label: string): Promise<string> {
-  return fs.mkdtemp(join(tmpdir(), `ferry-keys-${label}-`));
+  const d = await fs.mkdtemp(join(tmpdir(), `ferry-keys-${label}-`));
+  made.push(d);
+  return d;
 }
 
 async function expectWrong(t: import('ava').ExecutionContext, p: Promise<unknown>): Promise<void> {

@@ -16,8 +16,15 @@ import { FaultyBackend } from './faulty-backend.js';
 const PASS = 'a passphrase of some length';
 const CHEAP = { N: 1024, r: 8, p: 1 };
 
+const made: string[] = [];
+test.after.always(async () => {
+  await Promise.all(made.map((d) => fs.rm(d, { recursive: true, force: true })));
+});
+
 async function tempDir(label: string): Promise<string> {
-  return fs.mkdtemp(join(tmpdir(), `ferry-${label}-`));
+  const d = await fs.mkdtemp(join(tmpdir(), `ferry-${label}-`));
+  made.push(d);
+  return d;
 }
 
 const dirFactory = async () => {
