@@ -24,7 +24,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { constants as C } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, type FileHandle } from 'node:fs/promises';
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
@@ -72,6 +72,8 @@ export interface RestoreResult {
 
 const SLASH = 0x2f;
 const NAME_MAX = 255;
+/** Non-directories restored at the same time. */
+const FILE_CONCURRENCY = 4;
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -440,7 +442,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         }
         result.bytes += p.data.length;
       }
-      await fh.truncate(data.size); // the holes of a sparse file stay holes
+      if (sparse) await fh.truncate(data.size); // the holes of a sparse file stay holes
     } finally {
       await fh.close();
     }
@@ -449,7 +451,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   /** Creates a non-directory at a temporary name and renames it onto dst. */
   const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
-    await rm(tmp, { force: true, recursive: true });
+    await clear(tmp);
     switch (e.type) {
       case 'file':
       case 'hardlink':
@@ -600,6 +602,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   try {
     // ---- pass 1: everything but hard links
+    const inflight = new Set<Promise<void>>();
     for (const src of sources) {
       for (const e of src) {
         if (!selected(e)) continue;
@@ -608,10 +611,19 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           hardlinks.push(e);
           continue;
         }
-        await restoreOne(e);
-        progress();
+        if (e.type === 'dir') {
+          // inline: its children need its place decided
+          await restoreOne(e);
+          progress();
+          continue;
+        }
+        // files go a few at a time; their directories are already there
+        while (inflight.size >= FILE_CONCURRENCY) await Promise.race(inflight);
+        const job: Promise<void> = restoreOne(e).then(progress).finally(() => inflight.delete(job));
+        inflight.add(job);
       }
     }
+    await Promise.all(inflight);
     // ---- pass 2: hard links, to the first restored member of their group
     for (const e of hardlinks) {
       const dst = dstOf(e);
@@ -655,7 +667,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           if (place === dst && st.isDirectory()) await rm(dst, { recursive: true, force: true });
         }
         const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
-        await rm(tmp, { force: true });
+        await clear(tmp);
         await link(firstDst, tmp);
         await rename(tmp, place);
         result.restored++;
@@ -684,6 +696,18 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
   progress();
   return result;
+}
+
+/** Removes a leftover temporary entry (cheap when there is none). */
+async function clear(p: Buffer): Promise<void> {
+  try {
+    await unlink(p);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'EISDIR' || code === 'EPERM') await rm(p, { recursive: true, force: true });
+    else throw err;
+  }
 }
 
 const PAGE = 4096;
