@@ -535,11 +535,12 @@ class Limit {
 
 async function openForRead(path: Buffer): Promise<FileHandle> {
   try {
-    // O_NOATIME: a backup should not change what it backs up
-    return await open(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW);
+    // O_NOATIME: a backup should not change what it backs up; O_NONBLOCK: a
+    // fifo swapped in since the lstat must not hang the walk (no effect on files)
+    return await open(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
-    return open(path, C.O_RDONLY | C.O_NOFOLLOW);
+    return open(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   }
 }
 
