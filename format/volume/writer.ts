@@ -4,7 +4,7 @@
 // written); the catalog is built in a temporary SQLite file and copied into
 // the volume by finish(), then the superblock is written and both are read
 // back and checked before the writer reports success.
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, randomBytes, webcrypto, type Hash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -147,7 +147,9 @@ class SeqWriter {
 export class ChunkHasher {
   private pos = 0;
   private cur: Hash | null = null;
-  private readonly out: Buffer[] = [];
+  private readonly out: (Buffer | Promise<Buffer>)[] = [];
+  private pending = 0;
+  private last: Promise<Buffer> | null = null;
   private readonly zeros: Buffer;
 
   constructor(private readonly chunkSize: number) {
@@ -159,6 +161,20 @@ export class ChunkHasher {
     let off = 0;
     while (off < data.length) {
       const inChunk = this.pos % this.chunkSize;
+      if (inChunk === 0 && !this.cur && data.length - off >= this.chunkSize) {
+        // a whole chunk in one piece: hashed on the thread pool, beside the main thread's copying
+        const whole = data.subarray(off, off + this.chunkSize);
+        this.pending++;
+        const p = webcrypto.subtle.digest('SHA-256', whole).then((d) => {
+          this.pending--;
+          return Buffer.from(d);
+        });
+        this.out.push(p);
+        this.last = p;
+        off += this.chunkSize;
+        this.pos += this.chunkSize;
+        continue;
+      }
       const n = Math.min(this.chunkSize - inChunk, data.length - off);
       (this.cur ??= createHash('sha256')).update(data.subarray(off, off + n));
       off += n;
@@ -167,10 +183,15 @@ export class ChunkHasher {
     }
   }
 
-  end(size: number): Buffer {
+  /** Waits when too many chunks are still being hashed (each holds its buffer). */
+  async backpressure(): Promise<void> {
+    if (this.pending > 16 && this.last) await this.last;
+  }
+
+  async end(size: number): Promise<Buffer> {
     if (size > this.pos) this.fillZeros(size);
     if (this.cur) this.endChunk();
-    return Buffer.concat(this.out);
+    return Buffer.concat(await Promise.all(this.out));
   }
 
   private fillZeros(to: number): void {
@@ -290,6 +311,7 @@ export class VolumeWriter {
         extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
       }
       hasher.feed(piece.offset, piece.data);
+      await hasher.backpressure();
       await this.seq.append(piece.data);
       extents[extents.length - 1].length += piece.data.length;
       next = piece.offset + piece.data.length;
@@ -297,7 +319,7 @@ export class VolumeWriter {
     }
     await this.seq.pad();
     const size = Math.max(meta.size, next);
-    const chunks = hasher.end(size);
+    const chunks = await hasher.end(size);
     this.stats.bytes += stored;
     return this.record({ ...meta, size }, extents, chunks);
   }
