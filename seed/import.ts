@@ -3,7 +3,6 @@
 // disk's manifest, then its AEAD tag under the vault key with its name (so a
 // swapped or foreign object fails). A disk counts as imported only when all
 // its objects are in; the point is registered only when every disk is.
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
@@ -98,14 +97,17 @@ async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onPr
     } catch {
       throw new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name });
     }
-    if (data.length !== o.size || createHash('sha256').update(data).digest('hex') !== o.sha256) {
-      throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) does not match its checksum; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
-    }
+    const damaged = () =>
+      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) does not match its checksum; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
+    if (data.length !== o.size) throw damaged();
+    // Hash and authenticate on the seal pool, off this thread; no need to decompress.
+    let sha: string;
     try {
-      await vault.pool.unseal(o.name, data);
+      sha = await vault.pool.verify(o.name, data);
     } catch (err) {
       throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} fails authentication (${(err as Error).message}); nothing was registered`, { disk: dir, object: o.name });
     }
+    if (sha !== o.sha256) throw damaged();
     if (!(await sameObject(vault, o.name, data))) {
       // Already sealed with this vault's key: stored as it is.
       vault.lock.assertHeld();

@@ -126,23 +126,27 @@ export class SeedTargets {
   /** Seals and stores `data` as object `name`; returns once it is queued (bounded). */
   async put(name: string, data: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
-    const plain = createHash('sha256').update(data).digest('hex');
     const old = this.held.get(name);
-    if (old && old.plain === plain && (await this.verifyHeld(old))) {
-      this.stats.kept++;
-      return;
+    if (old) {
+      // A resumed seed: keep what an earlier run stored, if the plaintext is
+      // the same and the stored bytes still verify. (Hashed here only then.)
+      const plain = createHash('sha256').update(data).digest('hex');
+      if (old.plain === plain && (await this.verifyHeld(old))) {
+        this.stats.kept++;
+        return;
+      }
     }
     await this.pool.ready();
     while (this.pendingWrites >= 2 * this.pool.size + 2) await new Promise<void>((r) => this.waiters.push(r));
     this.inflight.set(name, data);
-    const sealing = this.pool.seal(name, data);
+    const sealing = this.pool.sealHashed(name, data);
     sealing.catch(() => {});
     this.pendingWrites++;
     this.writes = this.writes.then(async () => {
       try {
         if (this.failure) return;
-        const sealed = await sealing;
-        await this.store(name, sealed, plain);
+        const { sealed, plainSha256, sealedSha256 } = await sealing;
+        await this.store(name, sealed, plainSha256, sealedSha256);
       } catch (err) {
         this.failure ??= err;
       } finally {
@@ -164,7 +168,7 @@ export class SeedTargets {
     return h.verified;
   }
 
-  private async store(name: string, sealed: Buffer, plain: string): Promise<void> {
+  private async store(name: string, sealed: Buffer, plain: string, sha256: string): Promise<void> {
     const old = this.held.get(name);
     if (old) {
       await rm(this.path(old.disk, name), { force: true });
@@ -189,7 +193,6 @@ export class SeedTargets {
       // The disk filled up before its nominal capacity: close it and go on.
       this.capacity[this.cur] = this.used[this.cur];
     }
-    const sha256 = createHash('sha256').update(sealed).digest('hex');
     this.held.set(name, { name, size: sealed.length, sha256, plain, disk: this.cur, verified: true });
     this.used[this.cur] += sealed.length;
     this.stats.written++;

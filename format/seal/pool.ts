@@ -9,16 +9,34 @@ import { Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
 
+type Op = 'seal' | 'unseal' | 'verify';
+
 export interface TaskMessage {
   id: number;
-  op: 'seal' | 'unseal';
+  op: Op;
   name: string;
   data: Uint8Array;
   opts?: SealOptions;
+  /** Also return SHA-256 digests (hex) of the input and output. */
+  hash?: boolean;
+}
+
+export interface ResultHashes {
+  plain?: string;
+  sealed?: string;
+}
+
+/** A sealed object with the digests a seed manifest needs. */
+export interface SealedWithHashes {
+  sealed: Buffer;
+  /** SHA-256 (hex) of the plaintext. */
+  plainSha256: string;
+  /** SHA-256 (hex) of the sealed bytes. */
+  sealedSha256: string;
 }
 
 export type ResultMessage =
-  | { id: number; ok: true; data: Uint8Array }
+  | { id: number; ok: true; data: Uint8Array; hashes?: ResultHashes }
   | { id: number; ok: false; ferry: { code: string; message: string; data: ErrorData; exitCode: number } }
   | { id: number; ok: false; internal: { message: string; stack?: string } };
 
@@ -31,11 +49,12 @@ export interface SealPoolOptions extends SealerOptions {
 
 interface Task {
   id: number;
-  op: 'seal' | 'unseal';
+  op: Op;
   name: string;
   data: Uint8Array;
   opts?: SealOptions;
-  resolve: (b: Buffer) => void;
+  hash?: boolean;
+  resolve: (b: Buffer, hashes?: ResultHashes) => void;
   reject: (e: unknown) => void;
 }
 
@@ -88,6 +107,29 @@ export class SealPool {
     return this.#submit('unseal', name, sealed);
   }
 
+  /** Seals and returns the SHA-256 of the plaintext and of the sealed bytes, hashed off this thread. */
+  async sealHashed(name: string, data: Uint8Array, opts?: SealOptions): Promise<SealedWithHashes> {
+    let hashes: ResultHashes | undefined;
+    const sealed = await this.#submit('seal', name, data, opts, true, (h) => (hashes = h));
+    if (!hashes) {
+      // In-thread pools hash here.
+      const { createHash } = await import('node:crypto');
+      hashes = { plain: createHash('sha256').update(data).digest('hex'), sealed: createHash('sha256').update(sealed).digest('hex') };
+    }
+    return { sealed, plainSha256: hashes.plain!, sealedSha256: hashes.sealed! };
+  }
+
+  /** Checks an object's authenticity under its name without decompressing it; resolves to its SHA-256 (hex). */
+  async verify(name: string, sealed: Uint8Array): Promise<string> {
+    let hashes: ResultHashes | undefined;
+    await this.#submit('verify', name, sealed, undefined, true, (h) => (hashes = h));
+    if (!hashes) {
+      const { createHash } = await import('node:crypto');
+      hashes = { sealed: createHash('sha256').update(sealed).digest('hex') };
+    }
+    return hashes.sealed!;
+  }
+
   /** Resolves when the queue has room: await it before producing the next block. */
   ready(): Promise<void> {
     if (this.#queue.length < this.maxQueue) return Promise.resolve();
@@ -101,11 +143,18 @@ export class SealPool {
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
   }
 
-  #submit(op: 'seal' | 'unseal', name: string, data: Uint8Array, opts?: SealOptions): Promise<Buffer> {
+  #submit(op: Op, name: string, data: Uint8Array, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void): Promise<Buffer> {
     if (this.#closed) return Promise.reject(new Error('SealPool is closed'));
     if (this.size === 0) {
       // In-thread: still asynchronous, so callers behave the same either way.
-      return Promise.resolve().then(() => (op === 'seal' ? this.#sealer.seal(name, data, opts) : this.#sealer.unseal(name, data)));
+      return Promise.resolve().then(() => {
+        if (op === 'seal') return this.#sealer.seal(name, data, opts);
+        if (op === 'verify') {
+          this.#sealer.verify(name, data);
+          return Buffer.alloc(0);
+        }
+        return this.#sealer.unseal(name, data);
+      });
     }
     // Argument errors belong to the caller's stack, not a worker's.
     checkArg(typeof name === 'string' && name.length > 0, 'name', 'a non-empty string', name);
@@ -115,7 +164,19 @@ export class SealPool {
     const copy = new Uint8Array(data.byteLength);
     copy.set(data);
     return new Promise<Buffer>((resolve, reject) => {
-      this.#queue.push({ id: this.#nextId++, op, name, data: copy, opts, resolve, reject });
+      this.#queue.push({
+        id: this.#nextId++,
+        op,
+        name,
+        data: copy,
+        opts,
+        hash,
+        resolve: (b, h) => {
+          onHashes?.(h);
+          resolve(b);
+        },
+        reject,
+      });
       this.#dispatch();
     });
   }
@@ -131,7 +192,7 @@ export class SealPool {
       slot.tasks.set(task.id, task);
       this.#running++;
       slot.worker.ref();
-      const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, opts: task.opts };
+      const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, opts: task.opts, hash: task.hash };
       slot.worker.postMessage(msg, [task.data.buffer as ArrayBuffer]);
     }
     if (this.#queue.length < this.maxQueue && this.#readyWaiters.length > 0) {
@@ -148,7 +209,7 @@ export class SealPool {
       const task = slot.tasks.get(m.id);
       if (!task) return;
       slot.tasks.delete(m.id);
-      if (m.ok) task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength));
+      if (m.ok) task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), m.hashes);
       else if ('ferry' in m) task.reject(new FerryError(m.ferry.code, m.ferry.message, m.ferry.data, m.ferry.exitCode));
       else task.reject(Object.assign(new Error(`seal worker: ${m.internal.message}`), { workerStack: m.internal.stack }));
       this.#finish(slot);

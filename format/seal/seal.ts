@@ -65,11 +65,30 @@ function checkOptions(o: SealOptions, codec = o.codec): void {
   }
 }
 
+// Already-compressed data (archives, media, encrypted files) does not shrink:
+// a few small samples tell, at a fraction of the cost of compressing it all.
+const PROBE_MIN = 256 * 1024;
+const PROBE_SIZE = 16 * 1024;
+const PROBE_COUNT = 4;
+let probeOut: Buffer | undefined;
+
+function incompressible(ctx: zstd.CCtx, data: Buffer): boolean {
+  probeOut ??= Buffer.allocUnsafe(zstd.compressBound(PROBE_SIZE));
+  const step = Math.floor((data.length - PROBE_SIZE) / (PROBE_COUNT - 1));
+  let packed = 0;
+  for (let i = 0; i < PROBE_COUNT; i++) {
+    const at = i * step;
+    packed += ctx.compress(probeOut, data.subarray(at, at + PROBE_SIZE), 1);
+  }
+  return packed > PROBE_COUNT * PROBE_SIZE * 0.97;
+}
+
 function compress(codec: CodecName, level: number, data: Buffer): Buffer | null {
   if (codec === 'none' || data.length === 0) return null;
   let out: Buffer;
   if (codec === 'zstd') {
     cctx ??= new zstd.CCtx();
+    if (data.length >= PROBE_MIN && incompressible(cctx, data)) return null;
     const bound = zstd.compressBound(data.length);
     let dst: Buffer;
     if (bound <= SCRATCH_LIMIT) {
@@ -142,10 +161,25 @@ export class Sealer {
   }
 
   /**
+   * Checks that `sealed` is an authentic object named `name` under this key,
+   * without decompressing it (what an import needs: the bytes are copied as
+   * they are). Throws like unseal().
+   */
+  verify(name: string, sealed: Uint8Array): void {
+    this.#open(name, sealed);
+  }
+
+  /**
    * Opens a sealed object stored as `name`. Every failure is a FerryError
    * with a SEAL_* code and the object's name at the start of its message.
    */
   unseal(name: string, sealed: Uint8Array): Buffer {
+    const { body, codecName, length } = this.#open(name, sealed);
+    if (codecName === 'none') return body;
+    return decompress(name, codecName, body, length);
+  }
+
+  #open(name: string, sealed: Uint8Array): { body: Buffer; codecName: CodecName; length: number } {
     checkName(name);
     checkArg(sealed instanceof Uint8Array, 'sealed', 'a Buffer', sealed);
     const buf = Buffer.isBuffer(sealed) ? sealed : Buffer.from(sealed.buffer, sealed.byteOffset, sealed.byteLength);
@@ -169,8 +203,7 @@ export class Sealer {
         { object: name },
       );
     }
-    if (d.codecName === 'none') return body;
-    return decompress(name, d.codecName!, body, length);
+    return { body, codecName: d.codecName!, length };
   }
 }
 

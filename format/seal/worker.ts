@@ -3,7 +3,10 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
-import type { TaskMessage, ResultMessage } from './pool.js';
+import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
+import { createHash } from 'node:crypto';
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 const { key, options } = workerData as { key: import('node:crypto').KeyObject; options: SealerOptions };
 const sealer = new Sealer(key, options);
@@ -14,13 +17,25 @@ port.on('message', (m: TaskMessage) => {
   let transfer: ArrayBuffer[] = [];
   try {
     const input = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
-    const out = m.op === 'seal' ? sealer.seal(m.name, input, m.opts) : sealer.unseal(m.name, input);
+    let out: Buffer;
+    let hashes: ResultHashes | undefined;
+    if (m.op === 'verify') {
+      sealer.verify(m.name, input);
+      out = Buffer.alloc(0);
+      if (m.hash) hashes = { sealed: sha256(input) };
+    } else if (m.op === 'seal') {
+      out = sealer.seal(m.name, input, m.opts);
+      // Hashing here keeps it off the producer's thread.
+      if (m.hash) hashes = { plain: sha256(input), sealed: sha256(out) };
+    } else {
+      out = sealer.unseal(m.name, input);
+    }
     // Hand the result's memory over instead of copying it, but only when the
     // Buffer owns its whole ArrayBuffer (small Buffers share Node's pool).
     if (out.byteOffset === 0 && out.buffer.byteLength === out.length && out.buffer instanceof ArrayBuffer) {
       transfer = [out.buffer];
     }
-    reply = { id: m.id, ok: true, data: out };
+    reply = { id: m.id, ok: true, data: out, hashes };
   } catch (err) {
     if (err instanceof FerryError) {
       reply = { id: m.id, ok: false, ferry: { code: err.code, message: err.message, data: err.data, exitCode: err.exitCode } };
