@@ -12,9 +12,10 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "a sample tree to protect ($work/src)"
 mkdir -p "$work/src"
-cp -a /usr/share/doc/. "$work/src/doc" 2>/dev/null || true
+mkdir -p "$work/src/doc"
+ls /usr/share/doc | head -150 | while read -r d; do cp -a "/usr/share/doc/$d" "$work/src/doc/" 2>/dev/null || true; done
 mkdir -p "$work/src/data/deep/er/still"
-head -c 20000000 /dev/urandom > "$work/src/data/random.bin"
+head -c 10000000 /dev/urandom > "$work/src/data/random.bin"
 truncate -s 1G "$work/src/data/sparse.img"; printf 'middle' | dd of="$work/src/data/sparse.img" bs=1 seek=500000000 conv=notrunc status=none
 ln -s ../random.bin "$work/src/data/deep/link"; ln "$work/src/data/random.bin" "$work/src/data/deep/er/hardlink.bin"
 mkfifo "$work/src/data/fifo"; echo "nested" > "$work/src/data/deep/er/still/file.txt"
@@ -24,8 +25,8 @@ du -sh --apparent-size "$work/src"
 step "ferry init $work/vault"
 $FERRY init "$work/vault"
 
-step "ferry seed onto two disks of 16 MiB each"
-$FERRY seed --vault "$work/vault" --item demo --kind files --disk "$work/disk1" --disk "$work/disk2" --disk-capacity 16M "$work/src"
+step "ferry seed onto two disks of 24 MiB each"
+$FERRY seed --vault "$work/vault" --item demo --kind files --disk "$work/disk1" --disk "$work/disk2" --disk-capacity 24M "$work/src"
 ls "$work/disk1" "$work/disk2"
 
 step "ferry import, disks in reverse order"

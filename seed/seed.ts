@@ -121,7 +121,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   });
 
   const img = emptyImage({ size: params.size, uniqueId: Buffer.from(params.diskId, 'hex'), date: new Date(params.time) });
-  const spool = new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, 8);
+  const spool = new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, 4);
   spool.pin(0); // the volume's superblock is rewritten at the end
   const disk: Disk = await VhdDisk.fromStorage(spool, {});
   let warnings = 0;

@@ -5,6 +5,9 @@ import { walk } from '../source/files.js';
 import { readVolume, volumeSize as sizeOfVolume } from '../source/volume.js';
 import type { ItemKind } from '../vault/registry.js';
 
+/** Small files read ahead of the volume writer: enough to keep the disk busy, little enough to keep memory flat. */
+const READ_AHEAD = 16 * 1024 * 1024;
+
 export interface SourceOptions {
   excludes: string[];
   oneFileSystem: boolean;
@@ -17,13 +20,13 @@ export async function* sourceEntries(kind: ItemKind, sources: string[], o: Sourc
     const { collectSystemState } = await import('../source/system-state.js');
     const state = await collectSystemState({ onWarning });
     try {
-      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, onWarning });
+      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, onWarning, readAhead: READ_AHEAD });
     } finally {
       await state.cleanup();
     }
     return;
   }
-  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, onWarning });
+  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, onWarning, readAhead: READ_AHEAD });
 }
 
 /** Virtual size of a volume item's disk: the device or image size, rounded up to a sector. */

@@ -397,7 +397,8 @@ export class SpoolStorage implements VhdStorage {
     }
     const at = this.indexAt(position)!;
     if (position === at.start && data.length === this.span && at.index === undefined) {
-      this.pendingAt.set(at.start, Buffer.from(data));
+      // A new block from VhdDisk.allocate, which never touches the buffer again: kept without a copy.
+      this.pendingAt.set(at.start, data);
       this.fileSize = Math.max(this.fileSize, position + data.length + 512);
       return;
     }

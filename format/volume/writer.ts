@@ -73,6 +73,16 @@ const BUFFER_SIZE = 4 * 1024 * 1024;
 const DIRECT_WRITE = 1024 * 1024;
 
 /** Sequential writer at the allocation pointer, double-buffered. */
+/**
+ * A write left in flight is awaited later, or never if the volume is
+ * aborted: mark its failure handled now so it cannot crash the process; the
+ * await still sees it.
+ */
+function settled(p: Promise<void>): Promise<void> {
+  p.catch(() => {});
+  return p;
+}
+
 class SeqWriter {
   private bufs = [Buffer.allocUnsafe(BUFFER_SIZE), Buffer.allocUnsafe(BUFFER_SIZE)];
   private cur = 0;
@@ -92,7 +102,7 @@ class SeqWriter {
   async append(data: Buffer): Promise<void> {
     if (this.used === 0 && data.length >= DIRECT_WRITE) {
       if (this.inflight) await this.inflight;
-      this.inflight = this.disk.write(this.bufStart, data);
+      this.inflight = settled(this.disk.write(this.bufStart, data));
       this.bufStart += data.length;
       return;
     }
@@ -130,7 +140,7 @@ class SeqWriter {
     const buf = this.bufs[this.cur];
     const start = this.bufStart;
     const len = this.used;
-    this.inflight = len ? this.disk.write(start, buf.subarray(0, len)) : null;
+    this.inflight = len ? settled(this.disk.write(start, buf.subarray(0, len))) : null;
     this.cur ^= 1;
     this.bufStart = start + len;
     this.used = 0;
