@@ -26,7 +26,6 @@ const MiB = 1024 * KiB;
 const SEED = Number(process.env.FERRY_FUZZ_SEED ?? 0x5eed);
 const TOTAL_CASES = Number(process.env.FERRY_FUZZ_CASES ?? 3000);
 const CASE_TIMEOUT_MS = 10_000;
-const KNOWN = 'KNOWN BUG: ';
 
 // ------------------------------------------------------------ randomness
 
@@ -627,11 +626,8 @@ async function runCase(s: Sample, m: Mutation, rng: Rng, stats: Stats, writeCase
       const whole = reads.find(([ro, b]) => ro === 0 && b.length === size);
       const before = whole ? Buffer.from(whole[1]) : undefined;
       const problemsBefore = disk.info.problems.map((p) => p.code).join(',');
-      // Known engine bug (see the test.failing below): a disk whose BAT
-      // overlaps itself or its metadata is accepted for writing.
-      const known = disk.info.problems.some((p) => p.code === 'VHD_BAT_OVERLAP') ? KNOWN : '';
       await disk.write(o, data);
-      if (!(await disk.read(o, data.length)).equals(data)) return `${known}wrote ${o}+${data.length}; the open disk reads something else`;
+      if (!(await disk.read(o, data.length)).equals(data)) return `wrote ${o}+${data.length}; the open disk reads something else`;
       await disk.close();
       disk = undefined;
       stats.writes++;
@@ -639,10 +635,10 @@ async function runCase(s: Sample, m: Mutation, rng: Rng, stats: Stats, writeCase
       try {
         again = await openChain(join(s.dir, s.open), { noParent: s.noParent });
       } catch (err) {
-        return `${known}accepted for writing (problems: ${problemsBefore || 'none'}), wrote ${o}+${data.length}, and then it no longer opens: ${(err as Error).message}`;
+        return `accepted for writing (problems: ${problemsBefore || 'none'}), wrote ${o}+${data.length}, and then it no longer opens: ${(err as Error).message}`;
       }
       try {
-        if (!(await again.read(o, data.length)).equals(data)) return `${known}wrote ${o}+${data.length}; reopened, the disk reads something else`;
+        if (!(await again.read(o, data.length)).equals(data)) return `wrote ${o}+${data.length}; reopened, the disk reads something else`;
         if (before) {
           // and nothing else changed
           data.copy(before, o);
@@ -650,7 +646,7 @@ async function runCase(s: Sample, m: Mutation, rng: Rng, stats: Stats, writeCase
           if (!after.equals(before)) {
             let at = 0;
             while (after[at] === before[at]) at++;
-            return `${known}accepted for writing (problems: ${problemsBefore || 'none'}), wrote ${o}+${data.length}: virtual byte ${at} changed too`;
+            return `accepted for writing (problems: ${problemsBefore || 'none'}), wrote ${o}+${data.length}: virtual byte ${at} changed too`;
           }
         }
       } finally {
@@ -715,7 +711,6 @@ test('damaged VHDs open and read cleanly or fail with a FerryError', async (t) =
     const fdsBefore = readdirSync('/proc/self/fd').length;
     const perSample = Math.ceil(TOTAL_CASES / samples.length);
     const failures: string[] = [];
-    const knownBugs: string[] = [];
     const summary = new Map<string, string>();
     let total = 0;
     let totalErrors = 0;
@@ -740,8 +735,7 @@ test('damaged VHDs open and read cleanly or fail with a FerryError', async (t) =
         } finally {
           running.delete(label);
         }
-        if (why?.startsWith(KNOWN)) knownBugs.push(`${label} (seed ${caseSeed}): ${m.describe}: ${why.slice(KNOWN.length)}`);
-        else if (why) failures.push(`${label} (seed ${caseSeed}): ${m.describe}: ${why}`);
+        if (why) failures.push(`${label} (seed ${caseSeed}): ${m.describe}: ${why}`);
       }
       await writeFile(join(s.dir, s.target), s.pristine);
       const errs = [...stats.errors.values()].reduce((a, b) => a + b, 0);
@@ -765,9 +759,8 @@ test('damaged VHDs open and read cleanly or fail with a FerryError', async (t) =
     );
 
     const fdsAfter = readdirSync('/proc/self/fd').length;
-    t.log(`${total} cases in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalErrors} clean FerryErrors, ${totalReads} successful reads, ${failures.length} failures, ${knownBugs.length} hits of the known write-on-overlapping-BAT bug; largest allocation ${largestAlloc} bytes`);
+    t.log(`${total} cases in ${((Date.now() - started) / 1000).toFixed(1)} s: ${totalErrors} clean FerryErrors, ${totalReads} successful reads, ${failures.length} failures; largest allocation ${largestAlloc} bytes`);
     for (const s of samples) t.log(summary.get(s.name)!);
-    for (const f of knownBugs.slice(0, 5)) t.log(`known bug: ${f}`);
     for (const f of failures.slice(0, 40)) t.log(`FAIL ${f}`);
     t.true(total >= Math.min(3000, TOTAL_CASES));
     t.true(fdsAfter <= fdsBefore + 2, `file descriptors leaked: ${fdsBefore} before, ${fdsAfter} after`);
@@ -778,10 +771,9 @@ test('damaged VHDs open and read cleanly or fail with a FerryError', async (t) =
   }
 });
 
-// ------------------------------------------------------------ known engine bugs
+// ------------------------------------------------------------ regressions
 //
-// test.failing: these pass while the bug is there and fail once it is fixed;
-// then drop `.failing`.
+// Two engine bugs this fuzz found, fixed in 5cffff6; kept as plain tests.
 
 async function withShm<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(process.platform === 'linux' ? '/dev/shm' : tmpdir(), 'ferry-fuzz-'));
@@ -792,12 +784,12 @@ async function withShm<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   }
 }
 
-// format/vhd/vhd.ts, VhdDisk.fromStorage: a writable open refuses only
-// 'fatal' problems, so a disk whose BAT has two blocks at the same place
-// (VHD_BAT_OVERLAP, severity 'error') is written to, and a write into one
-// block silently changes the other; a BAT entry pointing at the dynamic
-// header makes the next write destroy the header and BAT.
-test('BUG: a disk whose BAT overlaps is refused for writing, not silently corrupted', async (t) => {
+// format/vhd/vhd.ts, VhdDisk.fromStorage used to refuse only 'fatal'
+// problems for a writable open, so a disk whose BAT put two blocks at the
+// same place (VHD_BAT_OVERLAP, severity 'error') was written to, and a write
+// into one block silently changed the other (a BAT entry pointing at the
+// dynamic header let the next write destroy the header and BAT).
+test('a disk whose BAT overlaps is refused for writing, not silently corrupted', async (t) => {
   await withShm(async (dir) => {
     const path = join(dir, 'd.vhd');
     await createVhd(path, { size: 6 * MiB, type: 'dynamic' });
@@ -808,33 +800,41 @@ test('BUG: a disk whose BAT overlaps is refused for writing, not silently corrup
     buf.writeUInt32BE(d.bat![0], to + 4); // block 1 := block 0's place
     await writeFile(path, buf);
     const before = await readChain(path);
-    const disk = await openChain(path, { writable: true }).catch((e) => e as Error);
-    if (disk instanceof FerryError) {
-      t.pass('refused');
-      return;
-    }
-    t.true(disk instanceof VhdDisk);
-    const v = disk as VhdDisk;
-    try {
-      t.true(v.info.problems.some((p) => p.code === 'VHD_BAT_OVERLAP'));
-      await v.write(2 * MiB + 4096, Buffer.alloc(4096, 0xee)); // into block 1
-    } finally {
-      await v.close();
-    }
-    const after = await readChain(path);
-    // block 0 was not written to, yet it changed:
-    t.true(after.content.subarray(0, 2 * MiB).equals(before.content.subarray(0, 2 * MiB)), 'a write into block 1 changed block 0');
+    const refused = async (what: string) => {
+      const disk = await openChain(path, { writable: true }).catch((e) => e as Error);
+      if (disk instanceof VhdDisk) {
+        // what used to happen: the write lands in another block
+        try {
+          await disk.write(2 * MiB + 4096, Buffer.alloc(4096, 0xee)); // into block 1
+        } finally {
+          await disk.close();
+        }
+        const after = await readChain(path);
+        t.true(after.content.subarray(0, 2 * MiB).equals(before.content.subarray(0, 2 * MiB)), `${what}: a write into block 1 changed block 0`);
+        t.fail(`${what}: opened for writing`);
+        return;
+      }
+      t.true(disk instanceof FerryError, `${what}: ${String(disk)}`);
+      t.is((disk as FerryError).code, 'VHD_BAT_OVERLAP', what);
+    };
+    await refused('block 1 at block 0');
+    // block 1 at the dynamic header (sector 1)
+    buf.writeUInt32BE(1, to + 4);
+    await writeFile(path, buf);
+    await refused('block 1 at the header');
+    // reading stays possible
+    const ro = await readChain(path);
+    t.true(ro.content.subarray(0, 2 * MiB).equals(before.content.subarray(0, 2 * MiB)));
   });
 });
 
-// format/vhd/chain.ts, openParent: every candidate that exists is opened with
-// VhdDisk.open and any error ends the search. A damaged locator that names a
-// folder (here the relative locator ".\p.vhd" cut to ".\" by one NUL), a
-// non-VHD file or the child itself makes openChain fail with VHD_NOT_A_FILE,
-// VHD_NO_FOOTER or VHD_PARENT_CYCLE although the other locators and the
-// parent name lead to the right parent. Candidates that cannot be opened, or
-// are the child, should be skipped like those with the wrong unique id.
-test('BUG: a damaged locator does not hide the parent that the other locators find', async (t) => {
+// format/vhd/chain.ts, openParent used to open every candidate that exists
+// and end the search on any error: a damaged locator naming a folder (the
+// relative locator ".\p.vhd" cut to ".\" by one NUL), a non-VHD file or the
+// child itself made openChain fail with VHD_NOT_A_FILE, VHD_NO_FOOTER or
+// VHD_PARENT_CYCLE although the other locators and the parent name led to
+// the right parent.
+test('a damaged locator does not hide the parent that the other locators find', async (t) => {
   await withShm(async (dir) => {
     await createVhd(join(dir, 'p.vhd'), { size: 4 * MiB, type: 'dynamic' });
     await createDifferencing(join(dir, 'c.vhd'), join(dir, 'p.vhd'));
@@ -857,7 +857,20 @@ test('BUG: a damaged locator does not hide the parent that the other locators fi
         }
       }
     }
-    t.log(failures.join('; '));
+    // the relative locator naming the child itself, or a file that is no VHD
+    await writeFile(join(dir, 'x.vhd'), Buffer.alloc(8192, 0x41));
+    for (const name of ['c', 'x']) {
+      const buf = Buffer.from(pristine);
+      buf.write(`.\\${name}.vhd`, Number(w2ru.dataOffset), 'utf16le');
+      await writeFile(join(dir, 'c.vhd'), buf);
+      try {
+        const c = await openChain(join(dir, 'c.vhd'));
+        t.is(c.parent?.name, join(dir, 'p.vhd'));
+        await c.close();
+      } catch (err) {
+        failures.push(`W2ru = .\\${name}.vhd: ${(err as FerryError).code}`);
+      }
+    }
     t.deepEqual(failures, []);
   });
 });

@@ -13,7 +13,7 @@ import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { access, copyFile, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Disk, Extent } from '../format/disk.js';
@@ -26,9 +26,11 @@ import {
   coalesce,
   createDifferencing,
   createVhd,
+  exportDisk,
   journalPath,
   mergeVhd,
   openChain,
+  writeVhd,
 } from '../format/vhd/index.js';
 import { FERRY, run } from './helpers/exec.js';
 
@@ -283,8 +285,29 @@ async function chainProperty(plan: Plan, dir: string, stats: { writes: number; m
     }
   }
 
-  // Merge down: top into its parent, then that parent into its own, ...
+  // Export flattens the chain: raw, fixed and dynamic all read as the oracle.
   const flat = await readAll(mems[mems.length - 1]);
+  const top = await openChain(layerPath(dir, plan.layers.length - 1));
+  try {
+    const kind = (['raw', 'fixed', 'dynamic'] as const)[plan.layers.length % 3];
+    const out = join(dir, `export.${kind}`);
+    await exportDisk(top, out, kind);
+    if (kind === 'raw') assertSame(await readFile(out), flat, 'raw export');
+    else {
+      const e = await VhdDisk.open(out);
+      try {
+        if (e.type !== kind) throw new Error(`export as ${kind} made a ${e.type} disk`);
+        assertSame(await readAll(e), flat, `${kind} export`);
+      } finally {
+        await e.close();
+      }
+    }
+    await rm(out);
+  } finally {
+    await top.close();
+  }
+
+  // Merge down: top into its parent, then that parent into its own, ...
   for (let j = plan.layers.length - 1; j >= 1; j--) {
     const child = layerPath(dir, j);
     const parent = layerPath(dir, j - 1);
@@ -689,6 +712,59 @@ test('ferry vhd merge SIGKILLed at random instants and run again ends equal', as
       t.is(bad, -1, `parent block ${bad} differs after kill(s) at ${twice ? [ms1, ms2] : [ms1]} ms and a rerun`);
     }
     t.log(`${delays.length} trials: ${midMerge} kills landed after the parent was touched, ${resumed} reruns resumed from a journal`);
+  });
+});
+
+// ---------------------------------------------------------------- the streaming writer
+
+test('writeVhd reads its source in order, one block at a time, and a failing block leaves nothing behind', async (t) => {
+  await withDir(async (dir) => {
+    for (const type of ['dynamic', 'fixed'] as const) {
+      const size = 20 * MiB + 512;
+      const calls: number[] = [];
+      let inFlight = 0;
+      let maxInFlight = 0;
+      const blockAt = async (i: number) => {
+        calls.push(i);
+        inFlight++;
+        maxInFlight = Math.max(maxInFlight, inFlight);
+        await new Promise((r) => setTimeout(r, 1 + (i % 3)));
+        inFlight--;
+        const len = Math.min(BS, size - i * BS);
+        return i % 3 === 1 ? Buffer.alloc(len) : i % 3 === 2 ? null : pattern(len, i + 1, 'random');
+      };
+      const path = join(dir, `ok-${type}.vhd`);
+      await writeVhd(path, { size, type }, blockAt);
+      t.deepEqual(calls, [...Array(11).keys()], `${type}: every block once, in order`);
+      t.is(maxInFlight, 1, `${type}: one source read at a time`);
+      const d = await VhdDisk.open(path);
+      try {
+        for (let i = 0; i < 11; i++) {
+          const len = Math.min(BS, size - i * BS);
+          const want = i % 3 === 0 ? pattern(len, i + 1, 'random') : Buffer.alloc(len);
+          assertSame(await d.read(i * BS, len), want, `${type} block ${i}`);
+        }
+      } finally {
+        await d.close();
+      }
+      if (type === 'fixed') {
+        // zero blocks are holes: about 4 of 11 blocks hold data
+        const st = await stat(path);
+        t.true(st.blocks * 512 < 9 * BS, `fixed file of ${st.size} bytes occupies ${st.blocks * 512}`);
+      }
+      // a source that fails at block 5 (while blocks 6.. may be queued): the
+      // error surfaces, no temporary file stays, nothing is left unhandled
+      const bad = join(dir, `bad-${type}.vhd`);
+      const err = await t.throwsAsync(
+        writeVhd(bad, { size, type }, async (i) => {
+          if (i === 5) throw new Error('source failed at block 5');
+          return blockAt(i);
+        }),
+      );
+      t.is(err?.message, 'source failed at block 5');
+      await new Promise((r) => setTimeout(r, 30));
+      t.deepEqual((await readdir(dir)).filter((f) => f.startsWith(`bad-${type}`)), []);
+    }
   });
 });
 

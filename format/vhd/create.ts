@@ -145,8 +145,10 @@ export interface CreateOptions {
 /**
  * Streams a whole disk into `path` in one pass. `blockAt(i)` gives block i's
  * bytes (exactly blockSize, or less for the last one) or null when it holds
- * only zeros; null blocks stay unallocated in a dynamic disk. The file is
- * written under a temporary name and renamed into place when complete.
+ * only zeros; null blocks stay unallocated in a dynamic disk. It is called in
+ * order, one call at a time, up to READ_AHEAD blocks ahead of the writer, so
+ * each call must return a buffer of its own. The file is written under a
+ * temporary name and renamed into place when complete.
  */
 export async function writeVhd(
   path: string,
@@ -163,15 +165,15 @@ export async function writeVhd(
   const fh = await fsOpen(tmp, 'w');
   try {
     const count = Math.ceil(opts.size / blockSize);
-    // Prefetch one block ahead so reading the source overlaps writing.
-    let pending = count > 0 ? blockAt(0) : null;
+    const next = readAhead(count, blockAt);
     if (type === 'fixed') {
       let pos = 0;
       for (let i = 0; i < count; i++) {
-        const b = await pending!;
-        pending = i + 1 < count ? blockAt(i + 1) : null;
+        const b = await next();
         const len = Math.min(blockSize, opts.size - i * blockSize);
-        if (b) await writeAll(fh, b.subarray(0, len), pos);
+        // Zero blocks stay holes of the new file (they read as zeros): half
+        // the writes on a half-empty disk, and a sparse file, as qemu-img makes.
+        if (b && !isZero(b.subarray(0, len))) await writeAll(fh, b.subarray(0, len), pos);
         pos += len;
         onProgress?.(pos, opts.size);
       }
@@ -183,8 +185,7 @@ export async function writeVhd(
       const bm = Buffer.alloc(bmBytes, 0xff);
       let pos = lay.dataStart;
       for (let i = 0; i < count; i++) {
-        const b = await pending!;
-        pending = i + 1 < count ? blockAt(i + 1) : null;
+        const b = await next();
         if (b && !isZero(b)) {
           bat.writeUInt32BE(pos / SECTOR, i * 4);
           await writeAll(fh, bm, pos);
@@ -207,6 +208,40 @@ export async function writeVhd(
     await rm(tmp, { force: true });
     throw err;
   }
+}
+
+/** How many blocks the source may be read ahead of the writer. */
+export const READ_AHEAD = 4;
+
+/**
+ * Calls `fetch(0..count-1)` in order, one call at a time (each starts when
+ * the previous one has finished), at most READ_AHEAD blocks ahead of the
+ * consumer; the returned function hands out the results in order. Reads thus
+ * go on while earlier blocks are written, which keeps the source busy when
+ * the kernel throttles writes (a one-block prefetch ran at half the speed of
+ * qemu-img; see docs/PERFORMANCE.md).
+ */
+export function readAhead<T>(count: number, fetch: (index: number) => Promise<T>): () => Promise<T> {
+  const queue: Array<Promise<T>> = [];
+  let issued = 0;
+  let previous: Promise<unknown> = Promise.resolve();
+  const fill = () => {
+    while (queue.length < READ_AHEAD && issued < count) {
+      const i = issued++;
+      const p = previous.then(() => fetch(i));
+      // handled here so a failure ahead of the consumer is not an unhandled
+      // rejection; the consumer still sees it when it reaches that block
+      previous = p.catch(() => {});
+      queue.push(p);
+    }
+  };
+  fill();
+  return () => {
+    const p = queue.shift();
+    if (!p) return Promise.reject(new Error('readAhead: read past the last block'));
+    fill();
+    return p;
+  };
 }
 
 const ZERO = Buffer.alloc(DEFAULT_BLOCK_SIZE);

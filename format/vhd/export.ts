@@ -1,7 +1,7 @@
 // Flattening any Disk (a chain, a vault disk) into a raw image or a VHD.
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
-import { writeVhd } from './create.js';
+import { readAhead, writeVhd } from './create.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -27,10 +27,9 @@ export async function exportDisk(
   const fh = await fsOpen(tmp, 'w');
   try {
     const count = Math.ceil(disk.size / bs);
-    let pending = count > 0 ? blockAt(0) : null;
+    const next = readAhead(count, blockAt);
     for (let i = 0; i < count; i++) {
-      const b = await pending!;
-      pending = i + 1 < count ? blockAt(i + 1) : null;
+      const b = await next();
       if (b) {
         let done = 0;
         while (done < b.length) done += (await fh.write(b, done, b.length - done, i * bs + done)).bytesWritten;
