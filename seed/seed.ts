@@ -51,6 +51,7 @@ export interface SeedResult {
   machine: string;
   item: string;
   kind: ItemKind;
+  /** The disks that hold the seed, in order (targets left empty are not listed). */
   disks: string[];
   diskCount: number;
   objects: number;
@@ -185,14 +186,14 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     },
   };
   const sealedPoint = await vault.pool.seal(seedPointName(seedId), Buffer.from(JSON.stringify(record)));
-  const diskCount = await targets.finish(sealedPoint.toString('base64'));
+  const used = await targets.finish(sealedPoint.toString('base64'));
   return {
     seedId,
     machine,
     item: o.item,
     kind: o.kind,
-    disks: o.disks,
-    diskCount,
+    disks: used,
+    diskCount: used.length,
     objects: targets.stats.written + targets.stats.kept,
     kept: targets.stats.kept,
     sealedBytes: targets.stats.sealedBytes,

@@ -273,8 +273,8 @@ export class SeedTargets {
     await rename(tmp, join(dir, SEED_MANIFEST));
   }
 
-  /** Marks the seed complete on every disk that holds part of it; returns how many do. */
-  async finish(point: string): Promise<number> {
+  /** Marks the seed complete on every disk that holds part of it; returns those disks, in order. */
+  async finish(point: string): Promise<string[]> {
     await this.flush();
     const usedDisks = this.dirs.map((_, i) => i).filter((i) => [...this.held.values()].some((h) => h.disk === i));
     const of = usedDisks.length;
@@ -288,7 +288,7 @@ export class SeedTargets {
       await rename(tmp, join(this.dirs[i], SEED_MANIFEST));
     }
     for (let i = 0; i < this.dirs.length; i++) if (!usedDisks.includes(i)) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
-    return of;
+    return usedDisks.map((i) => this.dirs[i]);
   }
 
   get diskPaths(): string[] {

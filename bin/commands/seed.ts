@@ -65,7 +65,9 @@ export function register(program: Command): void {
             out.info(
               `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${r.files} files, ` : ''}${formatSize(r.bytes)} on ${r.diskCount} disk${r.diskCount === 1 ? '' : 's'} (${r.objects} objects, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
             );
-            out.info(`next: ship the disks, then ferry import --vault ${o.vault} ${o.disk.join(' ')}`);
+            out.info(`next: ship the disk${r.diskCount === 1 ? '' : 's'}, then ferry import --vault ${o.vault} ${r.disks.join(' ')}`);
+            const unused = o.disk.filter((d) => !r.disks.includes(d));
+            if (unused.length) out.info(`not needed: ${unused.join(' ')}`);
             if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be read (listed above)`);
           });
           return r.warnings ? EXIT.warnings : EXIT.ok;
