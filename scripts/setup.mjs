@@ -22,6 +22,7 @@ const debs = [
   ['restic', 'restic'],
   ['borgbackup', 'borg'],
   ['time', '/usr/bin/time'],
+  ['bc', 'bc'],
 ];
 const missing = debs.filter(([, probe]) => (probe.startsWith('/') ? !existsSync(probe) : !has(probe))).map(([p]) => p);
 if (missing.length > 0) {
