@@ -54,7 +54,7 @@ export function register(program: Command): void {
             diskCapacity: capacity,
             databox: o.databox,
             onProgress: (p) =>
-              bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${p.totalFiles}${p.totalsFinal ? '' : '+'}` : ''} files, disk ${p.disk} of ${p.disks}`),
+              bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${p.totalFiles}${p.totalsFinal ? '' : '+'}` : ''} entries, disk ${p.disk} of ${p.disks}`),
             onWarning: (w) => {
               warnings.push(w);
               out.warn(w.message);
