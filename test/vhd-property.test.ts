@@ -32,6 +32,7 @@ import {
   openChain,
   writeVhd,
 } from '../format/vhd/index.js';
+import { WriteQueue } from '../format/vhd/create.js';
 import { FERRY, run } from './helpers/exec.js';
 
 const KiB = 1024;
@@ -766,6 +767,36 @@ test('writeVhd reads its source in order, one block at a time, and a failing blo
       t.deepEqual((await readdir(dir)).filter((f) => f.startsWith(`bad-${type}`)), []);
     }
   });
+});
+
+test('WriteQueue keeps at most its limit in flight and reports the first failure, never an unhandled one', async (t) => {
+  const q = new WriteQueue(3);
+  let inFlight = 0;
+  let most = 0;
+  const write = (ms: number, fail?: string) =>
+    (async () => {
+      inFlight++;
+      most = Math.max(most, inFlight);
+      await new Promise((r) => setTimeout(r, ms));
+      inFlight--;
+      if (fail) throw new Error(fail);
+    })();
+  for (let i = 0; i < 10; i++) await q.add(write(1 + (i % 4)));
+  await q.drain();
+  t.true(most <= 3, `${most} writes in flight`);
+  // a failure surfaces from add() or drain(), the first one wins
+  let caught: unknown;
+  try {
+    await q.add(write(5, 'first'));
+    await q.add(write(1, 'second'));
+    await q.drain();
+  } catch (err) {
+    caught = err;
+  }
+  t.is((caught as Error)?.message, 'second'); // it failed first
+  await q.settle();
+  await new Promise((r) => setTimeout(r, 20));
+  t.is(inFlight, 0);
 });
 
 // FerryError is what every failure above must be when it is not an injected crash.

@@ -163,6 +163,7 @@ export async function writeVhd(
   const footer = encodeFooter(makeFooter({ size: opts.size, type, date: opts.date, uniqueId: opts.uniqueId }));
   const tmp = `${path}.ferry-tmp-${process.pid}`;
   const fh = await fsOpen(tmp, 'w');
+  const writes = new WriteQueue();
   try {
     const count = Math.ceil(opts.size / blockSize);
     const next = readAhead(count, blockAt);
@@ -173,10 +174,11 @@ export async function writeVhd(
         const len = Math.min(blockSize, opts.size - i * blockSize);
         // Zero blocks stay holes of the new file (they read as zeros): half
         // the writes on a half-empty disk, and a sparse file, as qemu-img makes.
-        if (b && !isZero(b.subarray(0, len))) await writeAll(fh, b.subarray(0, len), pos);
+        if (b && !isZero(b.subarray(0, len))) await writes.add(writeAll(fh, b.subarray(0, len), pos));
         pos += len;
         onProgress?.(pos, opts.size);
       }
+      await writes.drain();
       await writeAll(fh, footer, opts.size);
     } else {
       const lay = layoutDynamic(opts.size, blockSize, path);
@@ -188,13 +190,14 @@ export async function writeVhd(
         const b = await next();
         if (b && !isZero(b)) {
           bat.writeUInt32BE(pos / SECTOR, i * 4);
-          await writeAll(fh, bm, pos);
-          await writeAll(fh, b, pos + bmBytes);
-          if (b.length < blockSize) await writeAll(fh, Buffer.alloc(blockSize - b.length), pos + bmBytes + b.length);
+          await writes.add(writeAll(fh, bm, pos));
+          await writes.add(writeAll(fh, b, pos + bmBytes));
+          if (b.length < blockSize) await writes.add(writeAll(fh, Buffer.alloc(blockSize - b.length), pos + bmBytes + b.length));
           pos += bmBytes + blockSize;
         }
         onProgress?.(Math.min((i + 1) * blockSize, opts.size), opts.size);
       }
+      await writes.drain();
       await writeAll(fh, footer, 0);
       await writeAll(fh, lay.header, 512);
       await writeAll(fh, bat, lay.batOffset);
@@ -204,6 +207,7 @@ export async function writeVhd(
     await fh.close();
     await rename(tmp, path);
   } catch (err) {
+    await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
     throw err;
@@ -242,6 +246,40 @@ export function readAhead<T>(count: number, fetch: (index: number) => Promise<T>
     fill();
     return p;
   };
+}
+
+/**
+ * Writes that may be in flight together (positions are all known up front,
+ * and each buffer is the writer's own): reading the source, copying into the
+ * page cache and the kernel's writeback then overlap, as in qemu-img.
+ */
+export class WriteQueue {
+  private readonly inFlight: Array<Promise<void>> = [];
+  private failure: { err: unknown } | undefined;
+
+  constructor(private readonly limit = READ_AHEAD) {}
+
+  /** Queues a started write; waits while `limit` are in flight; throws the first failure. */
+  async add(write: Promise<void>): Promise<void> {
+    this.inFlight.push(
+      write.catch((err) => {
+        this.failure ??= { err };
+      }),
+    );
+    if (this.inFlight.length >= this.limit) await this.inFlight.shift();
+    if (this.failure) throw this.failure.err;
+  }
+
+  /** Waits for every queued write; throws the first failure. */
+  async drain(): Promise<void> {
+    await this.settle();
+    if (this.failure) throw this.failure.err;
+  }
+
+  /** Waits for every queued write, whatever the outcome (before closing the file on an error). */
+  async settle(): Promise<void> {
+    while (this.inFlight.length > 0) await this.inFlight.shift();
+  }
 }
 
 const ZERO = Buffer.alloc(DEFAULT_BLOCK_SIZE);

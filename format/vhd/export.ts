@@ -1,7 +1,7 @@
 // Flattening any Disk (a chain, a vault disk) into a raw image or a VHD.
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
-import { readAhead, writeVhd } from './create.js';
+import { WriteQueue, isZero, readAhead, writeVhd } from './create.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -25,22 +25,27 @@ export async function exportDisk(
   }
   const tmp = `${to}.ferry-tmp-${process.pid}`;
   const fh = await fsOpen(tmp, 'w');
+  const writes = new WriteQueue();
+  const writeAt = async (b: Buffer, pos: number) => {
+    let done = 0;
+    while (done < b.length) done += (await fh.write(b, done, b.length - done, pos + done)).bytesWritten;
+  };
   try {
     const count = Math.ceil(disk.size / bs);
     const next = readAhead(count, blockAt);
     for (let i = 0; i < count; i++) {
       const b = await next();
-      if (b) {
-        let done = 0;
-        while (done < b.length) done += (await fh.write(b, done, b.length - done, i * bs + done)).bytesWritten;
-      }
+      // zeros stay holes of the new file
+      if (b && !isZero(b)) await writes.add(writeAt(b, i * bs));
       onProgress?.(Math.min((i + 1) * bs, disk.size), disk.size);
     }
+    await writes.drain();
     await fh.truncate(disk.size);
     await fh.sync();
     await fh.close();
     await rename(tmp, to);
   } catch (err) {
+    await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
     throw err;
