@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 export const FERRY = join(ROOT, 'bin', 'ferry');
-export const SAMPLES = join(ROOT, '..', 'shared', 'vhd-samples');
+export const SAMPLES = join(ROOT, 'fixtures', 'vhd-samples');
 
 export interface Result {
   code: number;
