@@ -1,6 +1,6 @@
 // Fuzzing the VHD decoder and reader: thousands of damaged copies of real
 // VHDs (made by ferry, by qemu-img/qemu-io, and by other tools in
-// /work/shared/vhd-samples), each opened and read. Every case must end in one
+// fixtures/vhd-samples), each opened and read. Every case must end in one
 // of two ways: a FerryError (any other exception is a bug), or reads that
 // return exactly the bytes asked for. No case may hang or allocate far more
 // than the file holds. When the damage only touched bytes that do not shape
@@ -230,7 +230,7 @@ async function makeSamples(root: string): Promise<Sample[]> {
     await add('qemu-fixed', 'q.vhd', 'top', 'q.vhd');
   }
 
-  // made by other tools (see /work/shared/vhd-samples/README.md)
+  // made by other tools (see fixtures/vhd-samples/README.md)
   const real: Array<[string, string[], string, { noParent?: boolean }]> = [
     ['real-ext2', ['ext2.vhd'], 'ext2.vhd', {}],
     ['real-image-differential', ['image.vhd', 'image-differential.vhd'], 'image-differential.vhd', {}],
