@@ -46,7 +46,6 @@ export class SeedTargets {
   private pendingWrites = 0;
   private waiters: Array<() => void> = [];
   private failure: unknown;
-  private readonly inflight = new Map<string, Buffer>();
   private sinceCheckpoint = 0;
   private readonly madeDirs = new Set<string>();
   stats = { written: 0, kept: 0, sealedBytes: 0 };
@@ -138,8 +137,9 @@ export class SeedTargets {
     }
     await this.pool.ready();
     while (this.pendingWrites >= 2 * this.pool.size + 2) await new Promise<void>((r) => this.waiters.push(r));
-    this.inflight.set(name, data);
-    const sealing = this.pool.sealHashed(name, data);
+    // The block moves to the seal worker without a copy: SpoolStorage never
+    // touches a block it sent, and a revisit (get) waits for the writes.
+    const sealing = this.pool.sealHashed(name, data, undefined, true);
     sealing.catch(() => {});
     this.pendingWrites++;
     this.writes = this.writes.then(async () => {
@@ -150,7 +150,6 @@ export class SeedTargets {
       } catch (err) {
         this.failure ??= err;
       } finally {
-        this.inflight.delete(name);
         this.pendingWrites--;
         this.waiters.shift()?.();
       }
@@ -243,8 +242,6 @@ export class SeedTargets {
 
   /** Plaintext of an object written earlier in this run (for blocks revisited before finish). */
   async get(name: string): Promise<Buffer> {
-    const f = this.inflight.get(name);
-    if (f) return Buffer.from(f);
     await this.flush();
     const h = this.held.get(name);
     if (!h) throw new FerryError('OBJECT_MISSING', `object ${name} is not on the seed disks`);

@@ -107,10 +107,16 @@ export class SealPool {
     return this.#submit('unseal', name, sealed);
   }
 
-  /** Seals and returns the SHA-256 of the plaintext and of the sealed bytes, hashed off this thread. */
-  async sealHashed(name: string, data: Uint8Array, opts?: SealOptions): Promise<SealedWithHashes> {
+  /**
+   * Seals and returns the SHA-256 of the plaintext and of the sealed bytes,
+   * hashed off this thread. With `give`, the caller hands `data` over: a
+   * Buffer that owns its whole memory moves to the worker without a copy and
+   * is empty (detached) afterwards.
+   */
+  async sealHashed(name: string, data: Uint8Array, opts?: SealOptions, give = false): Promise<SealedWithHashes> {
     let hashes: ResultHashes | undefined;
-    const sealed = await this.#submit('seal', name, data, opts, true, (h) => (hashes = h));
+    // Hashed here first when the data may be gone by the time we would need it.
+    const sealed = await this.#submit('seal', name, data, opts, true, (h) => (hashes = h), give);
     if (!hashes) {
       // In-thread pools hash here.
       const { createHash } = await import('node:crypto');
@@ -143,7 +149,7 @@ export class SealPool {
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
   }
 
-  #submit(op: Op, name: string, data: Uint8Array, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void): Promise<Buffer> {
+  #submit(op: Op, name: string, data: Uint8Array, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
     if (this.#closed) return Promise.reject(new Error('SealPool is closed'));
     if (this.size === 0) {
       // In-thread: still asynchronous, so callers behave the same either way.
@@ -160,9 +166,15 @@ export class SealPool {
     checkArg(typeof name === 'string' && name.length > 0, 'name', 'a non-empty string', name);
     checkArg(data instanceof Uint8Array, op === 'seal' ? 'data' : 'sealed', 'a Buffer', data);
     // Our own copy, transferred to the worker: the caller keeps its buffer, and
-    // a view into a large buffer never clones the whole of it.
-    const copy = new Uint8Array(data.byteLength);
-    copy.set(data);
+    // a view into a large buffer never clones the whole of it. A caller that
+    // hands its buffer over (`give`) saves the copy when the buffer is whole.
+    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+    let copy: Uint8Array;
+    if (give && whole) copy = data;
+    else {
+      copy = new Uint8Array(data.byteLength);
+      copy.set(data);
+    }
     return new Promise<Buffer>((resolve, reject) => {
       this.#queue.push({
         id: this.#nextId++,
