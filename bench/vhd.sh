@@ -129,6 +129,7 @@ same vpc "$WORK/out-ferry.vhd" raw "$IMG"
 same vpc "$WORK/out-qemu.vhd" raw "$IMG"
 rm -f "$WORK/out-ferry.vhd" "$WORK/out-qemu.vhd" "$X"
 
+rm -f "$WORK/cpu" "$WORK/stderr"
 echo "all outputs verified with qemu-img compare" >&2
 ratio() { echo "$1 / $2" | bc -l; }
 printf '| %-16s | %11s | %10s | %11s | %10s | %9s | %10s |\n' "operation" "ferry wall s" "qemu wall s" "wall ratio" "ferry CPU s" "qemu CPU s" "CPU ratio"
