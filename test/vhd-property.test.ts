@@ -620,16 +620,34 @@ async function chainHashes(path: string): Promise<string[]> {
   }
 }
 
-/** Starts `ferry vhd merge`, SIGKILLs it after `ms`; resolves with how it ended. */
-function mergeKilledAfter(child: string, ms: number): Promise<{ killed: boolean; code: number | null }> {
+/**
+ * Starts `ferry vhd merge`, SIGKILLs it `ms` after the start, or, with
+ * `afterJournal`, `ms` after its journal file appears (so that some kills
+ * surely land after a journal save and the rerun resumes from it).
+ */
+function mergeKilledAfter(child: string, ms: number, afterJournal = false): Promise<{ killed: boolean; code: number | null }> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [FERRY, 'vhd', 'merge', '--quiet', child], { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
+    let exited = false;
     p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), ms);
+    let timer = afterJournal ? undefined : setTimeout(() => p.kill('SIGKILL'), ms);
+    const poll = afterJournal
+      ? setInterval(() => {
+          if (exited || timer) return;
+          access(journalPath(child)).then(
+            () => {
+              if (!exited && !timer) timer = setTimeout(() => p.kill('SIGKILL'), ms);
+            },
+            () => {},
+          );
+        }, 2)
+      : undefined;
     p.on('error', reject);
     p.on('exit', (code, signal) => {
+      exited = true;
       clearTimeout(timer);
+      clearInterval(poll);
       if (code !== null && code !== 0) reject(new Error(`ferry vhd merge exited ${code}: ${err}`));
       else resolve({ killed: signal === 'SIGKILL', code });
     });
@@ -681,14 +699,18 @@ test('ferry vhd merge SIGKILLed at random instants and run again ends equal', as
       seed: Number(process.env.FERRY_KILL_SEED ?? 2026),
       numRuns: 6,
     });
+    // two more: killed 0-40 ms after the first journal save
+    delays.push([3, 17, false], [25, 40, true]);
     let midMerge = 0;
     let resumed = 0;
-    for (const [ms1, ms2, twice] of delays) {
+    for (const trial of delays) {
+      const [ms1, ms2, twice] = trial;
       await copyFile(pristineBase, base);
       await rm(journalPath(child), { force: true });
       const baseBefore = await stat(base);
+      const afterJournal = delays.indexOf(trial) >= delays.length - 2;
       for (const ms of twice ? [ms1, ms2] : [ms1]) {
-        const r = await mergeKilledAfter(child, ms);
+        const r = await mergeKilledAfter(child, ms, afterJournal && ms === ms1);
         if (!r.killed) continue;
         const st = await stat(base);
         if (st.size !== baseBefore.size || st.mtimeMs !== baseBefore.mtimeMs) midMerge++;
@@ -712,6 +734,7 @@ test('ferry vhd merge SIGKILLed at random instants and run again ends equal', as
       t.is(fin.code, 0, fin.stderr);
       const res = JSON.parse(fin.stdout.toString()) as { resumedAt: number };
       if (res.resumedAt > 0) resumed++;
+      if (afterJournal) t.true(res.resumedAt >= 64, `killed after a journal save, the rerun resumed at ${res.resumedAt}`);
       if (hadJournal) t.true(res.resumedAt > 0, 'a journal left by a kill is used');
       t.false(await exists(journalPath(child)));
       const got = await chainHashes(base);
