@@ -83,13 +83,14 @@ export function register(program: Command): void {
         try {
           await writeVhd(file, { size, type }, async (i) => {
             const len = Math.min(bs, size - i * bs);
-            const buf = Buffer.alloc(len);
+            const buf = Buffer.allocUnsafe(len);
             let done = 0;
             while (done < len) {
               const { bytesRead } = await src.read(buf, done, len - done, i * bs + done);
-              if (bytesRead === 0) break; // short source: the rest stays zero
+              if (bytesRead === 0) break;
               done += bytesRead;
             }
+            if (done < len) buf.fill(0, done); // a short source: the rest is zeros
             return buf;
           }, (d, t) => bar.update(d, t));
         } finally {

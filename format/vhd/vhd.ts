@@ -311,9 +311,15 @@ export class VhdDisk implements Disk {
       const runEnd = Math.min(inBlock + dst.length, e * SECTOR);
       const part = dst.subarray(runStart - inBlock, runEnd - inBlock);
       if (here) {
-        const got = await this.storage.read(dataPos + runStart, runEnd - runStart);
-        if (got.length < runEnd - runStart) this.pastEnd(bi);
-        got.copy(part);
+        const st = this.storage as VhdStorage & { readInto?: FileStorage['readInto'] };
+        if (st.readInto) {
+          // Straight into the caller's buffer: no block-sized copy per read.
+          if ((await st.readInto(part, 0, part.length, dataPos + runStart)) < part.length) this.pastEnd(bi);
+        } else {
+          const got = await this.storage.read(dataPos + runStart, runEnd - runStart);
+          if (got.length < runEnd - runStart) this.pastEnd(bi);
+          got.copy(part);
+        }
       } else if (diff) {
         await this.fromParent(bi * bs + runStart, part);
       }
