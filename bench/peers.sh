@@ -23,7 +23,8 @@
 #    restore latest --target, borg extract (from the last run's repositories).
 #  - every timed command: `sync; echo 3 > /proc/sys/vm/drop_caches` first,
 #    wall time up to the end of a `sync` after it (so writes left in the page
-#    cache are paid for), peak RSS from /usr/bin/time -f %M (threads included).
+#    cache are paid for), peak RSS and CPU time (user + system) from
+#    /usr/bin/time (all threads of the process).
 #  - checks: the restored trees equal the source (diff -r --no-dereference),
 #    for ferry, restic and borg; and a listing of type, mode, owner, size,
 #    symlink target and mtime of every entry, compared (reported, not fatal).
@@ -146,17 +147,18 @@ maxof() { printf '%s\n' "$@" | sort -g | tail -1; }
 mib() { echo "scale=1; $1 / 1048576" | bc -l; }
 bytes() { du -sb "$1" | cut -f1; }
 
-declare -A T M S L   # T[key]="secs...", M[key]="KiB...", S[key]="stored bytes...", L[key]="load..."
+declare -A T M C S L   # T[key]="secs...", M[key]="KiB...", C[key]="CPU secs...", S[key]="stored bytes...", L[key]="load..."
 
 # timed KEY OKCODES CMD...: drops the cache, runs CMD under /usr/bin/time,
-# syncs; appends seconds (to the end of the sync) and peak KiB to T/M[KEY].
+# syncs; appends seconds (to the end of the sync), peak KiB and CPU seconds
+# (user + system, all threads) to T/M/C[KEY].
 timed() {
   local key=$1 ok=$2; shift 2
   drop
   local l t0 t1 rc=0
   l=$(load1)
   t0=$(now)
-  /usr/bin/time -f '%M' -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || rc=$?
+  /usr/bin/time -f '%M %U %S' -o "$WORK/time.out" "$@" > "$WORK/cmd.out" 2> "$WORK/cmd.err" || rc=$?
   sync
   t1=$(now)
   if [[ " $ok " != *" $rc "* ]]; then
@@ -164,13 +166,15 @@ timed() {
     tail -20 "$WORK/cmd.err" >&2
     exit 1
   fi
-  local secs kib
+  local secs kib cpu u s
   secs=$(echo "$t1 - $t0" | bc -l)
-  kib=$(tail -1 "$WORK/time.out")
+  read -r kib u s < <(tail -1 "$WORK/time.out")
+  cpu=$(echo "$u + $s" | bc -l)
   T[$key]+="$secs "
   M[$key]+="$kib "
+  C[$key]+="$cpu "
   L[$key]+="$l "
-  printf 'bench: %-15s %8.2f s  %6d MiB peak  load %s  (exit %d)\n' "$key" "$secs" $((kib / 1024)) "$l" "$rc" | tee -a "$LOG" >&2
+  printf 'bench: %-15s %8.2f s  %6.2f s CPU  %6d MiB peak  load %s  (exit %d)\n' "$key" "$secs" "$cpu" $((kib / 1024)) "$l" "$rc" | tee -a "$LOG" >&2
   if [ "$rc" != 0 ]; then
     { echo "bench: $key exit $rc; its stderr (first 20 lines):"; head -20 "$WORK/cmd.err"; } | tee -a "$LOG" >&2
   fi
@@ -205,6 +209,8 @@ for run in $(seq "$RUNS"); do
   S[ferry_vault]+="$(bytes "$V") "
   s=$(echo "${T[ferry_seed]}" | awk '{print $NF}'); i=$(echo "${T[ferry_import]}" | awk '{print $NF}')
   T[ferry_seedimport]+="$(echo "$s + $i" | bc -l) "
+  s=$(echo "${C[ferry_seed]}" | awk '{print $NF}'); i=$(echo "${C[ferry_import]}" | awk '{print $NF}')
+  C[ferry_seedimport]+="$(echo "$s + $i" | bc -l) "
   rm -rf "$D1"
 
   restic init -r "$R" -q >> "$LOG" 2>&1
@@ -254,18 +260,19 @@ done
 
 # ---------------------------------------------------------------- table
 row() { # tool op key stored
-  local tool=$1 op=$2 key=$3 stored=$4 secs peak
+  local tool=$1 op=$2 key=$3 stored=$4 secs peak cpu
   # shellcheck disable=SC2086
   secs=$(median ${T[$key]})
+  cpu=$(median ${C[$key]})
   if [ -n "${M[$key]:-}" ]; then peak=$(( $(maxof ${M[$key]}) / 1024 )); else peak=$5; fi
-  printf '| %-6s | %-14s | %8.2f | %8s | %12s | %s |\n' "$tool" "$op" "$secs" "$peak" "$stored" "$(printf '%.2f ' ${T[$key]})"
+  printf '| %-6s | %-14s | %8.2f | %6.2f | %8s | %12s | %s|\n' "$tool" "$op" "$secs" "$cpu" "$peak" "$stored" "$(printf '%.2f ' ${T[$key]})"
 }
 stored() { mib "$(median ${S[$1]})"; }
 FERRY_PEAK_BACKUP=$(maxof ${M[ferry_seed]} ${M[ferry_import]})
 
 {
-  echo "| tool   | operation      | seconds  | peak MiB | stored MiB   | runs (s) |"
-  echo "|--------|----------------|----------|----------|--------------|----------|"
+  echo "| tool   | operation      | seconds  | CPU s  | peak MiB | stored MiB   | runs (s) |"
+  echo "|--------|----------------|----------|--------|----------|--------------|----------|"
   row ferry "init (apart)" ferry_init "-"
   row ferry seed ferry_seed "$(stored ferry_disk) (disk)"
   row ferry import ferry_import "$(stored ferry_vault)"
@@ -280,6 +287,7 @@ FERRY_PEAK_BACKUP=$(maxof ${M[ferry_seed]} ${M[ferry_import]})
 ratio() { echo "scale=3; $1 / $2" | bc -l | sed 's/^\./0./'; }
 SI=$(median ${T[ferry_seedimport]}); RB=$(median ${T[restic_backup]}); BC=$(median ${T[borg_create]})
 FR=$(median ${T[ferry_restore]}); RR=$(median ${T[restic_restore]}); BE=$(median ${T[borg_extract]})
+CSI=$(median ${C[ferry_seedimport]}); CRB=$(median ${C[restic_backup]}); CFR=$(median ${C[ferry_restore]}); CRR=$(median ${C[restic_restore]})
 MRB=$(maxof ${M[restic_backup]}); MFR=$(maxof ${M[ferry_restore]}); MRR=$(maxof ${M[restic_restore]})
 met() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b ? "met" : "NOT met") }'; }
 r1=$(ratio "$SI" "$RB"); r2=$(ratio "$FR" "$RR"); r3=$(ratio "$FERRY_PEAK_BACKUP" "$MRB"); r4=$(ratio "$MFR" "$MRR")
@@ -288,7 +296,7 @@ LOADS=$(printf '%s\n' "${L[@]}" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$
 {
   echo "ferry $FERRY_REV; $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $(. /etc/os-release && echo "$PRETTY_NAME"), kernel $(uname -r), node $(node --version), $(restic version | cut -d' ' -f1-2), $(borg --version)"
   echo "source: $SRC_BYTES bytes ($(mib "$SRC_BYTES") MiB), $SRC_FILES files, $SRC_ENTRIES entries; a copy of /usr/share and /usr/lib$( [ -n "$SRC_EXCLUDED" ] && echo " without $SRC_EXCLUDED (the whole is $(mib "$SRC_FULL") MiB)")"
-  echo "median of $RUNS runs, each on fresh repositories / targets; page cache $CACHE; time to the end of a sync; peak MiB = highest peak RSS of the runs (seed+import: of either); stored = du -sb (ferry: the vault after import; the seed disk on the seed row)"
+  echo "median of $RUNS runs, each on fresh repositories / targets; page cache $CACHE; time to the end of a sync; CPU s = median user + system time (all threads); peak MiB = highest peak RSS of the runs (seed+import: of either); stored = du -sb (ferry: the vault after import; the seed disk on the seed row)"
   echo "load average (1 min) at the start of the timed commands: $LOADS (waited ${waited}s for < $LOAD_MAX before starting)"
   echo "restic: repository v2, compression auto; borg: repokey-blake2, zstd,1; ferry: vault defaults (zstd 1, AES-256-GCM, default scrypt KDF)"
   echo
@@ -296,6 +304,7 @@ LOADS=$(printf '%s\n' "${L[@]}" | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$
   echo
   echo "- ferry seed+import / restic backup = $r1 (target <= 0.333: $(met "$r1" 0.3334)); / borg create = $(ratio "$SI" "$BC")"
   echo "- ferry restore / restic restore = $r2 (target <= 0.5: $(met "$r2" 0.5)); / borg extract = $(ratio "$FR" "$BE")"
+  echo "- CPU (user + system): ferry seed+import / restic backup = $(ratio "$CSI" "$CRB"); ferry restore / restic restore = $(ratio "$CFR" "$CRR")"
   echo "- ferry peak RSS (seed, import) / restic backup = $r3 (target <= 1: $(met "$r3" 1))"
   echo "- ferry restore peak RSS / restic restore = $r4 (target <= 1: $(met "$r4" 1))"
   echo "- restored trees: ferry ${SAME[ferry]}; restic ${SAME[restic]}; borg ${SAME[borg]}"
