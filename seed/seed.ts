@@ -15,7 +15,7 @@ import { SpoolStorage } from '../vault/diskstore.js';
 import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
 import { checkName } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
-import { SeedTargets, type TargetsProgress } from './targets.js';
+import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.js';
 import { sourceEntries, volumeChunks, volumeSize } from './sources.js';
 import { scanTotals } from './scan.js';
 
@@ -71,6 +71,19 @@ export interface SeedPointRecord {
   point: Omit<PointManifest, 'seq'>;
 }
 
+/**
+ * Blocks kept in memory besides the pinned first one: the volume writer
+ * writes sequentially, so a block is done once the writer is in the next
+ * one; one more absorbs a write that ends just inside a block.
+ */
+const SPOOL_KEEP = 2;
+
+/** The spool of the seed disk (the empty image is copied in; nothing else keeps it: its block table is 4 MiB). */
+function newSpool(params: SeedIdentity['params'], targets: SeedTargets): SpoolStorage {
+  const img = emptyImage({ size: params.size, uniqueId: Buffer.from(params.diskId, 'hex'), date: new Date(params.time) });
+  return new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, SPOOL_KEEP);
+}
+
 export async function seed(o: SeedOptions): Promise<SeedResult> {
   const machine = o.machine ?? hostname();
   checkName('machine', machine);
@@ -121,8 +134,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     },
   });
 
-  const img = emptyImage({ size: params.size, uniqueId: Buffer.from(params.diskId, 'hex'), date: new Date(params.time) });
-  const spool = new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, 4);
+  const spool = newSpool(params, targets);
   spool.pin(0); // the volume's superblock is rewritten at the end
   const disk: Disk = await VhdDisk.fromStorage(spool, {});
   let warnings = 0;

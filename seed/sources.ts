@@ -5,8 +5,12 @@ import { walk } from '../source/files.js';
 import { readVolume, volumeSize as sizeOfVolume } from '../source/volume.js';
 import type { ItemKind } from '../vault/registry.js';
 
-/** Small files read ahead of the volume writer: enough to keep the disk busy, little enough to keep memory flat. */
-const READ_AHEAD = 16 * 1024 * 1024;
+/**
+ * Small files read ahead of the volume writer: enough to keep the disk busy
+ * (the walker reads 8 files at once), little enough to keep memory flat: the
+ * walker holds at most this much beyond the file being written.
+ */
+const READ_AHEAD = 8 * 1024 * 1024;
 
 export interface SourceOptions {
   excludes: string[];

@@ -8,7 +8,7 @@ import { mkdir, open as fsOpen, readFile, rename, rm, statfs, stat } from 'node:
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { FerryError } from '../format/errors.js';
-import type { SealPool } from '../format/seal/pool.js';
+import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedManifest, type SeedObject, parseSeedManifest } from '../format/seedmanifest.js';
 
 const run = promisify(execFile);
@@ -132,11 +132,14 @@ export class SeedTargets {
       const plain = createHash('sha256').update(data).digest('hex');
       if (old.plain === plain && (await this.verifyHeld(old))) {
         this.stats.kept++;
+        freeBuffer(data); // handed over like a block that is sealed (see below)
         return;
       }
     }
     await this.pool.ready();
-    while (this.pendingWrites >= 2 * this.pool.size + 2) await new Promise<void>((r) => this.waiters.push(r));
+    // Blocks between here and the disk (each holds 2 MiB until sealed, then
+    // its sealed bytes until written): two per worker keep every worker busy.
+    while (this.pendingWrites >= 2 * Math.max(1, this.pool.size)) await new Promise<void>((r) => this.waiters.push(r));
     // The block moves to the seal worker without a copy: SpoolStorage never
     // touches a block it sent, and a revisit (get) waits for the writes.
     const sealing = this.pool.sealHashed(name, data, undefined, true);
@@ -147,6 +150,8 @@ export class SeedTargets {
         if (this.failure) return;
         const { sealed, plainSha256, sealedSha256 } = await sealing;
         await this.store(name, sealed, plainSha256, sealedSha256);
+        // On the disk now: its memory goes back at once, not at the next garbage collection.
+        freeBuffer(sealed);
       } catch (err) {
         this.failure ??= err;
       } finally {

@@ -463,7 +463,10 @@ export async function* ahead<T>(src: AsyncIterable<T>, n: number): AsyncGenerato
   try {
     for (;;) {
       if (head < buf.length) {
-        const v = buf[head++];
+        const v = buf[head];
+        // The consumer has it now: the buffer must not keep it (an entry
+        // gets its content later, and that content may hold file data).
+        buf[head++] = undefined as T;
         if (head > 1024 && head * 2 > buf.length) {
           buf.splice(0, head);
           head = 0;
@@ -511,8 +514,15 @@ async function* withXattrs(src: AsyncIterable<Entry>, warn: (w: EntryWarning) =>
   if (batch.length) yield await flush();
 }
 
+/** Yields each item of each batch, letting go of it in the batch as it goes (the batch may outlive the item). */
 async function* flatten<T>(src: AsyncIterable<T[]>): AsyncGenerator<T> {
-  for await (const b of src) yield* b;
+  for await (const b of src) {
+    for (let i = 0; i < b.length; i++) {
+      const v = b[i];
+      b[i] = undefined as T;
+      yield v;
+    }
+  }
 }
 
 /** A small counting semaphore. */
@@ -544,8 +554,90 @@ async function openForRead(path: Buffer): Promise<FileHandle> {
   }
 }
 
+/**
+ * Read buffers (1 MiB), used again once the consumer is done with them.
+ * Without this every byte read is a fresh buffer that only the garbage
+ * collector frees, and it frees large buffers late: a walk would leave
+ * hundreds of MiB behind it. A consumer hands a piece back by calling its
+ * `release()` (the volume writer does, once the piece is copied or written);
+ * one that does not just leaves that buffer to the garbage collector.
+ */
+class ReadBuffers {
+  private readonly free: Buffer[] = [];
+  constructor(private readonly max: number) {}
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafe(READ_SIZE);
+  }
+  give(b: Buffer): void {
+    if (this.free.length < this.max) this.free.push(b);
+  }
+}
+
+/** A read buffer shared by the pieces cut from it; back to the pool when the last one is released. */
+class Lease {
+  private refs = 1;
+  constructor(readonly buf: Buffer, private readonly pool: ReadBuffers) {}
+  hold(): void {
+    this.refs++;
+  }
+  drop(): void {
+    if (--this.refs === 0) this.pool.give(this.buf);
+  }
+}
+
+/** A piece of a leased buffer; releasing it more than once is harmless. */
+function leasedPiece(offset: number, data: Buffer, lease: Lease): DataPiece {
+  lease.hold();
+  let held = true;
+  return {
+    offset,
+    data,
+    release: () => {
+      if (held) {
+        held = false;
+        lease.drop();
+      }
+    },
+  };
+}
+
+/**
+ * Small files packed one after another into read buffers (slabs): a 4 KiB
+ * file takes 4 KiB, not a buffer of its own. Files come back in the order
+ * they were packed, so slabs free up in order too.
+ */
+class Slabs {
+  private cur: Lease | null = null;
+  private used = 0;
+  constructor(private readonly pool: ReadBuffers) {}
+  /** `size` bytes (at most READ_SIZE) and the lease that holds them (one reference, the caller's). */
+  alloc(size: number): { data: Buffer; lease: Lease } {
+    if (!this.cur || this.used + size > READ_SIZE) {
+      this.cur?.drop();
+      this.cur = new Lease(this.pool.take(), this.pool);
+      this.used = 0;
+    }
+    const data = this.cur.buf.subarray(this.used, this.used + size);
+    this.used += (size + 7) & ~7;
+    this.cur.hold();
+    return { data, lease: this.cur };
+  }
+  close(): void {
+    this.cur?.drop();
+    this.cur = null;
+  }
+}
+
+/** Releases what a consumer will not get. */
+function releaseAll(pieces: (DataPiece | null)[], from = 0): void {
+  for (let i = from; i < pieces.length; i++) {
+    pieces[i]?.release?.();
+    pieces[i] = null;
+  }
+}
+
 /** Splits a read buffer at 64 KiB-aligned all-zero grains: they are holes and are not stored. */
-function dropZeroGrains(offset: number, data: Buffer, out: DataPiece[]): void {
+function dropZeroGrains(offset: number, data: Buffer, out: DataPiece[], lease: Lease): void {
   let runStart = -1;
   for (let i = 0; i < data.length; ) {
     const grainEnd = Math.min(data.length, Math.floor((offset + i) / HOLE_GRAIN) * HOLE_GRAIN + HOLE_GRAIN - offset);
@@ -553,42 +645,50 @@ function dropZeroGrains(offset: number, data: Buffer, out: DataPiece[]): void {
     const zero = g.equals(g.length === HOLE_GRAIN ? ZERO : ZERO.subarray(0, g.length));
     if (!zero && runStart < 0) runStart = i;
     if (zero && runStart >= 0) {
-      out.push({ offset: offset + runStart, data: data.subarray(runStart, i) });
+      out.push(leasedPiece(offset + runStart, data.subarray(runStart, i), lease));
       runStart = -1;
     }
     i = grainEnd;
   }
-  if (runStart >= 0) out.push({ offset: offset + runStart, data: data.subarray(runStart) });
+  if (runStart >= 0) out.push(leasedPiece(offset + runStart, data.subarray(runStart), lease));
 }
 
 interface ReadState {
   bytes: number;
+  buffers: ReadBuffers;
+  slabs: Slabs;
 }
 
-async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
-  await limit.take();
+/** Reads a small file whole into `space` (from state.slabs, taken by the caller, handed over here). */
+async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState, space: { data: Buffer; lease: Lease }): Promise<DataPiece[]> {
+  const { data: buf, lease } = space;
   try {
-    const fh = await openForRead(realOf(e));
+    await limit.take();
     try {
-      const buf = Buffer.allocUnsafe(e.size);
-      let got = 0;
-      while (got < e.size) {
-        const { bytesRead } = await fh.read(buf, got, e.size - got, got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
+      const fh = await openForRead(realOf(e));
+      try {
+        let got = 0;
+        while (got < buf.length) {
+          const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        state.bytes += got;
+        if (got < e.size) e.size = got; // shrank while we read: store what is there
+        const data = buf.subarray(0, got);
+        const out: DataPiece[] = [];
+        if (!sparse) {
+          if (got) out.push(leasedPiece(0, data, lease));
+        } else dropZeroGrains(0, data, out, lease);
+        return out;
+      } finally {
+        await fh.close();
       }
-      state.bytes += got;
-      if (got < e.size) e.size = got; // shrank while we read: store what is there
-      const data = buf.subarray(0, got);
-      if (!sparse) return [{ offset: 0, data }];
-      const out: DataPiece[] = [];
-      dropZeroGrains(0, data, out);
-      return out;
     } finally {
-      await fh.close();
+      limit.give();
     }
   } finally {
-    limit.give();
+    lease.drop();
   }
 }
 
@@ -693,7 +793,7 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
     fh = await openForRead(realOf(e));
     const h = fh;
     const depth = 4;
-    const inflight: Promise<{ off: number; buf: Buffer; n: number; last: boolean }>[] = [];
+    const inflight: Promise<{ off: number; len: number; lease: Lease; n: number }>[] = [];
     let ri = 0;
     let next = ranges.length ? ranges[0].start : 0;
     const more = () => ri < ranges.length;
@@ -702,24 +802,31 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       const off = next;
       const len = Math.min(READ_SIZE, r.end - off);
       next += len;
-      const last = next >= r.end;
-      if (last && ++ri < ranges.length) next = ranges[ri].start;
-      const buf = Buffer.allocUnsafe(len); // fresh: the volume writer may keep it
-      inflight.push(h.read(buf, 0, len, off).then((x) => ({ off, buf, n: x.bytesRead, last })));
+      if (next >= r.end && ++ri < ranges.length) next = ranges[ri].start;
+      const lease = new Lease(state.buffers.take(), state.buffers);
+      inflight.push(h.read(lease.buf, 0, len, off).then((x) => ({ off, len, lease, n: x.bytesRead })));
     };
     while (inflight.length < depth && more()) issue();
     while (inflight.length) {
-      const { off, buf, n } = await inflight.shift()!;
+      const { off, len, lease, n } = await inflight.shift()!;
       if (more()) issue();
       state.bytes += n;
-      const data = buf.subarray(0, n);
-      if (sparse) {
-        const out: DataPiece[] = [];
-        dropZeroGrains(off, data, out);
-        yield* out;
-      } else if (n) yield { offset: off, data };
+      const data = lease.buf.subarray(0, n);
+      const out: DataPiece[] = [];
+      if (sparse) dropZeroGrains(off, data, out, lease);
+      else if (n) out.push(leasedPiece(off, data, lease));
+      lease.drop();
+      try {
+        for (let i = 0; i < out.length; i++) {
+          const p = out[i];
+          out[i] = null as never;
+          yield p;
+        }
+      } finally {
+        releaseAll(out);
+      }
       onRead();
-      if (n < buf.length) {
+      if (n < len) {
         // shrank while we read: store what is there
         await Promise.allSettled(inflight);
         e.size = off + n;
@@ -757,27 +864,40 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   const limit = new Limit(Math.max(1, opts.concurrency ?? 8));
   const mapper = new DataMapper();
   const budget = opts.readAhead ?? 64 * 1024 * 1024;
-  const state: ReadState = { bytes: 0 };
+  // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
+  const buffers = new ReadBuffers(Math.ceil(budget / READ_SIZE) + 8);
+  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers) };
   let yielded = 0;
   const progress = () => opts.onProgress?.({ files: yielded, bytes: state.bytes });
 
   const upstream = flatten(ahead(withXattrs(ahead(lstatWalk(roots, opts, warn), 4000), warn, opts.xattrs !== false), 2));
   const it = upstream[Symbol.asyncIterator]();
+  // Small files read ahead, in walk order. `inWindow` counts the bytes of
+  // every read-ahead file from the moment its read starts until the consumer
+  // has taken its data (or moved past the entry without asking for it): what
+  // the walker really holds, whatever the consumer does.
   const queue: { e: Entry; ready: Promise<DataPiece[] | null> | null; cost: number }[] = [];
   let inWindow = 0;
   let exhausted = false;
+  const release = (h: Held) => {
+    if (h.pieces) releaseAll(h.pieces);
+    h.pieces = null;
+    inWindow -= h.cost;
+    h.cost = 0;
+  };
+  const lazy = (e: Entry) => lazySmall(e, limit, state, warn);
   try {
     for (;;) {
-      while (!exhausted && queue.length < 512 && inWindow < budget) {
+      // Always at least one entry at hand, even over budget (then read when asked for).
+      while (!exhausted && queue.length < 512 && (inWindow < budget || queue.length === 0)) {
         const r = await it.next();
         if (r.done) {
           exhausted = true;
           break;
         }
         const e = r.value;
-        if (e.type === 'file' && e.size > 0 && e.size <= SMALL_FILE) {
-          const sparse = (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
-          const ready = readSmall(e, sparse, limit, state).catch((err: unknown) => {
+        if (e.type === 'file' && e.size > 0 && e.size <= SMALL_FILE && inWindow < budget) {
+          const ready = readSmall(e, looksSparse(e), limit, state, state.slabs.alloc(e.size)).catch((err: unknown) => {
             warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
             return null;
           });
@@ -788,35 +908,100 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
       const q = queue.shift();
       if (!q) return;
       const e = q.e;
+      let held: Held | null = null;
       if (q.ready) {
         const pieces = await q.ready;
-        inWindow -= q.cost;
-        if (!pieces) continue;
-        e.content = async function* () {
-          yield* pieces;
-        };
+        if (!pieces) {
+          inWindow -= q.cost;
+          continue;
+        }
+        held = { pieces, cost: q.cost };
+        e.content = heldContent(held, release, lazy, e);
       } else if (e.type === 'file' && e.size > 0) {
-        const sparse = (allocated.get(e) ?? 0n) * 512n < BigInt(e.size);
-        e.content = async function* () {
-          try {
-            yield* readLarge(e, sparse, limit, state, progress, mapper);
-          } catch (err) {
-            warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
-            throw new SourceReadError(e.path, err);
-          }
-        };
+        e.content = e.size <= SMALL_FILE ? () => lazy(e) : largeContent(e, limit, state, progress, mapper, warn);
       } else if (e.type === 'file') {
         e.content = async function* () {};
       }
       yielded++;
       yield e;
+      // The consumer moved on without starting to read the data: let it go
+      // (a later content() reads the file again).
+      if (held?.pieces) release(held);
       progress();
     }
   } finally {
     await it.return?.(undefined as never);
-    await Promise.allSettled(queue.map((q) => q.ready));
+    for (const r of await Promise.allSettled(queue.map((q) => q.ready))) if (r.status === 'fulfilled' && r.value) releaseAll(r.value);
+    state.slabs.close();
     mapper.close();
   }
+}
+
+/** Data read ahead for an entry, until the consumer takes it. */
+interface Held {
+  pieces: DataPiece[] | null;
+  cost: number;
+}
+
+/**
+ * The content of a read-ahead file: hands each piece over and forgets it
+ * (nothing here keeps the data once yielded), and gives the budget back once
+ * the last piece is out. Called again, or after the walker let the data go,
+ * it reads the file again.
+ */
+function heldContent(h: Held, release: (h: Held) => void, lazy: (e: Entry) => AsyncIterable<DataPiece>, e: Entry): () => AsyncIterable<DataPiece> {
+  return async function* () {
+    const ps = h.pieces;
+    h.pieces = null;
+    if (!ps) {
+      release(h);
+      yield* lazy(e);
+      return;
+    }
+    try {
+      for (let i = 0; i < ps.length; i++) {
+        const p = ps[i];
+        ps[i] = null as never;
+        if (i === ps.length - 1) release(h);
+        yield p;
+      }
+    } finally {
+      releaseAll(ps);
+      release(h);
+    }
+  };
+}
+
+/** A small file read when its content is asked for (not read ahead). */
+async function* lazySmall(e: Entry, limit: Limit, state: ReadState, warn: (w: EntryWarning) => void): AsyncGenerator<DataPiece> {
+  let pieces: DataPiece[];
+  try {
+    pieces = await readSmall(e, looksSparse(e), limit, state, state.slabs.alloc(e.size));
+  } catch (err) {
+    warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
+    throw new SourceReadError(e.path, err);
+  }
+  try {
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i];
+      pieces[i] = null as never;
+      yield p;
+    }
+  } finally {
+    releaseAll(pieces);
+  }
+}
+
+function largeContent(e: Entry, limit: Limit, state: ReadState, progress: () => void, mapper: DataMapper, warn: (w: EntryWarning) => void): () => AsyncIterable<DataPiece> {
+  const sparse = looksSparse(e);
+  return async function* () {
+    try {
+      yield* readLarge(e, sparse, limit, state, progress, mapper);
+    } catch (err) {
+      warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
+      throw new SourceReadError(e.path, err);
+    }
+  };
 }
 
 /** Whether a walker entry's file looked sparse (fewer blocks allocated than its size). */

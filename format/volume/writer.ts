@@ -1,9 +1,10 @@
 // Writes a fresh files-kind volume onto a Disk (layout in layout.ts, spec in
 // docs/volume-format.md). File data goes to the allocation pointer in large
-// sequential writes (two 4 MiB buffers: one filling while the other is
-// written); the catalog is built in a temporary SQLite file and copied into
-// the volume by finish(), then the superblock is written and both are read
-// back and checked before the writer reports success.
+// sequential writes (two 1 MiB buffers: one filling while the other is
+// written; large pieces go as they are); the catalog is built in a temporary
+// SQLite file and copied into the volume by finish(), then the superblock is
+// written and both are read back and checked before the writer reports
+// success.
 import { createHash, randomBytes, webcrypto, type Hash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
@@ -21,11 +22,15 @@ import { INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileE
 /**
  * A piece of a file's data at a file offset; pieces come in increasing,
  * non-overlapping order. The writer may keep a piece's buffer until its write
- * completes: a source must hand over fresh buffers, never refill one.
+ * completes: a source must hand over fresh buffers, never refill one, unless
+ * it gives the piece a `release`: the writer calls it once it no longer needs
+ * `data` (copied, or written to the disk), and from then on the source may
+ * use that memory again. A consumer that never calls it is fine too.
  */
 export interface DataPiece {
   offset: number;
   data: Buffer;
+  release?: () => void;
 }
 
 /** A file's content: pieces (gaps between them are holes) or plain buffers (read one after another). */
@@ -68,7 +73,7 @@ export class ContentError extends FerryError {
   }
 }
 
-const BUFFER_SIZE = 4 * 1024 * 1024;
+const BUFFER_SIZE = 1024 * 1024;
 /** Pieces at least this large go to the disk as they are when the buffer is empty (saves a copy). */
 const DIRECT_WRITE = 1024 * 1024;
 
@@ -98,21 +103,30 @@ class SeqWriter {
     return this.bufStart + this.used;
   }
 
-  /** `data` must not be changed by the caller afterwards: large pieces are written without a copy. */
-  async append(data: Buffer): Promise<void> {
+  /**
+   * `data` must not be changed by the caller afterwards: large pieces are
+   * written without a copy. `release` is called once `data` is no longer
+   * needed (copied, or its write settled).
+   */
+  async append(data: Buffer, release?: () => void): Promise<void> {
     if (this.used === 0 && data.length >= DIRECT_WRITE) {
       if (this.inflight) await this.inflight;
-      this.inflight = settled(this.disk.write(this.bufStart, data));
+      const w = this.disk.write(this.bufStart, data);
+      this.inflight = settled(release ? w.finally(release) : w);
       this.bufStart += data.length;
       return;
     }
-    let off = 0;
-    while (off < data.length) {
-      const n = Math.min(BUFFER_SIZE - this.used, data.length - off);
-      data.copy(this.bufs[this.cur], this.used, off, off + n);
-      this.used += n;
-      off += n;
-      if (this.used === BUFFER_SIZE) await this.flushBuffer();
+    try {
+      let off = 0;
+      while (off < data.length) {
+        const n = Math.min(BUFFER_SIZE - this.used, data.length - off);
+        data.copy(this.bufs[this.cur], this.used, off, off + n);
+        this.used += n;
+        off += n;
+        if (this.used === BUFFER_SIZE) await this.flushBuffer();
+      }
+    } finally {
+      release?.();
     }
   }
 
@@ -172,7 +186,9 @@ export class ChunkHasher {
     while (off < data.length) {
       const inChunk = this.pos % this.chunkSize;
       if (inChunk === 0 && !this.cur && data.length - off >= this.chunkSize) {
-        // a whole chunk in one piece: hashed on the thread pool, beside the main thread's copying
+        // a whole chunk in one piece: hashed on the thread pool, beside the main
+        // thread's copying (digest() copies its input first: the caller may
+        // reuse `data` as soon as feed() returns)
         const whole = data.subarray(off, off + this.chunkSize);
         this.pending++;
         const p = webcrypto.subtle.digest('SHA-256', whole).then((d) => {
@@ -308,9 +324,13 @@ export class VolumeWriter {
         throw new ContentError(meta.path, err);
       }
       if (r.done) break;
-      const piece = Buffer.isBuffer(r.value) ? { offset: next, data: r.value } : r.value;
-      if (piece.data.length === 0) continue;
+      const piece: DataPiece = Buffer.isBuffer(r.value) ? { offset: next, data: r.value } : r.value;
+      if (piece.data.length === 0) {
+        piece.release?.();
+        continue;
+      }
       if (piece.offset < next) {
+        piece.release?.();
         this.seq.rewind(start);
         await it.return?.();
         throw new ContentError(meta.path, new Error(`data piece at ${piece.offset} overlaps the previous one (ends at ${next})`));
@@ -320,9 +340,10 @@ export class VolumeWriter {
         await this.seq.pad();
         extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
       }
+      // feed() is done with the data when it returns (whole chunks are copied for hashing).
       hasher.feed(piece.offset, piece.data);
       await hasher.backpressure();
-      await this.seq.append(piece.data);
+      await this.seq.append(piece.data, piece.release);
       extents[extents.length - 1].length += piece.data.length;
       next = piece.offset + piece.data.length;
       stored += piece.data.length;
@@ -409,13 +430,19 @@ export class VolumeWriter {
       let catalogSize = 0;
       const fh = await open(join(this.tmp, 'catalog.db'), 'r');
       try {
-        for (;;) {
-          const buf = Buffer.allocUnsafe(BUFFER_SIZE); // fresh each time: the writer may keep it
-          const { bytesRead } = await fh.read(buf, 0, BUFFER_SIZE, catalogSize);
+        // Two buffers in turn: one is read into while the other may still be
+        // being written; a buffer is reused once the writer has released it.
+        const bufs = [Buffer.allocUnsafe(BUFFER_SIZE), Buffer.allocUnsafe(BUFFER_SIZE)];
+        const free: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+        for (let k = 0; ; k ^= 1) {
+          await free[k];
+          const { bytesRead } = await fh.read(bufs[k], 0, BUFFER_SIZE, catalogSize);
           if (bytesRead === 0) break;
-          const piece = buf.subarray(0, bytesRead);
+          const piece = bufs[k].subarray(0, bytesRead);
           sum.update(piece);
-          await this.seq.append(piece);
+          let release!: () => void;
+          free[k] = new Promise<void>((r) => (release = r));
+          await this.seq.append(piece, release);
           catalogSize += bytesRead;
         }
       } finally {
