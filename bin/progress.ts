@@ -4,12 +4,14 @@ import type { GlobalOptions } from './cli.js';
 import { formatSize } from '../format/errors.js';
 
 export interface Bar {
+  /** Whether anything is drawn: callers skip work that only feeds the bar. */
+  readonly active: boolean;
   update(done: number, total: number, extra?: string): void;
   stop(): void;
 }
 
 export function progressBar(opts: GlobalOptions, label: string): Bar {
-  if (opts.quiet || opts.json || !process.stderr.isTTY) return { update() {}, stop() {} };
+  if (opts.quiet || opts.json || !process.stderr.isTTY) return { active: false, update() {}, stop() {} };
   const started = Date.now();
   const bar = new cliProgress.SingleBar(
     {
@@ -23,6 +25,7 @@ export function progressBar(opts: GlobalOptions, label: string): Bar {
   );
   let begun = false;
   return {
+    active: true,
     update(done, total, extra = '') {
       const secs = (Date.now() - started) / 1000;
       const payload = { doneh: formatSize(done), totalh: formatSize(total), rate: secs > 0 ? `${formatSize(done / secs)}/s` : '', extra };

@@ -53,7 +53,8 @@ export function register(program: Command): void {
             disks: o.disk,
             diskCapacity: capacity,
             databox: o.databox,
-            onProgress: (p) =>
+            // Without a bar, no progress: the seed then skips counting the sources.
+            onProgress: !bar.active ? undefined : (p) =>
               bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${p.totalFiles}${p.totalsFinal ? '' : '+'}` : ''} entries, disk ${p.disk} of ${p.disks}`),
             onWarning: (w) => {
               warnings.push(w);
