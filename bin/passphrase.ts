@@ -125,8 +125,9 @@ function promptHidden(prompt: string): Promise<string> {
         else if (ch >= ' ') buf += ch;
       }
     };
-    process.stderr.write(prompt);
+    // echo off before the prompt shows: whatever is typed once it is visible stays hidden
     stdin.setRawMode(true);
+    process.stderr.write(prompt);
     stdin.setEncoding('utf8');
     stdin.on('data', onData);
     stdin.resume();

@@ -23,9 +23,11 @@
 // `mknod`/`mkfifo` are used instead (slower; sockets are then skipped).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { constants as C } from 'node:fs';
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readlink, rename, rm, symlink, unlink, type FileHandle } from 'node:fs/promises';
-import type { Stats } from 'node:fs';
+import {
+  constants as C, chmodSync, closeSync, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync,
+  openSync, readlinkSync, renameSync, rmSync, symlinkSync, unlinkSync, writeSync, type Stats,
+} from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
@@ -136,6 +138,9 @@ class SyscallHelper {
   private readonly waiting: { resolve: (r: string) => void }[] = [];
   private out: Buffer = Buffer.alloc(0);
   private dead = false;
+  private queued: Buffer[] = [];
+  private queuedBytes = 0;
+  private scheduled = false;
 
   private constructor(child: ChildProcess) {
     this.child = child;
@@ -183,8 +188,24 @@ class SyscallHelper {
     if (this.dead) return Promise.resolve('helper exited');
     return new Promise((resolve) => {
       this.waiting.push({ resolve });
-      this.child.stdin!.write(Buffer.concat([Buffer.from(op + '\0'), path, Buffer.from('\0' + args + '\0')]));
+      // requests are gathered and written once per turn of the event loop (or every 64 KiB)
+      this.queued.push(Buffer.from(op + '\0'), path, Buffer.from('\0' + args + '\0'));
+      this.queuedBytes += path.length + args.length + 4;
+      if (this.queuedBytes >= 65536) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
     });
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.queued.length === 0) return;
+    const b = Buffer.concat(this.queued);
+    this.queued = [];
+    this.queuedBytes = 0;
+    this.child.stdin!.write(b);
   }
 
   get pending(): number {
@@ -207,21 +228,35 @@ class TimeSetter {
 
   constructor(private readonly helper: SyscallHelper | null, private readonly warn: (w: EntryWarning) => void) {}
 
-  async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint): Promise<void> {
-    // µs first, in process: right to the microsecond even if nothing below works
-    try {
-      await lutimes(path, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
-    } catch (err) {
-      this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${(err as Error).message}`, path });
-      return;
+  /**
+   * Sets the times of `path`; `fd`, when given, is that file open for
+   * writing, and takes times that are whole microseconds directly.
+   */
+  async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint, fd?: number): Promise<void> {
+    const exactUs = atimeNs % 1000n === 0n && mtimeNs % 1000n === 0n;
+    if (exactUs || !this.helper) {
+      // in process: exact to the microsecond (Node takes no finer times)
+      try {
+        if (fd !== undefined) futimesSync(fd, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
+        else lutimesSync(path, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
+      } catch (err) {
+        this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${(err as Error).message}`, path });
+        return;
+      }
+      if (exactUs) return;
     }
-    if (atimeNs % 1000n === 0n && mtimeNs % 1000n === 0n) return;
     const [as, an] = nsToParts(atimeNs);
     const [ms, mn] = nsToParts(mtimeNs);
     if (this.helper) {
       this.pending.push(
         this.helper.call('t', path, `${as} ${an} ${ms} ${mn}`).then((r) => {
-          if (r !== 'ok') this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${r}`, path });
+          if (r === 'ok') return;
+          try {
+            lutimesSync(path, nsToSeconds(atimeNs), nsToSeconds(mtimeNs)); // at least to the microsecond
+          } catch {
+            /* reported below */
+          }
+          this.warn({ code: 'RESTORE_META', message: `cannot set the nanosecond times of ${printable(path)}: ${r}`, path });
         }),
       );
       if (this.pending.length >= 4096) await this.drain();
@@ -292,6 +327,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const times = new TimeSetter(helper, warn);
   const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
   const knownDirs = new Set<string>();
+  // directories this run created: they were empty, so nothing in them needs a look before it is written
+  const freshDirs = new Set<string>();
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
@@ -339,43 +376,50 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (!pdst) return;
     const key = pdst.toString('latin1');
     if (knownDirs.has(key)) return;
-    try {
-      const st = await lstat(pdst);
-      if (st.isDirectory()) {
-        knownDirs.add(key);
-        return;
-      }
-    } catch {
-      /* missing: create below */
+    const st = lstatSync(pdst, { throwIfNoEntry: false });
+    if (st?.isDirectory()) {
+      knownDirs.add(key);
+      return;
     }
     if (porig) await ensureParent(porig, pdst);
-    await mkdir(pdst, { mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EEXIST') throw err;
-    });
+    try {
+      mkdirSync(pdst, { mode: 0o700 });
+      freshDirs.add(key);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
     knownDirs.add(key);
     const stored = porig ? reader.stat(porig) : null;
     if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
   };
 
-  const applyOwner = async (path: Buffer, e: VolumeEntry) => {
+  const applyOwner = (path: Buffer, e: VolumeEntry, fd?: number) => {
     if (!owners) return;
     try {
-      await lchown(path, e.uid, e.gid);
+      if (fd !== undefined) fchownSync(fd, e.uid, e.gid);
+      else lchownSync(path, e.uid, e.gid);
     } catch (err) {
       warn({ code: 'RESTORE_META', message: `cannot set the owner of ${printable(path)}: ${(err as Error).message}`, path });
     }
   };
 
-  /** Owner, mode, xattrs and times of a non-directory now in place at `dst`. */
-  const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
-    await applyOwner(dst, e);
+  /** Owner and mode of a non-directory at `dst` (through `fd` when it is open). */
+  const applyOwnerMode = (dst: Buffer, e: VolumeEntry, fd?: number) => {
+    applyOwner(dst, e, fd);
     if (e.type !== 'symlink') {
       try {
-        await chmod(dst, e.mode); // after chown, which clears setuid/setgid
+        // after chown, which clears setuid/setgid
+        if (fd !== undefined) fchmodSync(fd, e.mode);
+        else chmodSync(dst, e.mode);
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
     }
+  };
+
+  /** Owner, mode, xattrs and times of a non-directory now in place at `dst`. */
+  const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
+    applyOwnerMode(dst, e);
     await queueXattrs(dst, e.xattrs);
     await times.set(dst, e.atimeNs, e.mtimeNs);
   };
@@ -405,7 +449,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       case 'symlink':
         if (!st.isSymbolicLink()) return false;
         try {
-          return (await readlink(dst, { encoding: 'buffer' })).equals(e.target ?? Buffer.alloc(0));
+          return readlinkSync(dst, { encoding: 'buffer' }).equals(e.target ?? Buffer.alloc(0));
         } catch {
           return false;
         }
@@ -422,11 +466,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
   };
 
-  const writeFileData = async (tmp: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
-    const fh: FileHandle = await open(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW, 0o600);
+  /**
+   * Writes a file's data to `tmp`, and sets its owner, mode and (when they
+   * are whole microseconds) times through the open descriptor; returns
+   * whether the times are set.
+   */
+  const writeFile = async (tmp: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean): Promise<boolean> => {
+    // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared before
+    const fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (fresh ? C.O_EXCL : 0), 0o600);
+    let timesSet = false;
     try {
       // a file stored with holes is restored with holes down to 4 KiB pages
-      const sparse = data.extents.reduce((n, x) => n + x.length, 0) < data.size;
+      let stored = 0;
+      for (const x of data.extents) stored += x.length;
+      const sparse = stored < data.size;
       let damaged = false;
       for await (const p of reader.readData(data)) {
         if (!p.ok && !damaged) {
@@ -435,35 +488,37 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         }
         for (const run of sparse ? nonZeroRuns(p.offset, p.data) : [{ offset: p.offset, data: p.data }]) {
           let off = 0;
-          while (off < run.data.length) {
-            const { bytesWritten } = await fh.write(run.data, off, run.data.length - off, run.offset + off);
-            off += bytesWritten;
-          }
+          while (off < run.data.length) off += writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
         }
         result.bytes += p.data.length;
       }
-      if (sparse) await fh.truncate(data.size); // the holes of a sparse file stay holes
+      if (sparse) ftruncateSync(fd, data.size); // the holes of a sparse file stay holes
+      applyOwnerMode(tmp, e, fd);
+      if (e.atimeNs % 1000n === 0n && e.mtimeNs % 1000n === 0n) {
+        await times.set(tmp, e.atimeNs, e.mtimeNs, fd);
+        timesSet = true;
+      }
     } finally {
-      await fh.close();
+      closeSync(fd);
     }
+    return timesSet;
   };
 
-  /** Creates a non-directory at a temporary name and renames it onto dst. */
-  const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry): Promise<void> => {
+  /** Creates a non-directory at a temporary name, renames it onto dst and sets its metadata. */
+  const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
-    await clear(tmp);
-    switch (e.type) {
-      case 'file':
-      case 'hardlink':
-        await writeFileData(tmp, e, data);
-        break;
-      case 'symlink':
-        await symlink(e.target ?? Buffer.alloc(0), tmp);
-        break;
-      default:
-        await mknodAt(tmp, e);
+    if (!fresh) clear(tmp);
+    if (e.type === 'file' || e.type === 'hardlink') {
+      const timesSet = await writeFile(tmp, e, data, fresh);
+      renameSync(tmp, dst);
+      await queueXattrs(dst, e.xattrs);
+      if (!timesSet) await times.set(dst, e.atimeNs, e.mtimeNs);
+      return;
     }
-    await rename(tmp, dst);
+    if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), tmp);
+    else await mknodAt(tmp, e);
+    renameSync(tmp, dst);
+    await applyMeta(dst, e);
   };
 
   /** A name beside `dst` for a copy; stays within NAME_MAX bytes. */
@@ -474,18 +529,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     return join(parentPath(dst)!, Buffer.concat([name, suffix]));
   };
 
-  const existing = async (p: Buffer): Promise<Stats | null> => {
-    try {
-      return await lstat(p);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
-    }
+  const existing = (p: Buffer): Stats | null => lstatSync(p, { throwIfNoEntry: false }) ?? null;
+
+  /** Whether `dst` lies in a directory this run created. */
+  const inFresh = (dst: Buffer): boolean => {
+    const parent = parentPath(dst);
+    return parent !== null && freshDirs.has(parent.toString('latin1'));
   };
 
   /** Decides where a non-directory goes given the policy: a path, or null to leave it. */
   const resolveConflict = async (e: VolumeEntry, dst: Buffer, dataEntry: VolumeEntry): Promise<{ dst: Buffer; copy: boolean } | 'unchanged' | 'skipped'> => {
-    const st = await existing(dst);
+    const st = existing(dst);
     if (!st) return { dst, copy: false };
     if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
       result.skipped++;
@@ -499,23 +553,24 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
     if (ifExists === 'copy') {
       const c = copyName(dst);
-      const cst = await existing(c);
-      if (cst?.isDirectory()) await rm(c, { recursive: true, force: true });
+      const cst = existing(c);
+      if (cst?.isDirectory()) rmSync(c, { recursive: true, force: true });
       return { dst: c, copy: true };
     }
-    if (st.isDirectory()) await rm(dst, { recursive: true, force: true });
+    if (st.isDirectory()) rmSync(dst, { recursive: true, force: true });
     return { dst, copy: false };
   };
 
   const restoreDir = async (e: VolumeEntry, dst: Buffer) => {
     if (to && dst === to) {
       // the target root itself stays as the user made it
-      await mkdir(to, { recursive: true });
+      const made = mkdirSync(to, { recursive: true });
       dirDst.set(e.id, to);
       knownDirs.add(to.toString('latin1'));
+      if (made !== undefined) freshDirs.add(to.toString('latin1'));
       return;
     }
-    const st = await existing(dst);
+    const st = inFresh(dst) ? null : existing(dst);
     if (st?.isDirectory()) {
       dirDst.set(e.id, dst);
       knownDirs.add(dst.toString('latin1'));
@@ -533,16 +588,21 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (ifExists === 'copy') {
         place = copyName(dst);
-        const cst = await existing(place);
-        if (cst && !cst.isDirectory()) await rm(place, { force: true });
-        if (!cst || !cst.isDirectory()) await mkdir(place, { mode: 0o700 });
+        const cst = existing(place);
+        if (cst && !cst.isDirectory()) rmSync(place, { force: true });
+        if (!cst || !cst.isDirectory()) {
+          mkdirSync(place, { mode: 0o700 });
+          freshDirs.add(place.toString('latin1'));
+        }
         result.copies++;
       } else {
-        await rm(dst, { force: true, recursive: true });
-        await mkdir(dst, { mode: 0o700 });
+        rmSync(dst, { force: true, recursive: true });
+        mkdirSync(dst, { mode: 0o700 });
+        freshDirs.add(dst.toString('latin1'));
       }
     } else {
-      await mkdir(dst, { mode: 0o700 });
+      mkdirSync(dst, { mode: 0o700 });
+      freshDirs.add(dst.toString('latin1'));
     }
     dirDst.set(e.id, place);
     knownDirs.add(place.toString('latin1'));
@@ -562,7 +622,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         await restoreDir(e, dst);
         return;
       }
-      const r = await resolveConflict(e, dst, dataEntry);
+      const fresh = inFresh(dst);
+      const r = fresh ? { dst, copy: false } : await resolveConflict(e, dst, dataEntry);
       if (r === 'unchanged' || r === 'skipped') {
         // links of an unchanged file link to it; of a skipped (different) one, nothing links
         if (r === 'unchanged' && e.linkGroup !== null) linkFirsts.set(e.linkGroup, dst);
@@ -572,8 +633,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         warn({ code: 'RESTORE_UNSUPPORTED', message: `${printable(e.path)} is a socket: not recreated (needs perl)`, path: e.path });
         return;
       }
-      await createAt(r.dst, e, dataEntry);
-      await applyMeta(r.dst, e);
+      await createAt(r.dst, e, dataEntry, fresh);
       if (e.linkGroup !== null) linkFirsts.set(e.linkGroup, r.dst);
       if (r.copy) result.copies++;
       result.restored++;
@@ -642,8 +702,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       try {
         await ensureParent(e.path, dst);
-        const st = await existing(dst);
-        const fst = await existing(firstDst);
+        const st = inFresh(dst) ? null : existing(dst);
+        const fst = st ? existing(firstDst) : null;
         if (st && fst && st.ino === fst.ino && st.dev === fst.dev) {
           result.skipped++;
           result.unchanged++;
@@ -664,12 +724,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             place = copyName(dst);
             result.copies++;
           }
-          if (place === dst && st.isDirectory()) await rm(dst, { recursive: true, force: true });
+          if (place === dst && st.isDirectory()) rmSync(dst, { recursive: true, force: true });
         }
         const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
-        await clear(tmp);
-        await link(firstDst, tmp);
-        await rename(tmp, place);
+        if (!inFresh(place)) clear(tmp);
+        linkSync(firstDst, tmp);
+        renameSync(tmp, place);
         result.restored++;
       } catch (err) {
         warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
@@ -680,9 +740,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // ---- directories: deepest first, once their contents are complete
     dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
     for (const { dst, e } of dirMetas) {
-      await applyOwner(dst, e);
+      applyOwner(dst, e);
       try {
-        await chmod(dst, e.mode);
+        chmodSync(dst, e.mode);
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
@@ -699,13 +759,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 }
 
 /** Removes a leftover temporary entry (cheap when there is none). */
-async function clear(p: Buffer): Promise<void> {
+function clear(p: Buffer): void {
   try {
-    await unlink(p);
+    unlinkSync(p);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return;
-    if (code === 'EISDIR' || code === 'EPERM') await rm(p, { recursive: true, force: true });
+    if (code === 'EISDIR' || code === 'EPERM') rmSync(p, { recursive: true, force: true });
     else throw err;
   }
 }
