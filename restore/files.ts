@@ -74,8 +74,16 @@ export interface RestoreResult {
 
 const SLASH = 0x2f;
 const NAME_MAX = 255;
-/** Non-directories restored at the same time. */
-const FILE_CONCURRENCY = 4;
+/**
+ * Non-directories restored at the same time. One: files come in catalog
+ * order, which is the order of their data in the volume, so the stored
+ * disk's read-ahead sees one sequential reader and every block is fetched
+ * and unsealed once (four readers at once made it unseal each block about
+ * four times over: a large file and the small ones after it pulled on
+ * different blocks and evicted each other's). The file calls are
+ * synchronous, so more at once would not overlap them anyway.
+ */
+const FILE_CONCURRENCY = 1;
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -677,7 +685,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           progress();
           continue;
         }
-        // files go a few at a time; their directories are already there
+        // files go FILE_CONCURRENCY at a time; their directories are already there
         while (inflight.size >= FILE_CONCURRENCY) await Promise.race(inflight);
         const job: Promise<void> = restoreOne(e).then(progress).finally(() => inflight.delete(job));
         inflight.add(job);
