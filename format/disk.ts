@@ -24,7 +24,11 @@ export interface Disk {
   readonly parent: Disk | null;
   readonly writable: boolean;
 
-  /** Reads `length` virtual bytes at `offset` through the chain. */
+  /**
+   * Reads `length` virtual bytes at `offset` through the chain, into a fresh
+   * buffer of its own that the caller owns (it may keep it, change it, or
+   * move its memory to another thread).
+   */
   read(offset: number, length: number): Promise<Buffer>;
   /** Writes into this layer (never into a parent). */
   write(offset: number, data: Buffer): Promise<void>;

@@ -11,6 +11,14 @@
 // metadata is applied deepest first (after their contents stopped changing),
 // and nanosecond times are set last.
 //
+// Regular files up to 4 MiB are written by a thread of their own
+// (writer.ts) with synchronous calls, in batches, while this thread reads the
+// catalog and the data; larger files, directories, links and nodes are made
+// here, also with synchronous calls (a restore serves no FUSE mount, and
+// nothing else waits on this thread but the reading it drives). Directories
+// this run created start empty, so nothing in them is looked at before it
+// is written.
+//
 // Every file is written under a temporary name in its directory
 // (".ferry-partial-<entry id>") and renamed into place when complete, so a
 // restore that was interrupted is finished by running it again: files already
@@ -34,6 +42,7 @@ import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
+import { FileWriter, clearSync as clear, nonZeroRuns, type WriteJob } from './writer.js';
 
 export type IfExists = 'copy' | 'overwrite' | 'skip';
 
@@ -84,6 +93,8 @@ const NAME_MAX = 255;
  * synchronous, so more at once would not overlap them anyway.
  */
 const FILE_CONCURRENCY = 1;
+/** Regular files up to this size go to the writer thread whole; larger ones are written here, piece by piece. */
+const WRITER_MAX = 4 * 1024 * 1024;
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -106,6 +117,21 @@ function nsToParts(ns: bigint): [bigint, bigint] {
 function nsToSeconds(ns: bigint): number {
   const [s, n] = nsToParts(ns);
   return Number(s) + Number(n) / 1e9;
+}
+
+/** Whether Node's time calls (whole microseconds) can set these times exactly. */
+function microExact(atimeNs: bigint, mtimeNs: bigint): boolean {
+  return atimeNs >= 0n && mtimeNs >= 0n && atimeNs % 1000n === 0n && mtimeNs % 1000n === 0n;
+}
+
+/**
+ * A time that is whole microseconds, as seconds for Node's time calls.
+ * libuv truncates to the microsecond below, and a double near 2^31 s is only
+ * good to about 0.24 µs: aiming at the middle of the microsecond lands in it.
+ */
+function usSeconds(ns: bigint): number {
+  const [s, n] = nsToParts(ns);
+  return Number(s) + (Number(n / 1000n) + 0.5) / 1e6;
 }
 
 function hasGlob(p: string): boolean {
@@ -241,12 +267,13 @@ class TimeSetter {
    * writing, and takes times that are whole microseconds directly.
    */
   async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint, fd?: number): Promise<void> {
-    const exactUs = atimeNs % 1000n === 0n && mtimeNs % 1000n === 0n;
+    const exactUs = microExact(atimeNs, mtimeNs);
     if (exactUs || !this.helper) {
       // in process: exact to the microsecond (Node takes no finer times)
+      const [a, m] = exactUs ? [usSeconds(atimeNs), usSeconds(mtimeNs)] : [nsToSeconds(atimeNs), nsToSeconds(mtimeNs)];
       try {
-        if (fd !== undefined) futimesSync(fd, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
-        else lutimesSync(path, nsToSeconds(atimeNs), nsToSeconds(mtimeNs));
+        if (fd !== undefined) futimesSync(fd, a, m);
+        else lutimesSync(path, a, m);
       } catch (err) {
         this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${(err as Error).message}`, path });
         return;
@@ -341,6 +368,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
+  const writer = new FileWriter();
+  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
     const batch = xattrBatch;
@@ -512,21 +541,81 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     return timesSet;
   };
 
-  /** Creates a non-directory at a temporary name, renames it onto dst and sets its metadata. */
-  const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean): Promise<void> => {
+  /**
+   * Creates a non-directory at a temporary name, renames it onto dst and
+   * sets its metadata; `placed` runs once it is in place. Regular files up
+   * to WRITER_MAX bytes go to the writer thread and are in place later (or
+   * fail with a warning); the rest is done here and now.
+   */
+  const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
-    if (!fresh) clear(tmp);
     if (e.type === 'file' || e.type === 'hardlink') {
+      if (data.size <= WRITER_MAX) {
+        await handOver(tmp, dst, e, data, fresh, placed);
+        return;
+      }
+      if (!fresh) clear(tmp);
       const timesSet = await writeFile(tmp, e, data, fresh);
       renameSync(tmp, dst);
       await queueXattrs(dst, e.xattrs);
       if (!timesSet) await times.set(dst, e.atimeNs, e.mtimeNs);
+      placed();
       return;
     }
+    if (!fresh) clear(tmp);
     if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), tmp);
     else await mknodAt(tmp, e);
     renameSync(tmp, dst);
     await applyMeta(dst, e);
+    placed();
+  };
+
+  /** Reads a small file's data and gives the file to the writer thread. */
+  const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
+    let stored = 0;
+    for (const x of data.extents) stored += x.length;
+    const pieces: { offset: number; data: Buffer }[] = [];
+    let damaged = false;
+    for await (const p of reader.readData(data)) {
+      if (!p.ok && !damaged) {
+        damaged = true;
+        warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${p.offset} does not match its checksum; restored as read`, path: e.path });
+      }
+      // Disk.read hands out buffers of their own: they can move to the writer without a copy
+      if (p.data.length) pieces.push({ offset: p.offset, data: p.data });
+      result.bytes += p.data.length;
+    }
+    const exact = microExact(e.atimeNs, e.mtimeNs);
+    const job: WriteJob = {
+      tmp, dst, fresh, pieces, size: data.size, sparse: stored < data.size,
+      uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
+      atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+    };
+    await writer.write(job, (r) => {
+      for (const w of r.warnings ?? []) warn({ code: 'RESTORE_META', message: `${printable(dst)}: ${w}`, path: dst });
+      if (!r.ok) {
+        warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path });
+        return;
+      }
+      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
+      placed();
+    });
+  };
+
+  /** Sets what needs a path (xattrs, nanosecond times) on files the writer has put in place. */
+  const settle = async () => {
+    while (inPlace.length) {
+      for (const p of inPlace.splice(0)) {
+        await queueXattrs(p.dst, p.e.xattrs);
+        if (!p.timesSet) await times.set(p.dst, p.e.atimeNs, p.e.mtimeNs);
+      }
+    }
+  };
+
+  /** Waits for the writer thread, then finishes the metadata of what it wrote. */
+  const drainWriter = async () => {
+    await writer.drain();
+    await settle();
   };
 
   /** A name beside `dst` for a copy; stays within NAME_MAX bytes. */
@@ -641,10 +730,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         warn({ code: 'RESTORE_UNSUPPORTED', message: `${printable(e.path)} is a socket: not recreated (needs perl)`, path: e.path });
         return;
       }
-      await createAt(r.dst, e, dataEntry, fresh);
-      if (e.linkGroup !== null) linkFirsts.set(e.linkGroup, r.dst);
-      if (r.copy) result.copies++;
-      result.restored++;
+      await createAt(r.dst, e, dataEntry, fresh, () => {
+        if (e.linkGroup !== null) linkFirsts.set(e.linkGroup, r.dst);
+        if (r.copy) result.copies++;
+        result.restored++;
+      });
     } catch (err) {
       warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
       if (e.type === 'dir') dirDst.set(e.id, null);
@@ -689,9 +779,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         while (inflight.size >= FILE_CONCURRENCY) await Promise.race(inflight);
         const job: Promise<void> = restoreOne(e).then(progress).finally(() => inflight.delete(job));
         inflight.add(job);
+        if (inPlace.length >= 256) await settle();
       }
     }
     await Promise.all(inflight);
+    await drainWriter();
     // ---- pass 2: hard links, to the first restored member of their group
     for (const e of hardlinks) {
       const dst = dstOf(e);
@@ -706,6 +798,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           continue;
         }
         await restoreOne({ ...e, type: 'file', linkGroup: group, extents: first.extents, chunks: first.chunks, size: first.size }, first);
+        await drainWriter(); // the group's other links link to this one: it must be in place first
         continue;
       }
       try {
@@ -744,6 +837,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       progress();
     }
+    await drainWriter();
     await flushXattrs();
     // ---- directories: deepest first, once their contents are complete
     dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
@@ -760,43 +854,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
     await times.drain();
   } finally {
+    await writer.close();
     await helper?.close();
   }
   progress();
   return result;
-}
-
-/** Removes a leftover temporary entry (cheap when there is none). */
-function clear(p: Buffer): void {
-  try {
-    unlinkSync(p);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return;
-    if (code === 'EISDIR' || code === 'EPERM') rmSync(p, { recursive: true, force: true });
-    else throw err;
-  }
-}
-
-const PAGE = 4096;
-const ZERO_PAGE = Buffer.alloc(PAGE);
-
-/** The parts of `data` (at file offset `offset`) that are not whole zero pages. */
-function nonZeroRuns(offset: number, data: Buffer): { offset: number; data: Buffer }[] {
-  const out: { offset: number; data: Buffer }[] = [];
-  let start = -1;
-  for (let i = 0; i < data.length; ) {
-    const end = Math.min(data.length, (Math.floor((offset + i) / PAGE) + 1) * PAGE - offset);
-    const zero = end - i === PAGE && data.subarray(i, end).equals(ZERO_PAGE);
-    if (!zero && start < 0) start = i;
-    if (zero && start >= 0) {
-      out.push({ offset: offset + start, data: data.subarray(start, i) });
-      start = -1;
-    }
-    i = end;
-  }
-  if (start >= 0) out.push({ offset: offset + start, data: data.subarray(start) });
-  return out;
 }
 
 function depth(p: Buffer): number {

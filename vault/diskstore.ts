@@ -224,8 +224,15 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     if (d.type === 'fixed') {
       const fixedBlocks: number[] = [];
       const size = d.size!;
+      const ahead: Promise<Buffer>[] = [];
+      let next = 0;
       for (let i = 0; i * FIXED_CHUNK < size; i++) {
-        const b = await src.read(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK));
+        for (; ahead.length < READ_AHEAD && next * FIXED_CHUNK < size; next++) {
+          const p = src.read(next * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - next * FIXED_CHUNK));
+          p.catch(() => {}); // awaited below, in order
+          ahead.push(p);
+        }
+        const b = await ahead.shift()!;
         if (!isZero(b)) {
           await out.put(blockName(id, i), b);
           fixedBlocks.push(i);
@@ -242,9 +249,21 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     const span = bitmapSize(d.blockSize!) + d.blockSize!;
     let firstBlock = d.footerOffset!;
     for (const e of bat) if (e !== UNUSED) firstBlock = Math.min(firstBlock, e * SECTOR);
-    for (let i = 0; i < bat.length; i++) {
-      if (bat[i] === UNUSED) continue;
-      const b = await src.read(bat[i] * SECTOR, span);
+    // a few reads in flight: one at a time, a cold source is read at the pace of its latency
+    const used: number[] = [];
+    for (let i = 0; i < bat.length; i++) if (bat[i] !== UNUSED) used.push(i);
+    const ahead: Promise<Buffer>[] = [];
+    let next = 0;
+    const refill = () => {
+      while (ahead.length < READ_AHEAD && next < used.length) {
+        const p = src.read(bat[used[next++]] * SECTOR, span);
+        p.catch(() => {}); // awaited below, in order
+        ahead.push(p);
+      }
+    };
+    for (const i of used) {
+      refill();
+      const b = await ahead.shift()!;
       await out.put(blockName(id, i), b);
       blocks++;
       bytes += b.length;
@@ -262,6 +281,9 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     await fh.close();
   }
 }
+
+/** Source reads in flight while a VHD file is stored. */
+const READ_AHEAD = 4;
 
 /** Writes stored disk `id` back as the exact VHD file it was. */
 export async function exportStoredVhd(objects: ObjectGetter, id: string, to: string): Promise<void> {

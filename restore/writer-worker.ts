@@ -1,0 +1,12 @@
+// The restore's file writer thread: creates regular files from data the main
+// thread read out of the volume, with synchronous calls (nothing else runs
+// here, so blocking is what we want). It takes batches of jobs and answers
+// each batch with one result per job. See FileWriter in writer.ts.
+import { parentPort } from 'node:worker_threads';
+import { writeJob, type WriteBatch, type WriteBatchResult } from './writer.js';
+
+const port = parentPort!;
+port.on('message', (m: WriteBatch) => {
+  const reply: WriteBatchResult = { id: m.id, results: m.jobs.map(writeJob) };
+  port.postMessage(reply);
+});

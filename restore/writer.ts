@@ -1,0 +1,270 @@
+// Writes restored regular files on a thread of their own.
+//
+// A restore spends most of its time in the kernel: open, write, fchown,
+// fchmod, futimens, close and rename for every file. On the main thread
+// those calls queue behind reading the catalog, checking chunk sums and
+// driving the unsealing; on a writer thread they run beside it. The main
+// thread decides everything (where a file goes, what to do with what is
+// there) and hands over finished jobs in batches; the writer reports back,
+// per job, whether the file is in place and what could not be set.
+import {
+  closeSync, constants as C, fchmodSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
+} from 'node:fs';
+import { Worker } from 'node:worker_threads';
+
+/** One regular file to create at `tmp` and rename onto `dst`. */
+export interface WriteJob {
+  tmp: Uint8Array;
+  dst: Uint8Array;
+  /** In a directory this restore created: nothing can be in the way. */
+  fresh: boolean;
+  /** Data at file offsets; gaps are holes (written as such when `sparse`). */
+  pieces: { offset: number; data: Uint8Array }[];
+  size: number;
+  sparse: boolean;
+  /** Owner to set (null: leave it). */
+  uid: number | null;
+  gid: number | null;
+  mode: number;
+  /** Times in seconds to set through the descriptor (null: the caller sets them). */
+  atime: number | null;
+  mtime: number | null;
+}
+
+export interface WriteResult {
+  /** The file is in place at dst (possibly with `warnings`). */
+  ok: boolean;
+  /** Why it is not (ok = false), or what could not be set (ok = true). */
+  error?: string;
+  warnings?: string[];
+}
+
+export interface WriteBatch {
+  id: number;
+  jobs: WriteJob[];
+}
+
+export interface WriteBatchResult {
+  id: number;
+  results: WriteResult[];
+}
+
+const PAGE = 4096;
+const ZERO_PAGE = Buffer.alloc(PAGE);
+
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+/** Removes a leftover temporary entry (cheap when there is none). */
+export function clearSync(p: Uint8Array): void {
+  try {
+    unlinkSync(p as Buffer);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    if (code === 'EISDIR' || code === 'EPERM') rmSync(p as Buffer, { recursive: true, force: true });
+    else throw err;
+  }
+}
+
+/** The parts of `data` (at file offset `offset`) that are not whole zero pages. */
+export function nonZeroRuns(offset: number, data: Buffer): { offset: number; data: Buffer }[] {
+  const out: { offset: number; data: Buffer }[] = [];
+  let start = -1;
+  for (let i = 0; i < data.length; ) {
+    const end = Math.min(data.length, (Math.floor((offset + i) / PAGE) + 1) * PAGE - offset);
+    const zero = end - i === PAGE && data.subarray(i, end).equals(ZERO_PAGE);
+    if (!zero && start < 0) start = i;
+    if (zero && start >= 0) {
+      out.push({ offset: offset + start, data: data.subarray(start, i) });
+      start = -1;
+    }
+    i = end;
+  }
+  if (start >= 0) out.push({ offset: offset + start, data: data.subarray(start) });
+  return out;
+}
+
+/** Creates one file; never throws. */
+export function writeJob(j: WriteJob): WriteResult {
+  const tmp = asBuffer(j.tmp);
+  const dst = asBuffer(j.dst);
+  const warnings: string[] = [];
+  let fd: number;
+  try {
+    if (!j.fresh) clearSync(tmp);
+    // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
+    fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh ? C.O_EXCL : 0), 0o600);
+  } catch (err) {
+    return { ok: false, error: (err as Error).message };
+  }
+  let closed = false;
+  try {
+    for (const p of j.pieces) {
+      const data = asBuffer(p.data);
+      for (const run of j.sparse ? nonZeroRuns(p.offset, data) : [{ offset: p.offset, data }]) {
+        let off = 0;
+        while (off < run.data.length) off += writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
+      }
+    }
+    if (j.sparse) ftruncateSync(fd, j.size); // the holes of a sparse file stay holes
+    if (j.uid !== null && j.gid !== null) {
+      try {
+        fchownSync(fd, j.uid, j.gid);
+      } catch (err) {
+        warnings.push(`cannot set the owner: ${(err as Error).message}`);
+      }
+    }
+    try {
+      fchmodSync(fd, j.mode); // after chown, which clears setuid/setgid
+    } catch (err) {
+      warnings.push(`cannot set the mode: ${(err as Error).message}`);
+    }
+    if (j.atime !== null && j.mtime !== null) {
+      try {
+        futimesSync(fd, j.atime, j.mtime);
+      } catch (err) {
+        warnings.push(`cannot set the times: ${(err as Error).message}`);
+      }
+    }
+    closed = true;
+    closeSync(fd);
+    renameSync(tmp, dst);
+  } catch (err) {
+    if (!closed) {
+      try {
+        closeSync(fd);
+      } catch {
+        /* already reported */
+      }
+    }
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* nothing left behind, or nothing we can do */
+    }
+    return { ok: false, error: (err as Error).message };
+  }
+  return warnings.length ? { ok: true, warnings } : { ok: true };
+}
+
+const WORKER_URL = new URL('./writer-worker.js', import.meta.url);
+/** Jobs per message, and data per message: small batches keep the writer busy, large ones keep messages few. */
+const BATCH_JOBS = 128;
+const BATCH_BYTES = 4 * 1024 * 1024;
+/** Data handed over and not yet written: the main thread waits above this. */
+const MAX_PENDING_BYTES = 32 * 1024 * 1024;
+
+interface Pending {
+  jobs: { job: WriteJob; done: (r: WriteResult) => void }[];
+  bytes: number;
+}
+
+/**
+ * Hands write jobs to the writer thread, in batches, with a bound on the
+ * data in flight. `write` resolves once the job is accepted (not done); its
+ * `done` callback runs when the file is in place or failed. `drain()` waits
+ * for everything handed over.
+ */
+export class FileWriter {
+  private readonly worker: Worker;
+  private batch: Pending = { jobs: [], bytes: 0 };
+  private readonly sent = new Map<number, Pending>();
+  private nextId = 1;
+  private pendingBytes = 0;
+  private waiters: (() => void)[] = [];
+  private failure: Error | null = null;
+  private scheduled = false;
+
+  constructor() {
+    this.worker = new Worker(WORKER_URL);
+    this.worker.unref();
+    this.worker.on('message', (m: WriteBatchResult) => {
+      const p = this.sent.get(m.id);
+      if (!p) return;
+      this.sent.delete(m.id);
+      p.jobs.forEach((j, i) => j.done(m.results[i]));
+      this.pendingBytes -= p.bytes;
+      this.wake();
+    });
+    this.worker.on('error', (err) => this.fail(err));
+    this.worker.on('exit', (code) => {
+      if (this.sent.size > 0 || this.batch.jobs.length > 0) this.fail(new Error(`the restore's writer thread stopped (exit code ${code})`));
+    });
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const p of this.sent.values()) for (const j of p.jobs) j.done({ ok: false, error: err.message });
+    this.sent.clear();
+    this.wake();
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  async write(job: WriteJob, done: (r: WriteResult) => void): Promise<void> {
+    if (this.failure) {
+      done({ ok: false, error: this.failure.message });
+      return;
+    }
+    let bytes = 0;
+    for (const p of job.pieces) bytes += p.data.byteLength;
+    this.batch.jobs.push({ job, done });
+    this.batch.bytes += bytes;
+    this.pendingBytes += bytes;
+    if (this.batch.jobs.length >= BATCH_JOBS || this.batch.bytes >= BATCH_BYTES) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        this.flush();
+      });
+    }
+    while (this.pendingBytes > MAX_PENDING_BYTES && !this.failure) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
+  private flush(): void {
+    const b = this.batch;
+    if (b.jobs.length === 0) return;
+    this.batch = { jobs: [], bytes: 0 };
+    if (this.failure) {
+      for (const j of b.jobs) j.done({ ok: false, error: this.failure.message });
+      this.pendingBytes -= b.bytes;
+      return;
+    }
+    const id = this.nextId++;
+    this.sent.set(id, b);
+    // data buffers that are wholly their own memory move without a copy
+    const transfer: ArrayBuffer[] = [];
+    const seen = new Set<ArrayBufferLike>();
+    for (const { job } of b.jobs) {
+      for (const p of job.pieces) {
+        const ab = p.data.buffer;
+        if (ab instanceof ArrayBuffer && p.data.byteOffset === 0 && p.data.byteLength === ab.byteLength && !seen.has(ab)) {
+          seen.add(ab);
+          transfer.push(ab);
+        }
+      }
+    }
+    const msg: WriteBatch = { id, jobs: b.jobs.map((j) => j.job) };
+    try {
+      this.worker.postMessage(msg, transfer);
+    } catch {
+      this.worker.postMessage(msg); // something not transferable: copy it all
+    }
+  }
+
+  /** Waits until every job handed over is done. */
+  async drain(): Promise<void> {
+    this.flush();
+    while (this.sent.size > 0 && !this.failure) await new Promise<void>((r) => this.waiters.push(r));
+  }
+
+  async close(): Promise<void> {
+    await this.drain().catch(() => {});
+    await this.worker.terminate();
+  }
+}
