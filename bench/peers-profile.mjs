@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Summarises the V8 CPU profiles that `node --cpu-prof --cpu-prof-dir=DIR`
 // leaves, one file per thread (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile;
-// thread 0 is the main thread, the others are ferry's seal workers).
+// thread 0 is the main thread, the others are ferry's seal workers and, in a
+// restore, its file writer).
 // For each thread: time profiled, busy (not idle), a split of the busy time
 // (ferry's own code, Node internals in JS, native calls such as fs bindings,
 // GC), the functions with the most self time, and the same time charged to
@@ -108,6 +109,11 @@ for (const f of files) {
   const s = analyse(join(dir, f));
   if (thread === 0) {
     report('main thread', s, TOP);
+    continue;
+  }
+  // the restore's file writer is a worker too: tell it by its functions
+  if ([...s.owners.keys()].some((k) => k.includes('restore/writer'))) {
+    report(`restore writer thread ${thread}`, s, Math.ceil(TOP / 2));
     continue;
   }
   workers++;
