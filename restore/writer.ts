@@ -10,7 +10,8 @@
 import {
   closeSync, constants as C, fchmodSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
 } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../format/threads.js';
 
 /** One regular file to create at `tmp` and rename onto `dst`. */
 export interface WriteJob {
@@ -178,7 +179,7 @@ export class FileWriter {
   private scheduled = false;
 
   constructor() {
-    this.worker = new Worker(WORKER_URL);
+    this.worker = startWorker(WORKER_URL);
     this.worker.unref();
     this.worker.on('message', (m: WriteBatchResult) => {
       const p = this.sent.get(m.id);

@@ -17,6 +17,7 @@ import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
+import { SmallFileReader, replyError } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
 
@@ -38,6 +39,8 @@ export interface WalkOptions {
   concurrency?: number;
   /** Bytes of small files read ahead of the consumer (default 64 MiB). */
   readAhead?: number;
+  /** Threads that read small files with synchronous calls (default 2; 0 reads them through the libuv pool). */
+  readerThreads?: number;
   onWarning?: (w: EntryWarning) => void;
   onProgress?: (p: WalkProgress) => void;
 }
@@ -657,11 +660,30 @@ interface ReadState {
   bytes: number;
   buffers: ReadBuffers;
   slabs: Slabs;
+  /** Reader threads for small files (without them, small files are read here into slabs). */
+  reader: SmallFileReader | null;
 }
 
-/** Reads a small file whole into `space` (from state.slabs, taken by the caller, handed over here). */
-async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState, space: { data: Buffer; lease: Lease }): Promise<DataPiece[]> {
-  const { data: buf, lease } = space;
+/** Buffers read by a reader thread: not pooled, the garbage collector frees them. */
+const NO_POOL = new ReadBuffers(0);
+
+/** Reads a small file whole: on a reader thread when there is one, else into a slab of state.slabs. */
+async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
+  if (state.reader?.open) {
+    // reader threads read one file after another, so no limit here
+    const r = await state.reader.read(realOf(e), e.size);
+    if (r.data) {
+      const lease = new Lease(r.data, NO_POOL);
+      try {
+        return smallPieces(e, sparse, state, r.data, r.data.length, lease);
+      } finally {
+        lease.drop();
+      }
+    }
+    // a failed read of the file has its errno code; without one, the thread failed: read it here
+    if (r.code || state.reader.open) throw replyError(r);
+  }
+  const { data: buf, lease } = state.slabs.alloc(e.size);
   try {
     await limit.take();
     try {
@@ -673,14 +695,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
           if (bytesRead === 0) break;
           got += bytesRead;
         }
-        state.bytes += got;
-        if (got < e.size) e.size = got; // shrank while we read: store what is there
-        const data = buf.subarray(0, got);
-        const out: DataPiece[] = [];
-        if (!sparse) {
-          if (got) out.push(leasedPiece(0, data, lease));
-        } else dropZeroGrains(0, data, out, lease);
-        return out;
+        return smallPieces(e, sparse, state, buf, got, lease);
       } finally {
         await fh.close();
       }
@@ -690,6 +705,18 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
   } finally {
     lease.drop();
   }
+}
+
+/** The pieces of a small file read whole into `buf` (`got` bytes). */
+function smallPieces(e: Entry, sparse: boolean, state: ReadState, buf: Buffer, got: number, lease: Lease): DataPiece[] {
+  state.bytes += got;
+  if (got < e.size) e.size = got; // shrank while we read: store what is there
+  const data = buf.subarray(0, got);
+  const out: DataPiece[] = [];
+  if (!sparse) {
+    if (got) out.push(leasedPiece(0, data, lease));
+  } else dropZeroGrains(0, data, out, lease);
+  return out;
 }
 
 /** A byte range of a file that holds data (from SEEK_DATA/SEEK_HOLE). */
@@ -865,8 +892,11 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   const mapper = new DataMapper();
   const budget = opts.readAhead ?? 64 * 1024 * 1024;
   // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
+  const threads = Math.max(0, opts.readerThreads ?? 2);
+  const reader = threads > 0 ? new SmallFileReader(threads) : null;
+  // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
   const buffers = new ReadBuffers(Math.ceil(budget / READ_SIZE) + 8);
-  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers) };
+  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers), reader };
   let yielded = 0;
   const progress = () => opts.onProgress?.({ files: yielded, bytes: state.bytes });
 
@@ -897,7 +927,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
         }
         const e = r.value;
         if (e.type === 'file' && e.size > 0 && e.size <= SMALL_FILE && inWindow < budget) {
-          const ready = readSmall(e, looksSparse(e), limit, state, state.slabs.alloc(e.size)).catch((err: unknown) => {
+          const ready = readSmall(e, looksSparse(e), limit, state).catch((err: unknown) => {
             warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
             return null;
           });
@@ -934,6 +964,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
     for (const r of await Promise.allSettled(queue.map((q) => q.ready))) if (r.status === 'fulfilled' && r.value) releaseAll(r.value);
     state.slabs.close();
     mapper.close();
+    await reader?.close();
   }
 }
 
@@ -976,7 +1007,7 @@ function heldContent(h: Held, release: (h: Held) => void, lazy: (e: Entry) => As
 async function* lazySmall(e: Entry, limit: Limit, state: ReadState, warn: (w: EntryWarning) => void): AsyncGenerator<DataPiece> {
   let pieces: DataPiece[];
   try {
-    pieces = await readSmall(e, looksSparse(e), limit, state, state.slabs.alloc(e.size));
+    pieces = await readSmall(e, looksSparse(e), limit, state);
   } catch (err) {
     warn({ code: 'SOURCE_READ', message: `cannot read ${printable(e.path)}: ${errText(err)}`, path: e.path });
     throw new SourceReadError(e.path, err);

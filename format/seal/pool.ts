@@ -7,6 +7,7 @@ import { KeyObject } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
+import { startWorker } from '../threads.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
 
 type Op = 'seal' | 'unseal' | 'verify';
@@ -238,7 +239,7 @@ export class SealPool {
   }
 
   #spawn(): Slot {
-    const worker = new Worker(WORKER_URL, { workerData: { key: this.#sealer.key, options: this.#options } });
+    const worker = startWorker(WORKER_URL, { workerData: { key: this.#sealer.key, options: this.#options } });
     const slot: Slot = { worker, tasks: new Map() };
     worker.on('message', (m: ResultMessage) => {
       const task = slot.tasks.get(m.id);

@@ -1,0 +1,200 @@
+// Reads small files on threads of their own.
+//
+// A backup of many small files spends its main thread on the open, read and
+// close of each one: three fs/promises calls, three thread-pool round trips
+// and their promises per file. Reader threads do the same with synchronous
+// calls, a batch of files per message, into one buffer per batch that moves
+// back to the main thread without a copy (transferred, not shared: a shared
+// buffer would stay alive until the reader thread's next garbage collection,
+// which an idle reader does not run).
+import { closeSync, constants as C, openSync, readSync } from 'node:fs';
+import type { Worker } from 'node:worker_threads';
+import { startWorker } from '../format/threads.js';
+
+export interface ReadRequest {
+  path: Uint8Array;
+  /** Bytes to read from the start of the file (its size at lstat). */
+  length: number;
+}
+
+/** Where the file's bytes are in the batch buffer and how many were read, or the error (message and errno code) that stopped it. */
+export interface ReadReply {
+  offset?: number;
+  got?: number;
+  error?: string;
+  code?: string;
+}
+
+export interface ReadBatch {
+  id: number;
+  reqs: ReadRequest[];
+}
+
+export interface ReadBatchResult {
+  id: number;
+  buffer: ArrayBuffer;
+  replies: ReadReply[];
+}
+
+function openForReadSync(path: Buffer): number {
+  try {
+    // O_NOATIME: a backup should not change what it backs up; O_NONBLOCK: a
+    // fifo swapped in since the lstat must not hang the walk (no effect on files)
+    return openSync(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    return openSync(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  }
+}
+
+/** Reads one file from its start into `into`; never throws. */
+export function readInto(path: Buffer, into: Uint8Array): ReadReply {
+  let fd: number;
+  try {
+    fd = openForReadSync(path);
+  } catch (err) {
+    return { error: (err as Error).message, code: (err as NodeJS.ErrnoException).code };
+  }
+  try {
+    let got = 0;
+    while (got < into.length) {
+      const n = readSync(fd, into, got, into.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    return { got };
+  } catch (err) {
+    return { error: (err as Error).message, code: (err as NodeJS.ErrnoException).code };
+  } finally {
+    try {
+      closeSync(fd);
+    } catch {
+      /* read already done or failed */
+    }
+  }
+}
+
+/** Reads a batch into one new buffer (each file at an 8-byte aligned offset). */
+export function readBatch(m: ReadBatch): ReadBatchResult {
+  let total = 0;
+  for (const r of m.reqs) total += (r.length + 7) & ~7;
+  const buffer = new ArrayBuffer(total);
+  let at = 0;
+  const replies = m.reqs.map((r) => {
+    const path = Buffer.from(r.path.buffer, r.path.byteOffset, r.path.byteLength);
+    const reply = readInto(path, new Uint8Array(buffer, at, r.length));
+    if (reply.got !== undefined) reply.offset = at;
+    at += (r.length + 7) & ~7;
+    return reply;
+  });
+  return { id: m.id, buffer, replies };
+}
+
+const WORKER_URL = new URL('./reader-worker.js', import.meta.url);
+/** Files and bytes per batch: one batch is one buffer, alive while any of its files' data is. */
+const BATCH = 32;
+const BATCH_BYTES = 2 * 1024 * 1024;
+
+/** A file's data as read (`data`), or why it could not be read. */
+export interface SmallRead {
+  data?: Buffer;
+  error?: string;
+  code?: string;
+}
+
+interface Slot {
+  worker: Worker;
+  waiting: Map<number, { resolve: (r: SmallRead) => void }[]>;
+  queued: number;
+}
+
+/** A few reader threads; `read` resolves with the file's bytes as one of them read them. */
+export class SmallFileReader {
+  private readonly slots: Slot[] = [];
+  private batch: { req: ReadRequest; resolve: (r: SmallRead) => void }[] = [];
+  private batchBytes = 0;
+  private nextId = 1;
+  private scheduled = false;
+  private failure: Error | null = null;
+
+  constructor(threads = 2) {
+    for (let i = 0; i < threads; i++) {
+      const worker = startWorker(WORKER_URL);
+      worker.unref();
+      const slot: Slot = { worker, waiting: new Map(), queued: 0 };
+      worker.on('message', (m: ReadBatchResult) => {
+        const w = slot.waiting.get(m.id);
+        if (!w) return;
+        slot.waiting.delete(m.id);
+        slot.queued -= w.length;
+        w.forEach((x, k) => {
+          const r = m.replies[k];
+          x.resolve(r.got !== undefined ? { data: Buffer.from(m.buffer, r.offset!, r.got) } : { error: r.error, code: r.code });
+        });
+      });
+      worker.on('error', (err) => this.fail(slot, err));
+      worker.on('exit', (code) => this.fail(slot, new Error(`a reader thread stopped (exit code ${code})`)));
+      this.slots.push(slot);
+    }
+  }
+
+  private fail(slot: Slot, err: Error): void {
+    this.failure ??= err;
+    for (const w of slot.waiting.values()) for (const x of w) x.resolve({ error: err.message });
+    slot.waiting.clear();
+    slot.queued = 0;
+  }
+
+  /** Reads up to `length` bytes from the start of the file at `path`. */
+  read(path: Buffer, length: number): Promise<SmallRead> {
+    if (this.failure) return Promise.resolve({ error: this.failure.message });
+    return new Promise((resolve) => {
+      this.batch.push({ req: { path, length }, resolve });
+      this.batchBytes += length;
+      if (this.batch.length >= BATCH || this.batchBytes >= BATCH_BYTES) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => {
+          this.scheduled = false;
+          this.flush();
+        });
+      }
+    });
+  }
+
+  private flush(): void {
+    const b = this.batch;
+    if (b.length === 0) return;
+    this.batch = [];
+    this.batchBytes = 0;
+    if (this.failure) {
+      for (const x of b) x.resolve({ error: this.failure.message });
+      return;
+    }
+    // the thread with the least queued work takes the batch
+    let slot = this.slots[0];
+    for (const s of this.slots) if (s.queued < slot.queued) slot = s;
+    const id = this.nextId++;
+    slot.waiting.set(id, b.map((x) => ({ resolve: x.resolve })));
+    slot.queued += b.length;
+    const msg: ReadBatch = { id, reqs: b.map((x) => x.req) };
+    slot.worker.postMessage(msg);
+  }
+
+  /** Whether reads can still go to the threads (after close(), callers read by themselves). */
+  get open(): boolean {
+    return this.failure === null;
+  }
+
+  async close(): Promise<void> {
+    this.failure ??= new Error('the reader is closed');
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+  }
+}
+
+/** A Node-style error from a reader thread's reply. */
+export function replyError(r: SmallRead): Error {
+  const err = new Error(r.error ?? 'read failed') as NodeJS.ErrnoException;
+  if (r.code) err.code = r.code;
+  return err;
+}
