@@ -4,6 +4,7 @@ import test from 'ava';
 import { mkdtemp, rm, unlink, writeFile, mkdir, lstat, readFile, open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
 import { globMatch, compileGlobs, compileSelectors, walk, parseGetfattr, formatSetfattr, escapeOctal, type Entry } from '../source/files.js';
 import { readVolume, volumeSize } from '../source/volume.js';
 import { collectSystemState, STATE_FOLDER } from '../source/system-state.js';
@@ -198,6 +199,41 @@ test('walk: a file that vanishes is a warning, not a crash, and the run goes on'
     t.is(r.stat(join(root, 'a-big')), null);
     t.is((await r.read(join(root, 'b-small'), 0, 100)).toString(), 'small');
     r.close();
+  });
+});
+
+test('walk: small files read on reader threads equal the same files read without them', async (t) => {
+  await withTmp(async (dir) => {
+    const root = join(dir, 't');
+    await mkdir(join(root, 'd'), { recursive: true });
+    const sizes = [1, 7, 4095, 4096, 4097, 65536, 100_000, MiB - 1, MiB, MiB + 1, 3 * MiB];
+    for (let i = 0; i < 300; i++) {
+      const size = sizes[i % sizes.length] + (i % 5);
+      await writeFile(join(root, 'd', `f${i}`), i % 7 === 0 ? Buffer.alloc(size) : pseudoRandom(size, i));
+    }
+    const fh = await open(join(root, 'sparse-small'), 'w');
+    await fh.write(Buffer.from('tail'), 0, 4, 512 * 1024); // 512 KiB hole, then data
+    await fh.close();
+    const read = async (readerThreads: number) => {
+      const out = new Map<string, string>();
+      for await (const e of walk([root], { readerThreads, xattrs: false })) {
+        if (!e.content) continue;
+        const data = Buffer.alloc(e.size);
+        for await (const p of e.content()) {
+          p.data.copy(data, p.offset);
+          p.release?.();
+        }
+        out.set(e.path.toString(), createHash('sha256').update(data).digest('hex'));
+      }
+      return out;
+    };
+    const threaded = await read(2);
+    const plain = await read(0);
+    t.is(threaded.size, 301);
+    t.deepEqual([...threaded.entries()].sort(), [...plain.entries()].sort());
+    for (const [path, sum] of threaded) {
+      t.is(sum, createHash('sha256').update(await readFile(path)).digest('hex'), path);
+    }
   });
 });
 
