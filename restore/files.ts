@@ -575,12 +575,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     let stored = 0;
     for (const x of data.extents) stored += x.length;
     const pieces: { offset: number; data: Buffer }[] = [];
-    let damaged = false;
-    for await (const p of reader.readData(data)) {
-      if (!p.ok && !damaged) {
-        damaged = true;
-        warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${p.offset} does not match its checksum; restored as read`, path: e.path });
-      }
+    // the writer thread checks the chunk sums, off this thread
+    for await (const p of reader.readData(data, { check: false })) {
       // Disk.read hands out buffers of their own: they can move to the writer without a copy
       if (p.data.length) pieces.push({ offset: p.offset, data: p.data });
       result.bytes += p.data.length;
@@ -590,8 +586,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       tmp, dst, fresh, pieces, size: data.size, sparse: stored < data.size,
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+      check: { chunkSize: reader.chunkSize, chunks: data.chunks },
     };
     await writer.write(job, (r) => {
+      if (r.badOffset !== undefined) {
+        warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${r.badOffset} does not match its checksum; restored as read`, path: e.path });
+      }
       for (const w of r.warnings ?? []) warn({ code: 'RESTORE_META', message: `${printable(dst)}: ${w}`, path: dst });
       if (!r.ok) {
         warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path });

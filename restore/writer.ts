@@ -12,6 +12,7 @@ import {
 } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
+import { checkChunks } from '../format/volume/reader.js';
 
 /** One regular file to create at `tmp` and rename onto `dst`. */
 export interface WriteJob {
@@ -30,6 +31,8 @@ export interface WriteJob {
   /** Times in seconds to set through the descriptor (null: the caller sets them). */
   atime: number | null;
   mtime: number | null;
+  /** The file's stored chunk sums, checked here (the data is written either way). */
+  check?: { chunkSize: number; chunks: Uint8Array };
 }
 
 export interface WriteResult {
@@ -38,6 +41,8 @@ export interface WriteResult {
   /** Why it is not (ok = false), or what could not be set (ok = true). */
   error?: string;
   warnings?: string[];
+  /** Offset of the first chunk that did not match its stored sum. */
+  badOffset?: number;
 }
 
 export interface WriteBatch {
@@ -92,6 +97,7 @@ export function writeJob(j: WriteJob): WriteResult {
   const tmp = asBuffer(j.tmp);
   const dst = asBuffer(j.dst);
   const warnings: string[] = [];
+  const badOffset = j.check ? checkChunks(j.pieces, j.size, j.check.chunkSize, j.check.chunks) : null;
   let fd: number;
   try {
     if (!j.fresh) clearSync(tmp);
@@ -147,7 +153,10 @@ export function writeJob(j: WriteJob): WriteResult {
     }
     return { ok: false, error: (err as Error).message };
   }
-  return warnings.length ? { ok: true, warnings } : { ok: true };
+  const r: WriteResult = { ok: true };
+  if (warnings.length) r.warnings = warnings;
+  if (badOffset !== null) r.badOffset = badOffset;
+  return r;
 }
 
 const WORKER_URL = new URL('./writer-worker.js', import.meta.url);

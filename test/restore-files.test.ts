@@ -216,17 +216,25 @@ test('damaged data: the file is restored as read, with a warning, and the rest g
   await withTmp(async (dir) => {
     const src = join(dir, 'src');
     await mkdir(src);
-    await writeFile(join(src, 'a'), pseudoRandom(2 * MiB, 1));
+    await writeFile(join(src, 'a'), pseudoRandom(2 * MiB, 1)); // written by the writer thread
     await writeFile(join(src, 'b'), 'fine');
+    await writeFile(join(src, 'c'), pseudoRandom(6 * MiB, 2)); // written piece by piece on the main thread
     const { reader, disk } = await backup(src);
     const a = reader.stat(join(src, 'a'))!;
-    await disk.write(a.extents[0].diskOffset + 5, Buffer.from('XX'));
+    const c = reader.stat(join(src, 'c'))!;
+    t.is(c.extents.length, 1);
+    await disk.write(a.extents[0].diskOffset + MiB + 5, Buffer.from('XX')); // second chunk of a
+    await disk.write(c.extents[0].diskOffset + 5 * MiB + 7, Buffer.from('YY')); // sixth chunk of c
     const to = join(dir, 'out');
     const r = await restore(reader, { to });
-    t.is(r.messages.length, 1);
-    t.regex(r.messages[0], /checksum/);
+    t.is(r.messages.length, 2, r.messages.join('\n'));
+    t.true(r.messages.some((m) => m.includes(`${join(src, 'a')}: data at offset ${MiB} does not match its checksum`)), r.messages.join('\n'));
+    t.true(r.messages.some((m) => m.includes(`${join(src, 'c')}: data at offset ${5 * MiB} does not match its checksum`)), r.messages.join('\n'));
     t.is(await readFile(join(to, src, 'b'), 'utf8'), 'fine');
-    t.is((await readFile(join(to, src, 'a'))).length, 2 * MiB);
+    const ra = await readFile(join(to, src, 'a'));
+    t.is(ra.length, 2 * MiB);
+    t.is(ra.subarray(MiB + 5, MiB + 7).toString(), 'XX', 'restored as read');
+    t.is((await readFile(join(to, src, 'c'))).length, 6 * MiB);
     reader.close();
   });
 });

@@ -10,6 +10,7 @@ import {
   type EntryMeta, type SourceEntry, type Superblock,
 } from '../format/volume/index.js';
 import { FerryError } from '../format/errors.js';
+import { checkChunks } from '../format/volume/reader.js';
 import { pseudoRandom } from './helpers/tree.js';
 
 const MiB = 1024 * 1024;
@@ -129,6 +130,10 @@ test('property: random sparse files read back exactly, holes as zeros', async (t
             p.data.copy(rebuilt, p.offset);
           }
           if (!rebuilt.equals(models[i])) return false;
+          // unchecked pieces checked afterwards (the restore's writer thread) agree
+          const raw: { offset: number; data: Buffer }[] = [];
+          for await (const p of r.readData(e, { check: false })) raw.push(p);
+          if (checkChunks(raw, e.size, chunkSize, e.chunks) !== null) return false;
           // chunk hashes are over the logical bytes
           for (let c = 0; c * chunkSize < e.size; c++) {
             const h = createHash('sha256').update(models[i].subarray(c * chunkSize, (c + 1) * chunkSize)).digest();
@@ -157,6 +162,10 @@ test('damage: a bad data chunk is found and reported, a bad catalog or a foreign
   const oks: boolean[] = [];
   for await (const p of r.readData(e)) oks.push(p.ok);
   t.deepEqual(oks, [true, false, true]);
+  const raw: { offset: number; data: Buffer }[] = [];
+  for await (const p of r.readData(e, { check: false })) raw.push(p);
+  t.is(checkChunks(raw, e.size, r.chunkSize, e.chunks), MiB);
+  t.is(checkChunks(raw, e.size, r.chunkSize, e.chunks.subarray(0, 64)), 0, 'a wrong number of sums is damage at 0');
   r.close();
 
   // catalog damage
