@@ -2,7 +2,7 @@
 // Summarises the V8 CPU profiles that `node --cpu-prof --cpu-prof-dir=DIR`
 // leaves, one file per thread (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile;
 // thread 0 is the main thread, the others are ferry's seal workers and, in a
-// restore, its file writer).
+// restore, its file writer, in a seed, its small-file readers).
 // For each thread: time profiled, busy (not idle), a split of the busy time
 // (ferry's own code, Node internals in JS, native calls such as fs bindings,
 // GC), the functions with the most self time, and the same time charged to
@@ -114,6 +114,11 @@ for (const f of files) {
   // the restore's file writer is a worker too: tell it by its functions
   if ([...s.owners.keys()].some((k) => k.includes('restore/writer'))) {
     report(`restore writer thread ${thread}`, s, Math.ceil(TOP / 2));
+    continue;
+  }
+  // and so are the seed's small-file readers
+  if ([...s.owners.keys()].some((k) => k.includes('source/reader'))) {
+    report(`small-file reader thread ${thread}`, s, Math.ceil(TOP / 2));
     continue;
   }
   workers++;

@@ -11,10 +11,11 @@
 // metadata is applied deepest first (after their contents stopped changing),
 // and nanosecond times are set last.
 //
-// Regular files up to 4 MiB are written by a thread of their own
-// (writer.ts) with synchronous calls, in batches, while this thread reads the
-// catalog and the data; larger files, directories, links and nodes are made
-// here, also with synchronous calls (a restore serves no FUSE mount, and
+// Regular files are written by a thread of their own (writer.ts) with
+// synchronous calls, in batches (files up to 4 MiB whole, larger ones in
+// parts of about 4 MiB), and their chunk sums are checked there, while this
+// thread reads the catalog and the data; directories, links and nodes are
+// made here, also with synchronous calls (a restore serves no FUSE mount, and
 // nothing else waits on this thread but the reading it drives). Directories
 // this run created start empty, so nothing in them is looked at before it
 // is written.
@@ -32,8 +33,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, chmodSync, closeSync, fchmodSync, fchownSync, ftruncateSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync,
-  openSync, readlinkSync, renameSync, rmSync, symlinkSync, unlinkSync, writeSync, type Stats,
+  constants as C, chmodSync, fchmodSync, fchownSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
+  mkdirSync, readlinkSync, renameSync, rmSync, symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { EntryWarning } from '../format/volume/writer.js';
@@ -42,7 +43,7 @@ import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
-import { FileWriter, clearSync as clear, nonZeroRuns, type WriteJob } from './writer.js';
+import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 export type IfExists = 'copy' | 'overwrite' | 'skip';
 
@@ -93,8 +94,9 @@ const NAME_MAX = 255;
  * synchronous, so more at once would not overlap them anyway.
  */
 const FILE_CONCURRENCY = 1;
-/** Regular files up to this size go to the writer thread whole; larger ones are written here, piece by piece. */
+/** Regular files up to this size go to the writer thread whole; larger ones in parts of about PART_BYTES. */
 const WRITER_MAX = 4 * 1024 * 1024;
+const PART_BYTES = 4 * 1024 * 1024;
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -369,6 +371,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   const writer = new FileWriter();
+  let nextPartKey = 1;
   const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
@@ -504,62 +507,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
 
   /**
-   * Writes a file's data to `tmp`, and sets its owner, mode and (when they
-   * are whole microseconds) times through the open descriptor; returns
-   * whether the times are set.
-   */
-  const writeFile = async (tmp: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean): Promise<boolean> => {
-    // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared before
-    const fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (fresh ? C.O_EXCL : 0), 0o600);
-    let timesSet = false;
-    try {
-      // a file stored with holes is restored with holes down to 4 KiB pages
-      let stored = 0;
-      for (const x of data.extents) stored += x.length;
-      const sparse = stored < data.size;
-      let damaged = false;
-      for await (const p of reader.readData(data)) {
-        if (!p.ok && !damaged) {
-          damaged = true;
-          warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${p.offset} does not match its checksum; restored as read`, path: e.path });
-        }
-        for (const run of sparse ? nonZeroRuns(p.offset, p.data) : [{ offset: p.offset, data: p.data }]) {
-          let off = 0;
-          while (off < run.data.length) off += writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
-        }
-        result.bytes += p.data.length;
-      }
-      if (sparse) ftruncateSync(fd, data.size); // the holes of a sparse file stay holes
-      applyOwnerMode(tmp, e, fd);
-      if (e.atimeNs % 1000n === 0n && e.mtimeNs % 1000n === 0n) {
-        await times.set(tmp, e.atimeNs, e.mtimeNs, fd);
-        timesSet = true;
-      }
-    } finally {
-      closeSync(fd);
-    }
-    return timesSet;
-  };
-
-  /**
    * Creates a non-directory at a temporary name, renames it onto dst and
-   * sets its metadata; `placed` runs once it is in place. Regular files up
-   * to WRITER_MAX bytes go to the writer thread and are in place later (or
-   * fail with a warning); the rest is done here and now.
+   * sets its metadata; `placed` runs once it is in place. Regular files go
+   * to the writer thread and are in place later (or fail with a warning);
+   * the rest is done here and now.
    */
   const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
     if (e.type === 'file' || e.type === 'hardlink') {
-      if (data.size <= WRITER_MAX) {
-        await handOver(tmp, dst, e, data, fresh, placed);
-        return;
-      }
-      if (!fresh) clear(tmp);
-      const timesSet = await writeFile(tmp, e, data, fresh);
-      renameSync(tmp, dst);
-      await queueXattrs(dst, e.xattrs);
-      if (!timesSet) await times.set(dst, e.atimeNs, e.mtimeNs);
-      placed();
+      await handOver(tmp, dst, e, data, fresh, placed);
       return;
     }
     if (!fresh) clear(tmp);
@@ -570,36 +526,65 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     placed();
   };
 
-  /** Reads a small file's data and gives the file to the writer thread. */
+  /**
+   * Reads a file's data and gives it to the writer thread: whole when it is
+   * small, else in parts of about PART_BYTES cut at chunk boundaries.
+   */
   const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     let stored = 0;
     for (const x of data.extents) stored += x.length;
-    const pieces: { offset: number; data: Buffer }[] = [];
-    // the writer thread checks the chunk sums, off this thread
-    for await (const p of reader.readData(data, { check: false })) {
-      // Disk.read hands out buffers of their own: they can move to the writer without a copy
-      if (p.data.length) pieces.push({ offset: p.offset, data: p.data });
-      result.bytes += p.data.length;
-    }
     const exact = microExact(e.atimeNs, e.mtimeNs);
-    const job: WriteJob = {
-      tmp, dst, fresh, pieces, size: data.size, sparse: stored < data.size,
-      uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
-      atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
-      check: { chunkSize: reader.chunkSize, chunks: data.chunks },
-    };
-    await writer.write(job, (r) => {
-      if (r.badOffset !== undefined) {
+    const whole = data.size <= WRITER_MAX;
+    const cs = reader.chunkSize;
+    const key = nextPartKey++;
+    let pieces: { offset: number; data: Buffer }[] = [];
+    let partBase = 0;
+    let partBytes = 0;
+    let first = true;
+    let failed = false;
+    let reportedBad = false;
+    const report = (r: WriteResult, last: boolean) => {
+      if (r.badOffset !== undefined && !reportedBad) {
+        reportedBad = true;
         warn({ code: 'VOLUME_BAD_CHUNK', message: `${printable(e.path)}: data at offset ${r.badOffset} does not match its checksum; restored as read`, path: e.path });
       }
       for (const w of r.warnings ?? []) warn({ code: 'RESTORE_META', message: `${printable(dst)}: ${w}`, path: dst });
       if (!r.ok) {
-        warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path });
+        if (!failed) warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path });
+        failed = true;
         return;
       }
+      if (!last || failed) return;
       if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
       placed();
-    });
+    };
+    const send = async (end: number, last: boolean) => {
+      const job: WriteJob = {
+        tmp, dst, fresh, pieces, size: data.size, sparse: stored < data.size,
+        uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
+        atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+        // the writer thread checks the chunk sums, off this thread
+        check: { chunkSize: cs, chunks: data.chunks },
+        part: whole ? undefined : { key, first, last, base: partBase, end },
+      };
+      first = false;
+      pieces = [];
+      partBytes = 0;
+      partBase = end;
+      await writer.write(job, (r) => report(r, last));
+    };
+    for await (const p of reader.readData(data, { check: false })) {
+      // each piece lies within one chunk, and they come in order
+      const chunkStart = Math.floor(p.offset / cs) * cs;
+      if (!whole && partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
+      // Disk.read hands out buffers of their own: they can move to the writer without a copy
+      if (p.data.length) {
+        pieces.push({ offset: p.offset, data: p.data });
+        partBytes += p.data.length;
+      }
+      result.bytes += p.data.length;
+    }
+    await send(data.size, true);
   };
 
   /** Sets what needs a path (xattrs, nanosecond times) on files the writer has put in place. */

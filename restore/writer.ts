@@ -33,6 +33,11 @@ export interface WriteJob {
   mtime: number | null;
   /** The file's stored chunk sums, checked here (the data is written either way). */
   check?: { chunkSize: number; chunks: Uint8Array };
+  /**
+   * One part of a large file: the bytes [base, end), chunk-aligned at base.
+   * Parts of one file share a key and come in order.
+   */
+  part?: { key: number; first: boolean; last: boolean; base: number; end: number };
 }
 
 export interface WriteResult {
@@ -92,19 +97,60 @@ export function nonZeroRuns(offset: number, data: Buffer): { offset: number; dat
   return out;
 }
 
-/** Creates one file; never throws. */
+/** Files being written in parts (large files): their descriptors, by part key, in the writer thread. */
+const openParts = new Map<number, number>();
+
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    /* already reported, or nothing to report */
+  }
+}
+
+function unlinkQuietly(p: Buffer): void {
+  try {
+    unlinkSync(p);
+  } catch {
+    /* nothing left behind, or nothing we can do */
+  }
+}
+
+/**
+ * Creates one file, or one part of a large one (`part`: the first part
+ * opens it, the last sets its metadata and renames it into place); never
+ * throws. A part after a failed one fails too, with the same message.
+ */
 export function writeJob(j: WriteJob): WriteResult {
   const tmp = asBuffer(j.tmp);
   const dst = asBuffer(j.dst);
   const warnings: string[] = [];
-  const badOffset = j.check ? checkChunks(j.pieces, j.size, j.check.chunkSize, j.check.chunks) : null;
+  let badOffset: number | null = null;
+  if (j.check) {
+    const base = j.part?.base ?? 0;
+    const end = j.part?.end ?? j.size;
+    const cs = j.check.chunkSize;
+    const rel = j.part ? j.pieces.map((p) => ({ offset: p.offset - base, data: p.data })) : j.pieces;
+    const chunks = j.part ? j.check.chunks.subarray((base / cs) * 32, Math.ceil(end / cs) * 32) : j.check.chunks;
+    const at = checkChunks(rel, end - base, cs, chunks);
+    if (at !== null) badOffset = base + at;
+  }
+  const first = !j.part || j.part.first;
+  const last = !j.part || j.part.last;
   let fd: number;
-  try {
-    if (!j.fresh) clearSync(tmp);
-    // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
-    fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh ? C.O_EXCL : 0), 0o600);
-  } catch (err) {
-    return { ok: false, error: (err as Error).message };
+  if (first) {
+    try {
+      if (!j.fresh) clearSync(tmp);
+      // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
+      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh ? C.O_EXCL : 0), 0o600);
+    } catch (err) {
+      return { ok: false, error: (err as Error).message };
+    }
+    if (j.part && !last) openParts.set(j.part.key, fd);
+  } else {
+    const open = openParts.get(j.part!.key);
+    if (open === undefined) return { ok: false, error: 'an earlier part failed' };
+    fd = open;
   }
   let closed = false;
   try {
@@ -115,42 +161,36 @@ export function writeJob(j: WriteJob): WriteResult {
         while (off < run.data.length) off += writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
       }
     }
-    if (j.sparse) ftruncateSync(fd, j.size); // the holes of a sparse file stay holes
-    if (j.uid !== null && j.gid !== null) {
-      try {
-        fchownSync(fd, j.uid, j.gid);
-      } catch (err) {
-        warnings.push(`cannot set the owner: ${(err as Error).message}`);
+    if (last) {
+      if (j.part) openParts.delete(j.part.key);
+      if (j.sparse) ftruncateSync(fd, j.size); // the holes of a sparse file stay holes
+      if (j.uid !== null && j.gid !== null) {
+        try {
+          fchownSync(fd, j.uid, j.gid);
+        } catch (err) {
+          warnings.push(`cannot set the owner: ${(err as Error).message}`);
+        }
       }
-    }
-    try {
-      fchmodSync(fd, j.mode); // after chown, which clears setuid/setgid
-    } catch (err) {
-      warnings.push(`cannot set the mode: ${(err as Error).message}`);
-    }
-    if (j.atime !== null && j.mtime !== null) {
       try {
-        futimesSync(fd, j.atime, j.mtime);
+        fchmodSync(fd, j.mode); // after chown, which clears setuid/setgid
       } catch (err) {
-        warnings.push(`cannot set the times: ${(err as Error).message}`);
+        warnings.push(`cannot set the mode: ${(err as Error).message}`);
       }
+      if (j.atime !== null && j.mtime !== null) {
+        try {
+          futimesSync(fd, j.atime, j.mtime);
+        } catch (err) {
+          warnings.push(`cannot set the times: ${(err as Error).message}`);
+        }
+      }
+      closed = true;
+      closeSync(fd);
+      renameSync(tmp, dst);
     }
-    closed = true;
-    closeSync(fd);
-    renameSync(tmp, dst);
   } catch (err) {
-    if (!closed) {
-      try {
-        closeSync(fd);
-      } catch {
-        /* already reported */
-      }
-    }
-    try {
-      unlinkSync(tmp);
-    } catch {
-      /* nothing left behind, or nothing we can do */
-    }
+    if (j.part) openParts.delete(j.part.key);
+    if (!closed) closeQuietly(fd);
+    unlinkQuietly(tmp);
     return { ok: false, error: (err as Error).message };
   }
   const r: WriteResult = { ok: true };

@@ -148,6 +148,23 @@ export class StoredVhdStorage implements VhdStorage {
     const end = Math.min(position + length, this.head.meta.fileSize);
     if (end <= position) return Buffer.alloc(0);
     const out = Buffer.alloc(end - position);
+    await this.fill(out, position);
+    return out;
+  }
+
+  /** Reads into `buf` at `offset` (what VhdDisk uses when it can: no buffer of our own, no second copy); returns the bytes read. */
+  async readInto(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
+    const end = Math.min(position + length, this.head.meta.fileSize);
+    if (end <= position) return 0;
+    const out = buf.subarray(offset, offset + (end - position));
+    out.fill(0);
+    await this.fill(out, position);
+    return out.length;
+  }
+
+  /** Copies the stored bytes at `position` into `out` (zeroed: what no region or block holds stays zero). */
+  private async fill(out: Buffer, position: number): Promise<void> {
+    const end = position + out.length;
     for (const r of this.head.regions) copyOverlap(r.offset, r.data, position, out);
     // Blocks overlapping [position, end): binary search for the first start <= position.
     let lo = 0;
@@ -167,7 +184,6 @@ export class StoredVhdStorage implements VhdStorage {
       if (!this.cache.has(index)) this.block(index).catch(() => {});
     }
     for (const p of pending) copyOverlap(p.pos, await p.data, position, out);
-    return out;
   }
 
   async write(): Promise<void> {

@@ -295,6 +295,13 @@ export function checkChunks(pieces: { offset: number; data: Uint8Array }[], size
   for (let c = 0; c < nChunks; c++) {
     const cStart = c * chunkSize;
     const cEnd = Math.min(size, cStart + chunkSize);
+    const stored = chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE);
+    if (pi >= pieces.length || pieces[pi].offset >= cEnd) {
+      // all hole: the sum of zeros, known without hashing (a sparse file may have terabytes of them)
+      const zero = cEnd - cStart === chunkSize ? zeroChunkHash(chunkSize) : hashZeros(cEnd - cStart);
+      if (!zero.equals(stored)) return cStart;
+      continue;
+    }
     const h = createHash('sha256');
     let pos = cStart;
     while (pi < pieces.length && pieces[pi].offset < cEnd) {
@@ -308,7 +315,6 @@ export function checkChunks(pieces: { offset: number; data: Uint8Array }[], size
       else break; // the piece goes on into the next chunk
     }
     if (cEnd > pos) h.update(zeros(cEnd - pos));
-    const stored = chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE);
     if (!h.digest().equals(stored)) return cStart;
   }
   return null;
