@@ -23,6 +23,7 @@ const debs = [
   ['borgbackup', 'borg'],
   ['time', '/usr/bin/time'],
   ['bc', 'bc'],
+  ['bsdutils', 'script'], // a terminal for the passphrase prompt test
 ];
 const missing = debs.filter(([, probe]) => (probe.startsWith('/') ? !existsSync(probe) : !has(probe))).map(([p]) => p);
 if (missing.length > 0) {
