@@ -204,7 +204,7 @@ const WORKER_URL = new URL('./writer-worker.js', import.meta.url);
 const BATCH_JOBS = 128;
 const BATCH_BYTES = 4 * 1024 * 1024;
 /** Data handed over and not yet written: the main thread waits above this. */
-const MAX_PENDING_BYTES = 32 * 1024 * 1024;
+const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 interface Pending {
   jobs: { job: WriteJob; done: (r: WriteResult) => void }[];
