@@ -33,8 +33,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, chmodSync, fchmodSync, fchownSync, futimesSync, lchownSync, linkSync, lstatSync, lutimesSync,
-  mkdirSync, readlinkSync, renameSync, rmSync, symlinkSync, type Stats,
+  constants as C, chmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, rmSync,
+  symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import type { EntryWarning } from '../format/volume/writer.js';
@@ -84,18 +84,7 @@ export interface RestoreResult {
 
 const SLASH = 0x2f;
 const NAME_MAX = 255;
-/**
- * Non-directories restored at the same time. One: files come in catalog
- * order, which is the order of their data in the volume, so the stored
- * disk's read-ahead sees one sequential reader and every block is fetched
- * and unsealed once (four readers at once made it unseal each block about
- * four times over: a large file and the small ones after it pulled on
- * different blocks and evicted each other's). The file calls are
- * synchronous, so more at once would not overlap them anyway.
- */
-const FILE_CONCURRENCY = 1;
-/** Regular files up to this size go to the writer thread whole; larger ones in parts of about PART_BYTES. */
-const WRITER_MAX = 4 * 1024 * 1024;
+/** Regular files go to the writer thread in parts of about this size (smaller files whole). */
 const PART_BYTES = 4 * 1024 * 1024;
 
 function printable(p: Buffer): string {
@@ -264,18 +253,13 @@ class TimeSetter {
 
   constructor(private readonly helper: SyscallHelper | null, private readonly warn: (w: EntryWarning) => void) {}
 
-  /**
-   * Sets the times of `path`; `fd`, when given, is that file open for
-   * writing, and takes times that are whole microseconds directly.
-   */
-  async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint, fd?: number): Promise<void> {
+  async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint): Promise<void> {
     const exactUs = microExact(atimeNs, mtimeNs);
     if (exactUs || !this.helper) {
       // in process: exact to the microsecond (Node takes no finer times)
       const [a, m] = exactUs ? [usSeconds(atimeNs), usSeconds(mtimeNs)] : [nsToSeconds(atimeNs), nsToSeconds(mtimeNs)];
       try {
-        if (fd !== undefined) futimesSync(fd, a, m);
-        else lutimesSync(path, a, m);
+        lutimesSync(path, a, m);
       } catch (err) {
         this.warn({ code: 'RESTORE_META', message: `cannot set the times of ${printable(path)}: ${(err as Error).message}`, path });
         return;
@@ -433,24 +417,21 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
   };
 
-  const applyOwner = (path: Buffer, e: VolumeEntry, fd?: number) => {
+  const applyOwner = (path: Buffer, e: VolumeEntry) => {
     if (!owners) return;
     try {
-      if (fd !== undefined) fchownSync(fd, e.uid, e.gid);
-      else lchownSync(path, e.uid, e.gid);
+      lchownSync(path, e.uid, e.gid);
     } catch (err) {
       warn({ code: 'RESTORE_META', message: `cannot set the owner of ${printable(path)}: ${(err as Error).message}`, path });
     }
   };
 
-  /** Owner and mode of a non-directory at `dst` (through `fd` when it is open). */
-  const applyOwnerMode = (dst: Buffer, e: VolumeEntry, fd?: number) => {
-    applyOwner(dst, e, fd);
+  /** Owner and mode of a non-directory at `dst`. */
+  const applyOwnerMode = (dst: Buffer, e: VolumeEntry) => {
+    applyOwner(dst, e);
     if (e.type !== 'symlink') {
       try {
-        // after chown, which clears setuid/setgid
-        if (fd !== undefined) fchmodSync(fd, e.mode);
-        else chmodSync(dst, e.mode);
+        chmodSync(dst, e.mode); // after chown, which clears setuid/setgid
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
@@ -534,7 +515,6 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     let stored = 0;
     for (const x of data.extents) stored += x.length;
     const exact = microExact(e.atimeNs, e.mtimeNs);
-    const whole = data.size <= WRITER_MAX;
     const cs = reader.chunkSize;
     const key = nextPartKey++;
     let pieces: { offset: number; data: Buffer }[] = [];
@@ -565,7 +545,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
         // the writer thread checks the chunk sums, off this thread
         check: { chunkSize: cs, chunks: data.chunks },
-        part: whole ? undefined : { key, first, last, base: partBase, end },
+        // a file sent in one go needs no part
+        part: first && last ? undefined : { key, first, last, base: partBase, end },
       };
       first = false;
       pieces = [];
@@ -576,7 +557,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     for await (const p of reader.readData(data, { check: false })) {
       // each piece lies within one chunk, and they come in order
       const chunkStart = Math.floor(p.offset / cs) * cs;
-      if (!whole && partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
+      if (partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
       // Disk.read hands out buffers of their own: they can move to the writer without a copy
       if (p.data.length) {
         pieces.push({ offset: p.offset, data: p.data });
@@ -744,8 +725,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
 
   try {
-    // ---- pass 1: everything but hard links
-    const inflight = new Set<Promise<void>>();
+    // ---- pass 1: everything but hard links, one at a time in catalog order:
+    // that is the order of the data in the volume, so the stored disk's
+    // read-ahead sees one sequential reader and fetches and unseals every
+    // block once (four files at once made it unseal each block about four
+    // times over: a large file and the small ones after it pulled on
+    // different blocks and evicted each other's)
     for (const src of sources) {
       for (const e of src) {
         if (!selected(e)) continue;
@@ -754,20 +739,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           hardlinks.push(e);
           continue;
         }
-        if (e.type === 'dir') {
-          // inline: its children need its place decided
-          await restoreOne(e);
-          progress();
-          continue;
-        }
-        // files go FILE_CONCURRENCY at a time; their directories are already there
-        while (inflight.size >= FILE_CONCURRENCY) await Promise.race(inflight);
-        const job: Promise<void> = restoreOne(e).then(progress).finally(() => inflight.delete(job));
-        inflight.add(job);
+        await restoreOne(e);
+        progress();
         if (inPlace.length >= 256) await settle();
       }
     }
-    await Promise.all(inflight);
     await drainWriter();
     // ---- pass 2: hard links, to the first restored member of their group
     for (const e of hardlinks) {

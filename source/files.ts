@@ -10,14 +10,13 @@
 //   small files are read concurrently -> the consumer.
 // Paths are bytes (Buffers) throughout: names need not be UTF-8.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { constants as C } from 'node:fs';
 import { lstat, open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
-import { SmallFileReader, replyError } from './reader.js';
+import { READ_FLAGS, READ_FLAGS_ATIME, SmallFileReader, replyError } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
 
@@ -548,12 +547,10 @@ class Limit {
 
 async function openForRead(path: Buffer): Promise<FileHandle> {
   try {
-    // O_NOATIME: a backup should not change what it backs up; O_NONBLOCK: a
-    // fifo swapped in since the lstat must not hang the walk (no effect on files)
-    return await open(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK);
+    return await open(path, READ_FLAGS);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
-    return open(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+    return open(path, READ_FLAGS_ATIME);
   }
 }
 

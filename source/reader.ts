@@ -36,14 +36,21 @@ export interface ReadBatchResult {
   replies: ReadReply[];
 }
 
+/**
+ * How a source file is opened: O_NOATIME, as a backup should not change what
+ * it backs up (refused with EPERM on files of other users unless root: then
+ * READ_FLAGS_ATIME); O_NONBLOCK, as a fifo swapped in since the lstat must
+ * not hang the walk (no effect on files).
+ */
+export const READ_FLAGS = C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK;
+export const READ_FLAGS_ATIME = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
+
 function openForReadSync(path: Buffer): number {
   try {
-    // O_NOATIME: a backup should not change what it backs up; O_NONBLOCK: a
-    // fifo swapped in since the lstat must not hang the walk (no effect on files)
-    return openSync(path, C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK);
+    return openSync(path, READ_FLAGS);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
-    return openSync(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+    return openSync(path, READ_FLAGS_ATIME);
   }
 }
 

@@ -25,7 +25,7 @@ import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
 import { VhdError } from '../format/vhd/problems.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
-import { isZero } from '../format/vhd/create.js';
+import { isZero, readAhead } from '../format/vhd/create.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -240,15 +240,10 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     if (d.type === 'fixed') {
       const fixedBlocks: number[] = [];
       const size = d.size!;
-      const ahead: Promise<Buffer>[] = [];
-      let next = 0;
-      for (let i = 0; i * FIXED_CHUNK < size; i++) {
-        for (; ahead.length < READ_AHEAD && next * FIXED_CHUNK < size; next++) {
-          const p = src.read(next * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - next * FIXED_CHUNK));
-          p.catch(() => {}); // awaited below, in order
-          ahead.push(p);
-        }
-        const b = await ahead.shift()!;
+      const count = Math.ceil(size / FIXED_CHUNK);
+      const next = readAhead(count, (i) => src.read(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK)));
+      for (let i = 0; i < count; i++) {
+        const b = await next();
         if (!isZero(b)) {
           await out.put(blockName(id, i), b);
           fixedBlocks.push(i);
@@ -265,21 +260,11 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     const span = bitmapSize(d.blockSize!) + d.blockSize!;
     let firstBlock = d.footerOffset!;
     for (const e of bat) if (e !== UNUSED) firstBlock = Math.min(firstBlock, e * SECTOR);
-    // a few reads in flight: one at a time, a cold source is read at the pace of its latency
     const used: number[] = [];
     for (let i = 0; i < bat.length; i++) if (bat[i] !== UNUSED) used.push(i);
-    const ahead: Promise<Buffer>[] = [];
-    let next = 0;
-    const refill = () => {
-      while (ahead.length < READ_AHEAD && next < used.length) {
-        const p = src.read(bat[used[next++]] * SECTOR, span);
-        p.catch(() => {}); // awaited below, in order
-        ahead.push(p);
-      }
-    };
+    const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
     for (const i of used) {
-      refill();
-      const b = await ahead.shift()!;
+      const b = await next();
       await out.put(blockName(id, i), b);
       blocks++;
       bytes += b.length;
@@ -297,9 +282,6 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     await fh.close();
   }
 }
-
-/** Source reads in flight while a VHD file is stored. */
-const READ_AHEAD = 4;
 
 /** Writes stored disk `id` back as the exact VHD file it was. */
 export async function exportStoredVhd(objects: ObjectGetter, id: string, to: string): Promise<void> {
