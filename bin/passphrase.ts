@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { FerryError, UsageError } from '../format/errors.js';
 import { DEFAULT_SCRYPT, ScryptCost } from '../vault/keys.js';
-import { openVault, VaultReader, VaultWriter } from '../vault/vault.js';
+import type { VaultReader, VaultWriter } from '../vault/vault.js';
 import type { GlobalOptions, Output } from './cli.js';
 
 export interface PassphraseSources {
@@ -161,6 +161,8 @@ export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: {
 export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how?: { writable?: false; command?: string }): Promise<VaultReader>;
 export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: { writable?: boolean; command?: string } = {}): Promise<VaultReader> {
   const common = { passphrase: () => getPassphrase(opts), onWarning: (m: string) => out.warn(m) };
+  // Loaded here, not at the top: `ferry vhd ...` and `--help` never need the vault code.
+  const { openVault } = await import('../vault/vault.js');
   if (how.writable) return openVault(opts.vault, { ...common, writable: true, breakLock: opts.breakLock, command: how.command });
   return openVault(opts.vault, common);
 }

@@ -6,6 +6,7 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { FerryError, UsageError, formatSize, parseSize } from '../../format/errors.js';
 import {
+  BufferPool,
   HeaderStruct,
   createDifferencing,
   createVhd,
@@ -20,8 +21,9 @@ import {
 import type { Inspection } from '../../format/vhd/index.js';
 import type { Disk } from '../../format/disk.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
-import { exportStoredVhd, headName, openStoredDisk, storeVhdFile } from '../../vault/diskstore.js';
-import { VaultPutter, vaultObjects } from '../../vault/putter.js';
+// The vault modules (seal, zstd) load only when a command names a vault.
+const diskstore = () => import('../../vault/diskstore.js');
+const putterModule = () => import('../../vault/putter.js');
 import type { VaultReader } from '../../vault/vault.js';
 
 export function register(program: Command): void {
@@ -80,10 +82,11 @@ export function register(program: Command): void {
         const bar = progressBar(out.opts, 'create');
         const src = await fsOpen(o.from, 'r');
         const bs = 2 * 1024 * 1024;
+        const pool = new BufferPool(bs);
         try {
-          await writeVhd(file, { size, type }, async (i) => {
+          await writeVhd(file, { size, type, recycle: (b) => pool.give(b) }, async (i) => {
             const len = Math.min(bs, size - i * bs);
-            const buf = Buffer.allocUnsafe(len);
+            const buf = pool.take().subarray(0, len);
             let done = 0;
             while (done < len) {
               const { bytesRead } = await src.read(buf, done, len - done, i * bs + done);
@@ -122,6 +125,8 @@ export function register(program: Command): void {
       try {
         if (o.vault) {
           vault = await openVaultFromCli(out, o as CliOpenOptions);
+          const { vaultObjects } = await putterModule();
+          const { exportStoredVhd, headName } = await diskstore();
           const objects = vaultObjects(vault);
           if (!(await vault.exists(headName(o.disk!)))) throw new FerryError('NO_SUCH_DISK', `vault ${o.vault} holds no disk ${o.disk}`);
           if (o.type === undefined) {
@@ -149,6 +154,8 @@ export function register(program: Command): void {
       const vault = await openVaultFromCli(out, o, { writable: true, command: 'vhd import' });
       const bar = progressBar(out.opts, 'store');
       try {
+        const { VaultPutter } = await putterModule();
+        const { storeVhdFile } = await diskstore();
         const putter = new VaultPutter(vault);
         const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t));
         await putter.flush();
@@ -181,6 +188,7 @@ export function register(program: Command): void {
 
 /** A stored disk and its parents, found by unique id (a stored disk's id is its VHD unique id). */
 async function openStoredChain(objects: { get(name: string): Promise<Buffer> }, id: string): Promise<Disk> {
+  const { headName, openStoredDisk } = await diskstore();
   const ids: string[] = [];
   for (let cur: string | undefined = id; cur; ) {
     if (ids.includes(cur) || ids.length > 256) throw new FerryError('VHD_PARENT_CYCLE', `stored disk ${id}: its chain loops at ${cur}`);

@@ -1,7 +1,7 @@
 // Flattening any Disk (a chain, a vault disk) into a raw image or a VHD.
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
-import { WriteQueue, isZero, readAhead, writeVhd } from './create.js';
+import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -12,15 +12,22 @@ export async function exportDisk(
   onProgress?: (done: number, total: number) => void,
 ): Promise<void> {
   const bs = 2 * 1024 * 1024;
+  const pool = new BufferPool(bs);
+  const into = (disk as Disk & { readInto?: (out: Buffer, offset: number) => Promise<void> }).readInto?.bind(disk);
   const blockAt = async (i: number): Promise<Buffer | null> => {
     const start = i * bs;
     const len = Math.min(bs, disk.size - start);
     // Blocks no layer holds are zero: skip reading them.
     if (!anyLayerHas(disk, start, len)) return null;
-    return disk.read(start, len);
+    if (!into) return disk.read(start, len);
+    // Buffers come back from the writer (see recycle): no fresh 2 MiB of page faults per block.
+    const b = pool.take().subarray(0, len).fill(0); // readInto wants it zeroed
+    await into(b, start);
+    return b;
   };
+  const recycle = (b: Buffer) => pool.give(b);
   if (type !== 'raw') {
-    await writeVhd(to, { size: disk.size, type, blockSize: bs }, blockAt, onProgress);
+    await writeVhd(to, { size: disk.size, type, blockSize: bs, recycle }, blockAt, onProgress);
     return;
   }
   const tmp = `${to}.ferry-tmp-${process.pid}`;
@@ -36,7 +43,8 @@ export async function exportDisk(
     for (let i = 0; i < count; i++) {
       const b = await next();
       // zeros stay holes of the new file
-      if (b && !isZero(b)) await writes.add(writeAt(b, i * bs));
+      if (b && !isZero(b)) await writes.add(writeAt(b, i * bs).then(() => recycle(b)));
+      else if (b) recycle(b);
       onProgress?.(Math.min((i + 1) * bs, disk.size), disk.size);
     }
     await writes.drain();

@@ -1,7 +1,7 @@
 // The VHD engine: what the rest of ferry uses.
 export { VhdDisk, FileStorage, type VhdStorage } from './vhd.js';
 export { openChain, parentCandidates } from './chain.js';
-export { createVhd, createDifferencing, writeVhd, isZero, emptyImage, CREATOR_APP, type ParentRef, type EmptyImage } from './create.js';
+export { createVhd, createDifferencing, writeVhd, isZero, BufferPool, emptyImage, CREATOR_APP, type ParentRef, type EmptyImage } from './create.js';
 export { mergeVhd, coalesce, journalPath } from './merge.js';
 export { inspectVhd, type Inspection, type LayerInfo } from './check.js';
 export { decodeVhd, type ByteSource, type Decoded } from './decode.js';

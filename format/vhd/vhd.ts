@@ -65,6 +65,26 @@ export class FileStorage implements VhdStorage {
     return done;
   }
 
+  /** Fills `bufs` one after the other from `position` (one preadv when it can); returns the bytes read. */
+  async readvInto(bufs: Buffer[], position: number): Promise<number> {
+    const want = bufs.reduce((n, b) => n + b.length, 0);
+    let done = (await this.fh.readv(bufs, position)).bytesRead;
+    if (done >= want || done === 0) return done;
+    // A short vector read (rare): finish buffer by buffer.
+    let skip = done;
+    for (const b of bufs) {
+      if (skip >= b.length) {
+        skip -= b.length;
+        continue;
+      }
+      const got = await this.readInto(b, skip, b.length - skip, position + done);
+      done += got;
+      if (got < b.length - skip) break;
+      skip = 0;
+    }
+    return done;
+  }
+
   async write(position: number, data: Buffer): Promise<void> {
     let done = 0;
     while (done < data.length) {
@@ -94,6 +114,14 @@ export function openError(path: string, err: NodeJS.ErrnoException): Error {
     return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: why[err.code] });
   }
   return err;
+}
+
+/** Whether the first `sectors` bits of a bitmap are all set. */
+function allSet(bm: Buffer, sectors: number): boolean {
+  const whole = sectors >> 3;
+  for (let i = 0; i < whole; i++) if (bm[i] !== 0xff) return false;
+  for (let s = whole * 8; s < sectors; s++) if (!bit(bm, s)) return false;
+  return true;
 }
 
 /** Bit i of a VHD sector bitmap: MSB first. */
@@ -214,9 +242,13 @@ export class VhdDisk implements Disk {
     const pos = this.bat![index] * SECTOR;
     bm = await this.storage.read(pos, this.bitmapBytes);
     if (bm.length < this.bitmapBytes) this.pastEnd(index);
+    this.remember(index, bm);
+    return bm;
+  }
+
+  private remember(index: number, bm: Buffer): void {
     if (this.bitmaps.size >= 8192) this.bitmaps.clear();
     this.bitmaps.set(index, bm);
-    return bm;
   }
 
   private pastEnd(index: number): never {
@@ -296,8 +328,27 @@ export class VhdDisk implements Disk {
       if (diff) await this.fromParent(virt, dst);
       return;
     }
-    const bm = await this.bitmap(bi);
     const dataPos = this.bat[bi] * SECTOR + this.bitmapBytes;
+    const st = this.storage as VhdStorage & Partial<Pick<FileStorage, 'readInto' | 'readvInto'>>;
+    let bm = this.bitmaps.get(bi);
+    let filled = false; // dst already holds the block's stored bytes
+    if (!bm && st.readvInto && inBlock === 0 && dst.length === bs) {
+      // A whole block: bitmap and data in one request, as they lie on disk
+      // (a 2 MiB block read as 512 bytes then 2 MiB was two requests, and
+      // the second no longer sequential for the device queue).
+      const fresh = Buffer.allocUnsafe(this.bitmapBytes);
+      const got = await st.readvInto([fresh, dst], dataPos - this.bitmapBytes);
+      if (got < fresh.length) this.pastEnd(bi);
+      this.remember(bi, fresh);
+      if (got === fresh.length + dst.length) {
+        if (allSet(fresh, bs / SECTOR)) return;
+        filled = true; // some sectors are not present: those runs are redone below
+      } else {
+        dst.fill(0); // the file ends inside the block: read run by run below, as ever
+      }
+      bm = fresh;
+    }
+    bm ??= await this.bitmap(bi);
     // Walk runs of equal bits: set bits read here, clear bits read the parent
     // (differencing) or zeros (dynamic, as the spec and libvhdi have it).
     const firstSector = Math.floor(inBlock / SECTOR);
@@ -311,8 +362,9 @@ export class VhdDisk implements Disk {
       const runEnd = Math.min(inBlock + dst.length, e * SECTOR);
       const part = dst.subarray(runStart - inBlock, runEnd - inBlock);
       if (here) {
-        const st = this.storage as VhdStorage & { readInto?: FileStorage['readInto'] };
-        if (st.readInto) {
+        if (filled) {
+          // read with the bitmap above
+        } else if (st.readInto) {
           // Straight into the caller's buffer: no block-sized copy per read.
           if ((await st.readInto(part, 0, part.length, dataPos + runStart)) < part.length) this.pastEnd(bi);
         } else {
@@ -320,8 +372,11 @@ export class VhdDisk implements Disk {
           if (got.length < runEnd - runStart) this.pastEnd(bi);
           got.copy(part);
         }
-      } else if (diff) {
-        await this.fromParent(bi * bs + runStart, part);
+      } else {
+        // Not present: zeros (dynamic) or the parent's bytes (differencing),
+        // whatever the file holds there.
+        if (filled) part.fill(0);
+        if (diff) await this.fromParent(bi * bs + runStart, part);
       }
       s = e;
     }
