@@ -14,7 +14,8 @@ export interface Backend {
   /**
    * Stores `data` under `name`, replacing what was there. Atomic: a reader
    * sees the old bytes or the new bytes, never a mix or a prefix, even if the
-   * writer dies halfway. Durable once the promise resolves.
+   * writer dies halfway. Durable once the promise resolves. Keeps no
+   * reference to `data` after that: the caller may free or reuse it.
    */
   put(name: string, data: Buffer): Promise<void>;
   /** Like put, but fails with OBJECT_EXISTS if `name` exists (locks and vault.json rely on it). */

@@ -36,7 +36,8 @@ export interface ObjectGetter {
 }
 /** Where plaintext objects go (sealed on the way). */
 export interface ObjectPutter {
-  put(name: string, data: Buffer): Promise<void>;
+  /** With `give`, the putter may take `data`'s memory: the caller must not use it again. */
+  put(name: string, data: Buffer, give?: boolean): Promise<void>;
 }
 
 export const diskPrefix = (id: string) => `disks/${id}/`;
@@ -226,9 +227,15 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
       name: path,
       size: async () => fileSize,
       read: async (pos, len) => {
-        const b = Buffer.alloc(Math.max(0, Math.min(len, fileSize - pos)));
-        if (b.length) await fh.read(b, 0, b.length, pos);
-        return b;
+        // A buffer of its own memory: block buffers are handed to the putter (give) and move to a sealing thread uncopied.
+        const b = Buffer.allocUnsafeSlow(Math.max(0, Math.min(len, fileSize - pos)));
+        let done = 0;
+        while (done < b.length) {
+          const { bytesRead } = await fh.read(b, done, b.length - done, pos + done);
+          if (bytesRead === 0) break;
+          done += bytesRead;
+        }
+        return done === b.length ? b : b.subarray(0, done);
       },
     };
     const d = await decodeVhd(src);
@@ -245,10 +252,10 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
       for (let i = 0; i < count; i++) {
         const b = await next();
         if (!isZero(b)) {
-          await out.put(blockName(id, i), b);
+          bytes += b.length;
+          await out.put(blockName(id, i), b, true);
           fixedBlocks.push(i);
           blocks++;
-          bytes += b.length;
         }
         onProgress?.(Math.min((i + 1) * FIXED_CHUNK, size), size);
       }
@@ -265,9 +272,9 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
     for (const i of used) {
       const b = await next();
-      await out.put(blockName(id, i), b);
-      blocks++;
       bytes += b.length;
+      await out.put(blockName(id, i), b, true);
+      blocks++;
       onProgress?.(i + 1, bat.length);
     }
     const prefix = await src.read(0, firstBlock);

@@ -14,15 +14,16 @@ export class VaultPutter {
     private readonly depth = Math.max(4, vault.pool.size * 4),
   ) {}
 
-  async put(name: string, data: Buffer): Promise<void> {
+  async put(name: string, data: Buffer, give = false): Promise<void> {
     if (this.failure) throw this.failure;
     while (this.window.size >= this.depth) await Promise.race(this.window);
     if (this.failure) throw this.failure;
+    const length = data.length; // `data` is empty once given away
     const p: Promise<void> = this.vault
-      .putSealed(name, data)
+      .putSealed(name, data, { give })
       .then((r) => {
         this.stats.objects++;
-        this.stats.bytes += data.length;
+        this.stats.bytes += length;
         this.stats.stored += r.size;
       })
       .catch((err) => {

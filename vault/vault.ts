@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { FerryError, EXIT, UsageError } from '../format/errors.js';
 import { CodecName } from '../format/seal/layout.js';
 import { Sealer, SealOptions } from '../format/seal/seal.js';
-import { SealPool } from '../format/seal/pool.js';
+import { SealPool, freeBuffer } from '../format/seal/pool.js';
 import { Backend, ObjectStat, readOnlyBackend } from './backend.js';
 import { DirBackend, dirState } from './dir.js';
 import {
@@ -61,6 +61,11 @@ export interface OpenOptions extends BackendOptions {
 export interface PutOptions extends SealOptions {
   /** Unseal what was sealed before storing it: costs a decompression, proves the writer (default false). */
   verify?: boolean;
+  /**
+   * The caller hands `data` over: when it owns its whole memory it moves to
+   * a sealing thread without a copy and is empty afterwards (not with verify).
+   */
+  give?: boolean;
 }
 
 /** What mount, restore and check get: reads only. */
@@ -187,8 +192,8 @@ export class VaultWriter extends VaultReader {
   /** Seals `data` (AAD = name) on the pool and stores it atomically; checks the stored size. */
   async putSealed(name: string, data: Buffer, opts: PutOptions = {}): Promise<{ size: number; codec: CodecName }> {
     this.lock.assertHeld();
-    const { verify, ...sealOpts } = opts;
-    const sealed = await this.pool.seal(name, data, sealOpts);
+    const { verify, give, ...sealOpts } = opts;
+    const sealed = await this.pool.seal(name, data, sealOpts, give && !verify);
     if (verify) {
       const back = await this.pool.unseal(name, sealed);
       if (!back.equals(data)) throw new Error(`sealing ${name} did not round-trip`);
@@ -199,7 +204,11 @@ export class VaultWriter extends VaultReader {
     if (st.size !== sealed.length) {
       throw new FerryError('BACKEND_SHORT_WRITE', `object ${name} in ${this.location} holds ${st.size} bytes after writing ${sealed.length}`, { object: name });
     }
-    return { size: sealed.length, codec: (['none', 'zstd', 'deflate'] as const)[sealed[6]] };
+    const r = { size: sealed.length, codec: (['none', 'zstd', 'deflate'] as const)[sealed[6]] };
+    // Ours alone now (a backend keeps no reference after put): free it at once,
+    // not at some later collection, so the next object reuses the memory.
+    freeBuffer(sealed);
+    return r;
   }
 
   async delete(name: string): Promise<void> {

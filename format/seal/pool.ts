@@ -123,8 +123,9 @@ export class SealPool {
     return this.#queue.length + this.#running;
   }
 
-  seal(name: string, data: Uint8Array, opts?: SealOptions): Promise<Buffer> {
-    return this.#submit('seal', name, data, opts);
+  /** Seals `data`; with `give`, a Buffer that owns its whole memory moves to the worker without a copy (empty afterwards). */
+  seal(name: string, data: Uint8Array, opts?: SealOptions, give = false): Promise<Buffer> {
+    return this.#submit('seal', name, data, opts, false, undefined, give);
   }
 
   unseal(name: string, sealed: Uint8Array): Promise<Buffer> {

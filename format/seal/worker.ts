@@ -3,7 +3,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
-import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
+import { freeBuffer, type TaskMessage, type ResultMessage, type ResultHashes } from './pool.js';
 import { createHash } from 'node:crypto';
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -35,6 +35,9 @@ port.on('message', (m: TaskMessage) => {
     if (out.byteOffset === 0 && out.buffer.byteLength === out.length && out.buffer instanceof ArrayBuffer) {
       transfer = [out.buffer];
     }
+    // The input was transferred to this thread and is done with: free it now
+    // rather than at this thread's next collection (fewer fresh pages to fault in).
+    if (out.buffer !== input.buffer) freeBuffer(input);
     reply = { id: m.id, ok: true, data: out, hashes };
   } catch (err) {
     if (err instanceof FerryError) {
