@@ -20,6 +20,7 @@
 import { open as fsOpen } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError } from '../format/errors.js';
+import { freeBuffer } from '../format/seal/free.js';
 import { type ByteSource, decodeVhd } from '../format/vhd/decode.js';
 import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
@@ -33,6 +34,8 @@ const FIXED_CHUNK = 2 * 1024 * 1024;
 /** Where plaintext objects come from (a vault or a seed, unsealing on the way). */
 export interface ObjectGetter {
   get(name: string): Promise<Buffer>;
+  /** Every get gives a buffer of the caller's own (nothing else holds it): a reader may free it when done. */
+  readonly fresh?: boolean;
 }
 /** Where plaintext objects go (sealed on the way). */
 export interface ObjectPutter {
@@ -141,8 +144,42 @@ export class StoredVhdStorage implements VhdStorage {
     p = this.objects.get(blockName(this.id, index));
     p.catch(() => this.cache.delete(index));
     this.cache.set(index, p);
-    if (this.cache.size > this.cacheBlocks) this.cache.delete(this.cache.keys().next().value!);
+    if (this.cache.size > this.cacheBlocks) {
+      const [old, gone] = this.cache.entries().next().value!;
+      this.cache.delete(old);
+      this.release(gone);
+    }
     return p;
+  }
+
+  /** Copies in progress from each block (by its fetch). */
+  private readonly users = new Map<Promise<Buffer>, number>();
+  /** Evicted blocks still being copied from: freed when the last copy ends. */
+  private readonly evicted = new Set<Promise<Buffer>>();
+
+  private use(p: Promise<Buffer>): void {
+    this.users.set(p, (this.users.get(p) ?? 0) + 1);
+  }
+
+  private done(p: Promise<Buffer>): void {
+    const n = (this.users.get(p) ?? 1) - 1;
+    if (n > 0) {
+      this.users.set(p, n);
+      return;
+    }
+    this.users.delete(p);
+    if (this.evicted.delete(p)) this.release(p);
+  }
+
+  /**
+   * Frees an evicted block's memory at once, when the getter hands out
+   * buffers of the caller's own (a vault does): 2 MiB each, and the
+   * collector lets dozens of them pile up before it runs.
+   */
+  private release(p: Promise<Buffer>): void {
+    if (!this.objects.fresh) return;
+    if (this.users.has(p)) this.evicted.add(p);
+    else p.then(freeBuffer, () => {});
   }
 
   async read(position: number, length: number): Promise<Buffer> {
@@ -177,14 +214,22 @@ export class StoredVhdStorage implements VhdStorage {
     }
     let k = lo;
     const pending: Array<{ pos: number; data: Promise<Buffer> }> = [];
-    for (; k < this.starts.length && this.starts[k].pos < end; k++) pending.push({ pos: this.starts[k].pos, data: this.block(this.starts[k].index) });
+    for (; k < this.starts.length && this.starts[k].pos < end; k++) {
+      const data = this.block(this.starts[k].index);
+      this.use(data);
+      pending.push({ pos: this.starts[k].pos, data });
+    }
     // Sequential readers (restore, export) come back for the next blocks:
     // fetch and unseal them now, so the seal pool works on several at once.
     for (let n = 0; n < this.readAhead && k < this.starts.length; n++, k++) {
       const index = this.starts[k].index;
       if (!this.cache.has(index)) this.block(index).catch(() => {});
     }
-    for (const p of pending) copyOverlap(p.pos, await p.data, position, out);
+    try {
+      for (const p of pending) copyOverlap(p.pos, await p.data, position, out);
+    } finally {
+      for (const p of pending) this.done(p.data);
+    }
   }
 
   async write(): Promise<void> {

@@ -40,6 +40,7 @@ export class VaultPutter {
 }
 
 /** The plaintext object getter of a vault. */
-export function vaultObjects(vault: VaultReader): { get(name: string): Promise<Buffer> } {
-  return { get: (name) => vault.getSealed(name) };
+export function vaultObjects(vault: VaultReader): { get(name: string): Promise<Buffer>; readonly fresh: true } {
+  // each get unseals into a new buffer that only the caller holds
+  return { get: (name) => vault.getSealed(name), fresh: true };
 }

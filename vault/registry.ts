@@ -93,7 +93,7 @@ export async function resolvePoint(vault: VaultReader, machine: string, item: st
 /** Opens a point's disk chain read-only. */
 export async function openPointDisk(vault: VaultReader, p: PointManifest): Promise<Disk> {
   let disk: Disk | null = null;
-  const objects = { get: (name: string) => vault.getSealed(name) };
+  const objects = { get: (name: string) => vault.getSealed(name), fresh: true }; // each get is a new buffer of ours
   for (const id of p.chain) disk = await openStoredDisk(objects, id, disk, `disk ${id} of ${p.machine}/${p.item} point ${p.seq}`);
   return disk!;
 }

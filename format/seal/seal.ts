@@ -1,6 +1,7 @@
 // Sealing in the calling thread: compress, then AES-256-GCM with the header
 // and the object's name as associated data. The pool (pool.ts) runs the same
 // code in worker threads.
+import { freeBuffer } from './free.js';
 import { createCipheriv, createDecipheriv, createSecretKey, KeyObject, randomFillSync } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
@@ -154,6 +155,7 @@ export class Sealer {
     cipher.setAAD(aad(out, name));
     const ct = cipher.update(body);
     ct.copy(out, HEADER_SIZE);
+    freeBuffer(ct);
     const fin = cipher.final();
     if (fin.length !== 0) fin.copy(out, HEADER_SIZE + ct.length);
     cipher.getAuthTag().copy(out, HEADER_SIZE + body.length);
@@ -176,7 +178,9 @@ export class Sealer {
   unseal(name: string, sealed: Uint8Array): Buffer {
     const { body, codecName, length } = this.#open(name, sealed);
     if (codecName === 'none') return body;
-    return decompress(name, codecName, body, length);
+    const out = decompress(name, codecName, body, length);
+    freeBuffer(body); // ours alone: no need to wait for a collection
+    return out;
   }
 
   #open(name: string, sealed: Uint8Array): { body: Buffer; codecName: CodecName; length: number } {

@@ -3,7 +3,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
-import { freeBuffer, type TaskMessage, type ResultMessage, type ResultHashes } from './pool.js';
+import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
+import { freeBuffer } from './free.js';
 import { createHash } from 'node:crypto';
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
