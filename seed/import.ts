@@ -63,7 +63,13 @@ export async function importSeeds(
       result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
       continue;
     }
-    const r = await importDisk(vault, dir, m, opts.onProgress);
+    // Group commit: the disk's objects are fsynced together before its marker says it is imported.
+    vault.beginBatch();
+    const r = await importDisk(vault, dir, m, opts.onProgress).catch(async (err) => {
+      await vault.commitBatch().catch(() => {}); // ends the batch; the first error is the one to report
+      throw err;
+    });
+    await vault.commitBatch();
     await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
     result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false });
   }

@@ -39,6 +39,36 @@ backendConformance('dir behind a fault injector with slow reads', async () => {
   return { backend: f, cleanup: fx.cleanup };
 });
 backendFaultConformance('dir', dirFactory);
+// The same promises hold inside a batch (new objects fsynced at commitBatch):
+// every test runs with a batch open, and commits it before cleaning up.
+const batchedFactory = async () => {
+  const fx = await dirFactory();
+  fx.backend.beginBatch();
+  return { backend: fx.backend, cleanup: async () => { await fx.backend.commitBatch(); await fx.cleanup(); } };
+};
+backendConformance('dir, batched', batchedFactory);
+backendFaultConformance('dir, batched', batchedFactory);
+
+test('a batch: new objects show at once, replacing one stays whole, commitBatch ends it and tolerates deletions', async (t) => {
+  const { backend: b, cleanup } = await dirFactory();
+  try {
+    await b.put('disks/d/blocks/0', Buffer.from('before the batch'));
+    b.beginBatch();
+    await Promise.all(Array.from({ length: 40 }, (_, i) => b.put(`disks/d/blocks/${i + 1}`, Buffer.alloc(5000, i))));
+    await b.put('disks/d/blocks/0', Buffer.from('replaced in the batch'));
+    t.deepEqual(await b.get('disks/d/blocks/0'), Buffer.from('replaced in the batch'));
+    for (let i = 1; i <= 40; i++) t.deepEqual(await b.get(`disks/d/blocks/${i}`), Buffer.alloc(5000, i - 1));
+    await b.delete('disks/d/blocks/7');
+    await b.commitBatch();
+    await b.commitBatch(); // none open: nothing to do
+    t.false(await b.exists('disks/d/blocks/7'));
+    const names = await listAll(b, 'disks/d/blocks/');
+    t.is(names.length, 40);
+    t.deepEqual((await fs.readdir(join(b.location, 'disks', 'd', 'blocks'))).filter((n) => n.startsWith('.')), [], 'no temporaries left');
+  } finally {
+    await cleanup();
+  }
+});
 
 async function newVault(label: string): Promise<string> {
   const dir = join(await tempDir(label), 'vault');

@@ -36,6 +36,16 @@ export interface Backend {
    * of an object, so a test can fail a write halfway (a torn write).
    */
   injectFaults?(faults: IoFaults | null): void;
+  /**
+   * Optional group commit, for writing many new objects that nothing refers
+   * to yet (the blocks of a disk before its head): until commitBatch()
+   * resolves, a put of a name that did not exist is atomic but need not be
+   * durable on its own; commitBatch() makes every such put durable at once.
+   * Replacing an existing object stays durable on its own. Backends without
+   * it make every put durable, which is also correct.
+   */
+  beginBatch?(): void;
+  commitBatch?(): Promise<void>;
 }
 
 export interface IoFaults {

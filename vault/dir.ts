@@ -21,6 +21,10 @@ export class DirBackend implements Backend {
   readonly #root: string;
   readonly #sync: boolean;
   #faults: IoFaults | null = null;
+  /** New objects written since beginBatch(), made durable by commitBatch(). */
+  #batch: { files: Set<string>; dirs: Set<string> } | null = null;
+  /** Directories known to exist (mkdir -p once per directory, not once per object). */
+  readonly #madeDirs = new Set<string>();
 
   constructor(root: string, opts: DirBackendOptions = {}) {
     this.#root = resolve(root);
@@ -59,7 +63,13 @@ export class DirBackend implements Backend {
     let created = false;
     try {
       await this.#mkdirs(dir);
-      const fh = await fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+      const create = () => fs.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+      const fh = await create().catch(async (err) => {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+        this.#madeDirs.delete(dir); // removed behind our back: make it again
+        await this.#mkdirs(dir);
+        return create();
+      });
       created = true;
       try {
         if (this.#faults?.midWrite && data.length > 0) {
@@ -69,6 +79,22 @@ export class DirBackend implements Backend {
           await writeAll(fh, data.subarray(half));
         } else {
           await writeAll(fh, data);
+        }
+        if (this.#sync && this.#batch && !exclusive) {
+          // Group commit: a new name gets the object now and its fsync at
+          // commitBatch() (one wait for all of them, like git's batch mode).
+          // link() refuses an existing name; replacing one stays durable on
+          // its own below, so what was there is never lost to a power cut.
+          try {
+            await fs.link(tmp, path);
+            this.#batch.files.add(path);
+            this.#batch.dirs.add(dir);
+            await fs.unlink(tmp);
+            created = false;
+            return;
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          }
         }
         if (this.#sync) await fh.sync();
       } finally {
@@ -98,12 +124,53 @@ export class DirBackend implements Backend {
 
   /** mkdir -p, then fsync the parent of each directory it made so the new entries survive a crash. */
   async #mkdirs(dir: string): Promise<void> {
+    if (this.#madeDirs.has(dir)) return;
     const first = await fs.mkdir(dir, { recursive: true });
-    if (!first || !this.#sync) return;
+    if (!first || !this.#sync) {
+      this.#madeDirs.add(dir);
+      return;
+    }
     for (let d = dir; ; d = dirname(d)) {
       await fsyncDir(dirname(d));
       if (d === first || d.length <= this.#root.length) break;
     }
+    this.#madeDirs.add(dir);
+  }
+
+  beginBatch(): void {
+    this.#batch ??= { files: new Set(), dirs: new Set() };
+  }
+
+  /** fsyncs every object the batch created, then their directories; ends the batch. */
+  async commitBatch(): Promise<void> {
+    const batch = this.#batch;
+    this.#batch = null;
+    if (!batch || !this.#sync) return;
+    const files = [...batch.files];
+    // Several at once: the kernel writes them back together and the
+    // filesystem's journal commits them in few transactions.
+    let next = 0;
+    const worker = async () => {
+      while (next < files.length) {
+        const f = files[next++];
+        try {
+          const fh = await fs.open(f, fsc.O_RDONLY);
+          try {
+            await fh.sync();
+          } finally {
+            await fh.close();
+          }
+        } catch (err) {
+          // deleted since (a later delete is durable on its own): nothing to keep
+          if (isMissing(err)) continue;
+          throw this.#translate(err, 'sync', f.slice(this.#root.length + 1).split(sep).join('/'));
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, files.length) }, worker));
+    for (const d of batch.dirs) await fsyncDir(d).catch((err) => {
+      if (!isMissing(err)) throw this.#translate(err, 'sync', d);
+    });
   }
 
   async get(name: string): Promise<Buffer> {

@@ -41,6 +41,8 @@ export interface ObjectGetter {
 export interface ObjectPutter {
   /** With `give`, the putter may take `data`'s memory: the caller must not use it again. */
   put(name: string, data: Buffer, give?: boolean): Promise<void>;
+  /** Everything put so far is stored and durable before anything put after (a putter that batches durability needs it). */
+  barrier?(): Promise<void>;
 }
 
 export const diskPrefix = (id: string) => `disks/${id}/`;
@@ -305,6 +307,7 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
         onProgress?.(Math.min((i + 1) * FIXED_CHUNK, size), size);
       }
       const footer = await src.read(fileSize - SECTOR, SECTOR);
+      await out.barrier?.(); // the blocks are durable before the head that makes them a disk
       await out.put(headName(id), encodeHead({ v: 1, fileSize, type: 'fixed', regions: [{ offset: fileSize - SECTOR, length: SECTOR }], fixedBlocks }, [footer]));
       return { id, blocks, bytes };
     }
@@ -325,6 +328,7 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     const prefix = await src.read(0, firstBlock);
     const tailLen = fileSize - d.footerOffset!;
     const tail = await src.read(d.footerOffset!, tailLen);
+    await out.barrier?.(); // the blocks are durable before the head that makes them a disk
     await out.put(
       headName(id),
       encodeHead({ v: 1, fileSize, type: d.type!, regions: [{ offset: 0, length: prefix.length }, { offset: d.footerOffset!, length: tailLen }] }, [prefix, tail]),

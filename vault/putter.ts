@@ -37,6 +37,28 @@ export class VaultPutter {
     await Promise.all(this.window);
     if (this.failure) throw this.failure;
   }
+
+  /**
+   * Waits for every put so far and makes them durable together (one group
+   * commit of the vault's backend), then opens the next batch: what is put
+   * after the barrier may refer to what was put before it.
+   */
+  async barrier(): Promise<void> {
+    await this.flush();
+    await this.vault.commitBatch();
+    this.vault.beginBatch();
+  }
+
+  /** Opens the first batch (puts until barrier() or end() need not be durable one by one). */
+  begin(): void {
+    this.vault.beginBatch();
+  }
+
+  /** Waits for every put and makes them durable; ends the batch. */
+  async end(): Promise<void> {
+    await this.flush();
+    await this.vault.commitBatch();
+  }
 }
 
 /** The plaintext object getter of a vault. */

@@ -189,6 +189,22 @@ export class VaultWriter extends VaultReader {
     super(backend, config, key, slotId, poolSize);
   }
 
+  /**
+   * Starts a group commit (see Backend.beginBatch): new objects put until
+   * commitBatch() are made durable together. For the blocks of a disk
+   * before its head, the objects of a seed disk before its marker: nothing
+   * may refer to them until commitBatch() has resolved.
+   */
+  beginBatch(): void {
+    this.lock.assertHeld();
+    this.backend.beginBatch?.();
+  }
+
+  /** Makes every object put since beginBatch() durable; ends the batch. */
+  async commitBatch(): Promise<void> {
+    await this.backend.commitBatch?.();
+  }
+
   /** Seals `data` (AAD = name) on the pool and stores it atomically; checks the stored size. */
   async putSealed(name: string, data: Buffer, opts: PutOptions = {}): Promise<{ size: number; codec: CodecName }> {
     this.lock.assertHeld();

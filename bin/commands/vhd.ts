@@ -157,8 +157,10 @@ export function register(program: Command): void {
         const { VaultPutter } = await putterModule();
         const { storeVhdFile } = await diskstore();
         const putter = new VaultPutter(vault);
+        // Group commit: the blocks are fsynced together before the head is written, the head before we report.
+        putter.begin();
         const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t));
-        await putter.flush();
+        await putter.end();
         bar.stop();
         out.result({ disk: r.id, blocks: r.blocks, bytes: r.bytes, stored: putter.stats.stored }, () => {
           if (out.opts.quiet) return;
