@@ -19,7 +19,7 @@
 // objects, so a vault disk reads (and chains) exactly like a file.
 import { open as fsOpen } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
-import { FerryError } from '../format/errors.js';
+import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
 import { type ByteSource, decodeVhd } from '../format/vhd/decode.js';
 import type { EmptyImage } from '../format/vhd/create.js';
@@ -117,6 +117,7 @@ export class StoredVhdStorage implements VhdStorage {
     private readonly cacheBlocks = 16,
     private readonly readAhead = Math.max(0, Math.min(4, cacheBlocks - 4)),
   ) {
+    checkArg(Number.isInteger(cacheBlocks) && cacheBlocks >= 1, 'cacheBlocks', 'an integer of at least 1', cacheBlocks);
     if (head.meta.type === 'fixed') {
       this.span = FIXED_CHUNK;
       for (const i of head.meta.fixedBlocks ?? []) this.starts.push({ pos: i * FIXED_CHUNK, index: i });
@@ -143,9 +144,13 @@ export class StoredVhdStorage implements VhdStorage {
       this.cache.set(index, p);
       return p;
     }
-    p = this.objects.get(blockName(this.id, index));
-    p.catch(() => this.cache.delete(index));
+    const fetched = this.objects.get(blockName(this.id, index));
+    p = fetched;
+    fetched.catch(() => {
+      if (this.cache.get(index) === fetched) this.cache.delete(index); // not a newer fetch of the same block
+    });
     this.cache.set(index, p);
+    // (cacheBlocks >= 1, checked in the constructor: the fetch just added is never the one evicted)
     if (this.cache.size > this.cacheBlocks) {
       const [old, gone] = this.cache.entries().next().value!;
       this.cache.delete(old);
@@ -216,10 +221,15 @@ export class StoredVhdStorage implements VhdStorage {
     }
     let k = lo;
     const pending: Array<{ pos: number; data: Promise<Buffer> }> = [];
-    for (; k < this.starts.length && this.starts[k].pos < end; k++) {
-      const data = this.block(this.starts[k].index);
-      this.use(data);
-      pending.push({ pos: this.starts[k].pos, data });
+    try {
+      for (; k < this.starts.length && this.starts[k].pos < end; k++) {
+        const data = this.block(this.starts[k].index);
+        this.use(data);
+        pending.push({ pos: this.starts[k].pos, data });
+      }
+    } catch (err) {
+      for (const p of pending) this.done(p.data); // a getter that threw at once: release what we hold
+      throw err;
     }
     // Sequential readers (restore, export) come back for the next blocks:
     // fetch and unseal them now, so the seal pool works on several at once.

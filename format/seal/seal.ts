@@ -155,9 +155,10 @@ export class Sealer {
     cipher.setAAD(aad(out, name));
     const ct = cipher.update(body);
     ct.copy(out, HEADER_SIZE);
+    const ctLength = ct.length;
     freeBuffer(ct);
     const fin = cipher.final();
-    if (fin.length !== 0) fin.copy(out, HEADER_SIZE + ct.length);
+    if (fin.length !== 0) fin.copy(out, HEADER_SIZE + ctLength);
     cipher.getAuthTag().copy(out, HEADER_SIZE + body.length);
     return out;
   }
