@@ -2,7 +2,10 @@
 // Writes go to a temporary file in the same directory, are fsynced, then
 // renamed over the name and the directory fsynced: after a crash a name holds
 // its old bytes or its new bytes, and leftover temporaries (dot-files) are
-// invisible to list() and cost only space.
+// invisible to list() and cost only space. Inside a batch (beginBatch ..
+// commitBatch) a new name is linked into place at once and fsynced with the
+// rest of the batch at commitBatch: one wait for many objects, as git's
+// batch fsync mode does; the caller writes nothing that refers to them before.
 import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
