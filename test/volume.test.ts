@@ -92,6 +92,10 @@ test('write, then read everything back: tree, metadata, data, hard links, checks
   t.deepEqual(r.roots().map((e) => e.path.toString()), ['/']);
   // extents start on 4 KiB boundaries
   for (const e of r.entries()) for (const x of e.extents) t.is(x.diskOffset % 4096, 0);
+  // the walk over every entry (arrays by column position) reads each entry as a lookup by path does
+  const walked = [...r.entries()];
+  t.true(walked.length > 5);
+  for (const e of walked) t.deepEqual(e, r.stat(e.path), e.path.toString());
   r.close();
 });
 

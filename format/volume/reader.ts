@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import type { Disk } from '../disk.js';
 import { FerryError, checkArg } from '../errors.js';
 import { HASH_SIZE, SUPERBLOCK_SIZE, decodeSuperblock, type Superblock } from './layout.js';
-import { fromRow, type VolumeEntry } from './catalog.js';
+import { ENTRY_COLUMNS_SQL, fromRaw, fromRow, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
 
 export interface VolumeReaderOptions {
@@ -59,8 +59,9 @@ export class VolumeReader {
     this.byPath = q('SELECT * FROM entries WHERE path = ?');
     this.byId = q('SELECT * FROM entries WHERE id = ?');
     this.children = q('SELECT * FROM entries WHERE parent = ? ORDER BY name');
-    this.page = q('SELECT * FROM entries WHERE id > ? ORDER BY id LIMIT 512');
-    this.pageUnder = q('SELECT * FROM entries WHERE id > ? AND (path = ? OR (path >= ? AND path < ?)) ORDER BY id LIMIT 512');
+    // The walks over every entry read arrays of the columns fromRaw() knows.
+    this.page = q(`SELECT ${ENTRY_COLUMNS_SQL} FROM entries WHERE id > ? ORDER BY id LIMIT 512`).raw(true);
+    this.pageUnder = q(`SELECT ${ENTRY_COLUMNS_SQL} FROM entries WHERE id > ? AND (path = ? OR (path >= ? AND path < ?)) ORDER BY id LIMIT 512`).raw(true);
     this.meta = {};
     for (const r of db.prepare('SELECT key, value FROM meta').all() as { key: string; value: unknown }[]) {
       this.meta[r.key] = Buffer.isBuffer(r.value) ? r.value.toString() : String(r.value);
@@ -172,10 +173,10 @@ export class VolumeReader {
     const under = opts.under === undefined ? null : toPathBuffer(opts.under);
     const range = under && !under.equals(ROOT) ? subtreeRange(under) : null;
     for (;;) {
-      const rows = (range ? this.pageUnder.all(last, under, range[0], range[1]) : this.page.all(last)) as Record<string, unknown>[];
+      const rows = (range ? this.pageUnder.all(last, under, range[0], range[1]) : this.page.all(last)) as unknown[][];
       if (rows.length === 0) return;
-      for (const r of rows) yield fromRow(r);
-      last = rows[rows.length - 1].id as bigint;
+      for (const r of rows) yield fromRaw(r);
+      last = rows[rows.length - 1][0] as bigint;
     }
   }
 
