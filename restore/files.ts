@@ -374,7 +374,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const queueXattrs = async (path: Buffer, xattrs: Xattr[]) => {
     if (xattrs.length === 0) return;
     xattrBatch.push({ path, xattrs });
-    if (xattrBatch.length >= 256) await flushXattrs();
+    // one setfattr spawn per batch, and a spawn forks this whole process: large batches
+    if (xattrBatch.length >= 2048) await flushXattrs();
   };
 
   /** Default place of an entry: its original path, under `to` when given. */
