@@ -129,13 +129,11 @@ export class DirBackend implements Backend {
   async #mkdirs(dir: string): Promise<void> {
     if (this.#madeDirs.has(dir)) return;
     const first = await fs.mkdir(dir, { recursive: true });
-    if (!first || !this.#sync) {
-      this.#madeDirs.add(dir);
-      return;
-    }
-    for (let d = dir; ; d = dirname(d)) {
-      await fsyncDir(dirname(d));
-      if (d === first || d.length <= this.#root.length) break;
+    if (first && this.#sync) {
+      for (let d = dir; ; d = dirname(d)) {
+        await fsyncDir(dirname(d));
+        if (d === first || d.length <= this.#root.length) break;
+      }
     }
     this.#madeDirs.add(dir);
   }
@@ -157,12 +155,7 @@ export class DirBackend implements Backend {
       while (next < files.length) {
         const f = files[next++];
         try {
-          const fh = await fs.open(f, fsc.O_RDONLY);
-          try {
-            await fh.sync();
-          } finally {
-            await fh.close();
-          }
+          await fsyncPath(f);
         } catch (err) {
           // deleted since (a later delete is durable on its own): nothing to keep
           if (isMissing(err)) continue;
@@ -268,8 +261,12 @@ async function writeAll(fh: fs.FileHandle, data: Buffer): Promise<void> {
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+function fsyncDir(dir: string): Promise<void> {
+  return fsyncPath(dir, fsc.O_DIRECTORY);
+}
+
+async function fsyncPath(path: string, flags = 0): Promise<void> {
+  const fh = await fs.open(path, fsc.O_RDONLY | flags);
   try {
     await fh.sync();
   } finally {

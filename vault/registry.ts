@@ -7,6 +7,7 @@ import { FerryError, UsageError } from '../format/errors.js';
 import type { Disk } from '../format/disk.js';
 import type { VaultReader, VaultWriter } from './vault.js';
 import { openStoredDisk } from './diskstore.js';
+import { vaultObjects } from './putter.js';
 
 export type ItemKind = 'files' | 'volume' | 'system-state';
 
@@ -93,7 +94,7 @@ export async function resolvePoint(vault: VaultReader, machine: string, item: st
 /** Opens a point's disk chain read-only. */
 export async function openPointDisk(vault: VaultReader, p: PointManifest): Promise<Disk> {
   let disk: Disk | null = null;
-  const objects = { get: (name: string) => vault.getSealed(name), fresh: true }; // each get is a new buffer of ours
+  const objects = vaultObjects(vault);
   for (const id of p.chain) disk = await openStoredDisk(objects, id, disk, `disk ${id} of ${p.machine}/${p.item} point ${p.seq}`);
   return disk!;
 }

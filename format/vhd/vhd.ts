@@ -363,7 +363,7 @@ export class VhdDisk implements Disk {
       const part = dst.subarray(runStart - inBlock, runEnd - inBlock);
       if (here) {
         if (filled) {
-          // read with the bitmap above
+          // already read, with the bitmap
         } else if (st.readInto) {
           // Straight into the caller's buffer: no block-sized copy per read.
           if ((await st.readInto(part, 0, part.length, dataPos + runStart)) < part.length) this.pastEnd(bi);

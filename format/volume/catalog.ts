@@ -183,14 +183,14 @@ export function toRow(
   };
 }
 
-/** The columns of ENTRY_COLUMNS_SQL, in order: what fromRaw() reads by position. */
+/** The columns every entry query selects, in the order fromRaw() reads them. */
 export const ENTRY_COLUMNS_SQL =
   'id, parent, path, type, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, size, ino, dev, nlink, rdev, target, xattrs, link_group, implicit, extents, chunks';
 
 /**
- * An entry from a row read with raw(true) and safeIntegers(true) from
- * `SELECT ${ENTRY_COLUMNS_SQL}`: arrays cost better-sqlite3 far less to
- * build than objects with named keys (a restore walks every row).
+ * An entry from a row of `SELECT ${ENTRY_COLUMNS_SQL}` read with raw(true)
+ * and safeIntegers(true) (every INTEGER arrives as a bigint, so nothing is
+ * rounded through a double).
  */
 export function fromRaw(r: unknown[]): VolumeEntry {
   const n = (v: unknown) => (v === null || v === undefined ? null : Number(v as bigint));
@@ -220,34 +220,6 @@ export function fromRaw(r: unknown[]): VolumeEntry {
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/** Rows must be read with safeIntegers(true): every INTEGER arrives as a bigint. */
-export function fromRow(r: Record<string, unknown>): VolumeEntry {
-  const n = (v: unknown) => (v === null || v === undefined ? null : Number(v as bigint));
-  return {
-    id: Number(r.id as bigint),
-    parent: n(r.parent),
-    path: r.path as Buffer,
-    type: r.type as EntryType,
-    mode: Number(r.mode as bigint),
-    uid: Number(r.uid as bigint),
-    gid: Number(r.gid as bigint),
-    atimeNs: r.atime_ns as bigint,
-    mtimeNs: r.mtime_ns as bigint,
-    ctimeNs: r.ctime_ns as bigint,
-    size: Number(r.size as bigint),
-    ino: u64(r.ino as bigint),
-    dev: u64(r.dev as bigint),
-    nlink: Number(r.nlink as bigint),
-    rdev: u64(r.rdev as bigint),
-    target: (r.target as Buffer | null) ?? null,
-    xattrs: decodeXattrs(r.xattrs as Buffer | null),
-    linkGroup: n(r.link_group),
-    implicit: Number(r.implicit as bigint) !== 0,
-    extents: decodeExtents(r.extents as Buffer | null),
-    chunks: (r.chunks as Buffer | null) ?? Buffer.alloc(0),
-  };
-}
 
 export function setupCatalog(db: Database.Database): void {
   db.pragma('page_size = 4096');
