@@ -12,7 +12,7 @@ export interface SeedObject {
   name: string;
   size: number;
   sha256: string;
-  /** SHA-256 of the plaintext: lets a resumed seed keep an object whose content is unchanged. */
+  /** SHA-256 of the plaintext: written by ferry before 2026-11-24, read and ignored now. */
   plain?: string;
 }
 

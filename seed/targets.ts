@@ -28,7 +28,6 @@ export interface SeedIdentity {
 
 interface Held extends SeedObject {
   disk: number; // index into dirs
-  verified?: boolean;
 }
 
 export interface TargetsProgress {
@@ -126,15 +125,11 @@ export class SeedTargets {
   async put(name: string, data: Buffer): Promise<void> {
     if (this.failure) throw this.failure;
     const old = this.held.get(name);
-    if (old) {
-      // A resumed seed: keep what an earlier run stored, if the plaintext is
-      // the same and the stored bytes still verify. (Hashed here only then.)
-      const plain = createHash('sha256').update(data).digest('hex');
-      if (old.plain === plain && (await this.verifyHeld(old))) {
-        this.stats.kept++;
-        freeBuffer(data); // handed over like a block that is sealed (see below)
-        return;
-      }
+    if (old && (await this.holds(old, data))) {
+      // A resumed seed keeps what an earlier run stored.
+      this.stats.kept++;
+      freeBuffer(data); // handed over like a block that is sealed (see below)
+      return;
     }
     await this.pool.ready();
     // Blocks between here and the disk (each holds 2 MiB until sealed, then
@@ -148,8 +143,8 @@ export class SeedTargets {
     this.writes = this.writes.then(async () => {
       try {
         if (this.failure) return;
-        const { sealed, plainSha256, sealedSha256 } = await sealing;
-        await this.store(name, sealed, plainSha256, sealedSha256);
+        const { sealed, sealedSha256 } = await sealing;
+        await this.store(name, sealed, sealedSha256);
         // On the disk now: its memory goes back at once, not at the next garbage collection.
         freeBuffer(sealed);
       } catch (err) {
@@ -161,18 +156,28 @@ export class SeedTargets {
     });
   }
 
-  private async verifyHeld(h: Held): Promise<boolean> {
-    if (h.verified) return true;
+  /**
+   * Whether the object an earlier run stored as `h` is intact and opens to
+   * `data`: its bytes match the manifest's SHA-256, and unsealed (which
+   * authenticates them under their name) they equal the block just rebuilt.
+   * Paid only by a resumed seed, once per object it finds.
+   */
+  private async holds(h: Held, data: Buffer): Promise<boolean> {
     try {
       const b = await readFile(this.path(h.disk, h.name));
-      h.verified = b.length === h.size && createHash('sha256').update(b).digest('hex') === h.sha256;
+      if (b.length !== h.size || createHash('sha256').update(b).digest('hex') !== h.sha256) return false;
+      const plain = await this.pool.unseal(h.name, b);
+      try {
+        return plain.equals(data);
+      } finally {
+        freeBuffer(plain);
+      }
     } catch {
-      h.verified = false;
+      return false;
     }
-    return h.verified;
   }
 
-  private async store(name: string, sealed: Buffer, plain: string, sha256: string): Promise<void> {
+  private async store(name: string, sealed: Buffer, sha256: string): Promise<void> {
     const old = this.held.get(name);
     if (old) {
       await rm(this.path(old.disk, name), { force: true });
@@ -197,7 +202,7 @@ export class SeedTargets {
       // The disk filled up before its nominal capacity: close it and go on.
       this.capacity[this.cur] = this.used[this.cur];
     }
-    this.held.set(name, { name, size: sealed.length, sha256, plain, disk: this.cur, verified: true });
+    this.held.set(name, { name, size: sealed.length, sha256, disk: this.cur });
     this.used[this.cur] += sealed.length;
     this.stats.written++;
     this.stats.sealedBytes += sealed.length;
@@ -261,7 +266,7 @@ export class SeedTargets {
 
   private manifestFor(disk: number, complete: boolean, of: number | null, point?: string): SeedManifest {
     const objects: SeedObject[] = [];
-    for (const h of this.held.values()) if (h.disk === disk) objects.push({ name: h.name, size: h.size, sha256: h.sha256, plain: h.plain });
+    for (const h of this.held.values()) if (h.disk === disk) objects.push({ name: h.name, size: h.size, sha256: h.sha256 });
     objects.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return { format: SEED_FORMAT, version: 1, ...this.id, disk: disk + 1, of, complete, objects, ...(point ? { point } : {}) };
   }

@@ -5,7 +5,7 @@ import test from 'ava';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, writeFile, stat } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, writeFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
 import { FERRY, ferry, must, run, sha256, withTmp } from './helpers/exec.js';
@@ -174,8 +174,16 @@ test('more data than disks: ferry asks for another disk, and the same command wi
     const r = await ferry([...base, '--disk', join(dir, 'a')], { env });
     t.is(r.code, 1);
     t.regex(r.stderr, /add another --disk/);
-    const again = await ferry([...base, '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), '--disk', join(dir, 'c')], { env });
+    // The source changes between the runs: blocks that now hold other bytes
+    // must be sealed again, unchanged ones are kept from the first run.
+    const fh = await open(join(src, 'big.bin'), 'r+');
+    await fh.write(randomBytes(64 * 1024), 0, 64 * 1024, 2.5 * MiB);
+    await fh.close();
+    const again = await ferry([...base, '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), '--disk', join(dir, 'c'), '--json'], { env });
     t.is(again.code, 0, again.stderr);
+    const res = JSON.parse(again.stdout.toString());
+    t.true(res.kept >= 1, `kept ${res.kept}`);
+    t.true(res.objects > res.kept, `${res.objects} objects, ${res.kept} kept`);
     const doc = JSON.parse((await ferry([...base, '--disk', join(dir, 'a'), '--json'], { env })).stdout.toString() || '{}');
     t.falsy(doc.seedId, 'a complete seed is not written again');
     await ok(['import', '--vault', vault, ...['c', 'b', 'a'].map((d) => join(dir, d)).filter((d) => existsSync(join(d, SEED_MANIFEST)))]);

@@ -27,7 +27,7 @@ port.on('message', (m: TaskMessage) => {
     } else if (m.op === 'seal') {
       out = sealer.seal(m.name, input, m.opts);
       // Hashing here keeps it off the producer's thread.
-      if (m.hash) hashes = { plain: sha256(input), sealed: sha256(out) };
+      if (m.hash) hashes = { sealed: sha256(out) };
     } else {
       out = sealer.unseal(m.name, input);
     }
