@@ -15,7 +15,13 @@ import { ENTRY_COLUMNS_SQL, fromRaw, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
 
 export interface VolumeReaderOptions {
-  /** Catalogs larger than this are spooled to a temporary file instead of memory (64 MiB). */
+  /**
+   * Catalogs larger than this are spooled to a temporary file instead of
+   * memory (4 MiB). In memory, a catalog costs its size twice while it is
+   * opened and once for as long as it is open; from a file, SQLite keeps
+   * a few MiB of pages and the kernel's page cache the rest: a restore of
+   * 66,000 entries peaked 40-47 MiB lower, in the same time.
+   */
   memoryLimit?: number;
   tmpDir?: string;
 }
@@ -86,7 +92,7 @@ export class VolumeReader {
         throw new FerryError('VOLUME_BAD_FIELD', `${disk.name}: a catalog extent (${e.diskOffset}+${e.length}) lies past the end of the disk`, { disk: disk.name, field: 'catalogExtents' });
       }
     }
-    const limit = opts.memoryLimit ?? 64 * 1024 * 1024;
+    const limit = opts.memoryLimit ?? 4 * 1024 * 1024;
     const sum = createHash('sha256');
     let db: Database.Database;
     let tmp: string | null = null;
