@@ -20,10 +20,13 @@
 // this run created start empty, so nothing in them is looked at before it
 // is written.
 //
-// Every file is written under a temporary name in its directory
-// (".ferry-partial-<entry id>") and renamed into place when complete, so a
-// restore that was interrupted is finished by running it again: files already
-// in place and equal are left alone.
+// A restore that was interrupted is finished by running it again: files
+// already in place and equal are left alone. Files in directories a restore
+// into `to` created are written at their final names; those directories are
+// listed first in the restore journal (journal.ts), so that the next run
+// knows what it finds there is its own unfinished work. Every other file is
+// written under a temporary name in its directory (".ferry-partial-<entry
+// id>") and renamed into place when complete.
 //
 // Times: Node's utimes only takes microseconds, so after the µs-exact
 // in-process call, a small perl helper (perl-base is on every Debian/Ubuntu
@@ -41,6 +44,7 @@ import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
+import { JOURNAL_NAME, RestoreJournal } from './journal.js';
 import { checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
@@ -350,6 +354,25 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const knownDirs = new Set<string>();
   // directories this run created: they were empty, so nothing in them needs a look before it is written
   const freshDirs = new Set<string>();
+  // restores into `to` keep a journal of the directories they create; files
+  // in those are written at their final names (see journal.ts)
+  const journal = to ? new RestoreJournal(join(to, Buffer.from(JOURNAL_NAME))) : null;
+  const journaled = new Set<string>();
+  // directories an interrupted earlier run created: what is in them is its unfinished work
+  const leftover = journal?.leftover ?? new Set<string>();
+  /**
+   * Makes directory `dir` (mode 0700 until its metadata is set at the end)
+   * and records it as this run's. It goes into the journal first: a run
+   * killed between the two then leaves a directory the next run knows to
+   * be its own, never one it would take for the user's and leave as 0700.
+   */
+  const makeDir = (dir: Buffer) => {
+    const key = dir.toString('latin1');
+    const logged = journal?.add(key) ?? false;
+    mkdirSync(dir, { mode: 0o700 });
+    freshDirs.add(key);
+    if (logged) journaled.add(key);
+  };
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
@@ -408,8 +431,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
     if (porig) await ensureParent(porig, pdst);
     try {
-      mkdirSync(pdst, { mode: 0o700 });
-      freshDirs.add(key);
+      makeDir(pdst);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
@@ -496,14 +518,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    */
   const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
+    const direct = fresh && journaled.has(parentPath(dst)!.toString('latin1'));
     if (e.type === 'file' || e.type === 'hardlink') {
-      await handOver(tmp, dst, e, data, fresh, placed);
+      await handOver(tmp, dst, e, data, direct, fresh, placed);
       return;
     }
+    // symlinks and nodes appear whole; in a journaled directory, at their name
+    const at = direct ? dst : tmp;
     if (!fresh) clear(tmp);
-    if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), tmp);
-    else await mknodAt(tmp, e);
-    renameSync(tmp, dst);
+    if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), at);
+    else await mknodAt(at, e);
+    if (!direct) renameSync(tmp, dst);
     await applyMeta(dst, e);
     placed();
   };
@@ -512,7 +537,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * Reads a file's data and gives it to the writer thread: whole when it is
    * small, else in parts of about PART_BYTES cut at chunk boundaries.
    */
-  const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
+  const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, direct: boolean, fresh: boolean, placed: () => void): Promise<void> => {
     let stored = 0;
     for (const x of data.extents) stored += x.length;
     const exact = microExact(e.atimeNs, e.mtimeNs);
@@ -541,7 +566,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     };
     const send = async (end: number, last: boolean) => {
       const job: WriteJob = {
-        tmp, dst, fresh, pieces, size: data.size, sparse: stored < data.size,
+        tmp, dst, fresh, direct, pieces, size: data.size, sparse: stored < data.size,
         uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
         atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
         // the writer thread checks the chunk sums, off this thread
@@ -595,6 +620,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   const existing = (p: Buffer): Stats | null => lstatSync(p, { throwIfNoEntry: false }) ?? null;
 
+  /** Whether `dst` lies in a directory an interrupted earlier run created (its content is that run's, not the user's). */
+  const inLeftover = (dst: Buffer): boolean => {
+    if (leftover.size === 0) return false;
+    const parent = parentPath(dst);
+    return parent !== null && leftover.has(parent.toString('latin1'));
+  };
+
   /** Whether `dst` lies in a directory this run created. */
   const inFresh = (dst: Buffer): boolean => {
     const parent = parentPath(dst);
@@ -608,14 +640,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
       result.skipped++;
       result.unchanged++;
-      if (ifExists === 'overwrite') await applyMeta(dst, e);
+      // (an interrupted run may have stopped before the metadata)
+      if (ifExists === 'overwrite' || inLeftover(dst)) await applyMeta(dst, e);
       return 'unchanged';
     }
-    if (ifExists === 'skip') {
+    // an interrupted run's unfinished work is replaced, whatever the policy
+    if (ifExists === 'skip' && !inLeftover(dst)) {
       result.skipped++;
       return 'skipped';
     }
-    if (ifExists === 'copy') {
+    if (ifExists === 'copy' && !inLeftover(dst)) {
       const c = copyName(dst);
       const cst = existing(c);
       if (cst?.isDirectory()) rmSync(c, { recursive: true, force: true });
@@ -631,14 +665,22 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       const made = mkdirSync(to, { recursive: true });
       dirDst.set(e.id, to);
       knownDirs.add(to.toString('latin1'));
-      if (made !== undefined) freshDirs.add(to.toString('latin1'));
+      if (made !== undefined) {
+        // (the journal lives in `to`, so it is written down once made)
+        const key = to.toString('latin1');
+        freshDirs.add(key);
+        if (journal?.add(key)) journaled.add(key);
+      }
       return;
     }
     const st = inFresh(dst) ? null : existing(dst);
     if (st?.isDirectory()) {
+      const key = dst.toString('latin1');
       dirDst.set(e.id, dst);
-      knownDirs.add(dst.toString('latin1'));
-      if (ifExists === 'overwrite' && !e.implicit) dirMetas.push({ dst, e });
+      knownDirs.add(key);
+      // an interrupted run made it and never set its metadata: set now, as for a new one
+      if (leftover.has(key)) dirMetas.push({ dst, e });
+      else if (ifExists === 'overwrite' && !e.implicit) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
       return;
@@ -655,18 +697,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         const cst = existing(place);
         if (cst && !cst.isDirectory()) rmSync(place, { force: true });
         if (!cst || !cst.isDirectory()) {
-          mkdirSync(place, { mode: 0o700 });
-          freshDirs.add(place.toString('latin1'));
+          makeDir(place);
         }
         result.copies++;
       } else {
         rmSync(dst, { force: true, recursive: true });
-        mkdirSync(dst, { mode: 0o700 });
-        freshDirs.add(dst.toString('latin1'));
+        makeDir(dst);
       }
     } else {
-      mkdirSync(dst, { mode: 0o700 });
-      freshDirs.add(dst.toString('latin1'));
+      makeDir(dst);
     }
     dirDst.set(e.id, place);
     knownDirs.add(place.toString('latin1'));
@@ -780,6 +819,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
               result.unchanged++;
               continue;
             }
+          } else if (inLeftover(dst)) {
+            // an interrupted run's unfinished work: replaced
           } else if (ifExists === 'skip') {
             result.skipped++;
             continue;
@@ -789,10 +830,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           }
           if (place === dst && st.isDirectory()) rmSync(dst, { recursive: true, force: true });
         }
-        const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
-        if (!inFresh(place)) clear(tmp);
-        linkSync(firstDst, tmp);
-        renameSync(tmp, place);
+        if (inFresh(place)) {
+          linkSync(firstDst, place); // a link appears whole, and nothing is in the way
+        } else {
+          const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
+          clear(tmp);
+          linkSync(firstDst, tmp);
+          renameSync(tmp, place);
+        }
         result.restored++;
       } catch (err) {
         warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
@@ -815,7 +860,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await flushXattrs();
     for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
     await times.drain();
+    // complete: nothing in the directories it made is unfinished
+    journal?.finish();
   } finally {
+    journal?.close();
     await writer.close();
     await helper?.close();
   }

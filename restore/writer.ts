@@ -14,12 +14,18 @@ import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
 
-/** One regular file to create at `tmp` and rename onto `dst`. */
+/** One regular file to create at `tmp` and rename onto `dst` (or, `direct`, to create at `dst`). */
 export interface WriteJob {
   tmp: Uint8Array;
   dst: Uint8Array;
   /** In a directory this restore created: nothing can be in the way. */
   fresh: boolean;
+  /**
+   * Written at `dst` itself, which must not exist (O_EXCL), with no rename:
+   * for fresh directories in the restore journal (journal.ts), where a
+   * half-written file left by a crash is known to be the restore's own.
+   */
+  direct?: boolean;
   /** Data at file offsets; gaps are holes (written as such when `sparse`). */
   pieces: { offset: number; data: Uint8Array }[];
   size: number;
@@ -122,8 +128,9 @@ function unlinkQuietly(p: Buffer): void {
  * throws. A part after a failed one fails too, with the same message.
  */
 export function writeJob(j: WriteJob): WriteResult {
-  const tmp = asBuffer(j.tmp);
+  const direct = j.direct === true;
   const dst = asBuffer(j.dst);
+  const tmp = direct ? dst : asBuffer(j.tmp);
   const warnings: string[] = [];
   let badOffset: number | null = null;
   if (j.check) {
@@ -140,9 +147,9 @@ export function writeJob(j: WriteJob): WriteResult {
   let fd: number;
   if (first) {
     try {
-      if (!j.fresh) clearSync(tmp);
+      if (!j.fresh && !direct) clearSync(tmp);
       // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
-      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh ? C.O_EXCL : 0), 0o600);
+      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh || direct ? C.O_EXCL : 0), 0o600);
     } catch (err) {
       return { ok: false, error: (err as Error).message };
     }
@@ -185,12 +192,12 @@ export function writeJob(j: WriteJob): WriteResult {
       }
       closed = true;
       closeSync(fd);
-      renameSync(tmp, dst);
+      if (!direct) renameSync(tmp, dst);
     }
   } catch (err) {
     if (j.part) openParts.delete(j.part.key);
     if (!closed) closeQuietly(fd);
-    unlinkQuietly(tmp);
+    unlinkQuietly(tmp); // direct: the file this job created (O_EXCL), never one it found
     return { ok: false, error: (err as Error).message };
   }
   const r: WriteResult = { ok: true };

@@ -2,13 +2,15 @@
 // with the tree comparer; then selections, --if-exists policies, re-runs,
 // restores to the original place and damaged data.
 import test from 'ava';
-import { mkdtemp, rm, writeFile, readFile, mkdir, readdir, unlink, lstat, utimes } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile, mkdir, readdir, unlink, lstat, utimes, truncate, chmod } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { JOURNAL_NAME } from '../restore/journal.js';
 import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
 
 const GiB = 1024 ** 3;
@@ -91,6 +93,46 @@ test('a re-run finishes an interrupted restore and changes nothing else', async 
     }
     t.deepEqual(await compareTrees(src, base), []);
     t.false((await readdir(base)).some((n) => n.startsWith('.ferry-partial')), 'no temporary files left');
+    reader.close();
+  });
+});
+
+test('an interrupted restore: half-written files in the directories it made are its own, replaced on the next run whatever the policy', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await makeTree(src, { hugeSparse: 0 });
+    const { reader } = await backup(src);
+    const base = (to: string) => join(to, src);
+    // What a restore killed mid-way leaves: a directory it made, still 0700
+    // with the time it was made, holding a file cut short under its real name.
+    const interrupted = async (to: string, journal: boolean) => {
+      await restore(reader, { to });
+      t.false(existsSync(join(to, JOURNAL_NAME)), 'a complete restore leaves no journal');
+      const d = base(to);
+      await truncate(join(d, 'multi-chunk.bin'), MiB);
+      await chmod(d, 0o700);
+      await utimes(d, new Date(), new Date());
+      // (a path without its NUL, as a kill inside the write leaves it, names nothing)
+      if (journal) await writeFile(join(to, JOURNAL_NAME), Buffer.concat([Buffer.from(d), Buffer.from([0]), Buffer.from(join(to, 'tmp'))]));
+    };
+
+    // without a journal the cut-short file looks like the user's: kept, the backup's copy beside it
+    const plain = join(dir, 'plain');
+    await interrupted(plain, false);
+    const r0 = await restore(reader, { to: plain });
+    t.is(r0.copies, 1);
+    t.true((await readdir(base(plain))).some((n) => n.startsWith('multi-chunk.bin.ferry-restored-')));
+
+    // with it, the file is replaced and the directory gets its metadata, under every policy
+    for (const ifExists of ['copy', 'skip', 'overwrite'] as const) {
+      const to = join(dir, `out-${ifExists}`);
+      await interrupted(to, true);
+      const r = await restore(reader, { to, ifExists });
+      t.deepEqual(r.messages, []);
+      t.is(r.copies, 0, ifExists);
+      t.deepEqual(await compareTrees(src, base(to)), [], ifExists);
+      t.false(existsSync(join(to, JOURNAL_NAME)), `${ifExists}: the journal is gone once the run completes`);
+    }
     reader.close();
   });
 });

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, writeFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
+import { compareTrees } from './helpers/tree.js';
 import { FERRY, ferry, must, run, sha256, withTmp } from './helpers/exec.js';
 
 const PASS = 'seed test passphrase, long enough';
@@ -161,6 +162,36 @@ test('a seed killed at random points and run again gives the same restore', asyn
     await ok(['import', '--vault', vault, ...disks.reverse().filter((d) => existsSync(join(d, SEED_MANIFEST)))]);
     await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'k', '--to', join(dir, 'out')]);
     t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+  });
+});
+
+test('a restore killed at random points and run again gives the same tree, with no copies and nothing left over', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await plainTree(src, 300);
+    await writeFile(join(src, 'big.bin'), randomBytes(24 * MiB));
+    await ok(['seed', '--vault', vault, '--item', 'r', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd'), src]);
+    await ok(['import', '--vault', vault, join(dir, 'd')]);
+    const out = join(dir, 'out');
+    const args = ['restore', '--vault', vault, '--machine', 'm', '--item', 'r', '--to', out];
+    // how long a whole run takes here: the kills fall in its second half, where files are being written
+    const t0 = Date.now();
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'r', '--to', join(dir, 'timing')]);
+    const whole = Date.now() - t0;
+    let midway = 0;
+    for (let i = 0; i < 8 && midway < 2; i++) {
+      const child = spawn(process.execPath, [FERRY, ...args], { env: { ...process.env, ...env }, stdio: 'ignore' });
+      const timer = setTimeout(() => child.kill('SIGKILL'), Math.floor(whole * (0.45 + 0.5 * Math.random())));
+      const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+      clearTimeout(timer);
+      if (code === null && existsSync(join(out, '.ferry-restore-journal'))) midway++;
+    }
+    t.true(midway >= 1, 'at least one run was killed while it wrote');
+    await ok(args);
+    t.deepEqual(await compareTrees(src, join(out, src)), []);
+    const names = (await must('find', [out])).toString().split('\n');
+    t.deepEqual(names.filter((n) => /\.ferry-(restored|partial|restore-journal)/.test(n)), []);
   });
 });
 
