@@ -21,12 +21,12 @@
 // is written.
 //
 // A restore that was interrupted is finished by running it again: files
-// already in place and equal are left alone. Files in directories a restore
-// into `to` created are written at their final names; those directories are
-// listed first in the restore journal (journal.ts), so that the next run
-// knows what it finds there is its own unfinished work. Every other file is
-// written under a temporary name in its directory (".ferry-partial-<entry
-// id>") and renamed into place when complete.
+// already in place and equal are left alone. A restore into a `to` that did
+// not exist marks it as its own (journal.ts) and writes files in the
+// directories it creates at their final names; the next run into that `to`
+// knows from the marker that what it finds there is unfinished work. Every
+// other file is written under a temporary name in its directory
+// (".ferry-partial-<entry id>") and renamed into place when complete.
 //
 // Times: Node's utimes only takes microseconds, so after the µs-exact
 // in-process call, a small perl helper (perl-base is on every Debian/Ubuntu
@@ -44,7 +44,7 @@ import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
-import { JOURNAL_NAME, RestoreJournal } from './journal.js';
+import { prepareTarget, removeMarker } from './journal.js';
 import { checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
@@ -341,8 +341,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
 
   const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, warnings: 0 };
+  let failures = 0; // entries not restored (their place may hold a half-written file)
   const warn = (w: EntryWarning) => {
     result.warnings++;
+    if (w.code === 'RESTORE_FAILED') failures++;
     opts.onWarning?.(w);
   };
   let handled = 0;
@@ -354,24 +356,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const knownDirs = new Set<string>();
   // directories this run created: they were empty, so nothing in them needs a look before it is written
   const freshDirs = new Set<string>();
-  // restores into `to` keep a journal of the directories they create; files
-  // in those are written at their final names (see journal.ts)
-  const journal = to ? new RestoreJournal(join(to, Buffer.from(JOURNAL_NAME))) : null;
-  const journaled = new Set<string>();
-  // directories an interrupted earlier run created: what is in them is its unfinished work
-  const leftover = journal?.leftover ?? new Set<string>();
-  /**
-   * Makes directory `dir` (mode 0700 until its metadata is set at the end)
-   * and records it as this run's. It goes into the journal first: a run
-   * killed between the two then leaves a directory the next run knows to
-   * be its own, never one it would take for the user's and leave as 0700.
-   */
+  // A new `to` is marked as this restore's own (journal.ts): files in the
+  // directories it makes are then written at their final names. A `to` that
+  // holds the marker of an unfinished restore is inherited: what is in it is
+  // that restore's work, to be finished whatever the policy.
+  const volumeId = reader.superblock.uuid.toString('hex');
+  const marker = to ? prepareTarget(to, volumeId) : { active: false, inherited: false, volume: null };
+  const inherited = marker.inherited;
+  if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
+  /** Whether `p` lies strictly inside `to`. */
+  const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
+  /** Makes directory `dir` (mode 0700 until its metadata is set at the end). */
   const makeDir = (dir: Buffer) => {
-    const key = dir.toString('latin1');
-    const logged = journal?.add(key) ?? false;
     mkdirSync(dir, { mode: 0o700 });
-    freshDirs.add(key);
-    if (logged) journaled.add(key);
+    freshDirs.add(dir.toString('latin1'));
   };
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
@@ -427,6 +425,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     const st = lstatSync(pdst, { throwIfNoEntry: false });
     if (st?.isDirectory()) {
       knownDirs.add(key);
+      if (inherited && insideTo(pdst)) {
+        // made by the unfinished run, which never set its metadata: set it now, up to `to`
+        const stored = porig ? reader.stat(porig) : null;
+        if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
+        if (porig) await ensureParent(porig, pdst);
+      }
       return;
     }
     if (porig) await ensureParent(porig, pdst);
@@ -434,6 +438,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       makeDir(pdst);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      // never write through a symlink or into a file that stands where a directory goes
+      if (!lstatSync(pdst, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`${printable(pdst)} is in the way (not a directory)`);
     }
     knownDirs.add(key);
     const stored = porig ? reader.stat(porig) : null;
@@ -518,12 +524,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    */
   const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
-    const direct = fresh && journaled.has(parentPath(dst)!.toString('latin1'));
+    const direct = fresh && marker.active;
     if (e.type === 'file' || e.type === 'hardlink') {
       await handOver(tmp, dst, e, data, direct, fresh, placed);
       return;
     }
-    // symlinks and nodes appear whole; in a journaled directory, at their name
+    // symlinks and nodes appear whole; in a fresh directory of a marked `to`, at their name
     const at = direct ? dst : tmp;
     if (!fresh) clear(tmp);
     if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), at);
@@ -580,16 +586,25 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       partBase = end;
       await writer.write(job, (r) => report(r, last));
     };
-    for await (const p of reader.readData(data, { check: false })) {
-      // each piece lies within one chunk, and they come in order
-      const chunkStart = Math.floor(p.offset / cs) * cs;
-      if (partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
-      // Disk.read hands out buffers of their own: they can move to the writer without a copy
-      if (p.data.length) {
-        pieces.push({ offset: p.offset, data: p.data });
-        partBytes += p.data.length;
+    try {
+      for await (const p of reader.readData(data, { check: false })) {
+        // each piece lies within one chunk, and they come in order
+        const chunkStart = Math.floor(p.offset / cs) * cs;
+        if (partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
+        // Disk.read hands out buffers of their own: they can move to the writer without a copy
+        if (p.data.length) {
+          pieces.push({ offset: p.offset, data: p.data });
+          partBytes += p.data.length;
+        }
+        result.bytes += p.data.length;
       }
-      result.bytes += p.data.length;
+    } catch (err) {
+      // parts already written: the writer closes the file and removes it
+      if (!first) {
+        pieces = [];
+        await writer.write({ tmp, dst, fresh, direct, pieces, size: data.size, sparse: false, uid: null, gid: null, mode: 0, atime: null, mtime: null, part: { key, first: false, last: true, base: partBase, end: partBase }, abort: true }, () => {});
+      }
+      throw err;
     }
     await send(data.size, true);
   };
@@ -620,12 +635,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   const existing = (p: Buffer): Stats | null => lstatSync(p, { throwIfNoEntry: false }) ?? null;
 
-  /** Whether `dst` lies in a directory an interrupted earlier run created (its content is that run's, not the user's). */
-  const inLeftover = (dst: Buffer): boolean => {
-    if (leftover.size === 0) return false;
-    const parent = parentPath(dst);
-    return parent !== null && leftover.has(parent.toString('latin1'));
-  };
+  /** Whether `dst` is an unfinished earlier restore's work (not the user's). */
+  const inLeftover = (dst: Buffer): boolean => inherited && insideTo(dst);
 
   /** Whether `dst` lies in a directory this run created. */
   const inFresh = (dst: Buffer): boolean => {
@@ -665,12 +676,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       const made = mkdirSync(to, { recursive: true });
       dirDst.set(e.id, to);
       knownDirs.add(to.toString('latin1'));
-      if (made !== undefined) {
-        // (the journal lives in `to`, so it is written down once made)
-        const key = to.toString('latin1');
-        freshDirs.add(key);
-        if (journal?.add(key)) journaled.add(key);
-      }
+      if (made !== undefined) freshDirs.add(to.toString('latin1'));
       return;
     }
     const st = inFresh(dst) ? null : existing(dst);
@@ -679,7 +685,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       dirDst.set(e.id, dst);
       knownDirs.add(key);
       // an interrupted run made it and never set its metadata: set now, as for a new one
-      if (leftover.has(key)) dirMetas.push({ dst, e });
+      if (inLeftover(dst)) dirMetas.push({ dst, e });
       else if (ifExists === 'overwrite' && !e.implicit) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
@@ -860,10 +866,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await flushXattrs();
     for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
     await times.drain();
-    // complete: nothing in the directories it made is unfinished
-    journal?.finish();
+    // Nothing is unfinished when every entry made it and the run covered
+    // the whole tree: its own new one, or all of the same volume over an
+    // unfinished one.
+    if (to && marker.active && failures === 0 && (!inherited || (patterns.length === 0 && (marker.volume === null || marker.volume === volumeId)))) {
+      removeMarker(to);
+    }
   } finally {
-    journal?.close();
     await writer.close();
     await helper?.close();
   }

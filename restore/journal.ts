@@ -1,80 +1,108 @@
-// The restore journal: which directories a restore into `--to DIR` created.
+// The unfinished-restore marker, for restores into a new `--to DIR`.
 //
-// Files in a directory the restore created are written straight to their
+// A restore into a folder that did not exist makes DIR, and at once
+// DIR/.ferry-restore-unfinished (a small JSON file: which volume, when).
+// While the marker is there, everything under DIR is the restore's own work,
+// so files in the directories it creates are written straight to their
 // final names (no temporary name, no rename: one syscall less per file, and
-// on ext4 a rename is not cheap). If that restore is interrupted, such a
-// directory may hold a half-written file under its real name, which a
-// second run must not mistake for a file of the user's (and keep, writing a
-// copy beside it). So each such directory is appended to the journal,
-// DIR/.ferry-restore-journal, before anything is written in it; the next run
-// reads the journal, treats what it finds in those directories as its own
-// unfinished work (rewritten where it differs from the backup, whatever the
-// --if-exists policy), and the journal is removed when a run completes.
+// on ext4 a rename is not cheap). If that restore is killed, DIR may hold a
+// half-written file under its real name, or directories still at mode 0700;
+// the next restore into DIR finds the marker and treats everything it finds
+// there as that unfinished work, not as the user's: what differs from the
+// backup is replaced and metadata set again, whatever --if-exists says.
 //
-// Format: the directories' paths, each followed by a NUL byte. A path
-// without its NUL (a run killed inside the write) is ignored.
+// The marker goes when a run completes without a failed entry and the tree
+// holds nothing of an unfinished run: the run made DIR itself, or it
+// restored the whole of the same volume over the unfinished tree. (A
+// narrower or another point's run over it leaves the marker: what it did
+// not cover may still be half-written.)
 //
-// Crash model: a killed process loses nothing it wrote, so the journal is
-// not fsynced. After a power cut it may miss directories whose files did
-// reach the disk; the next run then applies the policy to those files, so
-// with copy (the default) a half-written file is kept and the backup's copy
-// written beside it: untidy, but no data of the user's is lost.
-import { closeSync, constants as C, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+// A folder that existed before the restore gets no marker: there, every file
+// is written under a temporary name and renamed into place when complete,
+// and the --if-exists policy decides about anything already there.
+//
+// Only a regular file owned by the restoring user counts as a marker, so
+// nobody else can make ferry treat a shared folder's files as its own.
+import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 
-export const JOURNAL_NAME = '.ferry-restore-journal';
+export const MARKER_NAME = '.ferry-restore-unfinished';
 
-export class RestoreJournal {
-  /** Directories (latin1 keys of their paths) that an earlier, interrupted run created. */
-  readonly leftover = new Set<string>();
-  #fd: number | null = null;
-  #broken = false;
+export interface MarkerState {
+  /** The restore owns DIR: its fresh directories may be written in place. */
+  active: boolean;
+  /** DIR is an unfinished earlier restore's: what is in it is that restore's work. */
+  inherited: boolean;
+  /** The volume the unfinished restore was restoring (null: unknown). */
+  volume: string | null;
+}
 
-  constructor(readonly path: Buffer) {
-    let data: Buffer;
-    try {
-      data = readFileSync(path);
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') return; // no journal, or no target yet
-      throw err;
-    }
-    let start = 0;
-    for (let i = data.indexOf(0); i >= 0; i = data.indexOf(0, start)) {
-      if (i > start) this.leftover.add(data.toString('latin1', start, i));
-      start = i + 1;
-    }
+function readMarker(path: Buffer): { ok: boolean; volume: string | null } {
+  let fd: number;
+  try {
+    fd = openSync(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch {
+    return { ok: false, volume: null };
   }
-
-  /**
-   * Records that this run created directory `key`; false when that could
-   * not be written down (the caller then keeps to temporary names there).
-   */
-  add(key: string): boolean {
-    if (this.#broken) return false;
+  try {
+    const st = fstatSync(fd);
+    const uid = process.geteuid?.() ?? st.uid;
+    if (!st.isFile() || st.uid !== uid || st.size > 4096) return { ok: false, volume: null };
+    const buf = Buffer.alloc(Number(st.size));
+    let got = 0;
+    while (got < buf.length) {
+      const n = readSync(fd, buf, got, buf.length - got, got);
+      if (n === 0) break;
+      got += n;
+    }
     try {
-      this.#fd ??= openSync(this.path, C.O_WRONLY | C.O_APPEND | C.O_CREAT | C.O_NOFOLLOW, 0o600);
-      const b = Buffer.from(`${key}\0`, 'latin1');
-      if (writeSync(this.#fd, b) !== b.length) throw new Error('short write');
-      return true;
+      const doc = JSON.parse(buf.toString('utf8', 0, got));
+      return { ok: true, volume: typeof doc?.volume === 'string' ? doc.volume : null };
     } catch {
-      this.#broken = true;
-      return false;
+      return { ok: true, volume: null }; // cut short by a kill: still a marker
     }
+  } finally {
+    closeSync(fd);
   }
+}
 
-  /** The run completed: nothing it created is unfinished. */
-  finish(): void {
-    this.close();
+/**
+ * Prepares `to` for a restore of `volume`: makes it (with a marker) when it
+ * does not exist, or finds the marker of an unfinished restore in it.
+ */
+export function prepareTarget(to: Buffer, volume: string): MarkerState {
+  const path = join(to.toString('latin1'), MARKER_NAME);
+  const markerPath = Buffer.from(path, 'latin1');
+  let st;
+  try {
+    st = lstatSync(to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  if (!st) {
+    mkdirSync(to, { recursive: true });
     try {
-      unlinkSync(this.path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      const fd = openSync(markerPath, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+      try {
+        writeSync(fd, JSON.stringify({ format: 'ferry-restore-unfinished', volume, started: new Date().toISOString() }) + '\n');
+      } finally {
+        closeSync(fd);
+      }
+    } catch {
+      return { active: false, inherited: false, volume: null };
     }
+    return { active: true, inherited: false, volume };
   }
+  if (!st.isDirectory()) return { active: false, inherited: false, volume: null };
+  const m = readMarker(markerPath);
+  return m.ok ? { active: true, inherited: true, volume: m.volume } : { active: false, inherited: false, volume: null };
+}
 
-  /** Closes without removing (the run did not complete). */
-  close(): void {
-    if (this.#fd !== null) closeSync(this.#fd);
-    this.#fd = null;
+/** Removes the marker of `to` (the restore completed and left nothing unfinished). */
+export function removeMarker(to: Buffer): void {
+  try {
+    unlinkSync(Buffer.from(join(to.toString('latin1'), MARKER_NAME), 'latin1'));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }

@@ -44,6 +44,8 @@ export interface WriteJob {
    * Parts of one file share a key and come in order.
    */
   part?: { key: number; first: boolean; last: boolean; base: number; end: number };
+  /** The file's data could not be read after some parts were written: close and remove what they wrote. */
+  abort?: boolean;
 }
 
 export interface WriteResult {
@@ -131,6 +133,14 @@ export function writeJob(j: WriteJob): WriteResult {
   const direct = j.direct === true;
   const dst = asBuffer(j.dst);
   const tmp = direct ? dst : asBuffer(j.tmp);
+  if (j.abort) {
+    const fd = j.part ? openParts.get(j.part.key) : undefined;
+    if (fd === undefined) return { ok: false, error: 'aborted' }; // an earlier part failed, and removed the file
+    openParts.delete(j.part!.key);
+    closeQuietly(fd);
+    unlinkQuietly(tmp); // direct: the file the first part created (O_EXCL)
+    return { ok: false, error: 'aborted' };
+  }
   const warnings: string[] = [];
   let badOffset: number | null = null;
   if (j.check) {

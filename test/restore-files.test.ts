@@ -2,7 +2,7 @@
 // with the tree comparer; then selections, --if-exists policies, re-runs,
 // restores to the original place and damaged data.
 import test from 'ava';
-import { mkdtemp, rm, writeFile, readFile, mkdir, readdir, unlink, lstat, utimes, truncate, chmod } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, readFile, mkdir, readdir, unlink, lstat, utimes, truncate, chmod, chown } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
-import { JOURNAL_NAME } from '../restore/journal.js';
+import { MARKER_NAME } from '../restore/journal.js';
 import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
 
 const GiB = 1024 ** 3;
@@ -97,33 +97,42 @@ test('a re-run finishes an interrupted restore and changes nothing else', async 
   });
 });
 
-test('an interrupted restore: half-written files in the directories it made are its own, replaced on the next run whatever the policy', async (t) => {
+test('an interrupted restore into a new folder: what it left is its own, finished on the next run whatever the policy', async (t) => {
   await withTmp(async (dir) => {
     const src = join(dir, 'src');
     await makeTree(src, { hugeSparse: 0 });
     const { reader } = await backup(src);
     const base = (to: string) => join(to, src);
-    // What a restore killed mid-way leaves: a directory it made, still 0700
-    // with the time it was made, holding a file cut short under its real name.
-    const interrupted = async (to: string, journal: boolean) => {
+    const volume = reader.superblock.uuid.toString('hex');
+    // What a restore killed mid-way leaves: folders it made, still 0700 with
+    // the time they were made, a file cut short under its real name, and
+    // (unless a kill came before it was written) its marker.
+    const interrupted = async (to: string, marker: boolean) => {
       await restore(reader, { to });
-      t.false(existsSync(join(to, JOURNAL_NAME)), 'a complete restore leaves no journal');
+      t.false(existsSync(join(to, MARKER_NAME)), 'a complete restore into a new folder leaves no marker');
       const d = base(to);
       await truncate(join(d, 'multi-chunk.bin'), MiB);
-      await chmod(d, 0o700);
-      await utimes(d, new Date(), new Date());
-      // (a path without its NUL, as a kill inside the write leaves it, names nothing)
-      if (journal) await writeFile(join(to, JOURNAL_NAME), Buffer.concat([Buffer.from(d), Buffer.from([0]), Buffer.from(join(to, 'tmp'))]));
+      for (const x of [d, join(d, 'links'), join(d, 'links', 'b', 'c')]) {
+        await chmod(x, 0o700);
+        await utimes(x, new Date(), new Date());
+      }
+      if (marker) await writeFile(join(to, MARKER_NAME), JSON.stringify({ format: 'ferry-restore-unfinished', volume }));
     };
 
-    // without a journal the cut-short file looks like the user's: kept, the backup's copy beside it
+    // without the marker the folder is the user's: the cut-short file is kept, the backup's copy beside it
     const plain = join(dir, 'plain');
     await interrupted(plain, false);
     const r0 = await restore(reader, { to: plain });
     t.is(r0.copies, 1);
     t.true((await readdir(base(plain))).some((n) => n.startsWith('multi-chunk.bin.ferry-restored-')));
 
-    // with it, the file is replaced and the directory gets its metadata, under every policy
+    // a marker that is not the restoring user's counts for nothing
+    const foreign = join(dir, 'foreign');
+    await interrupted(foreign, true);
+    await chown(join(foreign, MARKER_NAME), 12345, 12345);
+    t.is((await restore(reader, { to: foreign })).copies, 1);
+
+    // with it, the file is replaced and the folders get their metadata, under every policy
     for (const ifExists of ['copy', 'skip', 'overwrite'] as const) {
       const to = join(dir, `out-${ifExists}`);
       await interrupted(to, true);
@@ -131,8 +140,24 @@ test('an interrupted restore: half-written files in the directories it made are 
       t.deepEqual(r.messages, []);
       t.is(r.copies, 0, ifExists);
       t.deepEqual(await compareTrees(src, base(to)), [], ifExists);
-      t.false(existsSync(join(to, JOURNAL_NAME)), `${ifExists}: the journal is gone once the run completes`);
+      t.false(existsSync(join(to, MARKER_NAME)), `${ifExists}: the marker goes once the whole volume is restored`);
     }
+
+    // a narrower run finishes what it covers (folders up to `to` included) and keeps the marker for the rest
+    const narrow = join(dir, 'narrow');
+    await interrupted(narrow, true);
+    const r1 = await restore(reader, { to: narrow, paths: [join(src, 'links', 'b', 'c', 'link2')] });
+    t.deepEqual(r1.messages, []);
+    t.is(r1.copies, 0);
+    for (const x of [base(narrow), join(base(narrow), 'links'), join(base(narrow), 'links', 'b', 'c')]) {
+      const [a, b] = [await lstat(x.replace(narrow, '')), await lstat(x)];
+      t.is(b.mode, a.mode, x);
+      t.is(b.mtimeMs, a.mtimeMs, x);
+    }
+    t.true(existsSync(join(narrow, MARKER_NAME)), 'the marker stays: multi-chunk.bin is still cut short');
+    await restore(reader, { to: narrow });
+    t.deepEqual(await compareTrees(src, base(narrow)), []);
+    t.false(existsSync(join(narrow, MARKER_NAME)));
     reader.close();
   });
 });
