@@ -44,7 +44,9 @@ import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
-import { prepareTarget, removeMarker } from './journal.js';
+import { MARKER_NAME, prepareTarget, removeMarker } from './journal.js';
+
+const MARKER_BUF = Buffer.from(MARKER_NAME);
 import { checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
@@ -335,8 +337,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   checkArg(!!reader && typeof reader.entries === 'function', 'reader', 'a VolumeReader', reader);
   const ifExists: IfExists = opts.ifExists ?? 'copy';
   checkArg(['copy', 'overwrite', 'skip'].includes(ifExists), 'ifExists', 'copy, overwrite or skip', ifExists);
-  const to = opts.to === undefined ? null : Buffer.isBuffer(opts.to) ? opts.to : Buffer.from(opts.to);
+  let to = opts.to === undefined ? null : Buffer.isBuffer(opts.to) ? opts.to : Buffer.from(opts.to);
   if (to) checkArg(to.length > 0, 'to', 'a directory', opts.to);
+  // one spelling of the target: `--to out/` and `--to out` are the same place
+  while (to && to.length > 1 && to[to.length - 1] === SLASH) to = to.subarray(0, to.length - 1);
   const owners = opts.owners ?? process.getuid?.() === 0;
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
 
@@ -361,7 +365,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   // holds the marker of an unfinished restore is inherited: what is in it is
   // that restore's work, to be finished whatever the policy.
   const volumeId = reader.superblock.uuid.toString('hex');
-  const marker = to ? prepareTarget(to, volumeId) : { active: false, inherited: false, volume: null };
+  const marker = to ? prepareTarget(to, volumeId) : { active: false, inherited: false, volume: null, other: false };
   const inherited = marker.inherited;
   if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
   /** Whether `p` lies strictly inside `to`. */
@@ -427,9 +431,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       knownDirs.add(key);
       if (inherited && insideTo(pdst)) {
         // made by the unfinished run, which never set its metadata: set it now, up to `to`
+        // (ancestors first: one that is not a directory throws before anything is queued)
+        if (porig) await ensureParent(porig, pdst);
         const stored = porig ? reader.stat(porig) : null;
         if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
-        if (porig) await ensureParent(porig, pdst);
       }
       return;
     }
@@ -725,6 +730,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (e.type === 'dir') dirDst.set(e.id, null);
       return;
     }
+    if (to && parentPath(dst)?.equals(to) && baseName(dst).equals(MARKER_BUF)) {
+      // it would pass for (or replace) the marker of an unfinished restore
+      warn({ code: 'RESTORE_UNSUPPORTED', message: `${printable(e.path)} is not restored: ${MARKER_NAME} is the name of ferry's marker at the top of a target`, path: e.path });
+      if (e.type === 'dir') dirDst.set(e.id, null);
+      return;
+    }
     try {
       await ensureParent(e.path, dst);
       if (e.type === 'dir') {
@@ -820,7 +831,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         let place = dst;
         if (st) {
           if (await sameAsBackup({ ...first, type: 'file' }, dst, st)) {
-            if (ifExists !== 'overwrite') {
+            if (ifExists !== 'overwrite' && !inLeftover(dst)) {
               result.skipped++;
               result.unchanged++;
               continue;
@@ -869,8 +880,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
-    if (to && marker.active && failures === 0 && (!inherited || (patterns.length === 0 && (marker.volume === null || marker.volume === volumeId)))) {
+    if (to && marker.active && failures === 0 && (!inherited || patterns.length === 0)) {
       removeMarker(to);
+    } else if (to && (marker.active || marker.other)) {
+      const where = printable(join(to, Buffer.from(MARKER_NAME)));
+      warn({
+        code: 'RESTORE_UNFINISHED',
+        message: marker.other
+          ? `${where} stays: a restore of another backup into this folder did not finish; run it again to finish it (until then its files there may be cut short)`
+          : `${where} stays: ${failures ? 'some entries were not restored' : 'this run restored only part of the backup'}; the next restore of this backup into this folder finishes the job whatever --if-exists says`,
+        path: to,
+      });
     }
   } finally {
     await writer.close();

@@ -17,14 +17,17 @@
 // narrower or another point's run over it leaves the marker: what it did
 // not cover may still be half-written.)
 //
-// A folder that existed before the restore gets no marker: there, every file
-// is written under a temporary name and renamed into place when complete,
-// and the --if-exists policy decides about anything already there.
+// A folder that existed before the restore gets no marker (unless it is
+// empty and the restoring user's: then nothing in it can be lost, and it is
+// taken as new): there, every file is written under a temporary name and
+// renamed into place when complete, and the --if-exists policy decides
+// about anything already there. So does a folder holding the marker of a
+// restore of another volume: its marker stays, for that restore to finish.
 //
 // Only a regular file owned by the restoring user counts as a marker, so
 // nobody else can make ferry treat a shared folder's files as its own.
-import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readSync, unlinkSync, writeSync } from 'node:fs';
-import { join } from 'node:path';
+import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 export const MARKER_NAME = '.ferry-restore-unfinished';
 
@@ -35,6 +38,24 @@ export interface MarkerState {
   inherited: boolean;
   /** The volume the unfinished restore was restoring (null: unknown). */
   volume: string | null;
+  /** DIR holds the marker of an unfinished restore of another volume (left alone). */
+  other: boolean;
+}
+
+const INACTIVE: MarkerState = { active: false, inherited: false, volume: null, other: false };
+
+function writeMarker(path: Buffer, volume: string): boolean {
+  try {
+    const fd = openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+    try {
+      writeSync(fd, JSON.stringify({ format: 'ferry-restore-unfinished', volume, started: new Date().toISOString() }) + '\n');
+    } finally {
+      closeSync(fd);
+    }
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function readMarker(path: Buffer): { ok: boolean; volume: string | null } {
@@ -71,31 +92,27 @@ function readMarker(path: Buffer): { ok: boolean; volume: string | null } {
  * does not exist, or finds the marker of an unfinished restore in it.
  */
 export function prepareTarget(to: Buffer, volume: string): MarkerState {
-  const path = join(to.toString('latin1'), MARKER_NAME);
-  const markerPath = Buffer.from(path, 'latin1');
-  let st;
-  try {
-    st = lstatSync(to);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  if (!st) {
-    mkdirSync(to, { recursive: true });
+  const markerPath = Buffer.from(join(to.toString('latin1'), MARKER_NAME), 'latin1');
+  const fresh = (): MarkerState => (writeMarker(markerPath, volume) ? { active: true, inherited: false, volume, other: false } : INACTIVE);
+  if (!lstatSync(to, { throwIfNoEntry: false })) {
+    mkdirSync(Buffer.from(dirname(to.toString('latin1')), 'latin1'), { recursive: true });
     try {
-      const fd = openSync(markerPath, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
-      try {
-        writeSync(fd, JSON.stringify({ format: 'ferry-restore-unfinished', volume, started: new Date().toISOString() }) + '\n');
-      } finally {
-        closeSync(fd);
-      }
-    } catch {
-      return { active: false, inherited: false, volume: null };
+      mkdirSync(to); // not recursive: a folder someone else made meanwhile is not taken for new
+      return fresh();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
-    return { active: true, inherited: false, volume };
   }
-  if (!st.isDirectory()) return { active: false, inherited: false, volume: null };
+  const st = lstatSync(to);
+  if (!st.isDirectory()) return INACTIVE;
   const m = readMarker(markerPath);
-  return m.ok ? { active: true, inherited: true, volume: m.volume } : { active: false, inherited: false, volume: null };
+  if (m.ok) {
+    if (m.volume === null || m.volume === volume) return { active: true, inherited: true, volume: m.volume, other: false };
+    return { ...INACTIVE, other: true };
+  }
+  // empty and the restoring user's (a run killed between making it and marking it): taken as new
+  if (st.uid === (process.geteuid?.() ?? st.uid) && readdirSync(to).length === 0) return fresh();
+  return INACTIVE;
 }
 
 /** Removes the marker of `to` (the restore completed and left nothing unfinished). */

@@ -105,6 +105,14 @@ export function nonZeroRuns(offset: number, data: Buffer): { offset: number; dat
   return out;
 }
 
+/**
+ * Test hook: FERRY_TEST_KILL_AFTER_BYTES=N kills the whole process once the
+ * writer has written N bytes, so that tests can stop a restore in the middle
+ * of a file at a known point. Unset in normal use.
+ */
+const KILL_AFTER = /^[0-9]+$/.test(process.env.FERRY_TEST_KILL_AFTER_BYTES ?? '') ? Number(process.env.FERRY_TEST_KILL_AFTER_BYTES) : null;
+let written = 0;
+
 /** Files being written in parts (large files): their descriptors, by part key, in the writer thread. */
 const openParts = new Map<number, number>();
 
@@ -175,7 +183,11 @@ export function writeJob(j: WriteJob): WriteResult {
       const data = asBuffer(p.data);
       for (const run of j.sparse ? nonZeroRuns(p.offset, data) : [{ offset: p.offset, data }]) {
         let off = 0;
-        while (off < run.data.length) off += writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
+        while (off < run.data.length) {
+          const n = writeSync(fd, run.data, off, run.data.length - off, run.offset + off);
+          off += n;
+          if (KILL_AFTER !== null && (written += n) >= KILL_AFTER) process.kill(process.pid, 'SIGKILL');
+        }
       }
     }
     if (last) {

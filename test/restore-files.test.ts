@@ -10,7 +10,7 @@ import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
-import { MARKER_NAME } from '../restore/journal.js';
+import { MARKER_NAME, prepareTarget as markTarget, removeMarker } from '../restore/journal.js';
 import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
 
 const GiB = 1024 ** 3;
@@ -147,7 +147,8 @@ test('an interrupted restore into a new folder: what it left is its own, finishe
     const narrow = join(dir, 'narrow');
     await interrupted(narrow, true);
     const r1 = await restore(reader, { to: narrow, paths: [join(src, 'links', 'b', 'c', 'link2')] });
-    t.deepEqual(r1.messages, []);
+    t.is(r1.messages.length, 1);
+    t.regex(r1.messages[0], /\.ferry-restore-unfinished stays: this run restored only part of the backup/);
     t.is(r1.copies, 0);
     for (const x of [base(narrow), join(base(narrow), 'links'), join(base(narrow), 'links', 'b', 'c')]) {
       const [a, b] = [await lstat(x.replace(narrow, '')), await lstat(x)];
@@ -155,10 +156,46 @@ test('an interrupted restore into a new folder: what it left is its own, finishe
       t.is(b.mtimeMs, a.mtimeMs, x);
     }
     t.true(existsSync(join(narrow, MARKER_NAME)), 'the marker stays: multi-chunk.bin is still cut short');
-    await restore(reader, { to: narrow });
+    // the same target spelled with a trailing slash is the same target
+    const r2 = await restore(reader, { to: `${narrow}/` });
+    t.deepEqual(r2.messages, []);
+    t.is(r2.copies, 0);
     t.deepEqual(await compareTrees(src, base(narrow)), []);
     t.false(existsSync(join(narrow, MARKER_NAME)));
+
+    // the marker of another backup's restore: left alone, and this run follows the policy
+    const other = join(dir, 'other');
+    await interrupted(other, false);
+    await writeFile(join(other, MARKER_NAME), JSON.stringify({ format: 'ferry-restore-unfinished', volume: 'ff'.repeat(16) }));
+    const r3 = await restore(reader, { to: other });
+    t.is(r3.copies, 1);
+    t.true(existsSync(join(other, MARKER_NAME)));
+    t.true(r3.messages.some((m) => /a restore of another backup into this folder did not finish/.test(m)), r3.messages.join('\n'));
     reader.close();
+  });
+});
+
+test('prepareTarget: a new or empty folder is marked; a marked one is inherited only from the same backup and the same user', async (t) => {
+  await withTmp(async (dir) => {
+    const vol = 'ab'.repeat(16);
+    const made = join(dir, 'made', 'deep');
+    t.like(markTarget(Buffer.from(made), vol), { active: true, inherited: false });
+    t.true(existsSync(join(made, MARKER_NAME)));
+    t.like(markTarget(Buffer.from(made), vol), { active: true, inherited: true, volume: vol });
+    t.like(markTarget(Buffer.from(made), 'cd'.repeat(16)), { active: false, inherited: false, other: true });
+    const empty = join(dir, 'empty');
+    await mkdir(empty);
+    t.like(markTarget(Buffer.from(empty), vol), { active: true, inherited: false });
+    const full = join(dir, 'full');
+    await mkdir(full);
+    await writeFile(join(full, 'mine'), 'x');
+    t.like(markTarget(Buffer.from(full), vol), { active: false, inherited: false, other: false });
+    t.false(existsSync(join(full, MARKER_NAME)));
+    await writeFile(join(full, MARKER_NAME), '{"volume":"' + vol + '"}');
+    await chown(join(full, MARKER_NAME), 12345, 12345);
+    t.like(markTarget(Buffer.from(full), vol), { active: false, inherited: false }, 'a marker of another user is not one');
+    removeMarker(Buffer.from(made));
+    t.false(existsSync(join(made, MARKER_NAME)));
   });
 });
 
