@@ -47,7 +47,7 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './journal.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
-import { checkArg } from '../format/errors.js';
+import { FerryError, checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
@@ -354,8 +354,6 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   let handled = 0;
   const progress = () => opts.onProgress?.({ files: handled, bytes: result.bytes });
 
-  const helper = await SyscallHelper.start();
-  const times = new TimeSetter(helper, warn);
   const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
   const knownDirs = new Set<string>();
   // directories this run created: they were empty, so nothing in them needs a look before it is written
@@ -365,7 +363,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   // holds the marker of an unfinished restore is inherited: what is in it is
   // that restore's work, to be finished whatever the policy.
   const volumeId = reader.superblock.uuid.toString('hex');
-  const marker = to ? prepareTarget(to, volumeId) : { active: false, inherited: false, volume: null, other: false };
+  const marker = to ? targetOf(to, volumeId) : { active: false, inherited: false, volume: null, other: false };
   const inherited = marker.inherited;
   if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
   /** Whether `p` lies strictly inside `to`. */
@@ -379,7 +377,6 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
-  const writer = new FileWriter();
   let nextPartKey = 1;
   const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
 
@@ -781,6 +778,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     selected = (e) => sel(e.path);
   }
 
+  // Threads and the helper process start last, once nothing above can refuse
+  // the job: a throw between here and the try would leave them running.
+  const helper = await SyscallHelper.start();
+  const times = new TimeSetter(helper, warn);
+  const writer = new FileWriter();
   try {
     // ---- pass 1: everything but hard links, one at a time in catalog order:
     // that is the order of the data in the volume, so the stored disk's
@@ -898,6 +900,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
   progress();
   return result;
+}
+
+/** The marker state of target `to`, or a clear error when `to` cannot be a target folder. */
+function targetOf(to: Buffer, volumeId: string): ReturnType<typeof prepareTarget> {
+  try {
+    return prepareTarget(to, volumeId);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === 'ENOTDIR' ? 'a file stands where a folder of the path goes' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only filesystem' : (err as Error).message;
+    throw new FerryError('RESTORE_TARGET', `cannot restore to ${printable(to)}: ${why}; give --to a folder that exists or can be made`, { to: printable(to) });
+  }
 }
 
 function depth(p: Buffer): number {

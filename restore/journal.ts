@@ -26,7 +26,7 @@
 //
 // Only a regular file owned by the restoring user counts as a marker, so
 // nobody else can make ferry treat a shared folder's files as its own.
-import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, unlinkSync, writeSync } from 'node:fs';
+import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 
 export const MARKER_NAME = '.ferry-restore-unfinished';
@@ -103,8 +103,8 @@ export function prepareTarget(to: Buffer, volume: string): MarkerState {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     }
   }
-  const st = lstatSync(to);
-  if (!st.isDirectory()) return INACTIVE;
+  const st = statSync(to); // a symlink to a folder names that folder
+  if (!st.isDirectory()) throw Object.assign(new Error(`${to.toString()} is not a folder`), { code: 'ENOTDIR' });
   const m = readMarker(markerPath);
   if (m.ok) {
     if (m.volume === null || m.volume === volume) return { active: true, inherited: true, volume: m.volume, other: false };

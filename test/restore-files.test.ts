@@ -199,6 +199,22 @@ test('prepareTarget: a new or empty folder is marked; a marked one is inherited 
   });
 });
 
+test('a target that cannot be a folder is a clear error, with nothing started or left running', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'f'), 'x');
+    const { reader } = await backup(src);
+    await writeFile(join(dir, 'afile'), 'not a folder');
+    for (const to of [join(dir, 'afile'), join(dir, 'afile', 'sub')]) {
+      const err = await t.throwsAsync(restoreFiles(reader, { to }));
+      t.is((err as { code?: string }).code, 'RESTORE_TARGET', to);
+      t.regex(err!.message, /a file stands where a folder of the path goes; give --to a folder/);
+    }
+    reader.close();
+  });
+});
+
 async function conflictTree(dir: string) {
   const src = join(dir, 'src');
   await mkdir(join(src, 'sub'), { recursive: true });
