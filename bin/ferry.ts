@@ -21,4 +21,11 @@ export async function main(argv: string[]): Promise<void> {
     }
     process.exitCode = report(err);
   }
+  // The command has finished. Anything it started and did not stop (a bug)
+  // would keep the process alive for good: leave after a grace period
+  // instead, saying so. (An unref'd timer: a clean exit does not wait.)
+  setTimeout(() => {
+    process.stderr.write('ferry: internal error: the command finished but left work running; exiting\n');
+    process.exit(process.exitCode ?? EXIT.failed);
+  }, 3000).unref();
 }
