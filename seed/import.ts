@@ -3,7 +3,7 @@
 // disk's manifest, then its AEAD tag under the vault key with its name (so a
 // swapped or foreign object fails). A disk counts as imported only when all
 // its objects are in; the point is registered only when every disk is.
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { SEED_MANIFEST, type SeedManifest, parseSeedManifest } from '../format/seedmanifest.js';
@@ -35,7 +35,13 @@ async function readManifest(dir: string): Promise<SeedManifest> {
     text = await readFile(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new FerryError('SEED_NO_MANIFEST', code === 'ENOENT' ? `${dir} holds no ${SEED_MANIFEST}: not a ferry seed disk (or the wrong folder)` : `${file}: ${(err as Error).message}`, { disk: dir });
+    const missing = code === 'ENOENT' && !(await stat(dir).catch(() => null));
+    const why = missing
+      ? `${dir} does not exist: is the seed disk connected and mounted?`
+      : code === 'ENOENT' || code === 'ENOTDIR'
+        ? `${dir} holds no ${SEED_MANIFEST}: not a ferry seed disk (or the wrong folder)`
+        : `${file}: ${(err as Error).message}`;
+    throw new FerryError('SEED_NO_MANIFEST', why, { disk: dir });
   }
   return parseSeedManifest(file, text);
 }

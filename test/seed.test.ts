@@ -121,6 +121,10 @@ test('a damaged, a foreign and a non-seed disk are named at import and nothing i
     const e = await ferry(['import', '--vault', vault, join(dir, 'empty')], { env });
     t.is(e.code, 1);
     t.regex(e.stderr, /not a ferry seed disk/);
+    // not there at all (unplugged)
+    const gone = await ferry(['import', '--vault', vault, join(dir, 'unplugged')], { env });
+    t.is(gone.code, 1);
+    t.regex(gone.stderr, /unplugged does not exist: is the seed disk connected and mounted\?/);
     // damaged: flip one byte of one block object
     const m = JSON.parse(await readFile(join(d1, SEED_MANIFEST), 'utf8'));
     const victim = m.objects.find((o: { name: string }) => o.name.includes('/blocks/')).name as string;
