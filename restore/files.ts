@@ -22,7 +22,7 @@
 //
 // A restore that was interrupted is finished by running it again: files
 // already in place and equal are left alone. A restore into a `to` that did
-// not exist marks it as its own (journal.ts) and writes files in the
+// not exist marks it as its own (marker.ts) and writes files in the
 // directories it creates at their final names; the next run into that `to`
 // knows from the marker that what it finds there is unfinished work. Every
 // other file is written under a temporary name in its directory
@@ -44,12 +44,12 @@ import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
-import { MARKER_NAME, prepareTarget, removeMarker } from './journal.js';
-
-const MARKER_BUF = Buffer.from(MARKER_NAME);
+import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
+
+const MARKER_BUF = Buffer.from(MARKER_NAME);
 
 export type IfExists = 'copy' | 'overwrite' | 'skip';
 
@@ -358,7 +358,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const knownDirs = new Set<string>();
   // directories this run created: they were empty, so nothing in them needs a look before it is written
   const freshDirs = new Set<string>();
-  // A new `to` is marked as this restore's own (journal.ts): files in the
+  // A new `to` is marked as this restore's own (marker.ts): files in the
   // directories it makes are then written at their final names. A `to` that
   // holds the marker of an unfinished restore is inherited: what is in it is
   // that restore's work, to be finished whatever the policy.
@@ -572,11 +572,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
       placed();
     };
+    const base: Omit<WriteJob, 'pieces'> = {
+      tmp, dst, fresh, direct, size: data.size, sparse: stored < data.size,
+      uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
+      atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+    };
     const send = async (end: number, last: boolean) => {
       const job: WriteJob = {
-        tmp, dst, fresh, direct, pieces, size: data.size, sparse: stored < data.size,
-        uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
-        atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+        ...base, pieces,
         // the writer thread checks the chunk sums, off this thread
         check: { chunkSize: cs, chunks: data.chunks },
         // a file sent in one go needs no part
@@ -602,10 +605,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
     } catch (err) {
       // parts already written: the writer closes the file and removes it
-      if (!first) {
-        pieces = [];
-        await writer.write({ tmp, dst, fresh, direct, pieces, size: data.size, sparse: false, uid: null, gid: null, mode: 0, atime: null, mtime: null, part: { key, first: false, last: true, base: partBase, end: partBase }, abort: true }, () => {});
-      }
+      if (!first) await writer.write({ ...base, pieces: [], part: { key, first: false, last: true, base: partBase, end: partBase }, abort: true }, () => {});
       throw err;
     }
     await send(data.size, true);
@@ -687,8 +687,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       dirDst.set(e.id, dst);
       knownDirs.add(key);
       // an interrupted run made it and never set its metadata: set now, as for a new one
-      if (inLeftover(dst)) dirMetas.push({ dst, e });
-      else if (ifExists === 'overwrite' && !e.implicit) dirMetas.push({ dst, e });
+      if (inLeftover(dst) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
       return;
@@ -838,12 +837,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
               result.unchanged++;
               continue;
             }
-          } else if (inLeftover(dst)) {
-            // an interrupted run's unfinished work: replaced
-          } else if (ifExists === 'skip') {
+          } else if (ifExists === 'skip' && !inLeftover(dst)) { // an interrupted run's work is replaced whatever the policy
             result.skipped++;
             continue;
-          } else if (ifExists === 'copy') {
+          } else if (ifExists === 'copy' && !inLeftover(dst)) {
             place = copyName(dst);
             result.copies++;
           }

@@ -22,8 +22,8 @@ export interface WriteJob {
   fresh: boolean;
   /**
    * Written at `dst` itself, which must not exist (O_EXCL), with no rename:
-   * for fresh directories in the restore journal (journal.ts), where a
-   * half-written file left by a crash is known to be the restore's own.
+   * for fresh directories of a target marked as the restore's own
+   * (marker.ts), where a half-written file left by a kill is known to be its.
    */
   direct?: boolean;
   /** Data at file offsets; gaps are holes (written as such when `sparse`). */

@@ -10,7 +10,7 @@ import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
-import { MARKER_NAME, prepareTarget as markTarget, removeMarker } from '../restore/journal.js';
+import { MARKER_NAME, prepareTarget as markTarget, removeMarker } from '../restore/marker.js';
 import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
 
 const GiB = 1024 ** 3;
