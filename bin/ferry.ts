@@ -1,7 +1,7 @@
 // ferry's command line: builds the commander program from bin/commands/*.
 import { EXIT } from '../format/errors.js';
 import { isCommanderError, makeProgram, report } from './cli.js';
-import { commands } from './commands/index.js';
+import { commandsFor } from './commands/index.js';
 
 export async function main(argv: string[]): Promise<void> {
   // `ferry ... | head` closes our stdout early: that is not an error.
@@ -10,7 +10,7 @@ export async function main(argv: string[]): Promise<void> {
     throw err;
   });
   const program = makeProgram();
-  for (const register of commands) register(program);
+  for (const register of await commandsFor(argv)) register(program);
   try {
     await program.parseAsync(argv);
   } catch (err) {

@@ -1,5 +1,5 @@
 // The only place that draws progress bars: on a terminal, unless --quiet or --json.
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
 import type { GlobalOptions } from './cli.js';
 import { formatSize } from '../format/errors.js';
 
@@ -13,6 +13,8 @@ export interface Bar {
 export function progressBar(opts: GlobalOptions, label: string): Bar {
   if (opts.quiet || opts.json || !process.stderr.isTTY) return { active: false, update() {}, stop() {} };
   const started = Date.now();
+  // Loaded only when a bar is drawn (start-up time of every other run).
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress');
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,
