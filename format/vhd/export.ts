@@ -21,7 +21,7 @@ export async function exportDisk(
     if (!anyLayerHas(disk, start, len)) return null;
     if (!into) return disk.read(start, len);
     // Buffers come back from the writer (see recycle): no fresh 2 MiB of page faults per block.
-    const b = pool.take().subarray(0, len).fill(0); // readInto wants it zeroed
+    const b = pool.take().subarray(0, len); // readInto writes all of it
     await into(b, start);
     return b;
   };

@@ -279,7 +279,7 @@ export class VhdDisk implements Disk {
     return out;
   }
 
-  /** Fills `out` with the chain's bytes from `offset`; `out` arrives zeroed. */
+  /** Fills `out` with the chain's bytes from `offset`: every byte of it is written (it may arrive dirty). */
   async readInto(out: Buffer, offset: number): Promise<void> {
     const length = out.length;
     if (this.type === 'fixed') {
@@ -308,11 +308,15 @@ export class VhdDisk implements Disk {
   }
 
   private async fromParent(pos: number, dst: Buffer): Promise<void> {
-    if (!this.parent) return; // zeros
+    if (!this.parent) {
+      dst.fill(0);
+      return;
+    }
     const p = this.parent as Disk & { readInto?: (b: Buffer, o: number) => Promise<void> };
     if (pos + dst.length > this.parent.size) {
       // A parent smaller than the child reads as zeros past its end.
       const n = Math.max(0, this.parent.size - pos);
+      dst.fill(0, n);
       if (n > 0) (await this.parent.read(pos, n)).copy(dst);
       return;
     }
@@ -326,6 +330,7 @@ export class VhdDisk implements Disk {
     const diff = this.type === 'differencing';
     if (!this.bat || bi >= this.bat.length || this.bat[bi] === UNUSED) {
       if (diff) await this.fromParent(virt, dst);
+      else dst.fill(0);
       return;
     }
     const dataPos = this.bat[bi] * SECTOR + this.bitmapBytes;
@@ -375,8 +380,8 @@ export class VhdDisk implements Disk {
       } else {
         // Not present: zeros (dynamic) or the parent's bytes (differencing),
         // whatever the file holds there.
-        if (filled) part.fill(0);
         if (diff) await this.fromParent(bi * bs + runStart, part);
+        else part.fill(0);
       }
       s = e;
     }
