@@ -45,7 +45,7 @@ import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
-import { FerryError, checkArg } from '../format/errors.js';
+import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
@@ -84,7 +84,10 @@ export interface RestoreResult {
   unchanged: number;
   /** Copies written beside a differing existing entry (`copy`). */
   copies: number;
+  /** Bytes of the files put in place. */
   bytes: number;
+  /** Entries that could not be restored (each also a warning). */
+  failed: number;
   warnings: number;
 }
 
@@ -344,15 +347,23 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const owners = opts.owners ?? process.getuid?.() === 0;
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
 
-  const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, warnings: 0 };
-  let failures = 0; // entries not restored (their place may hold a half-written file)
+  const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, failed: 0, warnings: 0 };
+  // The first "disk full" error: once the target's disk is full every
+  // further file would fail too, so the run stops (the marker stays).
+  let full: EntryWarning | null = null;
   const warn = (w: EntryWarning) => {
+    if (w.code === 'RESTORE_FAILED') result.failed++;
+    if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT') {
+      // one error at the end says it, not a warning per file still in flight
+      full ??= w;
+      return;
+    }
     result.warnings++;
-    if (w.code === 'RESTORE_FAILED') failures++;
     opts.onWarning?.(w);
   };
   let handled = 0;
-  const progress = () => opts.onProgress?.({ files: handled, bytes: result.bytes });
+  let readBytes = 0; // data read from the volume so far (progress)
+  const progress = () => opts.onProgress?.({ files: handled, bytes: readBytes });
 
   const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
   const knownDirs = new Set<string>();
@@ -564,11 +575,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       for (const w of r.warnings ?? []) warn({ code: 'RESTORE_META', message: `${printable(dst)}: ${w}`, path: dst });
       if (!r.ok) {
-        if (!failed) warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path });
+        if (!failed) warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path, errno: r.errno });
         failed = true;
         return;
       }
       if (!last || failed) return;
+      result.bytes += stored;
       if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
       placed();
     };
@@ -601,7 +613,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           pieces.push({ offset: p.offset, data: p.data });
           partBytes += p.data.length;
         }
-        result.bytes += p.data.length;
+        readBytes += p.data.length;
       }
     } catch (err) {
       // parts already written: the writer closes the file and removes it
@@ -755,7 +767,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         result.restored++;
       });
     } catch (err) {
-      warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+      warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${(err as Error).message}`, path: e.path, errno: (err as NodeJS.ErrnoException).code });
       if (e.type === 'dir') dirDst.set(e.id, null);
     }
   };
@@ -789,8 +801,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // block once (four files at once made it unseal each block about four
     // times over: a large file and the small ones after it pulled on
     // different blocks and evicted each other's)
-    for (const src of sources) {
+    fill: for (const src of sources) {
       for (const e of src) {
+        if (full) break fill;
         if (!selected(e)) continue;
         handled++;
         if (e.type === 'hardlink') {
@@ -804,7 +817,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
     await drainWriter();
     // ---- pass 2: hard links, to the first restored member of their group
-    for (const e of hardlinks) {
+    // (none once the disk is full: the folders' metadata below still goes on)
+    for (const e of full ? [] : hardlinks) {
       const dst = dstOf(e);
       if (dst === undefined) continue;
       const group = e.linkGroup;
@@ -876,10 +890,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await flushXattrs();
     for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
     await times.drain();
+    if (full) throw diskFull(full, to, result);
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
-    if (to && marker.active && failures === 0 && (!inherited || patterns.length === 0)) {
+    if (to && marker.active && result.failed === 0 && (!inherited || patterns.length === 0)) {
       removeMarker(to);
     } else if (to && (marker.active || marker.other)) {
       const where = printable(join(to, Buffer.from(MARKER_NAME)));
@@ -887,7 +902,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         code: 'RESTORE_UNFINISHED',
         message: marker.other
           ? `${where} stays: a restore of another backup into this folder did not finish; run it again to finish it (until then its files there may be cut short)`
-          : `${where} stays: ${failures ? 'some entries were not restored' : 'this run restored only part of the backup'}; the next restore of this backup into this folder finishes the job whatever --if-exists says`,
+          : `${where} stays: ${result.failed ? 'some entries were not restored' : 'this run restored only part of the backup'}; the next restore of this backup into this folder finishes the job whatever --if-exists says`,
         path: to,
       });
     }
@@ -897,6 +912,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
   progress();
   return result;
+}
+
+/** The error that stops a restore whose target's disk is full. */
+function diskFull(w: EntryWarning, to: Buffer | null, result: RestoreResult): FerryError {
+  const where = to ? printable(to) : 'the original places';
+  return new FerryError(
+    'RESTORE_DISK_FULL',
+    `the disk is full: ${w.path ? `${printable(w.path)} and what follows it` : 'the rest'} could not be restored to ${where} (${result.restored} ${result.restored === 1 ? 'entry' : 'entries'}, ${formatSize(result.bytes)} were); free space there and run the same restore again: it finishes the job`,
+    { to: to ? printable(to) : null, restored: result.restored, bytes: result.bytes },
+  );
 }
 
 /** The marker state of target `to`, or a clear error when `to` cannot be a target folder. */

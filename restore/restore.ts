@@ -32,6 +32,8 @@ export interface RestoreResult {
   format: RestoreFormat;
   restored: number;
   skipped: number;
+  /** Entries that could not be restored (each also counted in `warnings`). */
+  failed: number;
   bytes: number;
   warnings: number;
 }
@@ -46,7 +48,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
     if (point.kind === 'volume') {
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
       const bytes = await restoreVolume(disk, o.to, format as 'raw' | 'vhd', o.onProgress);
-      return { point, to: o.to, format, restored: 1, skipped: 0, bytes, warnings: 0 };
+      return { point, to: o.to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: 0 };
     }
     const reader = await VolumeReader.open(disk);
     try {
@@ -61,7 +63,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         try {
           const r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
           await tarDir(staging, o.to);
-          return { point, to: o.to, format, restored: r.restored, skipped: r.skipped, bytes: r.bytes, warnings };
+          return { point, to: o.to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
         } finally {
           await rm(staging, { recursive: true, force: true });
         }
@@ -74,7 +76,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         onWarning,
         onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
       });
-      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, bytes: r.bytes, warnings };
+      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
     } finally {
       await reader.close();
     }

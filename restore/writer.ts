@@ -53,6 +53,8 @@ export interface WriteResult {
   ok: boolean;
   /** Why it is not (ok = false), or what could not be set (ok = true). */
   error?: string;
+  /** The system error code of `error` (ENOSPC: the run stops). */
+  errno?: string;
   warnings?: string[];
   /** Offset of the first chunk that did not match its stored sum. */
   badOffset?: number;
@@ -169,7 +171,7 @@ export function writeJob(j: WriteJob): WriteResult {
       // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
       fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh || direct ? C.O_EXCL : 0), 0o600);
     } catch (err) {
-      return { ok: false, error: (err as Error).message };
+      return { ok: false, error: (err as Error).message, errno: (err as NodeJS.ErrnoException).code };
     }
     if (j.part && !last) openParts.set(j.part.key, fd);
   } else {
@@ -220,7 +222,7 @@ export function writeJob(j: WriteJob): WriteResult {
     if (j.part) openParts.delete(j.part.key);
     if (!closed) closeQuietly(fd);
     unlinkQuietly(tmp); // direct: the file this job created (O_EXCL), never one it found
-    return { ok: false, error: (err as Error).message };
+    return { ok: false, error: (err as Error).message, errno: (err as NodeJS.ErrnoException).code };
   }
   const r: WriteResult = { ok: true };
   if (warnings.length) r.warnings = warnings;

@@ -12,6 +12,7 @@ import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
 import { MARKER_NAME, prepareTarget as markTarget, removeMarker } from '../restore/marker.js';
 import { makeTree, snapshotTree, diffSnapshots, compareTrees, NAMES, pseudoRandom } from './helpers/tree.js';
+import { must, run } from './helpers/exec.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -377,5 +378,45 @@ test('names: 255-byte and non-UTF-8 names get copies that still fit', async (t) 
     t.is(names.length, 4);
     t.true(names.every((n) => n.length <= 255));
     reader.close();
+  });
+});
+
+test('a full disk stops the restore with one clear error; after space is freed the same restore finishes the job', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    for (let i = 0; i < 24; i++) await writeFile(join(src, 'd', `f${String(i).padStart(2, '0')}`), pseudoRandom(MiB, i + 1));
+    await chmod(join(src, 'd'), 0o750);
+    const before = await snapshotTree(src);
+    const { reader } = await backup(src);
+    // an 8 MiB tmpfs holds a third of the 24 MiB
+    const small = join(dir, 'small');
+    await mkdir(small);
+    await must('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', small]);
+    try {
+      const to = join(small, 'out');
+      const messages: string[] = [];
+      const err = await t.throwsAsync(restoreFiles(reader, { to, onWarning: (w) => messages.push(w.message) }), { code: 'RESTORE_DISK_FULL' });
+      t.regex(err!.message, /^the disk is full: .*f\d\d and what follows it could not be restored to .*out \(\d+ entries, .* were\); free space there and run the same restore again/);
+      // one error, not a warning per file that no longer fits
+      t.deepEqual(messages, []);
+      t.true(existsSync(join(to, MARKER_NAME)), 'the marker stays');
+      // what is there is whole, and the folder got its mode
+      const restoredDir = join(to, src, 'd');
+      const names = await readdir(restoredDir);
+      t.true(names.length >= 1 && names.length < 24, `${names.length} files`);
+      for (const n of names) t.deepEqual(await readFile(join(restoredDir, n)), await readFile(join(src, 'd', n)), n);
+      t.is((await lstat(restoredDir)).mode & 0o7777, 0o750);
+
+      await must('mount', ['-o', 'remount,size=64m', small]);
+      const r = await restore(reader, { to });
+      t.deepEqual(r.messages, []);
+      t.is(r.failed, 0);
+      t.false(existsSync(join(to, MARKER_NAME)), 'the marker is gone');
+      t.deepEqual(diffSnapshots(before, await snapshotTree(join(to, src))), []);
+    } finally {
+      await run('umount', ['-l', small]);
+      reader.close();
+    }
   });
 });

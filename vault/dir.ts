@@ -244,8 +244,17 @@ export class DirBackend implements Backend {
     const e = err as NodeJS.ErrnoException;
     if ((op === 'read' || op === 'stat') && isMissing(e)) return objectMissing(this.location, name);
     if (typeof e?.code !== 'string') return err;
-    const hint = e.code === 'ENOSPC' ? ' (the disk is full)' : e.code === 'EACCES' || e.code === 'EPERM' ? ' (permission denied)' : '';
-    return new FerryError('BACKEND_IO', `cannot ${op} object ${name} in ${this.location}: ${e.code} ${e.message}${hint}`, {
+    // Node's message already starts with the code ("ENOSPC: no space left on device, write").
+    const what = e.message.startsWith(`${e.code}:`) ? e.message : `${e.code}: ${e.message}`;
+    const hint =
+      e.code === 'ENOSPC' || e.code === 'EDQUOT'
+        ? '; the disk is full: free space there (or move the vault) and run the same command again, what is stored is kept'
+        : e.code === 'EACCES' || e.code === 'EPERM'
+          ? '; permission denied: run as a user who may write there'
+          : e.code === 'EROFS'
+            ? '; the file system is read-only'
+            : '';
+    return new FerryError('BACKEND_IO', `cannot ${op} object ${name} in ${this.location}: ${what}${hint}`, {
       object: name,
       location: this.location,
       errno: e.code,

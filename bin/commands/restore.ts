@@ -53,7 +53,9 @@ export function register(program: Command): void {
           bar.stop();
           out.result(r, () => {
             out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${r.restored} entries, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
-            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be restored (listed above)`);
+            const other = r.warnings - r.failed;
+            if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
+            else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
           });
           return r.warnings ? EXIT.warnings : EXIT.ok;
         } finally {

@@ -500,6 +500,8 @@ export interface EntryWarning {
   code: string;
   message: string;
   path?: Buffer;
+  /** The system error code behind it, when there is one. */
+  errno?: string;
 }
 
 export interface WriteVolumeOptions extends VolumeWriterOptions {
