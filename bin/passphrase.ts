@@ -148,7 +148,7 @@ export function kdfCost(opts: { kdfLogN?: string }): ScryptCost | undefined {
   if (opts.kdfLogN === undefined) return undefined;
   const n = Number(opts.kdfLogN);
   if (!Number.isInteger(n) || n < 10 || n > 22) throw new UsageError(`--kdf-log-n must be an integer from 10 to 22 (got ${opts.kdfLogN})`);
-  return { ...DEFAULT_SCRYPT, N: 2 ** n };
+  return { N: 2 ** n, r: DEFAULT_SCRYPT.r, p: 1 };
 }
 
 export interface CliOpenOptions extends GlobalOptions {
