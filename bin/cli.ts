@@ -1,5 +1,6 @@
 // What every command shares: global options, output, and turning errors into
 // one line and an exit code. Only bin/ exits the process.
+import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import { EXIT, FerryError } from '../format/errors.js';
 
@@ -86,10 +87,17 @@ export function makeProgram(): Command {
   const program = new Command('ferry');
   program
     .description('offline seeding, incremental backup and restore for Linux, built on VHD')
+    .version(version(), '-V, --version', 'print the version of ferry')
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
   return program;
+}
+
+/** ferry's version, from its package.json. */
+function version(): string {
+  const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+  return pkg.version;
 }
 
 export function isCommanderError(err: unknown): err is CommanderError {

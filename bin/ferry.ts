@@ -9,6 +9,16 @@ export async function main(argv: string[]): Promise<void> {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
     throw err;
   });
+  // Ctrl-C or a kill: one line, the conventional exit code (128 + signal).
+  // What was written so far is safe: every command can be run again and
+  // goes on (a seed resumes, an import skips what is in, a restore finishes,
+  // a lock left behind by this process is seen as stale and removed).
+  for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`\nferry: interrupted (${sig}); run the same command again to go on\n`);
+      process.exit(code);
+    });
+  }
   const program = makeProgram();
   for (const register of await commandsFor(argv)) register(program);
   try {

@@ -327,3 +327,24 @@ test('on a terminal: prompts without echo, twice for a new passphrase', async (t
   t.regex(list.stdout, /1 key slot/);
   t.false(list.stdout.includes(secret));
 });
+
+test('--version prints the package version; Ctrl-C stops a command with one line and exit 130', async (t) => {
+  const pkg = JSON.parse(await fs.readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  const v = await ferry(['--version']);
+  t.is(v.code, 0);
+  t.is(v.stdout.trim(), pkg.version);
+
+  const base = await tempDir('sigint');
+  const dir = join(base, 'vault');
+  t.is((await ferry(['init', dir, ...FAST], { FERRY_PASSPHRASE: P1 })).code, 0);
+  // a passphrase command that takes its time: ferry waits in it when the signal comes
+  const child = spawn(process.execPath, [FERRY, 'key', 'list', '--vault', dir, '--passphrase-command', `sleep 2; echo '${P1}'`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (c) => (stderr += c));
+  child.stdout.resume();
+  await new Promise((r) => setTimeout(r, 700));
+  child.kill('SIGINT');
+  const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
+  t.is(code, 130);
+  t.is(stderr.trim(), 'ferry: interrupted (SIGINT); run the same command again to go on');
+});
