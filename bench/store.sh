@@ -52,5 +52,6 @@ printf '\nstore a 2 GiB VHD (file %s bytes), %s cache, median of %s, load %s\n' 
 printf '%-34s %8s\n' "operation" "seconds"
 printf '%-34s %8.2f\n' "cp X.vhd DIR/ + sync" "$cpm" "dd bs=2M + sync" "$ddm" "ferry key list (open only)" "$opm" \
   "ferry vhd import (store) + sync" "$stm" "ferry vhd export (back) + sync" "$exm"
+printf 'runs (s): cp %s | dd %s | open %s | store %s | export %s\n' "${cp_times[*]}" "${dd_times[*]}" "${open_times[*]}" "${store_times[*]}" "${export_times[*]}" | sed -E 's/([0-9]*\.[0-9]{2})[0-9]*/\1/g'
 printf 'store / cp = %.2f (target <= 1.5); store / dd = %.2f; (store - open) / cp = %.2f; vault holds %s bytes (%.0f%% of the file)\n' \
   "$(echo "$stm / $cpm" | bc -l)" "$(echo "$stm / $ddm" | bc -l)" "$(echo "($stm - $opm) / $cpm" | bc -l)" "$vsize" "$(echo "100 * $vsize / $fsize" | bc -l)"
