@@ -3,6 +3,7 @@
 // on it with its size and SHA-256 (of the sealed bytes, as stored). The
 // point to register travels in it too, sealed, so only key holders read it.
 // Spec: docs/seed-format.md.
+import { createHash } from 'node:crypto';
 import { FerryError } from './errors.js';
 
 export const SEED_MANIFEST = 'FERRY-SEED.json';
@@ -37,6 +38,23 @@ export interface SeedManifest {
   point?: string;
 }
 
+/** No seed spans more disks than this: a bound on what an edited manifest can make import loop over. */
+export const MAX_SEED_DISKS = 10_000;
+
+/** What the sealed point record says of one disk, so that an edited manifest is caught at import. */
+export interface SeedDiskSummary {
+  objects: number;
+  /** SHA-256 of the disk's object list: a line `name<TAB>size<TAB>sha256<LF>` per object, sorted by name. */
+  list: string;
+}
+
+export function summarizeObjects(objects: readonly SeedObject[]): SeedDiskSummary {
+  const sorted = [...objects].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const h = createHash('sha256');
+  for (const o of sorted) h.update(`${o.name}\t${o.size}\t${o.sha256}\n`);
+  return { objects: objects.length, list: h.digest('hex') };
+}
+
 export function parseSeedManifest(file: string, text: string): SeedManifest {
   const bad = (why: string) => new FerryError('SEED_BAD_MANIFEST', `${file}: not a ferry seed manifest (${why}); is this a ferry seed disk?`, { file });
   let m: SeedManifest;
@@ -48,10 +66,16 @@ export function parseSeedManifest(file: string, text: string): SeedManifest {
   if (m?.format !== SEED_FORMAT) throw bad('no "format": "ferry-seed"');
   if (m.version !== 1) throw bad(`unknown version ${String(m.version)}`);
   for (const k of ['seedId', 'vaultId', 'machine', 'item', 'kind', 'prefix'] as const) if (typeof m[k] !== 'string') throw bad(`field ${k} missing`);
-  if (!Number.isInteger(m.disk) || m.disk < 1) throw bad('field disk missing');
+  if (!Number.isInteger(m.disk) || m.disk < 1 || m.disk > MAX_SEED_DISKS) throw bad('field disk missing or out of range');
+  if (m.of !== null && (!Number.isInteger(m.of) || m.of < m.disk || m.of > MAX_SEED_DISKS)) throw bad(`field of is ${JSON.stringify(m.of)}, not a disk count of at least ${m.disk}`);
+  if (m.complete !== true && m.complete !== false) throw bad('field complete missing');
+  if (m.complete && m.of === null) throw bad('a complete seed must say how many disks it has');
+  // Names become paths on the disk: nothing may lead outside it.
+  if (m.prefix !== '' && !/^BlockBlob\/[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}\/$/.test(m.prefix)) throw bad(`prefix ${JSON.stringify(m.prefix).slice(0, 80)} is neither empty nor BlockBlob/<container>/`);
   if (!Array.isArray(m.objects)) throw bad('field objects missing');
   for (const o of m.objects) {
-    if (typeof o?.name !== 'string' || !Number.isSafeInteger(o.size) || !/^[0-9a-f]{64}$/.test(o.sha256 ?? '')) throw bad(`bad object entry ${JSON.stringify(o).slice(0, 80)}`);
+    if (typeof o?.name !== 'string' || !Number.isSafeInteger(o.size) || o.size < 0 || !/^[0-9a-f]{64}$/.test(o.sha256 ?? '')) throw bad(`bad object entry ${JSON.stringify(o).slice(0, 80)}`);
+    if (!/^(?:disks\/[0-9a-f]{32}\/(?:head|blocks\/[0-9]{1,10})|seeds\/[0-9a-f]{16}\/[a-z]+)$/.test(o.name)) throw bad(`object name ${JSON.stringify(o.name).slice(0, 80)} is not one a seed writes`);
   }
   return m;
 }

@@ -3,10 +3,11 @@
 // disk's manifest, then its AEAD tag under the vault key with its name (so a
 // swapped or foreign object fails). A disk counts as imported only when all
 // its objects are in; the point is registered only when every disk is.
-import { readFile, stat } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
-import { SEED_MANIFEST, type SeedManifest, parseSeedManifest } from '../format/seedmanifest.js';
+import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, summarizeObjects } from '../format/seedmanifest.js';
 import { itemName, pointName, listPoints, putJson, readItem, type PointManifest } from '../vault/registry.js';
 import type { VaultWriter } from '../vault/vault.js';
 import { seedPointName, type SeedPointRecord } from './seed.js';
@@ -25,6 +26,9 @@ export interface ImportResult {
   waiting: Array<{ seedId: string; machine: string; item: string; missing: number[]; of: number }>;
 }
 
+/** A manifest lists at most a disk's objects: a few hundred bytes each. */
+const MAX_MANIFEST_BYTES = 512 * 1024 * 1024;
+
 const diskMarker = (seedId: string, n: number) => `seeds/${seedId}/disks/${n}`;
 const registeredMarker = (seedId: string) => `seeds/${seedId}/registered`;
 
@@ -32,8 +36,17 @@ async function readManifest(dir: string): Promise<SeedManifest> {
   const file = join(dir, SEED_MANIFEST);
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    // Not readFile: a fifo or a device under the name would block or never end.
+    const fh = await open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
+    try {
+      const st = await fh.stat();
+      if (!st.isFile() || st.size > MAX_MANIFEST_BYTES) throw new FerryError('SEED_BAD_MANIFEST', `${file} is not a ferry seed manifest (${st.isFile() ? 'too large' : 'not a regular file'})`, { disk: dir });
+      text = await fh.readFile('utf8');
+    } finally {
+      await fh.close();
+    }
   } catch (err) {
+    if (err instanceof FerryError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
     const missing = code === 'ENOENT' && !(await stat(dir).catch(() => null));
     const why = missing
@@ -51,8 +64,10 @@ export async function importSeeds(
   dirs: string[],
   opts: { onProgress?: (p: ImportProgress) => void } = {},
 ): Promise<ImportResult> {
-  // Every disk is looked at before anything is copied: a foreign or unfinished one stops the import.
+  // Every disk is looked at before anything is copied: a foreign, unfinished
+  // or edited one stops the import.
   const manifests: Array<{ dir: string; m: SeedManifest }> = [];
+  const records = new Map<string, SeedPointRecord>();
   for (const dir of dirs) {
     const m = await readManifest(dir);
     if (m.vaultId !== vault.id) {
@@ -61,11 +76,15 @@ export async function importSeeds(
     if (!m.complete || m.of === null) {
       throw new FerryError('SEED_UNFINISHED', `${dir} holds disk ${m.disk} of an unfinished seed ${m.seedId}; run the same ferry seed command again to finish it`, { disk: dir });
     }
+    const rec = await openRecord(vault, dir, m);
+    checkAgainstRecord(dir, m, rec);
+    records.set(m.seedId, rec);
     manifests.push({ dir, m });
   }
   const result: ImportResult = { imported: [], registered: [], waiting: [] };
   for (const { dir, m } of manifests) {
-    if (await vault.exists(diskMarker(m.seedId, m.disk))) {
+    // A registered seed is never touched again: its objects belong to a visible point.
+    if ((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) {
       result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
       continue;
     }
@@ -90,7 +109,7 @@ export async function importSeeds(
       continue;
     }
     if (await vault.exists(registeredMarker(m.seedId))) continue;
-    const reg = await register(vault, m);
+    const reg = await register(vault, m, records.get(m.seedId)!);
     result.registered.push(reg);
   }
   return result;
@@ -103,15 +122,11 @@ async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onPr
   const depth = Math.max(2, vault.pool.size * 2);
   const one = async (o: SeedManifest['objects'][number]) => {
     const file = join(dir, m.prefix + o.name);
-    let data: Buffer;
-    try {
-      data = await readFile(file);
-    } catch {
-      throw new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name });
-    }
-    const damaged = () =>
-      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) does not match its checksum; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
-    if (data.length !== o.size) throw damaged();
+    const damaged = (why = 'does not match its checksum') =>
+      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
+    const data = await readObjectFile(file, o.size, damaged, () =>
+      new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name }),
+    );
     // Hash and authenticate on the seal pool, off this thread; no need to decompress.
     let sha: string;
     try {
@@ -120,8 +135,14 @@ async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onPr
       throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} fails authentication (${(err as Error).message}); nothing was registered`, { disk: dir, object: o.name });
     }
     if (sha !== o.sha256) throw damaged();
-    if (!(await sameObject(vault, o.name, data))) {
-      // Already sealed with this vault's key: stored as it is.
+    if (await sameObject(vault, o.name, data)) {
+      // Left by an import that was stopped: durable with this disk's batch.
+      vault.keepInBatch(o.name);
+    } else {
+      // Already sealed with this vault's key: stored as it is. A different
+      // copy under the name can only be a damaged or earlier one of this
+      // unregistered seed (disk ids are random): the sealed record vouches
+      // for this one.
       vault.lock.assertHeld();
       await vault.backend.put(o.name, data);
     }
@@ -152,14 +173,71 @@ async function sameObject(vault: VaultWriter, name: string, data: Buffer): Promi
   }
 }
 
-async function register(vault: VaultWriter, m: SeedManifest): Promise<{ machine: string; item: string; seq: number; seedId: string }> {
-  if (!m.point) throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: the manifest carries no point record`);
+/** Opens the seed's sealed point record, carried by every complete disk. */
+async function openRecord(vault: VaultWriter, dir: string, m: SeedManifest): Promise<SeedPointRecord> {
+  if (!m.point) throw new FerryError('SEED_BAD_MANIFEST', `${dir}: the manifest of seed ${m.seedId} carries no point record; the disk is damaged`, { disk: dir });
   let rec: SeedPointRecord;
   try {
     rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point, 'base64'))).toString('utf8')) as SeedPointRecord;
   } catch (err) {
-    throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: its point record does not open (${(err as Error).message})`);
+    throw new FerryError('SEED_BAD_MANIFEST', `${dir}: the point record of seed ${m.seedId} does not open (${(err as Error).message}); the disk is damaged`, { disk: dir });
   }
+  if (rec?.point?.seedId !== undefined && rec.point.seedId !== m.seedId) {
+    throw new FerryError('SEED_BAD_MANIFEST', `${dir}: the point record names seed ${rec.point.seedId}, the manifest ${m.seedId}; the disk is damaged`, { disk: dir });
+  }
+  return rec;
+}
+
+/**
+ * The plain manifest against what the sealed record says of the disk: its
+ * number, the number of disks, and its list of objects. An edit (an object
+ * left out, a disk renumbered) would register a point with data missing.
+ */
+function checkAgainstRecord(dir: string, m: SeedManifest, rec: SeedPointRecord): void {
+  if (!rec.disks) return; // sealed before records said (then only the per-object checks hold)
+  const d = rec.disks[m.disk - 1];
+  const s = summarizeObjects(m.objects);
+  if (rec.disks.length !== m.of || !d || d.objects !== s.objects || d.list !== s.list) {
+    throw new FerryError(
+      'SEED_BAD_MANIFEST',
+      `${dir}: its ${SEED_MANIFEST} does not match the seed's sealed record (${rec.disks.length !== m.of ? `the seed has ${rec.disks.length} disks, the manifest says ${m.of}` : !d ? `there is no disk ${m.disk}` : 'its list of objects was changed'}); the disk cannot be trusted, nothing was imported from it`,
+      { disk: dir },
+    );
+  }
+}
+
+/** Reads a seed object of `size` bytes: a regular file only (a fifo or device would block or never end). */
+async function readObjectFile(path: string, size: number, damaged: (why?: string) => Error, missing: () => Error): Promise<Buffer> {
+  let fh;
+  try {
+    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw missing();
+    if (code === 'ELOOP') throw damaged('is a symbolic link, not an object');
+    throw damaged(`cannot be read (${code ?? (err as Error).message})`);
+  }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw damaged('is not a regular file');
+    if (st.size !== size) throw damaged(`holds ${st.size} bytes, not ${size}`);
+    const data = Buffer.allocUnsafe(size);
+    let done = 0;
+    while (done < size) {
+      const { bytesRead } = await fh.read(data, done, size - done, done);
+      if (bytesRead === 0) throw damaged('was cut short while read');
+      done += bytesRead;
+    }
+    return data;
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw damaged(`cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+  } finally {
+    await fh.close();
+  }
+}
+
+async function register(vault: VaultWriter, m: SeedManifest, rec: SeedPointRecord): Promise<{ machine: string; item: string; seq: number; seedId: string }> {
   const { machine, item } = rec.point;
   // Every disk of the point must really be in the vault before it becomes visible.
   for (const id of rec.point.chain) {
@@ -171,9 +249,26 @@ async function register(vault: VaultWriter, m: SeedManifest): Promise<{ machine:
   }
   if (!existing) await putJson(vault, itemName(machine, item), rec.item);
   const points = await listPoints(vault, { machine, item });
-  const seq = points.reduce((n, p) => Math.max(n, p.seq), 0) + 1;
-  const point: PointManifest = { ...rec.point, seq };
-  await putJson(vault, pointName(machine, item, seq), point);
+  // A run stopped between the point and its marker: the point is there already.
+  const had = points.find((p) => p.seedId === m.seedId);
+  if (had) {
+    await putJson(vault, registeredMarker(m.seedId), { seq: had.seq });
+    return { machine, item, seq: had.seq, seedId: m.seedId };
+  }
+  await (vault.lock as { verify?: () => Promise<void> }).verify?.(); // TODO(lock): plain call once WriterLock.verify lands
+  vault.lock.assertHeld();
+  // Created, never replaced: a point of the same number written meanwhile is kept, and this one takes the next.
+  let seq = points.reduce((n, p) => Math.max(n, p.seq), 0) + 1;
+  for (;;) {
+    const point: PointManifest = { ...rec.point, seq };
+    try {
+      await vault.putSealed(pointName(machine, item, seq), Buffer.from(JSON.stringify(point)), { exclusive: true });
+      break;
+    } catch (err) {
+      if (!(err instanceof FerryError && err.code === 'OBJECT_EXISTS')) throw err;
+      seq++;
+    }
+  }
   await putJson(vault, registeredMarker(m.seedId), { seq });
   return { machine, item, seq, seedId: m.seedId };
 }

@@ -12,6 +12,7 @@ import { MAX_VHD_SIZE } from '../format/vhd/layout.js';
 import { VhdDisk } from '../format/vhd/vhd.js';
 import { writeVolume, type SourceEntry, type EntryWarning } from '../format/volume/index.js';
 import { SpoolStorage } from '../vault/diskstore.js';
+import type { SeedDiskSummary, SeedManifest } from '../format/seedmanifest.js';
 import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
 import { checkName } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
@@ -69,6 +70,12 @@ export const seedPointName = (seedId: string) => `seeds/${seedId}/point`;
 export interface SeedPointRecord {
   item: ItemDef;
   point: Omit<PointManifest, 'seq'>;
+  /**
+   * What each disk holds (disk 1 first): import checks every disk's manifest
+   * against it, so an edited manifest (objects left out, another disk
+   * number or count) is caught. Records sealed before 2026-12-06 lack it.
+   */
+  disks?: SeedDiskSummary[];
 }
 
 /**
@@ -97,7 +104,9 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   const vault = o.vault;
   const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
 
-  const previous = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  const resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  if (resumable?.finishOnly) return finishMarking(o, vault, machine, resumable.manifest);
+  const previous = resumable?.manifest;
   const size = o.kind === 'volume' ? await volumeSize(o.sources[0]) : MAX_VHD_SIZE;
   if (previous && (previous.kind !== o.kind || previous.params.size !== size)) {
     throw new FerryError('SEED_DISK_IN_USE', `the disks hold an unfinished ${previous.kind} seed of ${machine}/${o.item} of another shape; use empty disks`);
@@ -178,7 +187,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
   report('finish');
   await spool.finish();
-  await targets.flush();
+  const summaries = await targets.seal();
 
   const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources: o.sources, excludes: o.excludes ?? [], created: params.time };
   const record: SeedPointRecord = {
@@ -196,6 +205,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       seedId,
       sources: o.sources,
     },
+    disks: summaries,
   };
   const sealedPoint = await vault.pool.seal(seedPointName(seedId), Buffer.from(JSON.stringify(record)));
   const used = await targets.finish(sealedPoint.toString('base64'));
@@ -213,5 +223,41 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     bytes,
     warnings,
     resumed: !!previous,
+  };
+}
+
+/**
+ * A run stopped while it marked the disks complete: some say so, some not.
+ * The data and the sealed point record are final; the marking is done again
+ * with the record the complete disks carry.
+ */
+async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string, m: SeedManifest): Promise<SeedResult> {
+  const targets = await SeedTargets.open(o.disks, {
+    capacity: o.diskCapacity,
+    pool: vault.pool,
+    id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params },
+    finishing: true,
+  });
+  let rec: SeedPointRecord;
+  try {
+    rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point ?? '', 'base64'))).toString('utf8')) as SeedPointRecord;
+  } catch (err) {
+    throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: the point record on its complete disks does not open (${(err as Error).message}); use empty disks for a new seed`);
+  }
+  const used = await targets.finish(m.point!);
+  return {
+    seedId: m.seedId,
+    machine,
+    item: m.item,
+    kind: m.kind as ItemKind,
+    disks: used,
+    diskCount: used.length,
+    objects: targets.heldObjects,
+    kept: targets.heldObjects,
+    sealedBytes: 0,
+    files: rec.point.stats.files ?? 0,
+    bytes: rec.point.size,
+    warnings: 0,
+    resumed: true,
   };
 }

@@ -148,11 +148,13 @@ test('a seed killed at random points and run again gives the same restore', asyn
     await plainTree(src, 120);
     await writeFile(join(src, 'big.bin'), randomBytes(24 * MiB));
     const disks = [join(dir, 'a'), join(dir, 'b'), join(dir, 'c')];
-    const args = ['seed', '--vault', vault, '--item', 'k', '--kind', 'files', '--machine', 'm', ...disks.flatMap((d) => ['--disk', d]), '--disk-capacity', '20M', src];
+    // ~59 MB of sealed objects over 3 x 24 MiB: room to spare whatever order a resumed run fills the disks in
+    const args = ['seed', '--vault', vault, '--item', 'k', '--kind', 'files', '--machine', 'm', ...disks.flatMap((d) => ['--disk', d]), '--disk-capacity', '24M', src];
     let kills = 0;
     for (let i = 0; i < 5; i++) {
       const child = spawn(process.execPath, [FERRY, ...args], { env: { ...process.env, ...env }, stdio: 'ignore' });
-      const delay = 150 + Math.floor(Math.random() * 900);
+      // the first early enough to land for sure (a whole run takes about a second here)
+      const delay = 150 + Math.floor(Math.random() * (i === 0 ? 250 : 900));
       const timer = setTimeout(() => child.kill('SIGKILL'), delay);
       const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
       clearTimeout(timer);

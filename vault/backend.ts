@@ -46,6 +46,11 @@ export interface Backend {
    */
   beginBatch?(): void;
   commitBatch?(): Promise<void>;
+  /**
+   * Inside a batch: an object found already there (written by a run that was
+   * stopped before its commit) is made durable with the batch too.
+   */
+  keepInBatch?(name: string): void;
 }
 
 export interface IoFaults {

@@ -142,6 +142,13 @@ export class DirBackend implements Backend {
     this.#batch ??= { files: new Set(), dirs: new Set() };
   }
 
+  keepInBatch(name: string): void {
+    if (!this.#batch) return;
+    const path = this.#path(name);
+    this.#batch.files.add(path);
+    this.#batch.dirs.add(dirname(path));
+  }
+
   /** fsyncs every object the batch created, then their directories; ends the batch. */
   async commitBatch(): Promise<void> {
     const batch = this.#batch;

@@ -66,6 +66,8 @@ export interface PutOptions extends SealOptions {
    * a sealing thread without a copy and is empty afterwards (not with verify).
    */
   give?: boolean;
+  /** Create only: fail with OBJECT_EXISTS when the name is taken. */
+  exclusive?: boolean;
 }
 
 /** What mount, restore and check get: reads only. */
@@ -200,6 +202,11 @@ export class VaultWriter extends VaultReader {
     this.backend.beginBatch?.();
   }
 
+  /** Makes an object already stored durable with the batch (see Backend.keepInBatch). */
+  keepInBatch(name: string): void {
+    this.backend.keepInBatch?.(name);
+  }
+
   /** Makes every object put since beginBatch() durable; ends the batch. */
   async commitBatch(): Promise<void> {
     await this.backend.commitBatch?.();
@@ -208,14 +215,14 @@ export class VaultWriter extends VaultReader {
   /** Seals `data` (AAD = name) on the pool and stores it atomically; checks the stored size. */
   async putSealed(name: string, data: Buffer, opts: PutOptions = {}): Promise<{ size: number; codec: CodecName }> {
     this.lock.assertHeld();
-    const { verify, give, ...sealOpts } = opts;
+    const { verify, give, exclusive, ...sealOpts } = opts;
     const sealed = await this.pool.seal(name, data, sealOpts, give && !verify);
     if (verify) {
       const back = await this.pool.unseal(name, sealed);
       if (!back.equals(data)) throw new Error(`sealing ${name} did not round-trip`);
     }
     this.lock.assertHeld();
-    await this.backend.put(name, sealed);
+    await (exclusive ? this.backend.putNew(name, sealed) : this.backend.put(name, sealed));
     const st = await this.backend.stat(name);
     if (st.size !== sealed.length) {
       throw new FerryError('BACKEND_SHORT_WRITE', `object ${name} in ${this.location} holds ${st.size} bytes after writing ${sealed.length}`, { object: name });
