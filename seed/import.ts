@@ -255,7 +255,8 @@ async function register(vault: VaultWriter, m: SeedManifest, rec: SeedPointRecor
     await putJson(vault, registeredMarker(m.seedId), { seq: had.seq });
     return { machine, item, seq: had.seq, seedId: m.seedId };
   }
-  await (vault.lock as { verify?: () => Promise<void> }).verify?.(); // TODO(lock): plain call once WriterLock.verify lands
+  // Still ours, and nobody about to break it: a point written under a lost lock could collide.
+  await vault.lock.verify();
   vault.lock.assertHeld();
   // Created, never replaced: a point of the same number written meanwhile is kept, and this one takes the next.
   let seq = points.reduce((n, p) => Math.max(n, p.seq), 0) + 1;

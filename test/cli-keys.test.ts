@@ -3,7 +3,7 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -338,11 +338,14 @@ test('--version prints the package version; Ctrl-C stops a command with one line
   const dir = join(base, 'vault');
   t.is((await ferry(['init', dir, ...FAST], { FERRY_PASSPHRASE: P1 })).code, 0);
   // a passphrase command that takes its time: ferry waits in it when the signal comes
-  const child = spawn(process.execPath, [FERRY, 'key', 'list', '--vault', dir, '--passphrase-command', `sleep 2; echo '${P1}'`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // (it leaves a mark when it starts, so the signal comes then however slow the start under load)
+  const mark = join(base, 'asked');
+  const child = spawn(process.execPath, [FERRY, 'key', 'list', '--vault', dir, '--passphrase-command', `touch '${mark}'; sleep 5; echo '${P1}'`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (c) => (stderr += c));
   child.stdout.resume();
-  await new Promise((r) => setTimeout(r, 700));
+  for (let i = 0; i < 300 && !existsSync(mark); i++) await new Promise((r) => setTimeout(r, 50));
+  t.true(existsSync(mark), 'the passphrase command ran');
   child.kill('SIGINT');
   const code = await new Promise<number | null>((r) => child.on('close', (c) => r(c)));
   t.is(code, 130);
