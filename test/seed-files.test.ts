@@ -8,18 +8,14 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, rm, writeFile, symlink, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
-import { ferry, must, withTmp } from './helpers/exec.js';
+import { ferry, ferryOk, must, withTmp } from './helpers/exec.js';
 import { diffSnapshots, makeTree, snapshotTree } from './helpers/tree.js';
 
 const PASS = 'files test passphrase, long enough';
 const env = { FERRY_PASSPHRASE: PASS };
 const MiB = 1024 * 1024;
 
-async function ok(args: string[]): Promise<string> {
-  const r = await ferry(args, { env });
-  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return r.stdout.toString();
-}
+const ok = (args: string[]) => ferryOk(args, env);
 
 async function vaultWithSeed(dir: string, src: string, item: string, capacity = '6M', machine = 'alpha', opts = { importNow: true }): Promise<{ vault: string; disks: string[] }> {
   const vault = join(dir, 'vault');

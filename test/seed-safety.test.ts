@@ -8,17 +8,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
-import { ferry, must, run, sha256, withTmp } from './helpers/exec.js';
+import { ferry, ferryOk, must, run, sha256, withTmp } from './helpers/exec.js';
 
 const PASS = 'seed safety passphrase, long enough';
 const env = { FERRY_PASSPHRASE: PASS };
 const MiB = 1024 * 1024;
 
-async function ok(args: string[]): Promise<string> {
-  const r = await ferry(args, { env });
-  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return r.stdout.toString();
-}
+const ok = (args: string[]) => ferryOk(args, env);
 
 async function initVault(dir: string): Promise<string> {
   const v = join(dir, 'vault');

@@ -36,6 +36,13 @@ export function ferry(args: string[], opts: { env?: NodeJS.ProcessEnv; input?: B
   return run(process.execPath, [FERRY, ...args], opts);
 }
 
+/** ferry with `env`, which must succeed: its stdout, or an error with the command, exit code and stderr. */
+export async function ferryOk(args: string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+  const r = await ferry(args, { env });
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout.toString();
+}
+
 /** Like run, but throws with the tool's stderr when it fails. */
 export async function must(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Buffer> {
   const r = await run(cmd, args, opts);
