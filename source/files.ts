@@ -16,7 +16,7 @@ import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
-import { READ_FLAGS, READ_FLAGS_ATIME, SmallFileReader, replyError } from './reader.js';
+import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
 
@@ -549,12 +549,40 @@ class Limit {
   }
 }
 
-async function openForRead(path: Buffer): Promise<FileHandle> {
+/** A source file that is no longer what the walk listed: left out, with a warning that says why. */
+class SourceChanged extends FerryError {
+  constructor(why: string) {
+    super(SOURCE_CHANGED, why);
+  }
+}
+
+/**
+ * Opens a walked file to read its data, and checks that it is still that
+ * file: a regular file with the inode the walk saw (see changedSince).
+ * O_NOFOLLOW: a symlink put in its place is not followed; O_NONBLOCK: a fifo
+ * is not waited on.
+ */
+async function openForRead(e: Entry): Promise<FileHandle> {
+  const path = realOf(e);
+  let fh: FileHandle;
   try {
-    return await open(path, READ_FLAGS);
+    try {
+      fh = await open(path, READ_FLAGS);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+      fh = await open(path, READ_FLAGS_ATIME);
+    }
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
-    return open(path, READ_FLAGS_ATIME);
+    const link = symlinkSince(err);
+    throw link ? new SourceChanged(link.message) : err;
+  }
+  try {
+    const why = changedSince(await fh.stat({ bigint: true }), e.dev, e.ino);
+    if (why) throw new SourceChanged(why);
+    return fh;
+  } catch (err) {
+    await fh.close();
+    throw err;
   }
 }
 
@@ -672,7 +700,7 @@ const NO_POOL = new ReadBuffers(0);
 async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
   if (state.reader?.open) {
     // reader threads read one file after another, so no limit here
-    const r = await state.reader.read(realOf(e), e.size);
+    const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino);
     if (r.data) {
       const lease = new Lease(r.data, NO_POOL);
       try {
@@ -688,7 +716,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
   try {
     await limit.take();
     try {
-      const fh = await openForRead(realOf(e));
+      const fh = await openForRead(e);
       try {
         let got = 0;
         while (got < buf.length) {
@@ -726,13 +754,27 @@ interface Range {
   end: number;
 }
 
+// Each request is "DEV INO PATH\0": the file is mapped only if it is still the
+// regular file the walk listed. O_NONBLOCK, as opening a fifo put in its
+// place would wait for a writer forever; O_NOFOLLOW, as a symlink put there
+// is not that file either. A reply is "D start end ...", "C why" (changed:
+// leave it out) or "E error" (read it whole, which says what is wrong).
 const DATA_MAP_PERL = String.raw`
 use Fcntl; $| = 1; $/ = "\0";
-my $extra = O_NOFOLLOW | (eval { O_NOATIME() } || 0);
-while (defined(my $p = <STDIN>)) {
-  chomp $p;
+my $base = O_RDONLY | O_NOFOLLOW | O_NONBLOCK;
+my $noatime = eval { O_NOATIME() } || 0;
+while (defined(my $req = <STDIN>)) {
+  chomp $req;
+  my ($dev, $ino, $p) = split / /, $req, 3;
   my $fh;
-  unless (sysopen($fh, $p, O_RDONLY | $extra) || sysopen($fh, $p, O_RDONLY | O_NOFOLLOW)) { print "E $!\0"; next; }
+  unless (sysopen($fh, $p, $base | $noatime) || sysopen($fh, $p, $base)) {
+    print(($!{ELOOP} ? "C it is now a symlink, not the regular file that was listed; left out" : "E $!"), "\0");
+    next;
+  }
+  my @s = stat($fh);
+  my $why = !@s ? "" : -f _ ? (($s[0] eq $dev && $s[1] eq $ino) ? "" : "it was replaced by another file since it was listed")
+    : "it is now " . (-d _ ? "a folder" : -p _ ? "a fifo" : -S _ ? "a socket" : "a device") . ", not the regular file that was listed";
+  if ($why ne "") { close $fh; print "C $why; left out\0"; next; }
   my ($pos, $ok, @r) = (0, 1);
   while (1) {
     my $d = sysseek($fh, $pos, 3);
@@ -786,14 +828,19 @@ class DataMapper {
     for (const w of this.waiting.splice(0)) w(null);
   }
 
-  /** Data ranges of the file, or null when they cannot be known (read it all). */
-  async map(path: Buffer, size: number): Promise<Range[] | null> {
+  /**
+   * Data ranges of the walked file `e` (up to `size`), or null when they
+   * cannot be known (read it all); throws SourceChanged when it is no longer
+   * the file the walk listed.
+   */
+  async map(e: Entry, size: number): Promise<Range[] | null> {
     const child = this.start();
     if (!child) return null;
     const reply = await new Promise<string | null>((resolve) => {
       this.waiting.push(resolve);
-      child.stdin!.write(Buffer.concat([path, Buffer.from([0])]));
+      child.stdin!.write(Buffer.concat([Buffer.from(`${e.dev} ${e.ino} `), realOf(e), Buffer.from([0])]));
     });
+    if (reply?.startsWith('C ')) throw new SourceChanged(reply.slice(2));
     if (!reply || !reply.startsWith('D')) return null;
     const nums = reply.slice(1).trim().split(' ').filter(Boolean).map(Number);
     const out: Range[] = [];
@@ -817,8 +864,8 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
   let fh: FileHandle | null = null;
   try {
     const size = e.size;
-    const ranges = (sparse ? await mapper.map(realOf(e), size) : null) ?? [{ start: 0, end: size }];
-    fh = await openForRead(realOf(e));
+    const ranges = (sparse ? await mapper.map(e, size) : null) ?? [{ start: 0, end: size }];
+    fh = await openForRead(e);
     const h = fh;
     const depth = 4;
     const inflight: Promise<{ off: number; len: number; lease: Lease; n: number }>[] = [];

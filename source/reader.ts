@@ -7,7 +7,7 @@
 // back to the main thread without a copy (transferred, not shared: a shared
 // buffer would stay alive until the reader thread's next garbage collection,
 // which an idle reader does not run).
-import { closeSync, constants as C, openSync, readSync } from 'node:fs';
+import { closeSync, constants as C, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
 
@@ -15,6 +15,9 @@ export interface ReadRequest {
   path: Uint8Array;
   /** Bytes to read from the start of the file (its size at lstat). */
   length: number;
+  /** The file as the walk saw it: what is opened must still be that file. */
+  dev: bigint;
+  ino: bigint;
 }
 
 /** Where the file's bytes are in the batch buffer and how many were read, or the error (message and errno code) that stopped it. */
@@ -45,17 +48,51 @@ export interface ReadBatchResult {
 export const READ_FLAGS = C.O_RDONLY | C.O_NOATIME | C.O_NOFOLLOW | C.O_NONBLOCK;
 export const READ_FLAGS_ATIME = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
 
+/** The error code of a source file that is no longer what the walk listed (see changedSince). */
+export const SOURCE_CHANGED = 'SOURCE_CHANGED';
+
+function kindOf(st: BigIntStats): string {
+  if (st.isDirectory()) return 'a folder';
+  if (st.isFIFO()) return 'a fifo';
+  if (st.isSymbolicLink()) return 'a symlink';
+  if (st.isSocket()) return 'a socket';
+  return 'a device';
+}
+
+/**
+ * Why a source file opened for reading is not the one the walk listed, or
+ * null when it is. Between the lstat and the open its path may have become a
+ * folder (reads fail with EISDIR), a fifo (opened without blocking, it reads
+ * as empty) or another file (saved over by rename): what is read must be the
+ * file whose metadata is stored.
+ */
+export function changedSince(st: BigIntStats, dev: bigint, ino: bigint): string | null {
+  if (!st.isFile()) return `it is now ${kindOf(st)}, not the regular file that was listed; left out`;
+  if (st.dev !== dev || st.ino !== ino) return 'it was replaced by another file since it was listed; left out';
+  return null;
+}
+
+/** The error of an open refused by O_NOFOLLOW: the path became a symlink since it was listed. */
+export function symlinkSince(err: unknown): Error | null {
+  if ((err as NodeJS.ErrnoException)?.code !== 'ELOOP') return null;
+  return Object.assign(new Error('it is now a symlink, not the regular file that was listed; left out'), { code: SOURCE_CHANGED });
+}
+
 function openForReadSync(path: Buffer): number {
   try {
     return openSync(path, READ_FLAGS);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
-    return openSync(path, READ_FLAGS_ATIME);
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw symlinkSince(err) ?? err;
+    try {
+      return openSync(path, READ_FLAGS_ATIME);
+    } catch (err2) {
+      throw symlinkSince(err2) ?? err2;
+    }
   }
 }
 
-/** Reads one file from its start into `into`; never throws. */
-export function readInto(path: Buffer, into: Uint8Array): ReadReply {
+/** Reads one file from its start into `into`; never throws. With `dev` and `ino`, only that very file is read. */
+export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: bigint): ReadReply {
   let fd: number;
   try {
     fd = openForReadSync(path);
@@ -63,6 +100,10 @@ export function readInto(path: Buffer, into: Uint8Array): ReadReply {
     return { error: (err as Error).message, code: (err as NodeJS.ErrnoException).code };
   }
   try {
+    if (dev !== undefined && ino !== undefined) {
+      const why = changedSince(fstatSync(fd, { bigint: true }), dev, ino);
+      if (why) return { error: why, code: SOURCE_CHANGED };
+    }
     let got = 0;
     while (got < into.length) {
       const n = readSync(fd, into, got, into.length - got, got);
@@ -89,7 +130,7 @@ export function readBatch(m: ReadBatch): ReadBatchResult {
   let at = 0;
   const replies = m.reqs.map((r) => {
     const path = Buffer.from(r.path.buffer, r.path.byteOffset, r.path.byteLength);
-    const reply = readInto(path, new Uint8Array(buffer, at, r.length));
+    const reply = readInto(path, new Uint8Array(buffer, at, r.length), r.dev, r.ino);
     if (reply.got !== undefined) reply.offset = at;
     at += (r.length + 7) & ~7;
     return reply;
@@ -152,11 +193,11 @@ export class SmallFileReader {
     slot.queued = 0;
   }
 
-  /** Reads up to `length` bytes from the start of the file at `path`. */
-  read(path: Buffer, length: number): Promise<SmallRead> {
+  /** Reads up to `length` bytes from the start of the file at `path`, if it is still the regular file `dev`/`ino`. */
+  read(path: Buffer, length: number, dev: bigint, ino: bigint): Promise<SmallRead> {
     if (this.failure) return Promise.resolve({ error: this.failure.message });
     return new Promise((resolve) => {
-      this.batch.push({ req: { path, length }, resolve });
+      this.batch.push({ req: { path, length, dev, ino }, resolve });
       this.batchBytes += length;
       if (this.batch.length >= BATCH || this.batchBytes >= BATCH_BYTES) this.flush();
       else if (!this.scheduled) {

@@ -1,0 +1,161 @@
+// The files source when the tree changes under it: a path that vanishes,
+// becomes a folder or a fifo, or shrinks between the walk and the read; a
+// file whose data cannot be read (a damaged filesystem); a source given as
+// `link/`; and what a failed seed leaves open.
+//
+// Most of these need the change to land in the gap between the walk (lstat)
+// and the read, every time. The walker asks getfattr for a batch's xattrs
+// after it has lstat'ed the batch and before any file of it is read, so a
+// getfattr found first on PATH that changes the tree once, then runs the real
+// one, changes it exactly there, through the real CLI and with no hook in
+// ferry itself.
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readlinkSync } from 'node:fs';
+import { chmod, link, lstat, mkdir, open, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { walk } from '../source/files.js';
+import { MemDisk } from '../format/memdisk.js';
+import { writeVolume } from '../format/volume/index.js';
+import { FERRY, ferry, must, withTmp, type Result } from './helpers/exec.js';
+
+const PASS = 'source edge test passphrase, long enough';
+const env = { FERRY_PASSPHRASE: PASS };
+const MiB = 1024 * 1024;
+
+async function ok(args: string[]): Promise<string> {
+  const r = await ferry(args, { env });
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout.toString();
+}
+
+/**
+ * Runs ferry in a process group of its own and kills the whole group (its
+ * perl helper too) if it has not ended after `seconds`: code null then.
+ */
+function ferryWithin(seconds: number, args: string[], extraEnv: NodeJS.ProcessEnv): Promise<Result & { timedOut: boolean }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [FERRY, ...args], {
+      env: { ...process.env, ...env, ...extraEnv },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => err.push(d));
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    }, seconds * 1000);
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? (signal ? 128 : 1), stdout: Buffer.concat(out), stderr: Buffer.concat(err).toString(), timedOut });
+    });
+  });
+}
+
+/** PATH with a getfattr that runs `between` (shell lines) once, between the walk and the reads. */
+async function changeBetweenWalkAndRead(dir: string, between: string): Promise<NodeJS.ProcessEnv> {
+  const real = spawnSync('sh', ['-c', 'command -v getfattr']).stdout.toString().trim();
+  if (!real) throw new Error('getfattr (package attr) is needed');
+  const bin = join(dir, 'hook-bin');
+  await mkdir(bin);
+  await writeFile(join(dir, 'between.sh'), between);
+  await writeFile(join(bin, 'getfattr'), `#!/bin/sh\nif mkdir '${dir}/hook-ran' 2>/dev/null; then sh -e '${dir}/between.sh' >&2; fi\nexec '${real}' "$@"\n`);
+  await chmod(join(bin, 'getfattr'), 0o755);
+  return { PATH: `${bin}:${process.env.PATH}` };
+}
+
+/** Seeds `sources` as item `item` through the CLI (with `extraEnv`), imports it, restores it under `out`. */
+async function seedAndRestore(dir: string, item: string, sources: string[], extraEnv: NodeJS.ProcessEnv = {}, seconds = 120) {
+  const vault = join(dir, `vault-${item}`);
+  await ok(['init', vault, '--kdf-log-n', '12']);
+  const disk = join(dir, `disk-${item}`);
+  const seed = await ferryWithin(seconds, ['seed', '--vault', vault, '--item', item, '--kind', 'files', '--machine', 'm', '--disk', disk, ...sources], extraEnv);
+  if (seed.timedOut || (seed.code !== 0 && seed.code !== 3)) return { seed, restore: null, out: '' };
+  await ok(['import', '--vault', vault, disk]);
+  const out = join(dir, `out-${item}`);
+  const restore = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', item, '--to', out], { env });
+  return { seed, restore, out };
+}
+
+/** A sparse file: `size` bytes, with `data` at each of `at`, holes elsewhere. */
+async function sparseFile(path: string, size: number, at: number[], data: Buffer): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    for (const off of at) await fh.write(data, 0, data.length, off);
+    await fh.truncate(size);
+  } finally {
+    await fh.close();
+  }
+}
+
+test('a sparse file swapped for a fifo before it is read is a warning, not a hang', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    // sparse and large: its data map comes from SEEK_DATA/SEEK_HOLE (the perl helper)
+    await sparseFile(join(src, 'sparse.img'), 64 * MiB, [0, 32 * MiB], randomBytes(MiB));
+    // small: read on a reader thread; a fifo opened without blocking reads as empty
+    await writeFile(join(src, 'small.txt'), 'small file content');
+    await writeFile(join(src, 'z-after.txt'), 'after');
+    const hook = await changeBetweenWalkAndRead(dir, `cd '${src}'\nrm sparse.img small.txt\nmkfifo sparse.img small.txt\n`);
+    const { seed, restore, out } = await seedAndRestore(dir, 'fifo', [src], hook, 60);
+    t.false(seed.timedOut, 'the seed ended by itself');
+    t.is(seed.code, 3, seed.stderr);
+    t.regex(seed.stderr, new RegExp(`cannot read ${src}/sparse.img: .*fifo`));
+    t.regex(seed.stderr, new RegExp(`cannot read ${src}/small.txt: .*fifo`));
+    t.is(restore!.code, 0, restore!.stderr);
+    const root = join(out, src);
+    t.false(existsSync(join(root, 'sparse.img')));
+    t.false(existsSync(join(root, 'small.txt')), 'not stored as an empty file');
+    t.is(await readFile(join(root, 'z-after.txt'), 'utf8'), 'after');
+  });
+});
+
+test('a file swapped for a folder or for another file before it is read is a warning, and left out', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'big-to-dir.bin'), randomBytes(3 * MiB));
+    await writeFile(join(src, 'small-to-dir.txt'), 'x');
+    await writeFile(join(src, 'replaced.txt'), 'the file as listed');
+    await writeFile(join(src, 'z-after.txt'), 'after');
+    const hook = await changeBetweenWalkAndRead(
+      dir,
+      `cd '${src}'\nrm big-to-dir.bin small-to-dir.txt\nmkdir big-to-dir.bin small-to-dir.txt\nprintf 'a new file, written since' > replaced.new\nmv replaced.new replaced.txt\n`,
+    );
+    const { seed, restore, out } = await seedAndRestore(dir, 'swap', [src], hook);
+    t.is(seed.code, 3, seed.stderr);
+    t.regex(seed.stderr, new RegExp(`cannot read ${src}/big-to-dir.bin: .*folder`));
+    t.regex(seed.stderr, new RegExp(`cannot read ${src}/small-to-dir.txt: .*folder`));
+    t.regex(seed.stderr, new RegExp(`cannot read ${src}/replaced.txt: .*replaced`));
+    t.notRegex(seed.stderr, /node:internal|Node\.js v/);
+    t.is(restore!.code, 0, restore!.stderr);
+    const root = join(out, src);
+    for (const n of ['big-to-dir.bin', 'small-to-dir.txt', 'replaced.txt']) t.false(existsSync(join(root, n)), n);
+    t.is(await readFile(join(root, 'z-after.txt'), 'utf8'), 'after');
+  });
+});
+
+/** Descriptors of this process open on paths under `dir`. */
+function openUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const p = readlinkSync(`/proc/self/fd/${fd}`);
+      if (p.startsWith(dir + '/')) out.push(p);
+    } catch {
+      /* closed meanwhile */
+    }
+  }
+  return out;
+}
