@@ -859,31 +859,50 @@ class DataMapper {
   }
 }
 
+/** A read of readLarge: it settles with its error rather than rejecting. */
+interface LargeRead {
+  off: number;
+  len: number;
+  lease: Lease;
+  n: number;
+  err?: unknown;
+}
+
 async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadState, onRead: () => void, mapper: DataMapper): AsyncGenerator<DataPiece> {
   await limit.take();
   let fh: FileHandle | null = null;
+  // A few reads are in flight at once. One that fails must not leave the
+  // others behind: they would fail too (a file gone bad fails them all) with
+  // nobody awaiting them, and an unhandled rejection ends the process. So
+  // reads never reject, and every one still in flight is waited for before
+  // the file is closed and the error goes up (or the consumer stops early).
+  const inflight: Promise<LargeRead>[] = [];
   try {
     const size = e.size;
     const ranges = (sparse ? await mapper.map(e, size) : null) ?? [{ start: 0, end: size }];
     fh = await openForRead(e);
     const h = fh;
     const depth = 4;
-    const inflight: Promise<{ off: number; len: number; lease: Lease; n: number }>[] = [];
     let ri = 0;
     let next = ranges.length ? ranges[0].start : 0;
     const more = () => ri < ranges.length;
     const issue = () => {
-      const r = ranges[ri];
+      const range = ranges[ri];
       const off = next;
-      const len = Math.min(READ_SIZE, r.end - off);
+      const len = Math.min(READ_SIZE, range.end - off);
       next += len;
-      if (next >= r.end && ++ri < ranges.length) next = ranges[ri].start;
+      if (next >= range.end && ++ri < ranges.length) next = ranges[ri].start;
       const lease = new Lease(state.buffers.take(), state.buffers);
-      inflight.push(h.read(lease.buf, 0, len, off).then((x) => ({ off, len, lease, n: x.bytesRead })));
+      inflight.push(h.read(lease.buf, 0, len, off).then((x) => ({ off, len, lease, n: x.bytesRead }), (err: unknown) => ({ off, len, lease, n: 0, err })));
     };
     while (inflight.length < depth && more()) issue();
     while (inflight.length) {
-      const { off, len, lease, n } = await inflight.shift()!;
+      const r = await inflight.shift()!;
+      const { off, len, lease, n } = r;
+      if ('err' in r) {
+        lease.drop();
+        throw r.err;
+      }
       if (more()) issue();
       state.bytes += n;
       const data = lease.buf.subarray(0, n);
@@ -903,12 +922,12 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       onRead();
       if (n < len) {
         // shrank while we read: store what is there
-        await Promise.allSettled(inflight);
         e.size = off + n;
         return;
       }
     }
   } finally {
+    for (const r of await Promise.all(inflight.splice(0))) r.lease.drop();
     await fh?.close();
     limit.give();
   }

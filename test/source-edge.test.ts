@@ -98,6 +98,58 @@ async function sparseFile(path: string, size: number, at: number[], data: Buffer
   }
 }
 
+test('reads of a file that fail mid-way (a damaged filesystem) are a warning for that file, not a crash', async (t) => {
+  await withTmp(async (dir) => {
+    const img = join(dir, 'fs.img');
+    const mnt = join(dir, 'mnt');
+    await mkdir(mnt);
+    await must('truncate', ['-s', '64M', img]);
+    await must('mkfs.ext4', ['-q', '-F', '-b', '4096', img]);
+    if (spawnSync('mount', ['-o', 'loop', img, mnt]).status !== 0) {
+      t.pass('cannot mount a loop device here; skipped');
+      return;
+    }
+    const after = randomBytes(2 * MiB + 3);
+    try {
+      // 4 MiB written every other block first, then the rest: many extents,
+      // so ext4 keeps them in a tree block of their own outside the inode
+      const fh = await open(join(mnt, 'bad.bin'), 'w');
+      for (const parity of [0, 1]) {
+        for (let i = parity; i < 1024; i += 2) {
+          await fh.write(randomBytes(4096), 0, 4096, i * 4096);
+          await fh.sync();
+        }
+      }
+      await fh.close();
+      await writeFile(join(mnt, 'good.txt'), 'good');
+      await writeFile(join(mnt, 'later.bin'), after);
+    } finally {
+      await must('umount', [mnt]);
+    }
+    // zero that tree block: the inode (size, type) reads fine, the data does not (EIO / EUCLEAN)
+    const info = (await must('debugfs', ['-R', 'stat /bad.bin', img])).toString();
+    const etb = /\(ETB0\):\s*(\d+)/.exec(info);
+    if (!etb) throw new Error(`bad.bin has no extent tree block:\n${info}`);
+    const fh = await open(img, 'r+');
+    await fh.write(Buffer.alloc(4096), 0, 4096, Number(etb[1]) * 4096);
+    await fh.close();
+    await must('mount', ['-o', 'loop,ro,errors=continue', img, mnt]);
+    try {
+      t.is((await lstat(join(mnt, 'bad.bin'))).size, 4 * MiB, 'the file is still listed whole');
+      const { seed, restore, out } = await seedAndRestore(dir, 'damaged', [mnt]);
+      t.is(seed.code, 3, seed.stderr);
+      t.regex(seed.stderr, new RegExp(`cannot read ${mnt}/bad.bin: `));
+      t.notRegex(seed.stderr, /node:internal|Node\.js v|Closing file descriptor/, 'no crash, no leaked descriptor');
+      t.is(restore!.code, 0, restore!.stderr);
+      t.false(existsSync(join(out, mnt, 'bad.bin')));
+      t.is(await readFile(join(out, mnt, 'good.txt'), 'utf8'), 'good');
+      t.true((await readFile(join(out, mnt, 'later.bin'))).equals(after), 'the seed went on after the bad file');
+    } finally {
+      spawnSync('umount', [mnt]);
+    }
+  });
+});
+
 test('a sparse file swapped for a fifo before it is read is a warning, not a hang', async (t) => {
   await withTmp(async (dir) => {
     const src = join(dir, 'src');
