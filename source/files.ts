@@ -691,6 +691,21 @@ interface ReadState {
   slabs: Slabs;
   /** Reader threads for small files (without them, small files are read here into slabs). */
   reader: SmallFileReader | null;
+  warn: (w: EntryWarning) => void;
+}
+
+/**
+ * A file read shorter than it was listed is stored as read, at the size it
+ * had then: never at its old size with a tail of zeros that nothing says is
+ * not the file's. The warning says the copy is of a file in the middle of a
+ * change (as tar's "file changed as we read it" does).
+ */
+function shrank(e: Entry, listed: number, state: ReadState): void {
+  state.warn({
+    code: SOURCE_CHANGED,
+    message: `${printable(e.path)} shrank while it was read (${listed} bytes when listed, ${e.size} when read): stored as read`,
+    path: e.path,
+  });
 }
 
 /** Buffers read by a reader thread: not pooled, the garbage collector frees them. */
@@ -739,7 +754,11 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
 /** The pieces of a small file read whole into `buf` (`got` bytes). */
 function smallPieces(e: Entry, sparse: boolean, state: ReadState, buf: Buffer, got: number, lease: Lease): DataPiece[] {
   state.bytes += got;
-  if (got < e.size) e.size = got; // shrank while we read: store what is there
+  if (got < e.size) {
+    const listed = e.size;
+    e.size = got;
+    shrank(e, listed, state);
+  }
   const data = buf.subarray(0, got);
   const out: DataPiece[] = [];
   if (!sparse) {
@@ -883,6 +902,7 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
     fh = await openForRead(e);
     const h = fh;
     const depth = 4;
+    let readEnd = 0;
     let ri = 0;
     let next = ranges.length ? ranges[0].start : 0;
     const more = () => ri < ranges.length;
@@ -905,6 +925,7 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       }
       if (more()) issue();
       state.bytes += n;
+      readEnd = Math.max(readEnd, off + n);
       const data = lease.buf.subarray(0, n);
       const out: DataPiece[] = [];
       if (sparse) dropZeroGrains(off, data, out, lease);
@@ -921,10 +942,17 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       }
       onRead();
       if (n < len) {
-        // shrank while we read: store what is there
         e.size = off + n;
+        shrank(e, size, state);
         return;
       }
+    }
+    // A sparse file cut short inside a hole reads nothing short: its size
+    // now says so (data read before it was cut is kept, and counts).
+    const now = Math.max(Number((await h.stat({ bigint: true })).size), readEnd);
+    if (now < size) {
+      e.size = now;
+      shrank(e, size, state);
     }
   } finally {
     for (const r of await Promise.all(inflight.splice(0))) r.lease.drop();
@@ -963,7 +991,7 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   const reader = threads > 0 ? new SmallFileReader(threads) : null;
   // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
   const buffers = new ReadBuffers(Math.ceil(budget / READ_SIZE) + 8);
-  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers), reader };
+  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers), reader, warn };
   let yielded = 0;
   const progress = () => opts.onProgress?.({ files: yielded, bytes: state.bytes });
 

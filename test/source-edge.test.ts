@@ -198,6 +198,24 @@ test('a file swapped for a folder or for another file before it is read is a war
   });
 });
 
+test('a sparse file that shrinks before it is read is stored at the size it has, with a warning', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    const head = randomBytes(MiB);
+    await sparseFile(join(src, 'sparse.img'), 64 * MiB, [0, 48 * MiB], head);
+    // cut inside the hole: no read comes back short, only the size tells
+    const hook = await changeBetweenWalkAndRead(dir, `truncate -s 5M '${src}/sparse.img'\n`);
+    const { seed, restore, out } = await seedAndRestore(dir, 'shrink', [src], hook);
+    t.is(seed.code, 3, seed.stderr);
+    t.regex(seed.stderr, new RegExp(`${src}/sparse.img shrank while it was read`));
+    t.is(restore!.code, 0, restore!.stderr);
+    const back = await readFile(join(out, src, 'sparse.img'));
+    t.is(back.length, 5 * MiB, 'the size it has now, not 64 MiB');
+    t.true(back.equals(await readFile(join(src, 'sparse.img'))));
+  });
+});
+
 /** Descriptors of this process open on paths under `dir`. */
 function openUnder(dir: string): string[] {
   const out: string[] = [];
