@@ -229,3 +229,22 @@ function openUnder(dir: string): string[] {
   }
   return out;
 }
+
+test('a seed that fails while writing (disks full) leaves no source file open', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (const n of ['a.bin', 'b.bin', 'c.bin']) await writeFile(join(src, n), randomBytes(6 * MiB));
+    // fails as a full seed disk does, in the middle of b.bin
+    class FullDisk extends MemDisk {
+      override async write(offset: number, data: Buffer): Promise<void> {
+        if (offset + data.length > 10 * MiB) throw Object.assign(new Error('the seed disks are full'), { code: 'SEED_DISKS_FULL' });
+        return super.write(offset, data);
+      }
+    }
+    const err = await t.throwsAsync(writeVolume(new FullDisk(64 * MiB * 1024), walk([src], { xattrs: false }), { onWarning: () => {} }));
+    t.is((err as { code?: string }).code, 'SEED_DISKS_FULL');
+    // the file being read when it failed is closed by the time the error is out
+    t.deepEqual(openUnder(src), []);
+  });
+});

@@ -315,38 +315,56 @@ export class VolumeWriter {
     let next = 0; // file offset right after the last piece
     let stored = 0;
     const it = content[Symbol.asyncIterator]();
-    for (;;) {
-      let r: IteratorResult<DataPiece | Buffer>;
-      try {
-        r = await it.next();
-      } catch (err) {
-        this.seq.rewind(start);
-        throw new ContentError(meta.path, err);
+    // Whatever stops the copy early (a full disk, a bad piece), the source is
+    // stopped too: a file reader left suspended would keep its file open
+    // until the garbage collector closes it ("Closing file descriptor N on
+    // garbage collection").
+    let ended = false;
+    try {
+      for (;;) {
+        let r: IteratorResult<DataPiece | Buffer>;
+        try {
+          r = await it.next();
+        } catch (err) {
+          ended = true;
+          this.seq.rewind(start);
+          throw new ContentError(meta.path, err);
+        }
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        const piece: DataPiece = Buffer.isBuffer(r.value) ? { offset: next, data: r.value } : r.value;
+        if (piece.data.length === 0) {
+          piece.release?.();
+          continue;
+        }
+        if (piece.offset < next) {
+          piece.release?.();
+          this.seq.rewind(start);
+          throw new ContentError(meta.path, new Error(`data piece at ${piece.offset} overlaps the previous one (ends at ${next})`));
+        }
+        const last = extents[extents.length - 1];
+        if (!last || piece.offset !== next) {
+          await this.seq.pad();
+          extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
+        }
+        // feed() is done with the data when it returns (whole chunks are copied for hashing).
+        hasher.feed(piece.offset, piece.data);
+        await hasher.backpressure();
+        await this.seq.append(piece.data, piece.release);
+        extents[extents.length - 1].length += piece.data.length;
+        next = piece.offset + piece.data.length;
+        stored += piece.data.length;
       }
-      if (r.done) break;
-      const piece: DataPiece = Buffer.isBuffer(r.value) ? { offset: next, data: r.value } : r.value;
-      if (piece.data.length === 0) {
-        piece.release?.();
-        continue;
+    } finally {
+      if (!ended) {
+        try {
+          await it.return?.();
+        } catch {
+          /* the error that stopped the copy is the one to report */
+        }
       }
-      if (piece.offset < next) {
-        piece.release?.();
-        this.seq.rewind(start);
-        await it.return?.();
-        throw new ContentError(meta.path, new Error(`data piece at ${piece.offset} overlaps the previous one (ends at ${next})`));
-      }
-      const last = extents[extents.length - 1];
-      if (!last || piece.offset !== next) {
-        await this.seq.pad();
-        extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
-      }
-      // feed() is done with the data when it returns (whole chunks are copied for hashing).
-      hasher.feed(piece.offset, piece.data);
-      await hasher.backpressure();
-      await this.seq.append(piece.data, piece.release);
-      extents[extents.length - 1].length += piece.data.length;
-      next = piece.offset + piece.data.length;
-      stored += piece.data.length;
     }
     await this.seq.pad();
     const size = Math.max(meta.size, next);
