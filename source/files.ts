@@ -294,6 +294,8 @@ function metaOf(path: Buffer, st: BigIntStats, implicit = false): Entry {
 }
 
 const allocated = new WeakMap<Entry, bigint>();
+/** Hard links of regular files (not of symlinks, devices ...): they can stand in for their group's first file. */
+const fileLinks = new WeakSet<Entry>();
 /** Where an entry really is, when its source is recorded under another path (MappedSource). */
 const realPaths = new WeakMap<Entry, Buffer>();
 const realOf = (e: Entry): Buffer => realPaths.get(e) ?? e.path;
@@ -350,6 +352,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       const key = `${st.dev}:${st.ino}`;
       const first = links.get(key);
       if (first) {
+        if (e.type === 'file') fileLinks.add(e);
         e.type = 'hardlink';
         e.target = first.path;
         if (--first.left <= 0) links.delete(key);
@@ -1046,6 +1049,9 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
         e.content = e.size <= SMALL_FILE ? () => lazy(e) : largeContent(e, limit, state, progress, mapper, warn);
       } else if (e.type === 'file') {
         e.content = async function* () {};
+      } else if (fileLinks.has(e)) {
+        // read only if the group's first file could not be stored: then this link holds the data
+        e.linkContent = e.size === 0 ? async function* () {} : e.size <= SMALL_FILE ? () => lazy(e) : largeContent(e, limit, state, progress, mapper, warn);
       }
       yielded++;
       yield e;

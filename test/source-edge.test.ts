@@ -98,6 +98,41 @@ async function sparseFile(path: string, size: number, at: number[], data: Buffer
   }
 }
 
+test('a hard link whose first path cannot be read: the next readable link carries the data and the group', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    for (const d of ['a', 'b', 'c', 'big']) await mkdir(join(src, d), { recursive: true });
+    // small (read ahead) and large (read when the writer asks) groups
+    const small = randomBytes(200_000);
+    await writeFile(join(src, 'a', '1-first'), small);
+    await link(join(src, 'a', '1-first'), join(src, 'b', '2-second'));
+    await link(join(src, 'a', '1-first'), join(src, 'c', '3-third'));
+    const large = randomBytes(3 * MiB + 17);
+    await writeFile(join(src, 'big', '1'), large);
+    await link(join(src, 'big', '1'), join(src, 'big', '2'));
+    await link(join(src, 'big', '1'), join(src, 'big', '3'));
+    await link(join(src, 'big', '1'), join(src, 'big', '4'));
+    await writeFile(join(src, 'plain.txt'), 'plain');
+    // the first path of each group goes, and the second of the large one too
+    const hook = await changeBetweenWalkAndRead(dir, `rm '${src}/a/1-first' '${src}/big/1' '${src}/big/2'\n`);
+    const { seed, restore, out } = await seedAndRestore(dir, 'links', [src], hook);
+    t.is(seed.code, 3, seed.stderr);
+    t.is(restore!.code, 0, restore!.stderr);
+    const root = join(out, src);
+    t.false(existsSync(join(root, 'a', '1-first')));
+    t.true((await readFile(join(root, 'b', '2-second'))).equals(small), 'the second link carries the data');
+    t.true((await readFile(join(root, 'c', '3-third'))).equals(small));
+    t.is((await stat(join(root, 'b', '2-second'))).ino, (await stat(join(root, 'c', '3-third'))).ino, 'and the group is one file again');
+    t.false(existsSync(join(root, 'big', '2')));
+    t.true((await readFile(join(root, 'big', '3'))).equals(large), 'the third link carries it when the first two are gone');
+    t.is((await stat(join(root, 'big', '3'))).ino, (await stat(join(root, 'big', '4'))).ino);
+    t.is(await readFile(join(root, 'plain.txt'), 'utf8'), 'plain');
+    // what could not be read is listed; the links that could be are not
+    for (const gone of ['a/1-first', 'big/1', 'big/2']) t.regex(seed.stderr, new RegExp(`cannot read ${src}/${gone}:`));
+    t.notRegex(seed.stderr, /2-second|3-third|big\/3|big\/4/);
+  });
+});
+
 test('reads of a file that fail mid-way (a damaged filesystem) are a warning for that file, not a crash', async (t) => {
   await withTmp(async (dir) => {
     const img = join(dir, 'fs.img');

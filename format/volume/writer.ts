@@ -295,9 +295,18 @@ export class VolumeWriter {
     return new VolumeWriter(disk, opts);
   }
 
-  /** Adds an entry that has no data (dir, symlink, hardlink, device, fifo, socket, empty file). */
+  /**
+   * Adds an entry that has no data (dir, symlink, hardlink, device, fifo,
+   * socket, empty file). A hardlink's target (the first entry of its group)
+   * must be in the volume already.
+   */
   async addEntry(meta: EntryMeta): Promise<number> {
     return this.record(meta, [], null);
+  }
+
+  /** Whether an entry is recorded at `path`. */
+  has(path: Buffer): boolean {
+    return this.findId.get(path) !== undefined;
   }
 
   /**
@@ -382,12 +391,16 @@ export class VolumeWriter {
       if (parent === null) parent = await this.addMissingParent(pkey, meta);
     }
     let linkGroup: number | null = null;
-    if (meta.type === 'hardlink' && meta.target) {
-      const row = this.findId.get(meta.target) as { id: bigint } | undefined;
-      if (row) {
-        linkGroup = Number(row.id);
-        this.setGroup.run(linkGroup, linkGroup);
+    if (meta.type === 'hardlink') {
+      // A link to nothing would be stored without its data and fail only at
+      // restore: refused here, where the one who added it can still say so.
+      const row = meta.target ? (this.findId.get(meta.target) as { id: bigint } | undefined) : undefined;
+      if (!row) {
+        const of = meta.target ? meta.target.toString() : '(no target)';
+        throw new FerryError('VOLUME_LINK_TARGET', `${meta.path.toString()} is a hard link of ${of}, which is not in the volume: add that file first`, { path: meta.path.toString() });
       }
+      linkGroup = Number(row.id);
+      this.setGroup.run(linkGroup, linkGroup);
     }
     let id: number;
     try {
@@ -512,6 +525,12 @@ export class VolumeWriter {
 /** One entry to write: its metadata and, for a regular file, a way to read its content. */
 export interface SourceEntry extends EntryMeta {
   content?: () => FileContent;
+  /**
+   * For a hard link of a regular file: its own path's data. Read only when
+   * the group's first file could not be stored; the link is then stored as
+   * the regular file that starts the group.
+   */
+  linkContent?: () => FileContent;
 }
 
 export interface EntryWarning {
@@ -535,19 +554,46 @@ export async function writeVolume(
 ): Promise<VolumeStats & { skipped: number }> {
   const w = await VolumeWriter.create(disk, opts);
   let skipped = 0;
+  /** Whether the file was stored; one whose content failed is reported and left out. */
+  const addFile = async (e: SourceEntry, content: FileContent): Promise<boolean> => {
+    try {
+      await w.addFile(e, content);
+      return true;
+    } catch (err) {
+      if (!(err instanceof ContentError)) throw err;
+      // a source that reported the failure itself marks the error `reported`
+      const reported = (err.reason as { reported?: boolean } | null)?.reported === true;
+      if (!reported && !opts.onWarning) throw err;
+      skipped++;
+      if (!reported) opts.onWarning!({ code: err.code, message: err.message, path: e.path });
+      return false;
+    }
+  };
+  // The first path of a hard-link group holds its data; when that file could
+  // not be stored (it vanished or could not be read after the walk), the
+  // group's next link that can be read takes its place: stored as the file
+  // that starts the group, the later links point at it. Keyed by the path
+  // the walk named as first (latin1), the path that holds the data instead.
+  const firsts = new Map<string, Buffer>();
   try {
     for await (const e of entries) {
-      if (e.type === 'file' && e.content) {
-        try {
-          await w.addFile(e, e.content());
-        } catch (err) {
-          if (!(err instanceof ContentError)) throw err;
-          // a source that reported the failure itself marks the error `reported`
-          const reported = (err.reason as { reported?: boolean } | null)?.reported === true;
-          if (!reported && !opts.onWarning) throw err;
+      if (e.type === 'hardlink' && e.target) {
+        const first = firsts.get(e.target.toString('latin1')) ?? e.target;
+        if (w.has(first)) {
+          await w.addEntry(first === e.target ? e : { ...e, target: first });
+        } else if (e.linkContent) {
+          const named = e.target;
+          // the source may correct the size as it reads: that is this entry's
+          Object.assign(e, { type: 'file', target: null });
+          if (await addFile(e, e.linkContent())) firsts.set(named.toString('latin1'), e.path);
+        } else {
+          const err = new ContentError(e.path, new Error(`it is a hard link of ${e.target.toString()}, which could not be stored`));
+          if (!opts.onWarning) throw err;
           skipped++;
-          if (!reported) opts.onWarning!({ code: err.code, message: err.message, path: e.path });
+          opts.onWarning({ code: err.code, message: err.message, path: e.path });
         }
+      } else if (e.type === 'file' && e.content) {
+        await addFile(e, e.content());
       } else {
         await w.addEntry(e);
       }
