@@ -10,7 +10,7 @@
 //   small files are read concurrently -> the consumer.
 // Paths are bytes (Buffers) throughout: names need not be UTF-8.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { lstat, open, readdir, readlink, stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
 import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
@@ -309,6 +309,18 @@ export interface MappedSource {
 interface Root {
   real: Buffer;
   as: Buffer;
+  /** Given as `link/` or `link/.`: a symlink there stands for the folder it points to. */
+  follow?: boolean;
+}
+
+/**
+ * Whether a source path ends in "/" or "/." (or is "."): the kernel then
+ * follows a symlink in its last place, so `link/` names the folder the link
+ * points to; `link` names the link itself. (".." is resolved in the text,
+ * as before.)
+ */
+function endsAsFolder(p: Buffer | string): boolean {
+  return /(^|\/)\.?\/*$/.test((Buffer.isBuffer(p) ? p : Buffer.from(p)).toString('latin1'));
 }
 
 function join(dir: Buffer, name: Buffer): Buffer {
@@ -427,14 +439,22 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     }
     if (excluded(root.as)) continue;
     let st: BigIntStats;
+    let from = root;
     try {
       st = await lstat(root.real, { bigint: true });
+      if (root.follow && st.isSymbolicLink()) {
+        // `link/`: the folder's contents, stored under the name given (as
+        // tar and rsync do); the kernel's own error when it is no folder
+        await stat(Buffer.concat([root.real, Buffer.from('/')]), { bigint: true });
+        from = { real: await realpath(root.real, { encoding: 'buffer' }), as: root.as };
+        st = await lstat(from.real, { bigint: true });
+      }
     } catch (err) {
       warn({ code: 'SOURCE_VANISHED', message: `source ${printable(root.real)} cannot be read: ${errText(err)}`, path: root.real });
       continue;
     }
     emittedAncestors.add(root.as.toString('latin1'));
-    yield* visit(root.real, st, st.dev, root);
+    yield* visit(from.real, st, st.dev, from);
   }
 }
 
@@ -980,11 +1000,15 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
     if (opts.onWarning) opts.onWarning(w);
   };
   const all: Root[] = sources
-    .map((s) => (typeof s === 'object' && !Buffer.isBuffer(s) ? { real: normalizeSource(s.path), as: normalizeSource(s.as) } : { real: normalizeSource(s), as: normalizeSource(s) }))
-    .map((r) => (r.real.equals(r.as) ? { real: r.real, as: r.real } : r))
+    .map((s) => (typeof s === 'object' && !Buffer.isBuffer(s) ? { real: normalizeSource(s.path), as: normalizeSource(s.as), follow: endsAsFolder(s.path) } : { real: normalizeSource(s), as: normalizeSource(s), follow: endsAsFolder(s) }))
+    .map((r) => (r.real.equals(r.as) ? { real: r.real, as: r.real, follow: r.follow } : r))
     .sort((a, b) => Buffer.compare(a.as, b.as));
   const roots: Root[] = [];
-  for (const r of all) if (!roots.some((x) => x.as.equals(r.as) || isUnder(r.as, x.as))) roots.push(r);
+  for (const r of all) {
+    const same = roots.find((x) => x.as.equals(r.as));
+    if (same) same.follow ||= r.follow; // `link` and `link/`: the folder, which holds more
+    else if (!roots.some((x) => isUnder(r.as, x.as))) roots.push(r);
+  }
 
   const limit = new Limit(Math.max(1, opts.concurrency ?? 8));
   const mapper = new DataMapper();

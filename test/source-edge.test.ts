@@ -251,6 +251,37 @@ test('a sparse file that shrinks before it is read is stored at the size it has,
   });
 });
 
+test('a source given as link/ or link/. backs up the folder the link points to; link alone stays a symlink', async (t) => {
+  await withTmp(async (dir) => {
+    const target = join(dir, 'data', 'real');
+    await mkdir(join(target, 'sub'), { recursive: true });
+    const body = randomBytes(100_000);
+    await writeFile(join(target, 'f.bin'), body);
+    await writeFile(join(target, 'sub', 'g.txt'), 'g');
+    await mkdir(join(dir, 'src'));
+    const lnk = join(dir, 'src', 'lnk');
+    await symlink('../data/real', lnk);
+    await symlink('../data/real/f.bin', join(dir, 'src', 'file-lnk'));
+    for (const [item, source] of [['slash', `${lnk}/`], ['dot', `${lnk}/.`]]) {
+      const { seed, restore, out } = await seedAndRestore(dir, item, [source]);
+      t.is(seed.code, 0, seed.stderr);
+      t.is(restore!.code, 0, restore!.stderr);
+      const at = join(out, lnk);
+      t.true((await lstat(at)).isDirectory(), `${source}: the folder, not the link`);
+      t.true((await readFile(join(at, 'f.bin'))).equals(body), source);
+      t.is(await readFile(join(at, 'sub', 'g.txt'), 'utf8'), 'g', source);
+      t.false(existsSync(join(out, target)), `${source}: stored under the name given, not the link's target`);
+    }
+    const plain = await seedAndRestore(dir, 'plain', [lnk]);
+    t.is(plain.seed.code, 0, plain.seed.stderr);
+    t.true((await lstat(join(plain.out, lnk))).isSymbolicLink(), 'without a slash the link itself');
+    // a link to a file given with a slash is what the kernel says: not a folder
+    const file = await seedAndRestore(dir, 'filelink', [`${join(dir, 'src', 'file-lnk')}/`]);
+    t.is(file.seed.code, 3, file.seed.stderr);
+    t.regex(file.seed.stderr, /file-lnk.*not a directory/i);
+  });
+});
+
 /** Descriptors of this process open on paths under `dir`. */
 function openUnder(dir: string): string[] {
   const out: string[] = [];
