@@ -19,6 +19,7 @@ const debs = [
   ['fuse', 'fusermount'],
   ['e2fsprogs', 'mkfs.ext4'],
   ['attr', 'getfattr'],
+  ['acl', 'setfacl'], // the test trees carry POSIX ACLs
   ['restic', 'restic'],
   ['borgbackup', 'borg'],
   ['time', '/usr/bin/time'],

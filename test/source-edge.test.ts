@@ -140,10 +140,7 @@ test('reads of a file that fail mid-way (a damaged filesystem) are a warning for
     await mkdir(mnt);
     await must('truncate', ['-s', '64M', img]);
     await must('mkfs.ext4', ['-q', '-F', '-b', '4096', img]);
-    if (spawnSync('mount', ['-o', 'loop', img, mnt]).status !== 0) {
-      t.pass('cannot mount a loop device here; skipped');
-      return;
-    }
+    await must('mount', ['-o', 'loop', img, mnt]); // the tests run as root (CI too)
     const after = randomBytes(2 * MiB + 3);
     try {
       // 4 MiB written every other block first, then the rest: many extents,

@@ -69,7 +69,7 @@ export function register(program: Command): void {
             out.info(`next: ship the disk${r.diskCount === 1 ? '' : 's'}, then ferry import --vault ${o.vault} ${r.disks.join(' ')}`);
             const unused = o.disk.filter((d) => !r.disks.includes(d));
             if (unused.length) out.info(`not needed: ${unused.join(' ')}`);
-            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be read (listed above)`);
+            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be read or changed while read (listed above)`);
           });
           return r.warnings ? EXIT.warnings : EXIT.ok;
         } finally {
