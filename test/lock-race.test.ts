@@ -346,6 +346,9 @@ interface Child {
   stderr: () => string;
 }
 
+/** Children still running: a failed test kills them rather than leave them waiting on stdin. */
+const children = new Set<ReturnType<typeof spawn>>();
+
 function startChild(script: string): Child {
   const p = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
   const lines: string[] = [];
@@ -363,7 +366,11 @@ function startChild(script: string): Child {
     }
   });
   p.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+  // 'close', not 'exit': a child that writes its answer and exits at once
+  // may exit before its last output is read here
+  const exit = new Promise<number | null>((r) => p.on('close', (code) => r(code)));
+  children.add(p);
+  p.on('close', () => children.delete(p));
   return {
     lines,
     next: () =>
@@ -382,6 +389,9 @@ function startChild(script: string): Child {
 }
 
 test('race: child processes racing for a lock left by a process that exited: exactly one takes it, the others exit 11', async (t) => {
+  t.teardown(() => {
+    for (const c of children) c.kill('SIGKILL');
+  });
   const ROUNDS = 6;
   const K = 6;
   const bad: string[] = [];
