@@ -7,7 +7,7 @@ import { constants as fsc } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
-import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, summarizeObjects } from '../format/seedmanifest.js';
+import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { itemName, pointName, listPoints, putJson, readItem, type PointManifest } from '../vault/registry.js';
 import type { VaultWriter } from '../vault/vault.js';
 import { seedPointName, type SeedPointRecord } from './seed.js';
@@ -24,27 +24,25 @@ export interface ImportResult {
   registered: Array<{ machine: string; item: string; seq: number; seedId: string }>;
   /** Seeds still waiting for disks: which numbers. */
   waiting: Array<{ seedId: string; machine: string; item: string; missing: number[]; of: number }>;
+  /** Disks of another run of the same seed imported before, whose place this import took. */
+  superseded: Array<{ seedId: string; by: string }>;
 }
-
-/** A manifest lists at most a disk's objects: a few hundred bytes each. */
-const MAX_MANIFEST_BYTES = 512 * 1024 * 1024;
 
 const diskMarker = (seedId: string, n: number) => `seeds/${seedId}/disks/${n}`;
 const registeredMarker = (seedId: string) => `seeds/${seedId}/registered`;
+/**
+ * Which seed a disk image (its objects' names) belongs to in this vault. Two
+ * runs of one seed (a run stopped, then run again without some of its disks)
+ * share the image's object names with other bytes; only one may be imported,
+ * or a point could read blocks of the other.
+ */
+const imageOwner = (diskId: string) => `seeds/images/${diskId}`;
 
 async function readManifest(dir: string): Promise<SeedManifest> {
   const file = join(dir, SEED_MANIFEST);
   let text: string;
   try {
-    // Not readFile: a fifo or a device under the name would block or never end.
-    const fh = await open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
-    try {
-      const st = await fh.stat();
-      if (!st.isFile() || st.size > MAX_MANIFEST_BYTES) throw new FerryError('SEED_BAD_MANIFEST', `${file} is not a ferry seed manifest (${st.isFile() ? 'too large' : 'not a regular file'})`, { disk: dir });
-      text = await fh.readFile('utf8');
-    } finally {
-      await fh.close();
-    }
+    text = await readManifestText(file);
   } catch (err) {
     if (err instanceof FerryError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
@@ -81,13 +79,21 @@ export async function importSeeds(
     records.set(m.seedId, rec);
     manifests.push({ dir, m });
   }
-  const result: ImportResult = { imported: [], registered: [], waiting: [] };
+  // Two runs of one seed given together: which is wanted is the user's call.
+  for (const a of manifests) {
+    const b = manifests.find((x) => x.m.params.diskId === a.m.params.diskId && x.m.seedId !== a.m.seedId);
+    if (b) {
+      throw new FerryError('SEED_TWO_RUNS', `${a.dir} (seed ${a.m.seedId}) and ${b.dir} (seed ${b.m.seedId}) hold two runs of the same seed of ${a.m.machine}/${a.m.item}; import the disks of one run`, { disk: b.dir });
+    }
+  }
+  const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [] };
   for (const { dir, m } of manifests) {
     // A registered seed is never touched again: its objects belong to a visible point.
     if ((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) {
       result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
       continue;
     }
+    await claimImage(vault, dir, m, result);
     // Group commit: the disk's objects are fsynced together before its marker says it is imported.
     vault.beginBatch();
     const r = await importDisk(vault, dir, m, opts.onProgress).catch(async (err) => {
@@ -171,6 +177,30 @@ async function sameObject(vault: VaultWriter, name: string, data: Buffer): Promi
   } catch {
     return false;
   }
+}
+
+/**
+ * Makes this seed the one whose objects the vault holds for its disk image.
+ * A registered other run keeps it (this disk is not needed); an unregistered
+ * one gives way, and its disks count as not imported any more, since this
+ * import may replace their objects.
+ */
+async function claimImage(vault: VaultWriter, dir: string, m: SeedManifest, result: ImportResult): Promise<void> {
+  const name = imageOwner(m.params.diskId);
+  const owner = (await vault.exists(name)) ? (JSON.parse((await vault.getSealed(name)).toString('utf8')) as { seedId: string }) : undefined;
+  if (owner?.seedId === m.seedId) return;
+  if (owner) {
+    if (await vault.exists(registeredMarker(owner.seedId))) {
+      throw new FerryError(
+        'SEED_SUPERSEDED',
+        `${dir} holds disk ${m.disk} of seed ${m.seedId}, another run of seed ${owner.seedId}, which is registered in this vault already; this disk is not needed`,
+        { disk: dir },
+      );
+    }
+    for await (const n of vault.list(`seeds/${owner.seedId}/disks/`)) await vault.delete(n);
+    result.superseded.push({ seedId: owner.seedId, by: m.seedId });
+  }
+  await putJson(vault, name, { seedId: m.seedId });
 }
 
 /** Opens the seed's sealed point record, carried by every complete disk. */

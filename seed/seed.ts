@@ -62,6 +62,9 @@ export interface SeedResult {
   bytes: number;
   warnings: number;
   resumed: boolean;
+  /** Only marking: the disks of the seed that were not given (those may be marked already), and how many it has. */
+  missingDisks?: number[];
+  ofDisks?: number;
 }
 
 /** The object name of a seed's point record (sealed, carried in FERRY-SEED.json). */
@@ -105,6 +108,10 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
 
   const resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  if (resumable && resumable.manifest.prefix !== prefix) {
+    const was = resumable.manifest.prefix ? `--databox ${resumable.manifest.prefix.split('/')[1]}` : 'no --databox';
+    throw new UsageError(`the disks hold a seed of ${machine}/${o.item} written with ${was}; run it again the same way`);
+  }
   if (resumable?.finishOnly) return finishMarking(o, vault, machine, resumable.manifest);
   const previous = resumable?.manifest;
   const size = o.kind === 'volume' ? await volumeSize(o.sources[0]) : MAX_VHD_SIZE;
@@ -117,7 +124,10 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     time: new Date().toISOString(),
     size,
   };
-  const seedId = previous?.seedId ?? randomBytes(8).toString('hex');
+  // A new seed id for every run that builds the data, the disk image's
+  // identity kept: only the run that seals a point record marks disks with
+  // it, so one seed id never stands for two records (see findResumable).
+  const seedId = randomBytes(8).toString('hex');
   let targetsProgress: TargetsProgress = { disk: 1, disks: o.disks.length, written: 0, kept: 0 };
   let files = 0;
   let bytes = 0;
@@ -232,18 +242,19 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
  * with the record the complete disks carry.
  */
 async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string, m: SeedManifest): Promise<SeedResult> {
-  const targets = await SeedTargets.open(o.disks, {
-    capacity: o.diskCapacity,
-    pool: vault.pool,
-    id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params },
-    finishing: true,
-  });
   let rec: SeedPointRecord;
   try {
     rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point ?? '', 'base64'))).toString('utf8')) as SeedPointRecord;
   } catch (err) {
     throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: the point record on its complete disks does not open (${(err as Error).message}); use empty disks for a new seed`);
   }
+  if (!rec.disks) throw new FerryError('SEED_COMPLETE', `seed ${m.seedId} was written by an older ferry and is marked complete on some disks; import those, or use empty disks for a new seed`);
+  const targets = await SeedTargets.open(o.disks, {
+    capacity: o.diskCapacity,
+    pool: vault.pool,
+    id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params },
+    finishing: rec.disks,
+  });
   const used = await targets.finish(m.point!);
   return {
     seedId: m.seedId,
@@ -259,5 +270,7 @@ async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string
     bytes: rec.point.size,
     warnings: 0,
     resumed: true,
+    missingDisks: targets.missing,
+    ofDisks: rec.disks.length,
   };
 }

@@ -4,12 +4,13 @@
 // every object whose plaintext is unchanged and whose bytes verify.
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { mkdir, open as fsOpen, readdir, readFile, rename, rm, statfs, stat } from 'node:fs/promises';
+import { lstat, mkdir, open as fsOpen, readdir, readFile, rename, rm, statfs, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { FerryError } from '../format/errors.js';
 import { freeBuffer, type SealPool } from '../format/seal/pool.js';
-import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, summarizeObjects } from '../format/seedmanifest.js';
+import { UsageError } from '../format/errors.js';
+import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -43,11 +44,40 @@ interface Held extends SeedObject {
 export interface Resumable {
   manifest: SeedManifest;
   /**
-   * Some disks already say the seed is complete and others do not: a run
-   * stopped while it was marking them. The data is final (a complete disk may
-   * be imported already); only the marking is done again.
+   * A disk carries the sealed point record of a seed that is not complete
+   * on every disk given: a run stopped while it marked the disks complete.
+   * The data is final (a complete disk may be imported already); only the
+   * marking is done again, and `manifest` is one that carries the record.
    */
   finishOnly: boolean;
+}
+
+/** The manifest on a target, or undefined when it has none. */
+async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
+  const file = join(dir, SEED_MANIFEST);
+  let text: string;
+  try {
+    text = await readManifestText(file);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw new FerryError('SEED_DISK_UNUSABLE', `seed disk ${dir} cannot be used: ${file}: ${(err as Error).message}`, { disk: dir });
+  }
+  return parseSeedManifest(file, text);
+}
+
+/** Refuses one folder given twice (under two names too): its manifest would be written for two disks. */
+async function checkDistinct(dirs: string[]): Promise<void> {
+  const seen = new Map<string, string>();
+  for (const d of dirs) {
+    const st = await stat(d).catch(() => null);
+    if (!st) continue;
+    const key = `${st.dev}:${st.ino}`;
+    const other = seen.get(key);
+    if (other !== undefined) throw new UsageError(`--disk ${d} and --disk ${other} are the same folder; give each seed disk once`);
+    seen.set(key, d);
+  }
 }
 
 export interface TargetsProgress {
@@ -69,6 +99,10 @@ export class SeedTargets {
   private readonly numbered: Array<number | undefined>;
   /** Per disk: whether it holds a manifest of this seed. */
   private readonly listed: boolean[];
+  /** Marking only: how many disks the record lists, which of them were not given, and targets that hold none of them. */
+  private of = 0;
+  missing: number[] = [];
+  readonly strays: string[] = [];
   private cur = 0;
   private writes: Promise<void> = Promise.resolve();
   private pendingWrites = 0;
@@ -92,41 +126,59 @@ export class SeedTargets {
     this.listed = dirs.map(() => false);
   }
 
-  /** Looks for an unfinished seed of this vault and item on the targets. */
+  /**
+   * Looks at what the targets hold of this vault and item. Each run that
+   * builds the data gets a new seed id (keeping the disk image's identity,
+   * so what an earlier run stored is kept when it verifies); only the run
+   * that sealed a point record ever marks disks complete with it, so one
+   * seed id stands for one record.
+   */
   static async findResumable(dirs: string[], vaultId: string, machine: string, item: string): Promise<Resumable | undefined> {
+    await checkDistinct(dirs);
     const found: Array<{ dir: string; m: SeedManifest }> = [];
     for (const d of dirs) {
-      let text: string;
-      try {
-        text = await readFile(join(d, SEED_MANIFEST), 'utf8');
-      } catch {
-        continue;
-      }
-      const m = parseSeedManifest(join(d, SEED_MANIFEST), text);
+      const m = await manifestOn(d);
+      if (!m) continue;
       if (m.vaultId !== vaultId || m.machine !== machine || m.item !== item) {
         throw new FerryError('SEED_DISK_IN_USE', `${d} already holds seed ${m.seedId} of ${m.machine}/${m.item} for vault ${m.vaultId}; use an empty disk or folder`, { disk: d });
-      }
-      if (found.length > 0 && m.seedId !== found[0].m.seedId) {
-        throw new FerryError('SEED_DISK_IN_USE', `${d} holds seed ${m.seedId} and ${found[0].dir} holds seed ${found[0].m.seedId} of the same item; give the disks of one seed, or empty ones`, { disk: d });
       }
       found.push({ dir: d, m });
     }
     if (found.length === 0) return undefined;
-    const complete = found.filter((f) => f.m.complete);
-    if (complete.length === 0) return { manifest: found[0].m, finishOnly: false };
-    const m = complete[0].m;
-    // Only complete disks given (all of them, or some): nothing to do. A
-    // complete disk beside an incomplete one: the marking was cut short.
-    if (complete.length === found.length) {
-      throw new FerryError('SEED_COMPLETE', `${complete[0].dir} holds a complete seed ${m.seedId} of ${machine}/${item}; import it with ferry import, or use empty disks for a new seed`, { disk: complete[0].dir });
+    const sealed = found.filter((f) => f.m.point);
+    const ids = [...new Set(sealed.map((f) => f.m.seedId))];
+    if (ids.length > 1) {
+      const a = sealed.find((f) => f.m.seedId === ids[0])!;
+      const b = sealed.find((f) => f.m.seedId === ids[1])!;
+      throw new FerryError('SEED_DISK_IN_USE', `${a.dir} and ${b.dir} hold two different runs (seeds ${ids[0]} and ${ids[1]}) of ${machine}/${item}; give the disks of one of them`, { disk: b.dir });
     }
-    return { manifest: m, finishOnly: true };
+    if (ids.length === 1) {
+      const mine = found.filter((f) => f.m.seedId === ids[0]);
+      if (mine.every((f) => f.m.complete)) {
+        throw new FerryError('SEED_COMPLETE', `${mine[0].dir} holds a complete seed ${ids[0]} of ${machine}/${item}; import it with ferry import, or use empty disks for a new seed`, { disk: mine[0].dir });
+      }
+      return { manifest: sealed[0].m, finishOnly: true };
+    }
+    const images = [...new Set(found.map((f) => f.m.params.diskId))];
+    if (images.length > 1) {
+      const b = found.find((f) => f.m.params.diskId === images[1])!;
+      throw new FerryError('SEED_DISK_IN_USE', `${found[0].dir} and ${b.dir} hold parts of two different unfinished seeds of ${machine}/${item}; give the disks of one, or empty ones`, { disk: b.dir });
+    }
+    return { manifest: found[0].m, finishOnly: false };
   }
 
   static async open(
     dirs: string[],
-    opts: { capacity?: number; id: SeedIdentity; pool: SealPool; onProgress?: (p: TargetsProgress) => void; finishing?: boolean },
+    opts: {
+      capacity?: number;
+      id: SeedIdentity;
+      pool: SealPool;
+      onProgress?: (p: TargetsProgress) => void;
+      /** Only marking: the disks of the seed as its sealed record lists them. */
+      finishing?: SeedDiskSummary[];
+    },
   ): Promise<SeedTargets> {
+    await checkDistinct(dirs);
     const capacity: number[] = [];
     for (const d of dirs) {
       try {
@@ -140,16 +192,28 @@ export class SeedTargets {
       capacity.push(opts.capacity ?? fs.bavail * fs.bsize);
     }
     const t = new SeedTargets(dirs, capacity, opts.id, opts.pool, opts.onProgress);
-    // What earlier runs of this seed left: kept if it verifies when reused.
+    // What earlier runs left: kept if it verifies when reused (building);
+    // the disks the record lists, by number (marking).
+    const taken = new Set<number>();
     for (let i = 0; i < dirs.length; i++) {
       let m: SeedManifest | undefined;
       try {
-        m = parseSeedManifest(join(dirs[i], SEED_MANIFEST), await readFile(join(dirs[i], SEED_MANIFEST), 'utf8'));
+        m = await manifestOn(dirs[i]);
       } catch {
         continue;
       }
-      if (m.seedId !== opts.id.seedId) continue;
-      if (m.complete) t.numbered[i] = m.disk;
+      if (!m || m.vaultId !== opts.id.vaultId || m.params.diskId !== opts.id.params.diskId) continue;
+      if (opts.finishing) {
+        if (m.seedId !== opts.id.seedId) continue;
+        const s = summarizeObjects(m.objects);
+        const k = opts.finishing.findIndex((d, at) => !taken.has(at) && d.objects === s.objects && d.list === s.list);
+        if (k < 0) {
+          t.strays.push(dirs[i]);
+          continue;
+        }
+        taken.add(k);
+        t.numbered[i] = k + 1;
+      }
       t.listed[i] = true;
       for (const o of m.objects) {
         t.held.set(o.name, { ...o, disk: i });
@@ -159,39 +223,54 @@ export class SeedTargets {
       }
       if (opts.capacity === undefined) t.capacity[i] += t.used[i];
     }
+    if (opts.finishing) {
+      t.of = opts.finishing.length;
+      t.missing = opts.finishing.map((_, k) => k + 1).filter((n) => !taken.has(n - 1));
+      return t;
+    }
     // Objects a killed run wrote after a disk's last checkpoint (or on a disk
     // that had no manifest yet) are listed nowhere: they would only take
     // room. Its temporaries too. Only this seed's own folder is looked at.
-    if (!opts.finishing) {
-      for (let i = 0; i < dirs.length; i++) {
-        const freed = await t.dropUnlisted(i);
-        if (opts.capacity === undefined) t.capacity[i] += freed;
-      }
+    for (let i = 0; i < dirs.length; i++) {
+      const freed = await t.dropUnlisted(i);
+      if (opts.capacity === undefined) t.capacity[i] += freed;
     }
     // The identity goes down first, so a seed killed before its first checkpoint still resumes.
-    if (!opts.finishing) await t.writeManifest(0, false);
+    await t.writeManifest(0, false);
     return t;
   }
 
-  /** Deletes what lies under this seed's disk folder on target `i` and is not listed; returns the bytes freed. */
+  /**
+   * Deletes the files in this seed's own folder on target `i` that no
+   * manifest lists: objects (`head`, `blocks/<n>`) and temporaries, nothing
+   * else, never through a symbolic link. Returns the bytes freed.
+   */
   private async dropUnlisted(i: number): Promise<number> {
-    const base = join(this.dirs[i], this.id.prefix + `disks/${this.id.params.diskId}`);
-    let names: string[];
-    try {
-      names = (await readdir(base, { recursive: true })) as string[];
-    } catch {
-      return 0;
-    }
+    const prefix = `disks/${this.id.params.diskId}`;
+    const base = join(this.dirs[i], this.id.prefix + prefix);
+    const top = await lstat(base).catch(() => null);
+    if (!top?.isDirectory()) return 0;
     let freed = 0;
-    for (const rel of names) {
-      const h = this.held.get(`disks/${this.id.params.diskId}/${rel}`);
-      if (h && h.disk === i) continue;
-      const path = join(base, rel);
-      const st = await stat(path).catch(() => null);
-      if (!st?.isFile()) continue;
-      await rm(path, { force: true });
-      freed += objectCost(st.size);
-    }
+    const visit = async (rel: string) => {
+      for (const e of await readdir(join(base, rel), { withFileTypes: true }).catch(() => [])) {
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (rel === '' && e.name === 'blocks' && e.isDirectory()) {
+          await visit(r);
+          continue;
+        }
+        if (!e.isFile()) continue; // links, folders and the rest are not ours
+        const ours = e.name.startsWith('.ferry-tmp-') || (rel === '' ? e.name === 'head' : /^[0-9]{1,10}$/.test(e.name));
+        if (!ours) continue;
+        const h = this.held.get(`${prefix}/${r}`);
+        if (h && h.disk === i && !e.name.startsWith('.')) continue;
+        const path = join(base, r);
+        const st = await lstat(path).catch(() => null);
+        if (!st?.isFile()) continue;
+        await rm(path, { force: true });
+        freed += objectCost(st.size);
+      }
+    };
+    await visit('');
     return freed;
   }
 
@@ -304,20 +383,22 @@ export class SeedTargets {
 
   /**
    * Writes the manifest of a disk that is full and moves on to the next.
-   * When even the manifest does not fit (the file system kept more for
-   * itself than counted), the objects written last move to the next disk
-   * until it does.
+   * The disk must keep room to write its manifest once more beside the old
+   * one, with the point record (when it is marked complete): when the file
+   * system kept more for itself than counted, objects move to the next disk
+   * (the last written first) until there is.
    */
   private async closeDisk(disk: number): Promise<void> {
     const moved: Array<{ name: string; sealed: Buffer; sha256: string }> = [];
     for (;;) {
       try {
         await this.writeManifest(disk, false);
-        break;
+        if (await this.roomLeft(disk)) break;
       } catch (err) {
         if (!isFull(err)) throw err;
       }
-      const name = this.order[disk].at(-1);
+      let name = this.order[disk].at(-1);
+      if (name === undefined) for (const h of this.held.values()) if (h.disk === disk) name = h.name;
       if (name === undefined) {
         throw new FerryError('SEED_DISK_FULL', `seed disk ${this.dirs[disk]} is too full to hold even its manifest; free some space there (or use another disk) and run the same command again`, { disk: this.dirs[disk] });
       }
@@ -333,6 +414,13 @@ export class SeedTargets {
       this.stats.written--; // moved, not new
       this.stats.sealedBytes -= m.sealed.length;
     }
+  }
+
+  /** Whether the disk's file system can take its manifest once more, and a point record, beside the one there. */
+  private async roomLeft(disk: number): Promise<boolean> {
+    const [fs, st] = await Promise.all([statfs(this.dirs[disk]), stat(join(this.dirs[disk], SEED_MANIFEST))]);
+    // (file systems without inodes, FAT and the like, say 0 files)
+    return fs.bavail * fs.bsize >= roundUp(st.size) + 3 * BLOCK && (fs.files === 0 || fs.ffree >= 2);
   }
 
   /** Writes one object atomically; false when the disk is full. */
@@ -402,54 +490,49 @@ export class SeedTargets {
   }
 
   /**
-   * The disks that hold the seed, in the order they are numbered: a number a
-   * complete manifest already gave is kept (that disk may be imported
-   * already), the others follow in target order.
+   * The disks that hold the seed, in the order they are numbered: while
+   * building, the targets that hold objects in target order; while only
+   * marking, the numbers the sealed record gave.
    */
   private layout(): number[] {
-    const used = this.dirs.map((_, i) => i).filter((i) => this.count[i] > 0);
-    const taken = new Set<number>();
-    const number = new Map<number, number>();
-    for (const i of used) {
-      const n = this.numbered[i];
-      if (n !== undefined && n <= used.length && !taken.has(n)) {
-        number.set(i, n);
-        taken.add(n);
-      }
-    }
-    let next = 1;
-    for (const i of used) {
-      if (number.has(i)) continue;
-      while (taken.has(next)) next++;
-      number.set(i, next);
-      taken.add(next);
-    }
-    return used.sort((a, b) => number.get(a)! - number.get(b)!);
+    if (this.of > 0) return this.dirs.map((_, i) => i).filter((i) => this.numbered[i] !== undefined).sort((a, b) => this.numbered[a]! - this.numbered[b]!);
+    return this.dirs.map((_, i) => i).filter((i) => this.count[i] > 0);
   }
 
   /**
    * Ends the data: drops what an earlier run stored and this one did not
-   * need (a source that shrank), and returns what each disk holds, in disk
-   * order, for the sealed point record.
+   * need (a source that shrank), lists every object on its disk's manifest
+   * (still incomplete: a run stopped after this finds them all again), and
+   * returns what each disk holds, in disk order, for the sealed point record.
    */
   async seal(): Promise<SeedDiskSummary[]> {
     await this.flush();
     for (const name of [...this.held.keys()]) if (!this.touched.has(name)) await this.forget(name, true);
-    // Every object listed before any disk says complete: a run stopped while
-    // marking the disks finds them all again (see findResumable).
-    for (let i = 0; i < this.dirs.length; i++) if (this.count[i] > 0 || this.listed[i]) await this.writeManifest(i, false);
+    for (let i = 0; i < this.dirs.length; i++) {
+      if (this.count[i] === 0 && !this.listed[i]) continue;
+      try {
+        await this.writeManifest(i, false);
+      } catch (err) {
+        if (!isFull(err)) throw err;
+        throw new FerryError('SEED_DISK_FULL', `seed disk ${this.dirs[i]} has no room left for its manifest; free some space there and run the same command again: it resumes`, { disk: this.dirs[i] });
+      }
+    }
     return this.layout().map((i) => summarizeObjects(this.manifestFor(i, false, null).objects));
   }
 
-  /** Marks the seed complete on every disk that holds part of it; returns those disks, in order. */
+  /**
+   * Marks the seed complete, disk by disk in disk order, each manifest
+   * carrying the sealed point record; returns the disks marked, in order.
+   * Once one disk carries the record, a later run only finishes the
+   * marking (see findResumable).
+   */
   async finish(point: string): Promise<string[]> {
     await this.flush();
-    const usedDisks = this.layout();
-    const of = usedDisks.length;
-    // An unused target gets no manifest.
-    for (const [n, i] of usedDisks.entries()) {
+    const disks = this.layout();
+    const of = this.of || disks.length;
+    for (const [at, i] of disks.entries()) {
       const m = this.manifestFor(i, true, of, point);
-      m.disk = n + 1;
+      m.disk = this.of ? this.numbered[i]! : at + 1;
       await run('sync', ['-f', this.dirs[i]]).catch(() => {});
       const tmp = join(this.dirs[i], `.${SEED_MANIFEST}.tmp`);
       try {
@@ -461,8 +544,14 @@ export class SeedTargets {
       }
       await rename(tmp, join(this.dirs[i], SEED_MANIFEST));
     }
-    for (let i = 0; i < this.dirs.length; i++) if (!usedDisks.includes(i)) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
-    return usedDisks.map((i) => this.dirs[i]);
+    // A target left without objects keeps no manifest of this seed.
+    for (let i = 0; i < this.dirs.length; i++) {
+      if (disks.includes(i) || this.count[i] > 0) continue;
+      const m = await manifestOn(this.dirs[i]).catch(() => undefined);
+      if (m && m.params.diskId === this.id.params.diskId && m.objects.length === 0) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
+      else if (m && !this.of && m.params.diskId === this.id.params.diskId) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
+    }
+    return disks.map((i) => this.dirs[i]);
   }
 
   get heldObjects(): number {

@@ -5,7 +5,7 @@
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, statfs, symlink, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
 import { ferry, ferryOk, must, run, sha256, withTmp } from './helpers/exec.js';
@@ -59,7 +59,7 @@ test('an edited manifest (an object left out, disks renumbered, a path out of th
       ['an object left out', (ms) => ms[1].objects.pop(), /does not match the seed's sealed record \(its list of objects was changed\)/],
       ['two disks swap numbers', (ms) => ([ms[0].disk, ms[1].disk] = [ms[1].disk, ms[0].disk]), /does not match the seed's sealed record/],
       ['one disk fewer', (ms) => ms.forEach((m) => (m.of = 2)) /* disk 3 then says 3 of 2 */, /SEED|not a ferry seed manifest|does not match/],
-      ['a name leading out of the disk', (ms) => (ms[2].objects[0].name = '../../../etc/passwd'), /is not one a seed writes/],
+      ['a name leading out of the disk', (ms) => (ms[2].objects[0].name = '../../../etc/passwd'), /is not one this seed writes/],
     ];
     for (const [what, edit, message] of edits) {
       const ms = structuredClone(originals);
@@ -207,5 +207,119 @@ test('a small real ext4 disk that fills up moves the seed to the next disk, keep
       const u = await run('umount', [small]);
       if (u.code !== 0) await run('umount', ['-l', small]);
     }
+  });
+});
+
+/** What a run stopped right after marking the first disk complete leaves on the others. */
+async function uncomplete(disks: string[]): Promise<void> {
+  for (const d of disks) {
+    const m = await readManifest(d);
+    m.complete = false;
+    m.of = null;
+    delete m.point;
+    await writeManifest(d, m);
+  }
+}
+
+test('a seed stopped while marking, run again without the disk it marked, makes a new run that imports alone and wins over the old one', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const { src, disks } = await threeDisks(dir, vault);
+    await uncomplete(disks.slice(1));
+    // the marked disk goes in (and waits), the others are seeded again with more disks and without it
+    await ok(['import', '--vault', vault, disks[0]]);
+    const more = [disks[1], disks[2], join(dir, 'x-e'), join(dir, 'x-f')];
+    await ok(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...more.flatMap((d) => ['--disk', d]), src]);
+    const used = more.filter((d) => existsSync(join(d, SEED_MANIFEST)));
+    const out = await ok(['import', '--vault', vault, ...used]);
+    t.regex(out, /no longer count/);
+    t.is((await points(vault)).length, 1);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'x', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+    // the old run's disk cannot come back over the registered one
+    const old = await ferry(['import', '--vault', vault, disks[0]], { env });
+    t.is(old.code, 1);
+    t.regex(old.stderr, /another run of seed .* registered in this vault already; this disk is not needed/);
+    // nor two runs at once
+    const both = await ferry(['import', '--vault', join(dir, 'v2'), disks[0], used[0]], { env });
+    t.not(both.code, 0);
+  });
+});
+
+test('finishing the marking keeps the numbers of the sealed record, whatever order the disks are given in, and with one missing', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const { src, disks } = await threeDisks(dir, vault);
+    const numbers = async () => (await Promise.all(disks.map(readManifest))).map((m) => [m.disk, m.of, m.complete]);
+    await uncomplete(disks.slice(1));
+    const seedArgs = (ds: string[]) => ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...ds.flatMap((d) => ['--disk', d]), src];
+    // disk 2 not given: disk 3 is marked, and the output says disk 2 was not
+    const partial = await ok(seedArgs([disks[2], disks[0]]));
+    t.regex(partial, /disk 2 of 3 of this seed was not given/);
+    t.deepEqual(await numbers(), [[1, 3, true], [2, null, false], [3, 3, true]]);
+    // then all of them, in reverse order
+    await ok(seedArgs([disks[2], disks[1], disks[0]]));
+    t.deepEqual(await numbers(), [[1, 3, true], [2, 3, true], [3, 3, true]]);
+    await ok(['import', '--vault', vault, ...disks]);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'x', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+  });
+});
+
+test('a resumed seed deletes nothing but its own objects: not through a link in its folder, not where an edited manifest points', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await tree(src, 12);
+    const d1 = join(dir, 'd1');
+    const args = (ds: string[]) => ['seed', '--vault', vault, '--item', 'y', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...ds.flatMap((d) => ['--disk', d]), src];
+    t.is((await ferry(args([d1]), { env })).code, 1); // the disk is full: an unfinished seed on it
+    const victim = join(dir, 'victim');
+    await mkdir(join(victim, 'deep'), { recursive: true });
+    await writeFile(join(victim, '7'), 'keep me');
+    await writeFile(join(victim, 'deep', 'head'), 'keep me too');
+    const m = await readManifest(d1);
+    const own = join(d1, 'disks', m.params.diskId);
+    await symlink(victim, join(own, 'blocks', 'lnk'));
+    await symlink(join(victim, 'deep'), join(own, 'deep'));
+    await symlink(join(victim, '7'), join(own, 'blocks', '99'));
+    // an edited manifest that would lead out of the disk is refused before anything is touched
+    const edited = structuredClone(m);
+    edited.params.diskId = '../../victim';
+    await writeManifest(d1, edited);
+    const refused = await ferry(args([d1, join(dir, 'd2')]), { env });
+    t.is(refused.code, 1);
+    t.regex(refused.stderr, /not a ferry seed manifest \(field params/);
+    await writeManifest(d1, m);
+    await ok(args([d1, join(dir, 'd2'), join(dir, 'd3'), join(dir, 'd4')]));
+    t.is(await readFile(join(victim, '7'), 'utf8'), 'keep me');
+    t.is(await readFile(join(victim, 'deep', 'head'), 'utf8'), 'keep me too');
+  });
+});
+
+test('one folder given twice, another --databox than the first run, a fifo for a manifest: each one clear line, nothing written', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await tree(src, 12);
+    const d1 = join(dir, 'd1');
+    await mkdir(d1);
+    const base = ['seed', '--vault', vault, '--item', 'z', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M'];
+    for (const again of [d1, `${d1}/`, join(dir, '.', 'd1')]) {
+      const r = await ferry([...base, '--disk', d1, '--disk', again, src], { env });
+      t.is(r.code, 2, r.stderr);
+      t.regex(r.stderr, /are the same folder/);
+      t.false(existsSync(join(d1, SEED_MANIFEST)));
+    }
+    t.is((await ferry([...base, '--databox', 'boxone', '--disk', d1, src], { env })).code, 1); // full: unfinished
+    const other = await ferry([...base, '--disk', d1, '--disk', join(dir, 'd2'), src], { env });
+    t.is(other.code, 2);
+    t.regex(other.stderr, /written with --databox boxone; run it again the same way/);
+    const fifoDisk = join(dir, 'fifo');
+    await mkdir(fifoDisk);
+    await must('mkfifo', [join(fifoDisk, SEED_MANIFEST)]);
+    const f = await run('timeout', ['-s', 'KILL', '60', process.execPath, join(process.cwd(), 'bin', 'ferry'), ...base, '--disk', fifoDisk, src], { env });
+    t.is(f.code, 1, f.stderr);
+    t.regex(f.stderr, /not a regular file/);
   });
 });

@@ -23,6 +23,7 @@ export function register(program: Command): void {
             for (const d of r.imported) {
               out.info(d.already ? `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} was already imported` : `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} verified and imported (${d.objects} objects, ${formatSize(d.bytes)})`);
             }
+            for (const x of r.superseded) out.info(`disks of seed ${x.seedId} imported before were another run of seed ${x.by} and no longer count; import the disks of ${x.by}`);
             for (const p of r.registered) out.info(`registered point ${p.seq} of ${p.machine}/${p.item} (seed ${p.seedId})`);
             for (const w of r.waiting) {
               out.info(`disk${w.missing.length > 1 ? 's' : ''} ${w.missing.join(', ')} of ${w.of} of seed ${w.seedId} (${w.machine}/${w.item}) not yet imported; the point appears once ${w.missing.length > 1 ? 'they are' : 'it is'}`);

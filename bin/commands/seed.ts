@@ -66,6 +66,9 @@ export function register(program: Command): void {
             out.info(
               `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${r.files} files, ` : ''}${formatSize(r.bytes)} on ${r.diskCount} disk${r.diskCount === 1 ? '' : 's'} (${r.objects} objects, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
             );
+            if (r.missingDisks?.length) {
+              out.info(`disk ${r.missingDisks.join(', ')} of ${r.ofDisks} of this seed ${r.missingDisks.length === 1 ? 'was' : 'were'} not given; if not yet marked complete, run the same command with ${r.missingDisks.length === 1 ? 'it' : 'them'}`);
+            }
             out.info(`next: ship the disk${r.diskCount === 1 ? '' : 's'}, then ferry import --vault ${o.vault} ${r.disks.join(' ')}`);
             const unused = o.disk.filter((d) => !r.disks.includes(d));
             if (unused.length) out.info(`not needed: ${unused.join(' ')}`);
