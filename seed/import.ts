@@ -189,14 +189,18 @@ async function claimImage(vault: VaultWriter, dir: string, m: SeedManifest, resu
   const name = imageOwner(m.params.diskId);
   const owner = (await vault.exists(name)) ? (JSON.parse((await vault.getSealed(name)).toString('utf8')) as { seedId: string }) : undefined;
   if (owner?.seedId === m.seedId) return;
+  // A point of another run reads these object names (its marker may be
+  // missing: a stop between the point and the marker; or the vault may
+  // predate image owners): never replace them.
+  const point = (await listPoints(vault, { machine: m.machine, item: m.item })).find((p) => p.seedId !== m.seedId && p.chain.includes(m.params.diskId));
+  if (point || (owner && (await vault.exists(registeredMarker(owner.seedId))))) {
+    throw new FerryError(
+      'SEED_SUPERSEDED',
+      `${dir} holds disk ${m.disk} of seed ${m.seedId}, another run of seed ${point?.seedId ?? owner!.seedId}, which is registered in this vault already${point ? ` (point ${point.seq})` : ''}; this disk is not needed`,
+      { disk: dir },
+    );
+  }
   if (owner) {
-    if (await vault.exists(registeredMarker(owner.seedId))) {
-      throw new FerryError(
-        'SEED_SUPERSEDED',
-        `${dir} holds disk ${m.disk} of seed ${m.seedId}, another run of seed ${owner.seedId}, which is registered in this vault already; this disk is not needed`,
-        { disk: dir },
-      );
-    }
     for await (const n of vault.list(`seeds/${owner.seedId}/disks/`)) await vault.delete(n);
     result.superseded.push({ seedId: owner.seedId, by: m.seedId });
   }

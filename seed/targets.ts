@@ -25,6 +25,12 @@ const objectCost = (size: number) => roundUp(size) + 256;
 const manifestRoom = (objects: number) => 2 * roundUp(12288 + 320 * (objects + 1));
 const isFull = (err: unknown) => ['ENOSPC', 'EDQUOT'].includes((err as NodeJS.ErrnoException)?.code ?? '');
 const CHECKPOINT_BYTES = 256 * 1024 * 1024;
+/**
+ * Test hook: FERRY_TEST_KILL_AFTER_MARKS=N kills the process once N disks
+ * are marked complete, so that tests can stop a seed between two markings.
+ * Unset in normal use.
+ */
+const KILL_AFTER_MARKS = /^[0-9]+$/.test(process.env.FERRY_TEST_KILL_AFTER_MARKS ?? '') ? Number(process.env.FERRY_TEST_KILL_AFTER_MARKS) : null;
 
 export interface SeedIdentity {
   seedId: string;
@@ -71,6 +77,8 @@ async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
 async function checkDistinct(dirs: string[]): Promise<void> {
   const seen = new Map<string, string>();
   for (const d of dirs) {
+    // Made first: two names of one folder that does not exist yet are one folder too.
+    await mkdir(d, { recursive: true }).catch(() => {});
     const st = await stat(d).catch(() => null);
     if (!st) continue;
     const key = `${st.dev}:${st.ino}`;
@@ -103,6 +111,8 @@ export class SeedTargets {
   private of = 0;
   missing: number[] = [];
   readonly strays: string[] = [];
+  /** Targets that could not take even one object. */
+  private readonly tooSmall: string[] = [];
   private cur = 0;
   private writes: Promise<void> = Promise.resolve();
   private pendingWrites = 0;
@@ -155,6 +165,14 @@ export class SeedTargets {
     if (ids.length === 1) {
       const mine = found.filter((f) => f.m.seedId === ids[0]);
       if (mine.every((f) => f.m.complete)) {
+        const others = found.filter((f) => f.m.seedId !== ids[0]);
+        if (others.length > 0) {
+          throw new FerryError(
+            'SEED_DISK_IN_USE',
+            `${mine.map((f) => f.dir).join(', ')} ${mine.length === 1 ? 'holds a disk' : 'hold disks'} of seed ${ids[0]}, marked complete, and ${others.map((f) => f.dir).join(', ')} another run of the same seed; leave the first out to go on with that run, or import seed ${ids[0]} with all its disks`,
+            { disk: mine[0].dir },
+          );
+        }
         throw new FerryError('SEED_COMPLETE', `${mine[0].dir} holds a complete seed ${ids[0]} of ${machine}/${item}; import it with ferry import, or use empty disks for a new seed`, { disk: mine[0].dir });
       }
       return { manifest: sealed[0].m, finishOnly: true };
@@ -339,13 +357,17 @@ export class SeedTargets {
     await this.forget(name, true);
     for (;;) {
       if (this.cur >= this.dirs.length) {
+        const small = this.tooSmall.length
+          ? ` (${this.tooSmall.join(', ')} ${this.tooSmall.length === 1 ? 'is' : 'are'} too small for even one object: a disk needs ${Math.ceil((objectCost(sealed.length) + manifestRoom(1)) / 1048576)} MiB at least)`
+          : '';
         throw new FerryError(
           'SEED_NEED_DISK',
-          `the seed disks are full (${this.dirs.join(', ')}); add another --disk DIR and run the same command again: it resumes where it stopped`,
+          `the seed disks are full (${this.dirs.join(', ')})${small}; add another --disk DIR and run the same command again: it resumes where it stopped`,
           { disks: this.dirs },
         );
       }
       if (this.used[this.cur] + objectCost(sealed.length) + manifestRoom(this.count[this.cur] + 1) > this.capacity[this.cur]) {
+        if (this.count[this.cur] === 0 && !this.tooSmall.includes(this.dirs[this.cur])) this.tooSmall.push(this.dirs[this.cur]);
         await this.closeDisk(this.cur);
         continue;
       }
@@ -427,12 +449,12 @@ export class SeedTargets {
   private async writeObject(disk: number, name: string, data: Buffer): Promise<boolean> {
     const final = this.path(disk, name);
     const dir = dirname(final);
-    if (!this.madeDirs.has(dir)) {
-      await mkdir(dir, { recursive: true });
-      this.madeDirs.add(dir);
-    }
     const tmp = join(dir, `.ferry-tmp-${randomBytes(6).toString('hex')}`);
     try {
+      if (!this.madeDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
       const fh = await fsOpen(tmp, 'w');
       try {
         let done = 0;
@@ -530,28 +552,37 @@ export class SeedTargets {
     await this.flush();
     const disks = this.layout();
     const of = this.of || disks.length;
+    // The record goes onto every disk before any is marked: from then on any
+    // one of them tells a later run that only the marking is left.
+    const number = (at: number, i: number) => (this.of ? this.numbered[i]! : at + 1);
+    if (!this.of) for (const [at, i] of disks.entries()) await this.writeFinal(i, number(at, i), false, of, point);
     for (const [at, i] of disks.entries()) {
-      const m = this.manifestFor(i, true, of, point);
-      m.disk = this.of ? this.numbered[i]! : at + 1;
-      await run('sync', ['-f', this.dirs[i]]).catch(() => {});
-      const tmp = join(this.dirs[i], `.${SEED_MANIFEST}.tmp`);
-      try {
-        await writeFileSynced(tmp, JSON.stringify(m, null, 1));
-      } catch (err) {
-        await rm(tmp, { force: true });
-        if (!isFull(err)) throw err;
-        throw new FerryError('SEED_DISK_FULL', `seed disk ${this.dirs[i]} has no room left for its final manifest; free some space there and run the same command again: it only finishes the marking`, { disk: this.dirs[i] });
-      }
-      await rename(tmp, join(this.dirs[i], SEED_MANIFEST));
+      await this.writeFinal(i, number(at, i), true, of, point);
+      if (at + 1 === KILL_AFTER_MARKS) process.kill(process.pid, 'SIGKILL');
     }
     // A target left without objects keeps no manifest of this seed.
     for (let i = 0; i < this.dirs.length; i++) {
       if (disks.includes(i) || this.count[i] > 0) continue;
       const m = await manifestOn(this.dirs[i]).catch(() => undefined);
-      if (m && m.params.diskId === this.id.params.diskId && m.objects.length === 0) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
-      else if (m && !this.of && m.params.diskId === this.id.params.diskId) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
+      if (m && m.params.diskId === this.id.params.diskId && (m.objects.length === 0 || !this.of)) await rm(join(this.dirs[i], SEED_MANIFEST), { force: true });
     }
     return disks.map((i) => this.dirs[i]);
+  }
+
+  /** The manifest of a disk of the finished seed, numbered by the record or by target order. */
+  private async writeFinal(i: number, n: number, complete: boolean, of: number, point: string): Promise<void> {
+    const m = this.manifestFor(i, complete, complete ? of : null, point);
+    m.disk = n;
+    await run('sync', ['-f', this.dirs[i]]).catch(() => {});
+    const tmp = join(this.dirs[i], `.${SEED_MANIFEST}.tmp`);
+    try {
+      await writeFileSynced(tmp, JSON.stringify(m, null, 1));
+    } catch (err) {
+      await rm(tmp, { force: true });
+      if (!isFull(err)) throw err;
+      throw new FerryError('SEED_DISK_FULL', `seed disk ${this.dirs[i]} has no room left for its final manifest; free some space there and run the same command again: it only finishes the marking`, { disk: this.dirs[i] });
+    }
+    await rename(tmp, join(this.dirs[i], SEED_MANIFEST));
   }
 
   get heldObjects(): number {

@@ -239,7 +239,7 @@ test('a seed stopped while marking, run again without the disk it marked, makes 
     // the old run's disk cannot come back over the registered one
     const old = await ferry(['import', '--vault', vault, disks[0]], { env });
     t.is(old.code, 1);
-    t.regex(old.stderr, /another run of seed .* registered in this vault already; this disk is not needed/);
+    t.regex(old.stderr, /another run of seed .* registered in this vault already \(point 1\); this disk is not needed/);
     // nor two runs at once
     const both = await ferry(['import', '--vault', join(dir, 'v2'), disks[0], used[0]], { env });
     t.not(both.code, 0);
@@ -305,6 +305,11 @@ test('one folder given twice, another --databox than the first run, a fifo for a
     const d1 = join(dir, 'd1');
     await mkdir(d1);
     const base = ['seed', '--vault', vault, '--item', 'z', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M'];
+    // (also two names of a folder that does not exist yet)
+    const n = join(dir, 'not-yet');
+    const twice = await ferry([...base, '--disk', n, '--disk', `${n}/.`, src], { env });
+    t.is(twice.code, 2, twice.stderr);
+    t.regex(twice.stderr, /are the same folder/);
     for (const again of [d1, `${d1}/`, join(dir, '.', 'd1')]) {
       const r = await ferry([...base, '--disk', d1, '--disk', again, src], { env });
       t.is(r.code, 2, r.stderr);
@@ -321,5 +326,57 @@ test('one folder given twice, another --databox than the first run, a fifo for a
     const f = await run('timeout', ['-s', 'KILL', '60', process.execPath, join(process.cwd(), 'bin', 'ferry'), ...base, '--disk', fifoDisk, src], { env });
     t.is(f.code, 1, f.stderr);
     t.regex(f.stderr, /not a regular file/);
+  });
+});
+
+test('the disks not yet marked carry the record too: each one given alone later is only marked, never seeded again', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await tree(src, 12);
+    const disks = ['a', 'b', 'c'].map((n) => join(dir, n));
+    const seedArgs = (ds: string[]) => ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...ds.flatMap((d) => ['--disk', d]), src];
+    // stopped right after marking disk 1
+    const killed = await ferry(seedArgs(disks), { env: { ...env, FERRY_TEST_KILL_AFTER_MARKS: '1' } });
+    t.is(killed.code, 128, killed.stderr);
+    t.deepEqual((await Promise.all(disks.map(readManifest))).map((m) => [m.complete, !!m.point]), [[true, true], [false, true], [false, true]]);
+    await ok(seedArgs([disks[2], disks[0]]));
+    await ok(seedArgs([disks[1]]));
+    const ms = await Promise.all(disks.map(readManifest));
+    t.deepEqual(ms.map((m) => [m.disk, m.of, m.complete]), [[1, 3, true], [2, 3, true], [3, 3, true]]);
+    t.is(new Set(ms.map((m) => m.seedId)).size, 1);
+    await ok(['import', '--vault', vault, ...disks]);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'x', '--to', join(dir, 'out')]);
+    t.is(await treeHash(join(dir, 'out', src)), await treeHash(src));
+  });
+});
+
+test('a point whose import stopped before its marker keeps its objects: a disk of another run of the same seed is refused', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const src = join(dir, 'src');
+    await tree(src, 12);
+    const seedArgs = (ds: string[]) => ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...ds.flatMap((d) => ['--disk', d]), src];
+    const d = (n: string) => join(dir, n);
+    // a first run fills X and D1 (one disk image on both), then run A goes on from D1 without X
+    t.is((await ferry(seedArgs([d('X'), d('D1')]), { env })).code, 1);
+    const runA = ['D1', 'D2', 'D3', 'D4', 'D5', 'D6'];
+    await ok(seedArgs(runA.map(d)));
+    const a = runA.map(d).filter((x) => existsSync(join(x, SEED_MANIFEST)));
+    await ok(['import', '--vault', vault, ...a]);
+    await must('cp', ['-a', src, d('srcA')]);
+    const seedA = (await readManifest(a[0])).seedId as string;
+    await rm(join(vault, 'seeds', seedA, 'registered')); // stopped between the point and its marker
+    // the source changes; run B goes on from X, the same disk image
+    await writeFile(join(src, 'big.bin'), randomBytes(12 * MiB));
+    const runB = ['X', 'Y1', 'Y2', 'Y3', 'Y4', 'Y5'];
+    await ok(seedArgs(runB.map(d)));
+    const b = runB.map(d).filter((x) => existsSync(join(x, SEED_MANIFEST)));
+    const r = await ferry(['import', '--vault', vault, ...b], { env });
+    t.is(r.code, 1, r.stderr);
+    t.regex(r.stderr, /registered in this vault already \(point 1\); this disk is not needed/);
+    t.is((await points(vault)).length, 1);
+    await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'x', '--point', '1', '--to', d('out')]);
+    t.is(await treeHash(join(d('out'), src)), await treeHash(d('srcA')));
   });
 });
