@@ -375,7 +375,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
   };
 
   async function* visit(path: Buffer, st: BigIntStats, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
-    const stored = root.real === root.as ? path : Buffer.concat([root.as, path.subarray(root.real.length)]);
+    const stored = root.real === root.as ? path : asStored(root, path);
     const m = metaOf(stored, st);
     if (stored !== path) realPaths.set(m, path);
     const e = await finish(m, st);
@@ -391,7 +391,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       return;
     }
     names.sort(Buffer.compare);
-    const asOf = (p: Buffer) => (root.real === root.as ? p : Buffer.concat([root.as, p.subarray(root.real.length)]));
+    const asOf = (p: Buffer) => (root.real === root.as ? p : asStored(root, p));
     const children = names.map((n) => join(path, n)).filter((p) => !excluded(asOf(p)));
     // lstat a window of children at a time, then descend in order
     for (let i = 0; i < children.length; i += concurrency) {
@@ -585,7 +585,7 @@ class SourceChanged extends FerryError {
  * O_NOFOLLOW: a symlink put in its place is not followed; O_NONBLOCK: a fifo
  * is not waited on.
  */
-async function openForRead(e: Entry): Promise<FileHandle> {
+async function openForRead(e: Entry, state: ReadState): Promise<{ fh: FileHandle; size: number }> {
   const path = realOf(e);
   let fh: FileHandle;
   try {
@@ -600,9 +600,11 @@ async function openForRead(e: Entry): Promise<FileHandle> {
     throw link ? new SourceChanged(link.message) : err;
   }
   try {
-    const why = changedSince(await fh.stat({ bigint: true }), e.dev, e.ino);
+    const st = await fh.stat({ bigint: true });
+    const why = changedSince(st, e.dev, e.ino);
     if (why) throw new SourceChanged(why);
-    return fh;
+    if (st.mtimeNs !== e.mtimeNs || st.size > BigInt(e.size)) changedAfterListing(e, state);
+    return { fh, size: Number(st.size) };
   } catch (err) {
     await fh.close();
     throw err;
@@ -717,6 +719,13 @@ interface ReadState {
   warn: (w: EntryWarning) => void;
 }
 
+/** Where `path` (under `root.real`) is stored: under `root.as` (a `link/` source stores the folder as `link`). */
+function asStored(root: { real: Buffer; as: Buffer }, path: Buffer): Buffer {
+  // a link to / : every path under it keeps its leading slash
+  if (path.length === root.real.length) return root.as;
+  return Buffer.concat([root.as, root.real.length === 1 ? path : path.subarray(root.real.length)]);
+}
+
 /**
  * A file read shorter than it was listed is stored as read, at the size it
  * had then: never at its old size with a tail of zeros that nothing says is
@@ -731,6 +740,21 @@ function shrank(e: Entry, listed: number, state: ReadState): void {
   });
 }
 
+/**
+ * The same file (same inode) written between the walk and the read: its
+ * modification time moved, or it grew. What is stored is what was read (up
+ * to the listed size), with the metadata of the listing, and the warning
+ * says the copy may mix the two (as tar's "file changed as we read it").
+ * Other changes of the inode (links, mode, xattrs) do not touch the data.
+ */
+function changedAfterListing(e: Entry, state: ReadState): void {
+  state.warn({
+    code: SOURCE_CHANGED,
+    message: `${printable(e.path)} changed after it was listed: stored as read, with its metadata from the listing; back it up again for a consistent copy`,
+    path: e.path,
+  });
+}
+
 /** Buffers read by a reader thread: not pooled, the garbage collector frees them. */
 const NO_POOL = new ReadBuffers(0);
 
@@ -738,11 +762,12 @@ const NO_POOL = new ReadBuffers(0);
 async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
   if (state.reader?.open) {
     // reader threads read one file after another, so no limit here
-    const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino);
+    const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino, e.mtimeNs);
     if (r.data) {
+      if (r.changed) changedAfterListing(e, state);
       const lease = new Lease(r.data, NO_POOL);
       try {
-        return smallPieces(e, sparse, state, r.data, r.data.length, lease);
+        return smallPieces(e, sparse, state, r.data, r.data.length, lease, (r.size ?? 0) < e.size);
       } finally {
         lease.drop();
       }
@@ -754,7 +779,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
   try {
     await limit.take();
     try {
-      const fh = await openForRead(e);
+      const { fh, size } = await openForRead(e, state);
       try {
         let got = 0;
         while (got < buf.length) {
@@ -762,7 +787,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
           if (bytesRead === 0) break;
           got += bytesRead;
         }
-        return smallPieces(e, sparse, state, buf, got, lease);
+        return smallPieces(e, sparse, state, buf, got, lease, size < e.size);
       } finally {
         await fh.close();
       }
@@ -774,13 +799,18 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
   }
 }
 
-/** The pieces of a small file read whole into `buf` (`got` bytes). */
-function smallPieces(e: Entry, sparse: boolean, state: ReadState, buf: Buffer, got: number, lease: Lease): DataPiece[] {
+/**
+ * The pieces of a small file read whole into `buf` (`got` bytes). `smaller`:
+ * the file was smaller when opened than when listed. A read that ends early
+ * while the file is not smaller is a pseudo-file (sysfs, procfs: they say
+ * 4096 bytes and hold a few): stored as read, without a warning.
+ */
+function smallPieces(e: Entry, sparse: boolean, state: ReadState, buf: Buffer, got: number, lease: Lease, smaller: boolean): DataPiece[] {
   state.bytes += got;
   if (got < e.size) {
     const listed = e.size;
     e.size = got;
-    shrank(e, listed, state);
+    if (smaller) shrank(e, listed, state);
   }
   const data = buf.subarray(0, got);
   const out: DataPiece[] = [];
@@ -922,7 +952,7 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
   try {
     const size = e.size;
     const ranges = (sparse ? await mapper.map(e, size) : null) ?? [{ start: 0, end: size }];
-    fh = await openForRead(e);
+    fh = (await openForRead(e, state)).fh;
     const h = fh;
     const depth = 4;
     let readEnd = 0;
@@ -948,7 +978,7 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       }
       if (more()) issue();
       state.bytes += n;
-      readEnd = Math.max(readEnd, off + n);
+      if (n > 0) readEnd = Math.max(readEnd, off + n);
       const data = lease.buf.subarray(0, n);
       const out: DataPiece[] = [];
       if (sparse) dropZeroGrains(off, data, out, lease);
@@ -965,8 +995,13 @@ async function* readLarge(e: Entry, sparse: boolean, limit: Limit, state: ReadSt
       }
       onRead();
       if (n < len) {
-        e.size = off + n;
-        shrank(e, size, state);
+        // cut short: at what it holds now, or at the end of what was read
+        // (a read in a range that was cut off reads nothing)
+        const now = Math.max(readEnd, Number((await h.stat({ bigint: true })).size));
+        if (now < size) {
+          e.size = now;
+          shrank(e, size, state);
+        }
         return;
       }
     }
@@ -1007,7 +1042,14 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   for (const r of all) {
     const same = roots.find((x) => x.as.equals(r.as));
     if (same) same.follow ||= r.follow; // `link` and `link/`: the folder, which holds more
-    else if (!roots.some((x) => isUnder(r.as, x.as))) roots.push(r);
+    else {
+      const outer = roots.find((x) => isUnder(r.as, x.as));
+      if (!outer) roots.push(r);
+      else if (r.follow) {
+        // the outer walk stores it as what it is there: a symlink
+        warn({ code: 'SOURCE_NESTED', message: `${printable(r.as)}/ is inside ${printable(outer.as)}, where it is a symlink and stored as one; give it as a source of its own to back up the folder it points to`, path: r.as });
+      }
+    }
   }
 
   const limit = new Limit(Math.max(1, opts.concurrency ?? 8));

@@ -18,6 +18,8 @@ export interface ReadRequest {
   /** The file as the walk saw it: what is opened must still be that file. */
   dev: bigint;
   ino: bigint;
+  /** Its modification time then: another one (or a larger size) means it was written since. */
+  mtimeNs?: bigint;
 }
 
 /** Where the file's bytes are in the batch buffer and how many were read, or the error (message and errno code) that stopped it. */
@@ -26,6 +28,9 @@ export interface ReadReply {
   got?: number;
   error?: string;
   code?: string;
+  /** The file's size when it was opened, and whether it changed since the walk listed it. */
+  size?: number;
+  changed?: boolean;
 }
 
 export interface ReadBatch {
@@ -92,7 +97,7 @@ function openForReadSync(path: Buffer): number {
 }
 
 /** Reads one file from its start into `into`; never throws. With `dev` and `ino`, only that very file is read. */
-export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: bigint): ReadReply {
+export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: bigint, mtimeNs?: bigint): ReadReply {
   let fd: number;
   try {
     fd = openForReadSync(path);
@@ -100,9 +105,14 @@ export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: big
     return { error: (err as Error).message, code: (err as NodeJS.ErrnoException).code };
   }
   try {
+    let size: number | undefined;
+    let changed = false;
     if (dev !== undefined && ino !== undefined) {
-      const why = changedSince(fstatSync(fd, { bigint: true }), dev, ino);
+      const st = fstatSync(fd, { bigint: true });
+      const why = changedSince(st, dev, ino);
       if (why) return { error: why, code: SOURCE_CHANGED };
+      size = Number(st.size);
+      changed = mtimeNs !== undefined && (st.mtimeNs !== mtimeNs || size > into.length);
     }
     let got = 0;
     while (got < into.length) {
@@ -110,7 +120,7 @@ export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: big
       if (n === 0) break;
       got += n;
     }
-    return { got };
+    return { got, size, changed };
   } catch (err) {
     return { error: (err as Error).message, code: (err as NodeJS.ErrnoException).code };
   } finally {
@@ -130,7 +140,7 @@ export function readBatch(m: ReadBatch): ReadBatchResult {
   let at = 0;
   const replies = m.reqs.map((r) => {
     const path = Buffer.from(r.path.buffer, r.path.byteOffset, r.path.byteLength);
-    const reply = readInto(path, new Uint8Array(buffer, at, r.length), r.dev, r.ino);
+    const reply = readInto(path, new Uint8Array(buffer, at, r.length), r.dev, r.ino, r.mtimeNs);
     if (reply.got !== undefined) reply.offset = at;
     at += (r.length + 7) & ~7;
     return reply;
@@ -148,6 +158,8 @@ export interface SmallRead {
   data?: Buffer;
   error?: string;
   code?: string;
+  size?: number;
+  changed?: boolean;
 }
 
 interface Slot {
@@ -177,7 +189,7 @@ export class SmallFileReader {
         slot.queued -= w.length;
         w.forEach((x, k) => {
           const r = m.replies[k];
-          x.resolve(r.got !== undefined ? { data: Buffer.from(m.buffer, r.offset!, r.got) } : { error: r.error, code: r.code });
+          x.resolve(r.got !== undefined ? { data: Buffer.from(m.buffer, r.offset!, r.got), size: r.size, changed: r.changed } : { error: r.error, code: r.code });
         });
       });
       worker.on('error', (err) => this.fail(slot, err));
@@ -194,10 +206,10 @@ export class SmallFileReader {
   }
 
   /** Reads up to `length` bytes from the start of the file at `path`, if it is still the regular file `dev`/`ino`. */
-  read(path: Buffer, length: number, dev: bigint, ino: bigint): Promise<SmallRead> {
+  read(path: Buffer, length: number, dev: bigint, ino: bigint, mtimeNs?: bigint): Promise<SmallRead> {
     if (this.failure) return Promise.resolve({ error: this.failure.message });
     return new Promise((resolve) => {
-      this.batch.push({ req: { path, length, dev, ino }, resolve });
+      this.batch.push({ req: { path, length, dev, ino, mtimeNs }, resolve });
       this.batchBytes += length;
       if (this.batch.length >= BATCH || this.batchBytes >= BATCH_BYTES) this.flush();
       else if (!this.scheduled) {

@@ -311,3 +311,52 @@ test('a seed that fails while writing (disks full) leaves no source file open', 
     t.deepEqual(openUnder(src), []);
   });
 });
+
+test('a file written in place between walk and read (same inode) is stored with a warning; sysfs files that read short are not', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'same'), 'AAAA-first-version\n');
+    await writeFile(join(src, 'other'), 'left alone\n');
+    // the same length, the same inode: only its change time tells
+    const hook = await changeBetweenWalkAndRead(dir, `printf 'BBBB-later-version\\n' > '${join(src, 'same')}'\n`);
+    const { seed, restore, out } = await seedAndRestore(dir, 'inplace', [src], hook);
+    t.is(seed.code, 3, seed.stderr);
+    t.regex(seed.stderr, /same changed after it was listed: stored as read/);
+    t.notRegex(seed.stderr, /other/);
+    t.is(restore?.code, 0, restore?.stderr);
+    t.is(await readFile(join(out, src, 'other'), 'utf8'), 'left alone\n');
+    // sysfs says 4096 bytes and holds a few: no warning for that
+    const sys = '/sys/kernel/mm/transparent_hugepage';
+    if (existsSync(sys)) {
+      const r = await seedAndRestore(dir, 'sysfs', [sys]);
+      t.is(r.seed.code, 0, r.seed.stderr);
+      t.notRegex(r.seed.stderr, /shrank/);
+      t.is(await readFile(join(r.out, sys, 'enabled'), 'utf8'), await readFile(join(sys, 'enabled'), 'utf8'));
+    }
+  });
+});
+
+test('a link to / given as link/ stores its tree under link/; a link/ source inside another source is named, not dropped silently', async (t) => {
+  await withTmp(async (dir) => {
+    const lnk = join(dir, 'rootlnk');
+    await symlink('/', lnk);
+    const paths: string[] = [];
+    for await (const e of walk([`${lnk}/`], { excludes: [`${lnk}/*`], readerThreads: 0 })) {
+      paths.push(e.path.toString());
+      if (paths.length > 200) break; // the bug walks the whole system
+    }
+    t.true(paths.includes(lnk), paths.slice(0, 10).join(' '));
+    t.deepEqual(paths.filter((p) => p.startsWith(lnk) && p !== lnk && !p.startsWith(`${lnk}/`)), []);
+
+    const src = join(dir, 'src');
+    const outside = join(dir, 'outside');
+    await mkdir(src);
+    await mkdir(outside);
+    await writeFile(join(outside, 'f'), 'precious\n');
+    await symlink(outside, join(src, 'lnk'));
+    const r = await seedAndRestore(dir, 'nested', [src, `${join(src, 'lnk')}/`]);
+    t.is(r.seed.code, 3, r.seed.stderr);
+    t.regex(r.seed.stderr, /lnk\/ is inside .*src, where it is a symlink and stored as one; give it as a source of its own/);
+  });
+});
