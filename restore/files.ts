@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, chmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, rmSync,
+  constants as C, chmodSync, closeSync, fchmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readlinkSync, renameSync, rmSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -379,10 +379,32 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
-  /** Makes directory `dir` (mode 0700 until its metadata is set at the end). */
-  const makeDir = (dir: Buffer) => {
+  /**
+   * Makes directory `dir`, with its stored owner and its mode plus u+rwx (so
+   * that it can be filled) at once: a restore stopped before the end leaves
+   * at worst the times of its directories wrong (mode and times are set
+   * exactly at the end).
+   */
+  const makeDir = (dir: Buffer, e: VolumeEntry | null) => {
     mkdirSync(dir, { mode: 0o700 });
     freshDirs.add(dir.toString('latin1'));
+    if (e) {
+      applyOwner(dir, e);
+      try {
+        setDirMode(dir, (e.mode & 0o7777) | 0o700);
+      } catch {
+        /* set at the end, or warned there */
+      }
+    }
+  };
+  /** chmod of a directory that does not follow a symlink put in its place. */
+  const setDirMode = (dir: Buffer, mode: number) => {
+    const fd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+    try {
+      fchmodSync(fd, mode);
+    } finally {
+      closeSync(fd);
+    }
   };
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
@@ -436,19 +458,22 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (knownDirs.has(key)) return;
     const st = lstatSync(pdst, { throwIfNoEntry: false });
     if (st?.isDirectory()) {
+      // Its ancestors up to `to` must be directories too, not symlinks: one
+      // would lead what is restored (with --path, whose parents are not
+      // entries of their own) out of the target. One that is not throws.
+      if (porig && insideTo(pdst)) await ensureParent(porig, pdst);
       knownDirs.add(key);
       if (inherited && insideTo(pdst)) {
-        // made by the unfinished run, which never set its metadata: set it now, up to `to`
-        // (ancestors first: one that is not a directory throws before anything is queued)
-        if (porig) await ensureParent(porig, pdst);
+        // made by the unfinished run, which never set its metadata: set it now
         const stored = porig ? reader.stat(porig) : null;
         if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
       }
       return;
     }
     if (porig) await ensureParent(porig, pdst);
+    const made = porig ? reader.stat(porig) : null;
     try {
-      makeDir(pdst);
+      makeDir(pdst, made && made.type === 'dir' ? made : null);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       // never write through a symlink or into a file that stands where a directory goes
@@ -649,6 +674,33 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   const existing = (p: Buffer): Stats | null => lstatSync(p, { throwIfNoEntry: false }) ?? null;
 
+  /**
+   * `overwrite` and a directory where a file goes: it is renamed aside
+   * (`.ferry-replaced-N` beside it) and removed only once the file is in
+   * place; if the file never gets there (full disk, a failed read), it is
+   * put back (see putBackAsides).
+   */
+  const asides: { dst: Buffer; aside: Buffer }[] = [];
+  const removeDirInTheWay = (dst: Buffer) => {
+    if (inLeftover(dst)) {
+      rmSync(dst, { recursive: true, force: true });
+      return;
+    }
+    const aside = join(parentPath(dst)!, Buffer.from(`.ferry-replaced-${process.pid}-${asides.length}`));
+    renameSync(dst, aside);
+    asides.push({ dst, aside });
+  };
+  const putBackAsides = () => {
+    for (const { dst, aside } of asides.splice(0)) {
+      try {
+        if (existing(dst)) rmSync(aside, { recursive: true, force: true });
+        else renameSync(aside, dst);
+      } catch (err) {
+        warn({ code: 'RESTORE_META', message: `${printable(dst)}: the folder that stood there is kept as ${printable(aside)} (${(err as Error).message})`, path: dst });
+      }
+    }
+  };
+
   /** Whether `dst` is an unfinished earlier restore's work (not the user's). */
   const inLeftover = (dst: Buffer): boolean => inherited && insideTo(dst);
 
@@ -662,12 +714,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const resolveConflict = async (e: VolumeEntry, dst: Buffer, dataEntry: VolumeEntry): Promise<{ dst: Buffer; copy: boolean } | 'unchanged' | 'skipped'> => {
     const st = existing(dst);
     if (!st) return { dst, copy: false };
+    // the temporary name of a run stopped while it wrote this entry: never left behind
+    clear(join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`)));
+    // A file with links the volume does not know of (a hard link to a file
+    // outside what is restored): its metadata is not ours to change, so
+    // `overwrite` replaces it rather than set it.
+    const shared = st.isFile() && st.nlink > 1 && (e.linkGroup === null || !linkFirsts.has(e.linkGroup));
     if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
-      result.skipped++;
-      result.unchanged++;
-      // (an interrupted run may have stopped before the metadata)
-      if (ifExists === 'overwrite' || inLeftover(dst)) await applyMeta(dst, e);
-      return 'unchanged';
+      if (!(shared && (ifExists === 'overwrite' || inLeftover(dst)))) {
+        result.skipped++;
+        result.unchanged++;
+        // (an interrupted run may have stopped before the metadata)
+        if (ifExists === 'overwrite' || inLeftover(dst)) await applyMeta(dst, e);
+        return 'unchanged';
+      }
     }
     // an interrupted run's unfinished work is replaced, whatever the policy
     if (ifExists === 'skip' && !inLeftover(dst)) {
@@ -680,7 +740,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (cst?.isDirectory()) rmSync(c, { recursive: true, force: true });
       return { dst: c, copy: true };
     }
-    if (st.isDirectory()) rmSync(dst, { recursive: true, force: true });
+    if (st.isDirectory()) removeDirInTheWay(dst);
     return { dst, copy: false };
   };
 
@@ -716,15 +776,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         const cst = existing(place);
         if (cst && !cst.isDirectory()) rmSync(place, { force: true });
         if (!cst || !cst.isDirectory()) {
-          makeDir(place);
+          makeDir(place, e);
         }
         result.copies++;
       } else {
         rmSync(dst, { force: true, recursive: true });
-        makeDir(dst);
+        makeDir(dst, e);
       }
     } else {
-      makeDir(dst);
+      makeDir(dst, e);
     }
     dirDst.set(e.id, place);
     knownDirs.add(place.toString('latin1'));
@@ -858,7 +918,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             place = copyName(dst);
             result.copies++;
           }
-          if (place === dst && st.isDirectory()) rmSync(dst, { recursive: true, force: true });
+          if (place === dst && st.isDirectory()) removeDirInTheWay(dst);
         }
         if (inFresh(place)) {
           linkSync(firstDst, place); // a link appears whole, and nothing is in the way
@@ -875,13 +935,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       progress();
     }
     await drainWriter();
+    putBackAsides();
     await flushXattrs();
     // ---- directories: deepest first, once their contents are complete
     dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
     for (const { dst, e } of dirMetas) {
       applyOwner(dst, e);
       try {
-        chmodSync(dst, e.mode);
+        setDirMode(dst, e.mode);
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
@@ -908,6 +969,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
   } finally {
     await writer.close();
+    putBackAsides(); // a run that failed before the end: what was moved aside for it goes back
     await helper?.close();
   }
   progress();

@@ -1,0 +1,152 @@
+// A restore into a target that holds the user's things: never through a
+// symlink out of the target, never the user's folder deleted for a file,
+// never the metadata of a file outside changed through a hard link, never a
+// stopped run's temporary left behind, and the folders a stopped run made
+// already carry their owner and mode.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { walk } from '../source/files.js';
+import { MemDisk } from '../format/memdisk.js';
+import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { ferry, ferryOk, must } from './helpers/exec.js';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+
+async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-restore-safety-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function backup(src: string): Promise<VolumeReader> {
+  const disk = new MemDisk(2040 * GiB);
+  await writeVolume(disk, walk([src]), {});
+  return VolumeReader.open(disk);
+}
+
+async function restore(reader: VolumeReader, opts: RestoreOptions) {
+  const warnings: string[] = [];
+  const r = await restoreFiles(reader, { ...opts, onWarning: (w) => warnings.push(w.message) });
+  return { ...r, messages: warnings };
+}
+
+async function filesUnder(dir: string): Promise<string[]> {
+  return (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => !e.isDirectory()).map((e) => join(e.parentPath ?? (e as { path: string }).path, e.name));
+}
+
+test('--path into a target where a folder on the way is a symlink writes nothing outside the target', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'a', 'b'), { recursive: true });
+    await writeFile(join(src, 'a', 'b', 'f'), 'data\n');
+    const reader = await backup(src);
+    const to = join(dir, 'out');
+    const evil = join(dir, 'evil');
+    await mkdir(to);
+    await mkdir(join(evil, ...src.split('/').slice(2), 'a'), { recursive: true });
+    // out/<first component of src> -> evil
+    await symlink(evil, join(to, src.split('/')[1]));
+    for (const ifExists of ['copy', 'overwrite', 'skip'] as const) {
+      const r = await restore(reader, { to, paths: [join(src, 'a', 'b')], ifExists });
+      t.deepEqual(await filesUnder(evil), [], ifExists);
+      t.true(r.messages.some((m) => /is in the way \(not a directory\)/.test(m)), `${ifExists}: ${r.messages.join(' | ')}`);
+    }
+  });
+});
+
+test('overwrite replaces a folder where the backup has a file only once the file is there: on a full disk the folder stays', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'big'), randomBytes(12 * MiB));
+    const reader = await backup(src);
+    const small = join(dir, 'small');
+    await mkdir(small);
+    await must('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', small]);
+    try {
+      const to = join(small, 'out');
+      await mkdir(join(to, src, 'big'), { recursive: true });
+      await writeFile(join(to, src, 'big', 'precious'), randomBytes(6 * MiB)); // 6 + 12 > 16: the file cannot be written
+      const failed = await restoreFiles(reader, { to, ifExists: 'overwrite' }).then(() => null, (err: Error & { code?: string }) => err);
+      t.is(failed?.code, 'RESTORE_DISK_FULL', failed?.message);
+      t.is((await stat(join(to, src, 'big', 'precious'))).size, 6 * MiB, 'the folder and its file are back');
+      t.deepEqual((await readdir(join(to, src))).filter((n) => n.startsWith('.ferry-')), []);
+      // with room, the same restore replaces it
+      await must('mount', ['-o', 'remount,size=64m', small]);
+      await restoreFiles(reader, { to, ifExists: 'overwrite' });
+      t.true((await lstat(join(to, src, 'big'))).isFile());
+      t.deepEqual((await readdir(join(to, src))).filter((n) => n.startsWith('.ferry-')), []);
+    } finally {
+      await must('umount', ['-l', small]).catch(() => undefined);
+    }
+  });
+});
+
+test('overwrite does not change a file outside the target through a hard link, and a stopped run leaves no temporary under skip', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'f1'), 'hello\n');
+    await chmod(join(src, 'f1'), 0o644);
+    await writeFile(join(src, 'g'), 'other\n');
+    const reader = await backup(src);
+    const to = join(dir, 'out');
+    await restore(reader, { to });
+    // the user links a file of theirs outside the target in place of f1 (same content, other mode and time)
+    const outside = join(dir, 'outside');
+    await writeFile(outside, 'hello\n');
+    await chmod(outside, 0o600);
+    await utimes(outside, new Date('2010-01-01T00:00:00Z'), new Date('2010-01-01T00:00:00Z'));
+    await rm(join(to, src, 'f1'));
+    await link(outside, join(to, src, 'f1'));
+    // and a run stopped while it wrote g left its temporary name
+    const gid = reader.stat(Buffer.from(join(src, 'g')))!.id;
+    const partial = join(to, src, `.ferry-partial-${gid}`);
+    await writeFile(partial, 'cut sh');
+    await restore(reader, { to, ifExists: 'skip' });
+    t.false(existsSync(partial), 'the temporary of the stopped run is gone');
+    await restore(reader, { to, ifExists: 'overwrite' });
+    const st = await stat(outside);
+    t.is(st.mode & 0o7777, 0o600);
+    t.is(st.mtime.toISOString(), '2010-01-01T00:00:00.000Z');
+    t.is(st.nlink, 1, 'the restored f1 is a file of its own');
+    t.is(await readFile(join(to, src, 'f1'), 'utf8'), 'hello\n');
+    t.is((await stat(join(to, src, 'f1'))).mode & 0o7777, 0o644);
+  });
+});
+
+test('folders a stopped restore made already have their owner and mode', async (t) => {
+  await withTmp(async (dir) => {
+    const env = { FERRY_PASSPHRASE: 'restore safety passphrase, long enough' };
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'p'), { recursive: true });
+    await writeFile(join(src, 'p', 'big'), randomBytes(12 * MiB));
+    await chown(join(src, 'p'), 1234, 1234);
+    await chmod(join(src, 'p'), 0o750);
+    const vault = join(dir, 'vault');
+    await ferryOk(['init', vault, '--kdf-log-n', '12'], env);
+    await ferryOk(['seed', '--vault', vault, '--item', 'p', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd'), src], env);
+    await ferryOk(['import', '--vault', vault, join(dir, 'd')], env);
+    // an existing target of the user's (not marked as the restore's own)
+    const to = join(dir, 'out');
+    await mkdir(to);
+    await writeFile(join(to, 'keep'), 'mine\n');
+    const cut = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to], { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } });
+    t.is(cut.code, 128, cut.stderr);
+    const st = await lstat(join(to, src, 'p'));
+    t.is(st.uid, 1234);
+    t.is(st.mode & 0o7777, 0o750);
+    t.is(await readFile(join(to, 'keep'), 'utf8'), 'mine\n');
+    await ferryOk(['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to], env);
+    t.is((await must('cmp', [join(src, 'p', 'big'), join(to, src, 'p', 'big')])).length, 0);
+  });
+});
