@@ -168,8 +168,10 @@ export function writeJob(j: WriteJob): WriteResult {
   if (first) {
     try {
       if (!j.fresh && !direct) clearSync(tmp);
-      // in a fresh directory nothing can be in the way; elsewhere a leftover was cleared above
-      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_TRUNC | C.O_NOFOLLOW | (j.fresh || direct ? C.O_EXCL : 0), 0o600);
+      // in a fresh directory nothing can be in the way; elsewhere a leftover was
+      // cleared above, and O_EXCL refuses anything put there since (a hard
+      // link planted at the name would otherwise be written through)
+      fd = openSync(tmp, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
     } catch (err) {
       return { ok: false, error: (err as Error).message, errno: (err as NodeJS.ErrnoException).code };
     }
