@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, chmodSync, closeSync, fchmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readlinkSync, renameSync, rmSync,
+  constants as C, chmodSync, closeSync, fchmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readlinkSync, renameSync, rmSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -377,29 +377,30 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const marker = to ? targetOf(to, volumeId) : { active: false, inherited: false, volume: null, other: false };
   const inherited = marker.inherited;
   if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
+  // `to` itself may be a symlink to a folder: the user's choice, followed
+  if (to && statSync(to, { throwIfNoEntry: false })?.isDirectory()) knownDirs.add(to.toString('latin1'));
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
   /**
-   * Makes directory `dir`, with its stored owner and its mode plus u+rwx (so
-   * that it can be filled) at once: a restore stopped before the end leaves
-   * at worst the times of its directories wrong (mode and times are set
-   * exactly at the end).
+   * Makes directory `dir`, owned by whoever restores and mode 0700 until its
+   * metadata is set at the end: no other user can swap what is being filled
+   * for a symlink meanwhile. (`e`: its entry, unused until then.)
    */
-  const makeDir = (dir: Buffer, e: VolumeEntry | null) => {
+  const makeDir = (dir: Buffer, _e: VolumeEntry | null) => {
     mkdirSync(dir, { mode: 0o700 });
     freshDirs.add(dir.toString('latin1'));
-    if (e) {
-      applyOwner(dir, e);
-      try {
-        setDirMode(dir, (e.mode & 0o7777) | 0o700);
-      } catch {
-        /* set at the end, or warned there */
-      }
-    }
   };
   /** chmod of a directory that does not follow a symlink put in its place. */
   const setDirMode = (dir: Buffer, mode: number) => {
-    const fd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+    let fd: number;
+    try {
+      fd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+    } catch (err) {
+      // a folder its owner may not read (mode 0311, 0000): lstat, then chmod by path
+      if ((err as NodeJS.ErrnoException).code !== 'EACCES' || !lstatSync(dir).isDirectory()) throw err;
+      chmodSync(dir, mode);
+      return;
+    }
     try {
       fchmodSync(fd, mode);
     } finally {
@@ -681,14 +682,26 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * put back (see putBackAsides).
    */
   const asides: { dst: Buffer; aside: Buffer }[] = [];
-  const removeDirInTheWay = (dst: Buffer) => {
+  const removeDirInTheWay = (dst: Buffer, id: number) => {
     if (inLeftover(dst)) {
       rmSync(dst, { recursive: true, force: true });
       return;
     }
-    const aside = join(parentPath(dst)!, Buffer.from(`.ferry-replaced-${process.pid}-${asides.length}`));
+    const aside = asideOf(dst, id);
     renameSync(dst, aside);
     asides.push({ dst, aside });
+  };
+  /** Where the folder in the way of entry `id` at `dst` is kept until the file is in place. */
+  const asideOf = (dst: Buffer, id: number) => join(parentPath(dst)!, Buffer.from(`.ferry-replaced-${id}`));
+  /**
+   * A folder a stopped run moved aside for entry `id`: with the file in
+   * place it was replaced as asked, and goes; without, it goes back.
+   */
+  const settleAside = (dst: Buffer, id: number) => {
+    const aside = asideOf(dst, id);
+    if (!existing(aside)) return;
+    if (existing(dst)) rmSync(aside, { recursive: true, force: true });
+    else renameSync(aside, dst);
   };
   const putBackAsides = () => {
     for (const { dst, aside } of asides.splice(0)) {
@@ -712,14 +725,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   /** Decides where a non-directory goes given the policy: a path, or null to leave it. */
   const resolveConflict = async (e: VolumeEntry, dst: Buffer, dataEntry: VolumeEntry): Promise<{ dst: Buffer; copy: boolean } | 'unchanged' | 'skipped'> => {
+    settleAside(dst, e.id);
     const st = existing(dst);
     if (!st) return { dst, copy: false };
     // the temporary name of a run stopped while it wrote this entry: never left behind
-    clear(join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`)));
-    // A file with links the volume does not know of (a hard link to a file
-    // outside what is restored): its metadata is not ours to change, so
-    // `overwrite` replaces it rather than set it.
-    const shared = st.isFile() && st.nlink > 1 && (e.linkGroup === null || !linkFirsts.has(e.linkGroup));
+    const partial = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
+    if (existing(partial)) clear(partial);
+    // A file the backup holds without hard links that has some here (one to
+    // a file outside what is restored): its metadata is not ours to change,
+    // so `overwrite` replaces it rather than set it.
+    const shared = st.isFile() && st.nlink > 1 && e.linkGroup === null;
     if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
       if (!(shared && (ifExists === 'overwrite' || inLeftover(dst)))) {
         result.skipped++;
@@ -740,7 +755,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (cst?.isDirectory()) rmSync(c, { recursive: true, force: true });
       return { dst: c, copy: true };
     }
-    if (st.isDirectory()) removeDirInTheWay(dst);
+    if (st.isDirectory()) removeDirInTheWay(dst, e.id);
     return { dst, copy: false };
   };
 
@@ -896,6 +911,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       try {
         await ensureParent(e.path, dst);
+        if (!inFresh(dst)) settleAside(dst, e.id);
         const st = inFresh(dst) ? null : existing(dst);
         const fst = st ? existing(firstDst) : null;
         if (st && fst && st.ino === fst.ino && st.dev === fst.dev) {
@@ -918,7 +934,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             place = copyName(dst);
             result.copies++;
           }
-          if (place === dst && st.isDirectory()) removeDirInTheWay(dst);
+          if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);
         }
         if (inFresh(place)) {
           linkSync(firstDst, place); // a link appears whole, and nothing is in the way

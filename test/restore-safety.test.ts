@@ -1,12 +1,11 @@
 // A restore into a target that holds the user's things: never through a
 // symlink out of the target, never the user's folder deleted for a file,
 // never the metadata of a file outside changed through a hard link, never a
-// stopped run's temporary left behind, and the folders a stopped run made
-// already carry their owner and mode.
+// stopped run's temporary or a folder it moved aside left behind.
 import test from 'ava';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, utimes, writeFile } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
@@ -124,29 +123,74 @@ test('overwrite does not change a file outside the target through a hard link, a
   });
 });
 
-test('folders a stopped restore made already have their owner and mode', async (t) => {
+test('a folder moved aside for a file by a restore that was stopped goes back, or goes once the file is there', async (t) => {
   await withTmp(async (dir) => {
     const env = { FERRY_PASSPHRASE: 'restore safety passphrase, long enough' };
     const src = join(dir, 'src');
-    await mkdir(join(src, 'p'), { recursive: true });
-    await writeFile(join(src, 'p', 'big'), randomBytes(12 * MiB));
-    await chown(join(src, 'p'), 1234, 1234);
-    await chmod(join(src, 'p'), 0o750);
+    await mkdir(src);
+    await writeFile(join(src, 'big'), randomBytes(12 * MiB));
     const vault = join(dir, 'vault');
     await ferryOk(['init', vault, '--kdf-log-n', '12'], env);
     await ferryOk(['seed', '--vault', vault, '--item', 'p', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd'), src], env);
     await ferryOk(['import', '--vault', vault, join(dir, 'd')], env);
-    // an existing target of the user's (not marked as the restore's own)
     const to = join(dir, 'out');
-    await mkdir(to);
-    await writeFile(join(to, 'keep'), 'mine\n');
-    const cut = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to], { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } });
+    await mkdir(join(to, src, 'big'), { recursive: true });
+    await writeFile(join(to, src, 'big', 'precious'), 'mine\n');
+    const args = ['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to];
+    // stopped while the file is written: the folder is aside
+    const cut = await ferry([...args, '--if-exists', 'overwrite'], { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } });
     t.is(cut.code, 128, cut.stderr);
-    const st = await lstat(join(to, src, 'p'));
-    t.is(st.uid, 1234);
-    t.is(st.mode & 0o7777, 0o750);
-    t.is(await readFile(join(to, 'keep'), 'utf8'), 'mine\n');
-    await ferryOk(['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to], env);
-    t.is((await must('cmp', [join(src, 'p', 'big'), join(to, src, 'p', 'big')])).length, 0);
+    t.false(existsSync(join(to, src, 'big', 'precious')));
+    // skip: the folder comes back and stays
+    await ferryOk([...args, '--if-exists', 'skip'], env);
+    t.is(await readFile(join(to, src, 'big', 'precious'), 'utf8'), 'mine\n');
+    // stopped again, then overwrite to the end: the file, and nothing aside
+    t.is((await ferry([...args, '--if-exists', 'overwrite'], { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } })).code, 128);
+    await ferryOk([...args, '--if-exists', 'overwrite'], env);
+    t.true((await lstat(join(to, src, 'big'))).isFile());
+    t.deepEqual((await readdir(join(to, src))).filter((n) => n.startsWith('.ferry-')), []);
+    await must('cmp', [join(src, 'big'), join(to, src, 'big')]);
+  });
+});
+
+test('a --to that is a symlink to a folder takes --path; overwrite run twice leaves hard links be; skip on a read-only target fails nothing', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'd'), { recursive: true });
+    await writeFile(join(src, 'd', 'f'), 'f\n');
+    await writeFile(join(src, 'a'), 'linked\n');
+    await link(join(src, 'a'), join(src, 'd', 'b'));
+    const reader = await backup(src);
+    // --to through a symlink, then --path
+    const real = join(dir, 'real');
+    await mkdir(real);
+    const to = join(dir, 'tl');
+    await symlink(real, to);
+    await restore(reader, { to });
+    await unlink(join(real, src, 'd', 'f'));
+    const one = await restore(reader, { to, paths: [join(src, 'd', 'f')] });
+    t.deepEqual(one.messages, []);
+    t.is(await readFile(join(real, src, 'd', 'f'), 'utf8'), 'f\n');
+    // overwrite, twice: the restored hard links stay as they are
+    const ino = async () => [(await stat(join(real, src, 'a'))).ino, (await stat(join(real, src, 'd', 'b'))).ino];
+    const before = await ino();
+    t.is(before[0], before[1]);
+    const r1 = await restore(reader, { to, ifExists: 'overwrite' });
+    const r2 = await restore(reader, { to, ifExists: 'overwrite' });
+    t.deepEqual(await ino(), before);
+    t.is(r1.restored + r2.restored, 0);
+    // a read-only target: skip looks, changes nothing, fails nothing
+    const ro = join(dir, 'ro');
+    await mkdir(ro);
+    await must('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', ro]);
+    try {
+      await restore(reader, { to: join(ro, 't') });
+      await must('mount', ['-o', 'remount,ro', ro]);
+      const r = await restore(reader, { to: join(ro, 't'), ifExists: 'skip' });
+      t.deepEqual(r.messages, []);
+      t.is(r.failed, 0);
+    } finally {
+      await must('umount', ['-l', ro]).catch(() => undefined);
+    }
   });
 });
