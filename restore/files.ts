@@ -784,6 +784,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (ifExists === 'skip') {
         dirDst.set(e.id, null);
         result.skipped++;
+        // a whole subtree left out: say so
+        warn({ code: 'RESTORE_SKIPPED', message: `${printable(dst)} is ${st.isSymbolicLink() ? 'a symlink' : 'not a folder'} where the backup has a folder: left as it is, and nothing under it restored (--if-exists skip)`, path: e.path });
         return;
       }
       if (ifExists === 'copy') {

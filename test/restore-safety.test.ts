@@ -59,6 +59,10 @@ test('--path into a target where a folder on the way is a symlink writes nothing
       t.deepEqual(await filesUnder(evil), [], ifExists);
       t.true(r.messages.some((m) => /is in the way \(not a directory\)/.test(m)), `${ifExists}: ${r.messages.join(' | ')}`);
     }
+    // the whole item under skip: the symlink stays, and the warning says what was left out
+    const all = await restore(reader, { to, ifExists: 'skip' });
+    t.deepEqual(await filesUnder(evil), []);
+    t.true(all.messages.some((m) => /is a symlink where the backup has a folder: left as it is, and nothing under it restored/.test(m)), all.messages.join(' | '));
   });
 });
 
