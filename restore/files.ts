@@ -693,21 +693,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
   /** Where the folder in the way of entry `id` at `dst` is kept until the file is in place. */
   const asideOf = (dst: Buffer, id: number) => join(parentPath(dst)!, Buffer.from(`.ferry-replaced-${id}`));
-  /**
-   * A folder a stopped run moved aside for entry `id`: with the file in
-   * place it was replaced as asked, and goes; without, it goes back.
-   */
+  /** A folder a stopped run moved aside for entry `id`: settled now. */
   const settleAside = (dst: Buffer, id: number) => {
     const aside = asideOf(dst, id);
-    if (!existing(aside)) return;
+    if (existing(aside)) settleFolder(dst, aside);
+  };
+  /** With the file in place the folder was replaced as asked, and goes; without, it goes back. */
+  const settleFolder = (dst: Buffer, aside: Buffer) => {
     if (existing(dst)) rmSync(aside, { recursive: true, force: true });
     else renameSync(aside, dst);
   };
   const putBackAsides = () => {
     for (const { dst, aside } of asides.splice(0)) {
       try {
-        if (existing(dst)) rmSync(aside, { recursive: true, force: true });
-        else renameSync(aside, dst);
+        settleFolder(dst, aside);
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `${printable(dst)}: the folder that stood there is kept as ${printable(aside)} (${(err as Error).message})`, path: dst });
       }

@@ -10,7 +10,7 @@ import { FerryError } from '../format/errors.js';
 import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { itemName, pointName, listPoints, putJson, readItem, type PointManifest } from '../vault/registry.js';
 import type { VaultWriter } from '../vault/vault.js';
-import { seedPointName, type SeedPointRecord } from './seed.js';
+import { openSeedRecord, type SeedPointRecord } from './seed.js';
 
 export interface ImportProgress {
   disk: string;
@@ -212,7 +212,7 @@ async function openRecord(vault: VaultWriter, dir: string, m: SeedManifest): Pro
   if (!m.point) throw new FerryError('SEED_BAD_MANIFEST', `${dir}: the manifest of seed ${m.seedId} carries no point record; the disk is damaged`, { disk: dir });
   let rec: SeedPointRecord;
   try {
-    rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point, 'base64'))).toString('utf8')) as SeedPointRecord;
+    rec = await openSeedRecord(vault.pool, m.seedId, m.point);
   } catch (err) {
     throw new FerryError('SEED_BAD_MANIFEST', `${dir}: the point record of seed ${m.seedId} does not open (${(err as Error).message}); the disk is damaged`, { disk: dir });
   }

@@ -70,6 +70,11 @@ export interface SeedResult {
 /** The object name of a seed's point record (sealed, carried in FERRY-SEED.json). */
 export const seedPointName = (seedId: string) => `seeds/${seedId}/point`;
 
+/** Opens the sealed point record a complete (or marking) manifest carries; throws what unsealing throws. */
+export async function openSeedRecord(pool: VaultReader['pool'], seedId: string, point: string): Promise<SeedPointRecord> {
+  return JSON.parse((await pool.unseal(seedPointName(seedId), Buffer.from(point, 'base64'))).toString('utf8')) as SeedPointRecord;
+}
+
 export interface SeedPointRecord {
   item: ItemDef;
   point: Omit<PointManifest, 'seq'>;
@@ -244,7 +249,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
 async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string, m: SeedManifest): Promise<SeedResult> {
   let rec: SeedPointRecord;
   try {
-    rec = JSON.parse((await vault.pool.unseal(seedPointName(m.seedId), Buffer.from(m.point ?? '', 'base64'))).toString('utf8')) as SeedPointRecord;
+    rec = await openSeedRecord(vault.pool, m.seedId, m.point ?? '');
   } catch (err) {
     throw new FerryError('SEED_BAD_MANIFEST', `seed ${m.seedId}: the point record on its complete disks does not open (${(err as Error).message}); use empty disks for a new seed`);
   }

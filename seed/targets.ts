@@ -107,10 +107,9 @@ export class SeedTargets {
   private readonly numbered: Array<number | undefined>;
   /** Per disk: whether it holds a manifest of this seed. */
   private readonly listed: boolean[];
-  /** Marking only: how many disks the record lists, which of them were not given, and targets that hold none of them. */
+  /** Marking only: how many disks the record lists, and which of them were not given. */
   private of = 0;
   missing: number[] = [];
-  readonly strays: string[] = [];
   /** Targets that could not take even one object. */
   private readonly tooSmall: string[] = [];
   private cur = 0;
@@ -225,10 +224,7 @@ export class SeedTargets {
         if (m.seedId !== opts.id.seedId) continue;
         const s = summarizeObjects(m.objects);
         const k = opts.finishing.findIndex((d, at) => !taken.has(at) && d.objects === s.objects && d.list === s.list);
-        if (k < 0) {
-          t.strays.push(dirs[i]);
-          continue;
-        }
+        if (k < 0) continue; // none of the record's disks: not ours to touch
         taken.add(k);
         t.numbered[i] = k + 1;
       }
@@ -496,13 +492,15 @@ export class SeedTargets {
     return { format: SEED_FORMAT, version: 1, ...this.id, disk: disk + 1, of, complete, objects, ...(point ? { point } : {}) };
   }
 
-  private async writeManifest(disk: number, complete: boolean, of: number | null = null, point?: string): Promise<void> {
+  private async writeManifest(disk: number, complete: boolean, of: number | null = null, point?: string, n = disk + 1): Promise<void> {
     const dir = this.dirs[disk];
     // Objects before the manifest that lists them reach the disk.
     await run('sync', ['-f', dir]).catch(() => {});
     const tmp = join(dir, `.${SEED_MANIFEST}.tmp`);
+    const m = this.manifestFor(disk, complete, of, point);
+    m.disk = n;
     try {
-      await writeFileSynced(tmp, JSON.stringify(this.manifestFor(disk, complete, of, point), null, 1));
+      await writeFileSynced(tmp, JSON.stringify(m, null, 1));
     } catch (err) {
       await rm(tmp, { force: true });
       throw err;
@@ -571,18 +569,12 @@ export class SeedTargets {
 
   /** The manifest of a disk of the finished seed, numbered by the record or by target order. */
   private async writeFinal(i: number, n: number, complete: boolean, of: number, point: string): Promise<void> {
-    const m = this.manifestFor(i, complete, complete ? of : null, point);
-    m.disk = n;
-    await run('sync', ['-f', this.dirs[i]]).catch(() => {});
-    const tmp = join(this.dirs[i], `.${SEED_MANIFEST}.tmp`);
     try {
-      await writeFileSynced(tmp, JSON.stringify(m, null, 1));
+      await this.writeManifest(i, complete, complete ? of : null, point, n);
     } catch (err) {
-      await rm(tmp, { force: true });
       if (!isFull(err)) throw err;
       throw new FerryError('SEED_DISK_FULL', `seed disk ${this.dirs[i]} has no room left for its final manifest; free some space there and run the same command again: it only finishes the marking`, { disk: this.dirs[i] });
     }
-    await rename(tmp, join(this.dirs[i], SEED_MANIFEST));
   }
 
   get heldObjects(): number {

@@ -16,7 +16,7 @@ import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
-import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince } from './reader.js';
+import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
 
@@ -603,7 +603,7 @@ async function openForRead(e: Entry, state: ReadState): Promise<{ fh: FileHandle
     const st = await fh.stat({ bigint: true });
     const why = changedSince(st, e.dev, e.ino);
     if (why) throw new SourceChanged(why);
-    if (st.mtimeNs !== e.mtimeNs || st.size > BigInt(e.size)) changedAfterListing(e, state);
+    if (writtenSince(st, e.mtimeNs, e.size)) changedAfterListing(e, state);
     return { fh, size: Number(st.size) };
   } catch (err) {
     await fh.close();

@@ -77,6 +77,11 @@ export function changedSince(st: BigIntStats, dev: bigint, ino: bigint): string 
   return null;
 }
 
+/** Whether the same file was written since the walk listed it: a new modification time, or larger. */
+export function writtenSince(st: BigIntStats, mtimeNs: bigint, size: number): boolean {
+  return st.mtimeNs !== mtimeNs || st.size > BigInt(size);
+}
+
 /** The error of an open refused by O_NOFOLLOW: the path became a symlink since it was listed. */
 export function symlinkSince(err: unknown): Error | null {
   if ((err as NodeJS.ErrnoException)?.code !== 'ELOOP') return null;
@@ -112,7 +117,7 @@ export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: big
       const why = changedSince(st, dev, ino);
       if (why) return { error: why, code: SOURCE_CHANGED };
       size = Number(st.size);
-      changed = mtimeNs !== undefined && (st.mtimeNs !== mtimeNs || size > into.length);
+      changed = mtimeNs !== undefined && writtenSince(st, mtimeNs, into.length);
     }
     let got = 0;
     while (got < into.length) {
