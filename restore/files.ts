@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, chmodSync, closeSync, fchmodSync, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, openSync, readlinkSync, renameSync, rmSync, statSync,
+  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, rmSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -47,7 +47,7 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
-import { FileWriter, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
+import { FileWriter, chmodNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
 
@@ -391,22 +391,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     freshDirs.add(dir.toString('latin1'));
   };
   /** chmod of a directory that does not follow a symlink put in its place. */
-  const setDirMode = (dir: Buffer, mode: number) => {
-    let fd: number;
-    try {
-      fd = openSync(dir, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
-    } catch (err) {
-      // a folder its owner may not read (mode 0311, 0000): lstat, then chmod by path
-      if ((err as NodeJS.ErrnoException).code !== 'EACCES' || !lstatSync(dir).isDirectory()) throw err;
-      chmodSync(dir, mode);
-      return;
-    }
-    try {
-      fchmodSync(fd, mode);
-    } finally {
-      closeSync(fd);
-    }
-  };
+  const setDirMode = (dir: Buffer, mode: number) => chmodNoFollow(dir, mode, 'dir');
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
@@ -499,7 +484,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     applyOwner(dst, e);
     if (e.type !== 'symlink') {
       try {
-        chmodSync(dst, e.mode); // after chown, which clears setuid/setgid
+        chmodNoFollow(dst, e.mode, 'node'); // after chown, which clears setuid/setgid
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }

@@ -8,7 +8,7 @@
 // there) and hands over finished jobs in batches; the writer reports back,
 // per job, whether the file is in place and what could not be set.
 import {
-  closeSync, constants as C, fchmodSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
+  chmodSync, closeSync, constants as C, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
 } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
@@ -87,6 +87,49 @@ export function clearSync(p: Uint8Array): void {
     if (code === 'EISDIR' || code === 'EPERM') rmSync(p as Buffer, { recursive: true, force: true });
     else throw err;
   }
+}
+
+/** O_PATH (Linux, the same on x86-64 and arm64; not in fs.constants): a descriptor that only names an inode. */
+const O_PATH = process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64') ? 0o10000000 : null;
+
+/**
+ * chmod of the entry at `p` itself, never of what a symlink there points
+ * to: chmod(2) follows a symlink, and in a folder another user can write,
+ * that user can put one where a restored node or folder was a moment ago
+ * (pointing at /etc/shadow, say). The entry is opened with O_PATH |
+ * O_NOFOLLOW (which opens no device and needs no read permission), checked
+ * to be of the `kind` expected, and changed through /proc/self/fd. Where
+ * O_PATH or /proc is missing: lstat, then chmod by path.
+ */
+export function chmodNoFollow(p: Buffer, mode: number, kind: 'dir' | 'node'): void {
+  const check = (st: { isDirectory(): boolean; isSymbolicLink(): boolean }) => {
+    if (kind === 'dir' ? !st.isDirectory() : st.isSymbolicLink() || st.isDirectory()) {
+      throw Object.assign(new Error(`${p.toString('utf8')} is no longer the ${kind === 'dir' ? 'folder' : 'node'} restored there (replaced meanwhile); its mode was not set`), { code: 'ELOOP' });
+    }
+  };
+  if (O_PATH !== null) {
+    let fd: number | null = null;
+    try {
+      fd = openSync(p, O_PATH | C.O_NOFOLLOW);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+    }
+    if (fd !== null) {
+      try {
+        check(fstatSync(fd));
+        try {
+          chmodSync(`/proc/self/fd/${fd}`, mode);
+          return;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // no /proc: by path below
+        }
+      } finally {
+        closeSync(fd);
+      }
+    }
+  }
+  check(lstatSync(p));
+  chmodSync(p, mode);
 }
 
 /** The parts of `data` (at file offset `offset`) that are not whole zero pages. */

@@ -3,6 +3,7 @@
 // never the metadata of a file outside changed through a hard link, never a
 // stopped run's temporary or a folder it moved aside left behind.
 import test from 'ava';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { chmod, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
@@ -12,6 +13,7 @@ import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { chmodNoFollow } from '../restore/writer.js';
 import { ferry, ferryOk, must } from './helpers/exec.js';
 
 const GiB = 1024 ** 3;
@@ -196,5 +198,35 @@ test('a --to that is a symlink to a folder takes --path; overwrite run twice lea
     } finally {
       await must('umount', ['-l', ro]).catch(() => undefined);
     }
+  });
+});
+
+test('modes of folders and nodes are set on the entry itself: a symlink put in its place is refused and what it points to keeps its mode', async (t) => {
+  await withTmp(async (dir) => {
+    const secret = join(dir, 'secret');
+    await writeFile(secret, 'not yours');
+    await chmod(secret, 0o600);
+    // a folder and a fifo that another user swapped for symlinks to a file of root's
+    for (const [name, kind] of [['folder', 'dir'], ['fifo', 'node']] as const) {
+      const p = join(dir, name);
+      await symlink(secret, p);
+      const err = t.throws(() => chmodNoFollow(Buffer.from(p), 0o666, kind));
+      t.regex(err!.message, new RegExp(`${name} is no longer the`));
+      t.is((await stat(secret)).mode & 0o7777, 0o600, `${name}: the target's mode is unchanged`);
+    }
+    // a folder expected, a file found (or the reverse): refused as well
+    t.throws(() => chmodNoFollow(Buffer.from(secret), 0o644, 'dir'));
+    await mkdir(join(dir, 'd'));
+    t.throws(() => chmodNoFollow(Buffer.from(join(dir, 'd')), 0o644, 'node'));
+    // what is there as restored gets its mode: folders (also ones nobody may read or enter), fifos, files
+    for (const mode of [0o000, 0o311, 0o1777, 0o2750]) {
+      chmodNoFollow(Buffer.from(join(dir, 'd')), mode, 'dir');
+      t.is((await lstat(join(dir, 'd'))).mode & 0o7777, mode);
+    }
+    execFileSync('mkfifo', [join(dir, 'f')]);
+    chmodNoFollow(Buffer.from(join(dir, 'f')), 0o4751, 'node');
+    t.is((await lstat(join(dir, 'f'))).mode & 0o7777, 0o4751);
+    t.is((await lstat(join(dir, 'f'))).isFIFO(), true);
+    t.throws(() => chmodNoFollow(Buffer.from(join(dir, 'missing')), 0o644, 'node'), { code: 'ENOENT' });
   });
 });
