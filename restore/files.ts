@@ -47,6 +47,7 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
+import { Anchored } from './anchor.js';
 import { FileWriter, chmodNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
@@ -95,6 +96,8 @@ const SLASH = 0x2f;
 const NAME_MAX = 255;
 /** Regular files go to the writer thread in parts of about this size (smaller files whole). */
 const PART_BYTES = 4 * 1024 * 1024;
+/** Folders' descriptors kept open before they are closed at a point where nothing queued needs them (anchor.ts). */
+const MAX_OPEN_FOLDERS = 2048;
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -351,7 +354,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   // The first "disk full" error: once the target's disk is full every
   // further file would fail too, so the run stops (the marker stays).
   let full: EntryWarning | null = null;
+  // every call on an entry inside the target names it through its folder's descriptor (anchor.ts)
+  const anchored = new Anchored(to ?? Buffer.from('/'));
+  const A = (p: Buffer): Buffer => anchored.at(p);
+  /** lstat of an entry in the target; undefined when it or a folder on its way is missing. */
+  const lstatAt = (p: Buffer): Stats | undefined => {
+    try {
+      return lstatSync(A(p), { throwIfNoEntry: false });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  };
   const warn = (w: EntryWarning) => {
+    w = { ...w, message: anchored.display(w.message) };
     if (w.code === 'RESTORE_FAILED') result.failed++;
     if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT') {
       // one error at the end says it, not a warning per file still in flight
@@ -387,11 +403,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * for a symlink meanwhile. (`e`: its entry, unused until then.)
    */
   const makeDir = (dir: Buffer, _e: VolumeEntry | null) => {
-    mkdirSync(dir, { mode: 0o700 });
+    mkdirSync(A(dir), { mode: 0o700 });
     freshDirs.add(dir.toString('latin1'));
   };
   /** chmod of a directory that does not follow a symlink put in its place. */
-  const setDirMode = (dir: Buffer, mode: number) => chmodNoFollow(dir, mode, 'dir');
+  const setDirMode = (dir: Buffer, mode: number) => chmodNoFollow(A(dir), mode, 'dir');
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
@@ -414,7 +430,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
   const queueXattrs = async (path: Buffer, xattrs: Xattr[]) => {
     if (xattrs.length === 0) return;
-    xattrBatch.push({ path, xattrs });
+    xattrBatch.push({ path: A(path), xattrs });
     // one setfattr spawn per batch, and a spawn forks this whole process: large batches
     if (xattrBatch.length >= 2048) await flushXattrs();
   };
@@ -442,8 +458,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (!pdst) return;
     const key = pdst.toString('latin1');
     if (knownDirs.has(key)) return;
-    const st = lstatSync(pdst, { throwIfNoEntry: false });
-    if (st?.isDirectory()) {
+    const st = lstatAt(pdst);
+    if (st?.isDirectory() || (st?.isSymbolicLink() && anchored.trustedLink(pdst))) {
       // Its ancestors up to `to` must be directories too, not symlinks: one
       // would lead what is restored (with --path, whose parents are not
       // entries of their own) out of the target. One that is not throws.
@@ -463,7 +479,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       // never write through a symlink or into a file that stands where a directory goes
-      if (!lstatSync(pdst, { throwIfNoEntry: false })?.isDirectory()) throw new Error(`${printable(pdst)} is in the way (not a directory)`);
+      if (!lstatAt(pdst)?.isDirectory()) throw new Error(`${printable(pdst)} is in the way (not a directory)`);
     }
     knownDirs.add(key);
     const stored = porig ? reader.stat(porig) : null;
@@ -473,7 +489,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const applyOwner = (path: Buffer, e: VolumeEntry) => {
     if (!owners) return;
     try {
-      lchownSync(path, e.uid, e.gid);
+      lchownSync(A(path), e.uid, e.gid);
     } catch (err) {
       warn({ code: 'RESTORE_META', message: `cannot set the owner of ${printable(path)}: ${(err as Error).message}`, path });
     }
@@ -484,7 +500,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     applyOwner(dst, e);
     if (e.type !== 'symlink') {
       try {
-        chmodNoFollow(dst, e.mode, 'node'); // after chown, which clears setuid/setgid
+        chmodNoFollow(A(dst), e.mode, 'node'); // after chown, which clears setuid/setgid
       } catch (err) {
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
@@ -495,19 +511,19 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
     applyOwnerMode(dst, e);
     await queueXattrs(dst, e.xattrs);
-    await times.set(dst, e.atimeNs, e.mtimeNs);
+    await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
 
   const mknodAt = async (path: Buffer, e: VolumeEntry): Promise<void> => {
     const fmt = { chardev: C.S_IFCHR, blockdev: C.S_IFBLK, fifo: C.S_IFIFO, socket: C.S_IFSOCK }[e.type as 'fifo'];
     if (helper) {
-      const r = await helper.call('n', path, `${fmt | 0o600} ${e.type === 'chardev' || e.type === 'blockdev' ? e.rdev : 0n}`);
+      const r = await helper.call('n', A(path), `${fmt | 0o600} ${e.type === 'chardev' || e.type === 'blockdev' ? e.rdev : 0n}`);
       if (r !== 'ok') throw new Error(`mknod: ${r}`);
       return;
     }
     if (e.type === 'socket') throw new Error('sockets can only be recreated with perl available');
-    const name = printable(path);
-    if (!Buffer.from(name).equals(path)) throw new Error('without perl, nodes with non-UTF-8 paths cannot be made');
+    const name = printable(A(path));
+    if (!Buffer.from(name).equals(A(path))) throw new Error('without perl, nodes with non-UTF-8 paths cannot be made');
     const [maj, min] = splitDev(e.rdev);
     const args = e.type === 'fifo' ? ['-m', '600', name, 'p'] : ['-m', '600', name, e.type === 'chardev' ? 'c' : 'b', String(maj), String(min)];
     const r = await run('mknod', args);
@@ -519,11 +535,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     switch (e.type) {
       case 'file':
         if (!st.isFile() || st.size !== e.size) return false;
-        return sameContent(reader, e, dst);
+        return sameContent(reader, e, A(dst));
       case 'symlink':
         if (!st.isSymbolicLink()) return false;
         try {
-          return readlinkSync(dst, { encoding: 'buffer' }).equals(e.target ?? Buffer.alloc(0));
+          return readlinkSync(A(dst), { encoding: 'buffer' }).equals(e.target ?? Buffer.alloc(0));
         } catch {
           return false;
         }
@@ -555,10 +571,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
     // symlinks and nodes appear whole; in a fresh directory of a marked `to`, at their name
     const at = direct ? dst : tmp;
-    if (!fresh) clear(tmp);
-    if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), at);
+    if (!fresh) clear(A(tmp));
+    if (e.type === 'symlink') symlinkSync(e.target ?? Buffer.alloc(0), A(at));
     else await mknodAt(at, e);
-    if (!direct) renameSync(tmp, dst);
+    if (!direct) renameSync(A(tmp), A(dst));
     await applyMeta(dst, e);
     placed();
   };
@@ -596,7 +612,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       placed();
     };
     const base: Omit<WriteJob, 'pieces'> = {
-      tmp, dst, fresh, direct, size: data.size, sparse: stored < data.size,
+      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size,
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
     };
@@ -639,7 +655,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     while (inPlace.length) {
       for (const p of inPlace.splice(0)) {
         await queueXattrs(p.dst, p.e.xattrs);
-        if (!p.timesSet) await times.set(p.dst, p.e.atimeNs, p.e.mtimeNs);
+        if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
       }
     }
   };
@@ -650,6 +666,19 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await settle();
   };
 
+  /**
+   * Closes the folders' descriptors once there are many: first everything
+   * queued that names entries through them is done (the writer, xattrs,
+   * times), so no name outlives its descriptor.
+   */
+  const trim = async () => {
+    if (anchored.count < MAX_OPEN_FOLDERS) return;
+    await drainWriter();
+    await flushXattrs();
+    await times.drain();
+    anchored.close();
+  };
+
   /** A name beside `dst` for a copy; stays within NAME_MAX bytes. */
   const copyName = (dst: Buffer): Buffer => {
     const suffix = Buffer.from(`.ferry-restored-${pointLabel}`);
@@ -658,7 +687,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     return join(parentPath(dst)!, Buffer.concat([name, suffix]));
   };
 
-  const existing = (p: Buffer): Stats | null => lstatSync(p, { throwIfNoEntry: false }) ?? null;
+  const existing = (p: Buffer): Stats | null => lstatAt(p) ?? null;
 
   /**
    * `overwrite` and a directory where a file goes: it is renamed aside
@@ -668,12 +697,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    */
   const asides: { dst: Buffer; aside: Buffer }[] = [];
   const removeDirInTheWay = (dst: Buffer, id: number) => {
+    anchored.forget(dst);
     if (inLeftover(dst)) {
-      rmSync(dst, { recursive: true, force: true });
+      rmSync(A(dst), { recursive: true, force: true });
       return;
     }
     const aside = asideOf(dst, id);
-    renameSync(dst, aside);
+    renameSync(A(dst), A(aside));
     asides.push({ dst, aside });
   };
   /** Where the folder in the way of entry `id` at `dst` is kept until the file is in place. */
@@ -685,8 +715,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
   /** With the file in place the folder was replaced as asked, and goes; without, it goes back. */
   const settleFolder = (dst: Buffer, aside: Buffer) => {
-    if (existing(dst)) rmSync(aside, { recursive: true, force: true });
-    else renameSync(aside, dst);
+    anchored.forget(aside);
+    if (existing(dst)) rmSync(A(aside), { recursive: true, force: true });
+    else renameSync(A(aside), A(dst));
   };
   const putBackAsides = () => {
     for (const { dst, aside } of asides.splice(0)) {
@@ -714,7 +745,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (!st) return { dst, copy: false };
     // the temporary name of a run stopped while it wrote this entry: never left behind
     const partial = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
-    if (existing(partial)) clear(partial);
+    if (existing(partial)) clear(A(partial));
     // A file the backup holds without hard links that has some here (one to
     // a file outside what is restored): its metadata is not ours to change,
     // so `overwrite` replaces it rather than set it.
@@ -736,7 +767,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (ifExists === 'copy' && !inLeftover(dst)) {
       const c = copyName(dst);
       const cst = existing(c);
-      if (cst?.isDirectory()) rmSync(c, { recursive: true, force: true });
+      if (cst?.isDirectory()) {
+        anchored.forget(c);
+        rmSync(A(c), { recursive: true, force: true });
+      }
       return { dst: c, copy: true };
     }
     if (st.isDirectory()) removeDirInTheWay(dst, e.id);
@@ -763,6 +797,24 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       result.unchanged++;
       return;
     }
+    if (st?.isSymbolicLink() && e.implicit) {
+      // A folder the backup only passed through (to what was given), now a
+      // symlink: root's own (/home -> /data/home) is followed; another
+      // user's is neither followed nor replaced.
+      if (anchored.trustedLink(dst)) {
+        dirDst.set(e.id, dst);
+        knownDirs.add(dst.toString('latin1'));
+        result.skipped++;
+        result.unchanged++;
+        return;
+      }
+      if (ifExists === 'overwrite') {
+        dirDst.set(e.id, null);
+        result.skipped++;
+        warn({ code: 'RESTORE_SKIPPED', message: `${printable(dst)} is a symlink where the backup only passes through a folder: neither followed nor replaced, and nothing under it restored (restore with --to into a new folder)`, path: e.path });
+        return;
+      }
+    }
     let place = dst;
     if (st) {
       if (ifExists === 'skip') {
@@ -775,13 +827,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (ifExists === 'copy') {
         place = copyName(dst);
         const cst = existing(place);
-        if (cst && !cst.isDirectory()) rmSync(place, { force: true });
+        if (cst && !cst.isDirectory()) rmSync(A(place), { force: true });
         if (!cst || !cst.isDirectory()) {
           makeDir(place, e);
         }
         result.copies++;
       } else {
-        rmSync(dst, { force: true, recursive: true });
+        anchored.forget(dst);
+        rmSync(A(dst), { force: true, recursive: true });
         makeDir(dst, e);
       }
     } else {
@@ -874,6 +927,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         await restoreOne(e);
         progress();
         if (inPlace.length >= 256) await settle();
+        await trim();
       }
     }
     await drainWriter();
@@ -923,18 +977,19 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);
         }
         if (inFresh(place)) {
-          linkSync(firstDst, place); // a link appears whole, and nothing is in the way
+          linkSync(A(firstDst), A(place)); // a link appears whole, and nothing is in the way
         } else {
           const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
-          clear(tmp);
-          linkSync(firstDst, tmp);
-          renameSync(tmp, place);
+          clear(A(tmp));
+          linkSync(A(firstDst), A(tmp));
+          renameSync(A(tmp), A(place));
         }
         result.restored++;
       } catch (err) {
         warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
       }
       progress();
+      await trim();
     }
     await drainWriter();
     putBackAsides();
@@ -949,9 +1004,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
       await queueXattrs(dst, e.xattrs);
+      await trim();
     }
     await flushXattrs();
-    for (const { dst, e } of dirMetas) await times.set(dst, e.atimeNs, e.mtimeNs);
+    for (const { dst, e } of dirMetas) {
+      await times.set(A(dst), e.atimeNs, e.mtimeNs);
+      await trim();
+    }
     await times.drain();
     if (full) throw diskFull(full, to, result);
     // Nothing is unfinished when every entry made it and the run covered
@@ -973,6 +1032,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await writer.close();
     putBackAsides(); // a run that failed before the end: what was moved aside for it goes back
     await helper?.close();
+    anchored.close();
   }
   progress();
   return result;
@@ -1017,7 +1077,13 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): 
   let fh: FileHandle;
   try {
     // O_NOATIME: looking at a file to decide it is unchanged must not change it.
-    fh = await open(path, C.O_RDONLY | C.O_NOFOLLOW | C.O_NOATIME).catch(() => open(path, C.O_RDONLY | C.O_NOFOLLOW));
+    // O_NONBLOCK: a fifo put there since it was looked at must not hang the restore.
+    const flags = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
+    fh = await open(path, flags | C.O_NOATIME).catch(() => open(path, flags));
+    if (!(await fh.stat()).isFile()) {
+      await fh.close();
+      return false;
+    }
   } catch {
     return false;
   }

@@ -10,6 +10,7 @@
 import {
   chmodSync, closeSync, constants as C, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
 } from 'node:fs';
+import { O_PATH } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
@@ -88,9 +89,6 @@ export function clearSync(p: Uint8Array): void {
     else throw err;
   }
 }
-
-/** O_PATH (Linux, the same on x86-64 and arm64; not in fs.constants): a descriptor that only names an inode. */
-const O_PATH = process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64') ? 0o10000000 : null;
 
 /**
  * chmod of the entry at `p` itself, never of what a symlink there points

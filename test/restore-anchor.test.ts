@@ -1,0 +1,113 @@
+// A restore names every entry through its folder's descriptor (restore/anchor.ts):
+// a folder on the way swapped for a symlink while the restore runs leads
+// nothing out of the target.
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { walk } from '../source/files.js';
+import { MemDisk } from '../format/memdisk.js';
+import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import { restoreFiles } from '../restore/files.js';
+
+const GiB = 1024 ** 3;
+
+async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-restore-anchor-'));
+  try {
+    return await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function backup(src: string | string[]): Promise<VolumeReader> {
+  const disk = new MemDisk(2040 * GiB);
+  await writeVolume(disk, walk(Array.isArray(src) ? src : [src]), {});
+  return VolumeReader.open(disk);
+}
+
+// Swaps folder d for a symlink to `outside` and back, as fast as it can, until killed.
+const SWAPPER = String.raw`
+my ($d, $real, $outside) = @ARGV;
+$| = 1; print "go\n";
+while (1) {
+  rename($d, $real) or next;
+  symlink($outside, $d);
+  select(undef, undef, undef, 0.0003);
+  unlink($d);
+  rename($real, $d);
+  select(undef, undef, undef, 0.0003);
+}`;
+
+test('a folder in the target swapped for a symlink and back, over and over while files are restored into it: nothing lands outside', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'd', 'sub'), { recursive: true });
+    for (let i = 0; i < 400; i++) await writeFile(join(src, 'd', `f${i}`), `file ${i}\n`.repeat(1 + (i % 7)));
+    for (let i = 0; i < 100; i++) await writeFile(join(src, 'd', 'sub', `g${i}`), `sub ${i}\n`);
+    const reader = await backup(src);
+    const target = join(dir, 'target');
+    const outside = join(dir, 'outside');
+    await mkdir(outside);
+    // the folder already there (another user's, say): files go in under temporary names, then are renamed
+    const d = join(target, src.slice(1), 'd');
+    await mkdir(join(d, 'sub'), { recursive: true });
+    const swapper = spawn('perl', ['-e', SWAPPER, d, `${d}.real`, outside], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((res, rej) => {
+        swapper.stdout.once('data', () => res());
+        swapper.once('error', rej);
+      });
+      for (const ifExists of ['overwrite', 'copy'] as const) {
+        await restoreFiles(reader, { to: target, ifExists, onWarning: () => {} });
+      }
+    } finally {
+      swapper.kill('SIGKILL');
+      await new Promise((res) => swapper.once('close', res));
+    }
+    t.deepEqual(await readdir(outside), [], 'nothing was written through the symlink');
+    // and what was restored inside is right (the swapper may have left the folder at its other name)
+    const real = (await readdir(join(target, src.slice(1)))).find((n) => n === 'd.real') ? `${d}.real` : d;
+    let checked = 0;
+    for (const name of await readdir(real)) {
+      if (!/^f\d+$/.test(name)) continue;
+      const i = Number(name.slice(1));
+      t.is(await readFile(join(real, name), 'utf8'), `file ${i}\n`.repeat(1 + (i % 7)));
+      checked++;
+    }
+    t.true(checked > 0, 'some files were restored');
+    reader.close();
+  });
+});
+
+test('to the original places, a symlink where the backup passed through a folder is followed only when root made it in a folder only root can write', async (t) => {
+  await withTmp(async (dir) => {
+    // dir is root's, mode 0700: a symlink root put in it is trusted
+    await mkdir(join(dir, 'real'));
+    await symlink(join(dir, 'real'), join(dir, 'link'));
+    await mkdir(join(dir, 'real', 'src'));
+    await writeFile(join(dir, 'real', 'src', 'a'), 'a\n');
+    // stored under the path through the link (the walker keeps the path it was given)
+    const reader = await backup(`${join(dir, 'link', 'src')}/`);
+    await rm(join(dir, 'real', 'src'), { recursive: true });
+    await mkdir(join(dir, 'real', 'src'));
+    const warnings: string[] = [];
+    const r = await restoreFiles(reader, { ifExists: 'overwrite', onWarning: (w) => warnings.push(w.message) });
+    t.deepEqual(warnings, []);
+    t.is(r.failed, 0);
+    t.is(await readFile(join(dir, 'real', 'src', 'a'), 'utf8'), 'a\n');
+    // the same link in a folder anyone may write: refused, named, and nothing written through it
+    await chmod(dir, 0o777);
+    await rm(join(dir, 'real', 'src', 'a'));
+    const again: string[] = [];
+    const r2 = await restoreFiles(reader, { ifExists: 'overwrite', onWarning: (w) => again.push(w.message) });
+    t.is(r2.failed, 0);
+    t.true(again.some((m) => m.includes(`${join(dir, 'link')} is a symlink where the backup only passes through a folder`)), again.join('\n'));
+    t.false(again.some((m) => m.includes('/proc/')), 'messages name the folders, not descriptors');
+    t.deepEqual(await readdir(join(dir, 'real', 'src')), []);
+    await chmod(dir, 0o700);
+    reader.close();
+  });
+});
