@@ -20,7 +20,7 @@
 // or queued for a helper must keep naming the same folder. The caller closes
 // them at points where nothing queued uses them any more (when `count`
 // grows large, and at the end).
-import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
 import { baseName, parentPath } from '../format/volume/catalog.js';
 
 /** O_PATH (Linux, the same value on x86-64 and arm64; not in fs.constants). */
@@ -149,5 +149,50 @@ export class Anchored {
     const parent = parentPath(dir)!;
     const pst = fstatSync(this.#dirFd(parent));
     return pst.uid === 0 && (pst.mode & 0o022) === 0;
+  }
+}
+
+/**
+ * rm -rf of `p` that never follows a symlink, also not one another user puts
+ * in place of a folder inside while it runs (rm by full paths would then
+ * delete in what the symlink points to): each folder is opened as itself
+ * (O_NOFOLLOW) and its entries are removed through its descriptor. `p` is a
+ * name from Anchored.at() or a plain path; a missing `p` is no error.
+ */
+export function removeTree(p: Buffer): void {
+  const st = lstatSync(p, { throwIfNoEntry: false });
+  if (!st) return;
+  if (!st.isDirectory()) {
+    unlinkQuiet(p);
+    return;
+  }
+  let fd: number;
+  try {
+    fd = openSync(p, C.O_RDONLY | C.O_DIRECTORY | C.O_NOFOLLOW);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return;
+    // replaced by a symlink or a file since the lstat: that goes, not what it points to
+    if (code === 'ENOTDIR' || code === 'ELOOP') return unlinkQuiet(p);
+    throw err;
+  }
+  try {
+    const base = Buffer.from(`/proc/${process.pid}/fd/${fd}/`);
+    for (const name of readdirSync(base, { encoding: 'buffer' })) removeTree(Buffer.concat([base, name]));
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    rmdirSync(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+function unlinkQuiet(p: Buffer): void {
+  try {
+    unlinkSync(p);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }

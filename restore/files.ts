@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, rmSync, statSync,
+  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -47,7 +47,7 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
-import { Anchored } from './anchor.js';
+import { Anchored, removeTree } from './anchor.js';
 import { FileWriter, chmodNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
@@ -699,7 +699,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const removeDirInTheWay = (dst: Buffer, id: number) => {
     anchored.forget(dst);
     if (inLeftover(dst)) {
-      rmSync(A(dst), { recursive: true, force: true });
+      removeTree(A(dst));
       return;
     }
     const aside = asideOf(dst, id);
@@ -716,7 +716,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   /** With the file in place the folder was replaced as asked, and goes; without, it goes back. */
   const settleFolder = (dst: Buffer, aside: Buffer) => {
     anchored.forget(aside);
-    if (existing(dst)) rmSync(A(aside), { recursive: true, force: true });
+    if (existing(dst)) removeTree(A(aside));
     else renameSync(A(aside), A(dst));
   };
   const putBackAsides = () => {
@@ -769,7 +769,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       const cst = existing(c);
       if (cst?.isDirectory()) {
         anchored.forget(c);
-        rmSync(A(c), { recursive: true, force: true });
+        removeTree(A(c));
       }
       return { dst: c, copy: true };
     }
@@ -827,14 +827,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (ifExists === 'copy') {
         place = copyName(dst);
         const cst = existing(place);
-        if (cst && !cst.isDirectory()) rmSync(A(place), { force: true });
+        if (cst && !cst.isDirectory()) removeTree(A(place));
         if (!cst || !cst.isDirectory()) {
           makeDir(place, e);
         }
         result.copies++;
       } else {
         anchored.forget(dst);
-        rmSync(A(dst), { force: true, recursive: true });
+        removeTree(A(dst));
         makeDir(dst, e);
       }
     } else {

@@ -8,9 +8,9 @@
 // there) and hands over finished jobs in batches; the writer reports back,
 // per job, whether the file is in place and what could not be set.
 import {
-  chmodSync, closeSync, constants as C, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, rmSync, unlinkSync, writeSync,
+  chmodSync, closeSync, constants as C, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
-import { O_PATH } from './anchor.js';
+import { O_PATH, removeTree } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
@@ -85,7 +85,7 @@ export function clearSync(p: Uint8Array): void {
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return;
-    if (code === 'EISDIR' || code === 'EPERM') rmSync(p as Buffer, { recursive: true, force: true });
+    if (code === 'EISDIR' || code === 'EPERM') removeTree(p as Buffer);
     else throw err;
   }
 }

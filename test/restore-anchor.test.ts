@@ -3,13 +3,14 @@
 // nothing out of the target.
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { chmod, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles } from '../restore/files.js';
+import { removeTree } from '../restore/anchor.js';
 
 const GiB = 1024 ** 3;
 
@@ -109,5 +110,53 @@ test('to the original places, a symlink where the backup passed through a folder
     t.deepEqual(await readdir(join(dir, 'real', 'src')), []);
     await chmod(dir, 0o700);
     reader.close();
+  });
+});
+
+test('removing a folder in the way never deletes through a symlink, also not one swapped in while it runs', async (t) => {
+  await withTmp(async (dir) => {
+    const outside = join(dir, 'outside');
+    await mkdir(join(outside, 'keep'), { recursive: true });
+    for (let i = 0; i < 50; i++) await writeFile(join(outside, `o${i}`), 'keep\n');
+    await writeFile(join(outside, 'keep', 'k'), 'keep\n');
+    // symlinks inside the tree: removed themselves, what they point to stays
+    const tree = join(dir, 'tree');
+    await mkdir(join(tree, 'a', 'b'), { recursive: true });
+    await symlink(outside, join(tree, 'a', 'to-dir'));
+    await symlink(join(outside, 'o1'), join(tree, 'a', 'b', 'to-file'));
+    await writeFile(join(tree, 'a', 'b', 'f'), 'x');
+    removeTree(Buffer.from(tree));
+    await t.throwsAsync(lstat(tree), { code: 'ENOENT' });
+    t.is((await readdir(outside)).length, 51);
+    removeTree(Buffer.from(tree)); // missing: nothing to do
+    removeTree(Buffer.from(join(dir, 'outside', 'o0'))); // a file: unlinked
+    t.is((await readdir(outside)).length, 50);
+    await writeFile(join(outside, 'o0'), 'keep\n');
+    // a folder inside swapped for a symlink to `outside` and back while the tree is removed
+    for (let round = 0; round < 20; round++) {
+      const sub = join(tree, 'sub');
+      await mkdir(sub, { recursive: true });
+      for (let i = 0; i < 50; i++) await writeFile(join(sub, `o${i}`), 'mine\n');
+      const swapper = spawn('perl', ['-e', SWAPPER, sub, `${sub}.real`, outside], { stdio: ['ignore', 'pipe', 'inherit'] });
+      try {
+        await new Promise<void>((res, rej) => {
+          swapper.stdout.once('data', () => res());
+          swapper.once('error', rej);
+        });
+        for (let k = 0; k < 5; k++) {
+          try {
+            removeTree(Buffer.from(tree));
+          } catch {
+            /* the swapper moved things meanwhile: what matters is below */
+          }
+        }
+      } finally {
+        swapper.kill('SIGKILL');
+        await new Promise((res) => swapper.once('close', res));
+      }
+      await rm(tree, { recursive: true, force: true }).catch(() => {});
+    }
+    t.is((await readdir(outside)).length, 51, 'every file outside is still there');
+    t.is(await readFile(join(outside, 'keep', 'k'), 'utf8'), 'keep\n');
   });
 });
