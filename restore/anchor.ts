@@ -37,6 +37,8 @@ export class Anchored {
   readonly #dropped: number[] = [];
   readonly #prefix: string;
   readonly #trustRootLinks: boolean;
+  /** The root's descriptor: opened once and kept until dispose(), so the target is looked up by path only once. */
+  #rootFd: number | null = null;
   /** Off where there is no O_PATH or no /proc: names are plain paths (the old way). */
   readonly enabled: boolean;
 
@@ -73,6 +75,17 @@ export class Anchored {
     return this.#trusted(this.at(p), p);
   }
 
+  /**
+   * Whether only root can add, remove or rename entries in the folder that
+   * holds `p` (root's, no group or other write): then nobody can put
+   * another file at `p`'s name meanwhile. Always true when disabled.
+   */
+  rootOnlyParent(p: Buffer): boolean {
+    if (!this.enabled || !this.#inside(p)) return true;
+    const st = fstatSync(this.#dirFd(parentPath(p)!));
+    return st.uid === 0 && (st.mode & 0o022) === 0;
+  }
+
   /** `dir` (and what is under it) was moved or removed: the next use opens what stands there then. */
   forget(dir: Buffer): void {
     const key = dir.toString('latin1');
@@ -84,9 +97,13 @@ export class Anchored {
     }
   }
 
-  /** Closes every descriptor: only when no name handed out is still waiting to be used. */
+  /**
+   * Closes every folder's descriptor but the root's: only when no name
+   * handed out is still waiting to be used.
+   */
   close(): void {
     for (const fd of [...this.#fds.values(), ...this.#dropped]) {
+      if (fd === this.#rootFd) continue;
       try {
         closeSync(fd);
       } catch {
@@ -96,6 +113,29 @@ export class Anchored {
     this.#fds.clear();
     this.#names.clear();
     this.#dropped.length = 0;
+    if (this.#rootFd !== null) {
+      this.#fds.set(this.#root.toString('latin1'), this.#rootFd);
+      this.#names.set(this.#rootFd, this.#root);
+    }
+  }
+
+  /** Closes every descriptor, the root's too: at the end of the restore. */
+  dispose(): void {
+    this.#rootFd = null; // close() skips it no more
+    this.close();
+  }
+
+  /** `p` as a path for messages: a /proc/<pid>/fd/<n> name put back as the folder it stands for. */
+  displayPath(p: Buffer): Buffer {
+    if (!this.enabled || !p.subarray(0, this.#prefix.length).equals(Buffer.from(this.#prefix))) return p;
+    const rest = p.subarray(this.#prefix.length);
+    const slash = rest.indexOf(SLASH);
+    const fd = Number((slash < 0 ? rest : rest.subarray(0, slash)).toString('latin1'));
+    const name = this.#names.get(fd);
+    if (!name) return p;
+    if (slash < 0) return name;
+    const tail = rest.subarray(slash + 1);
+    return name.length === 1 && name[0] === SLASH ? Buffer.concat([name, tail]) : Buffer.concat([name, Buffer.from('/'), tail]);
   }
 
   /** `text` with every /proc/<pid>/fd/<n> put back as the folder it stands for. */
@@ -123,6 +163,7 @@ export class Anchored {
     let fd: number;
     if (dir.equals(this.#root)) {
       fd = openSync(dir, O_PATH! | C.O_DIRECTORY);
+      this.#rootFd = fd;
     } else {
       const name = this.at(dir);
       try {

@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
+  constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -48,7 +48,7 @@ import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, removeTree } from './anchor.js';
-import { FileWriter, chmodNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
+import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
 
@@ -96,8 +96,25 @@ const SLASH = 0x2f;
 const NAME_MAX = 255;
 /** Regular files go to the writer thread in parts of about this size (smaller files whole). */
 const PART_BYTES = 4 * 1024 * 1024;
-/** Folders' descriptors kept open before they are closed at a point where nothing queued needs them (anchor.ts). */
-const MAX_OPEN_FOLDERS = 2048;
+/**
+ * Folders' descriptors kept open before they are closed at a point where
+ * nothing queued needs them (anchor.ts): 2048, or a quarter of the soft
+ * limit of open files when that is lower (the writer and helpers need some).
+ */
+let openFoldersLimit: number | null = null;
+function maxOpenFolders(): number {
+  if (openFoldersLimit === null) {
+    let soft = Infinity;
+    try {
+      const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+      if (m) soft = Number(m[1]);
+    } catch {
+      /* no /proc: the default */
+    }
+    openFoldersLimit = Math.max(16, Math.min(2048, Math.floor(soft / 4)));
+  }
+  return openFoldersLimit;
+}
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
@@ -137,6 +154,11 @@ function usSeconds(ns: bigint): number {
   return Number(s) + (Number(n / 1000n) + 0.5) / 1e6;
 }
 
+/** Xattrs that give a file powers (capabilities) or that only root may set. */
+function sensitiveXattr(x: Xattr): boolean {
+  return x.name.startsWith('security.') || x.name.startsWith('trusted.');
+}
+
 function hasGlob(p: string): boolean {
   return /[*?[\\]/.test(p);
 }
@@ -152,7 +174,7 @@ export function splitDev(rdev: bigint): [bigint, bigint] {
 
 const PERL_HELPER = String.raw`
 $| = 1; $/ = "\0";
-my ($utimensat, $mknodat) = @ARGV;
+my ($utimensat, $mknodat, $fsetxattr) = @ARGV;
 while (defined(my $op = <STDIN>)) {
   chomp $op; my $p = <STDIN>; chomp $p; my $a = <STDIN>; chomp $a;
   my $r = -1;
@@ -162,12 +184,28 @@ while (defined(my $op = <STDIN>)) {
   } elsif ($op eq 'n') {
     my ($mode, $dev) = split / /, $a;
     $r = syscall($mknodat + 0, -100, $p, $mode + 0, $dev + 0);
+  } elsif ($op eq 'x') {
+    # xattrs on the file at $p only if it is still inode $ino: opened as
+    # itself (O_RDONLY | O_NOFOLLOW | O_NONBLOCK), checked, set through the
+    # descriptor (fsetxattr); names and values in hex
+    my ($ino, @kv) = split / /, $a;
+    if (sysopen(my $fh, $p, 0400000 | 04000)) {
+      if ((stat($fh))[1] . "" ne $ino) {
+        print("replaced since it was written\0"); close($fh); next;
+      }
+      $r = 0;
+      while (@kv) {
+        my $n = pack("H*", shift @kv); my $v = pack("H*", shift @kv);
+        if (syscall($fsetxattr + 0, fileno($fh), $n, $v, length($v), 0) != 0) { $r = -1; last; }
+      }
+      close($fh);
+    }
   }
   print(($r == 0 ? "ok" : "$!"), "\0");
 }
 `;
 
-const SYSCALLS: Record<string, [number, number]> = { x64: [280, 259], arm64: [88, 33] };
+const SYSCALLS: Record<string, [number, number, number]> = { x64: [280, 259, 190], arm64: [88, 33, 7] };
 
 /** One long-lived perl process that runs utimensat/mknodat for us; null when it cannot run here. */
 class SyscallHelper {
@@ -201,7 +239,7 @@ class SyscallHelper {
     if (!nums || process.platform !== 'linux') return null;
     let child: ChildProcess;
     try {
-      child = spawn('perl', ['-e', PERL_HELPER, String(nums[0]), String(nums[1])], { stdio: ['pipe', 'pipe', 'ignore'] });
+      child = spawn('perl', ['-e', PERL_HELPER, ...nums.map(String)], { stdio: ['pipe', 'pipe', 'ignore'] });
     } catch {
       return null;
     }
@@ -221,7 +259,7 @@ class SyscallHelper {
   }
 
   /** Runs one operation; resolves "ok" or the error text. */
-  call(op: 't' | 'n', path: Buffer, args: string): Promise<string> {
+  call(op: 't' | 'n' | 'x', path: Buffer, args: string): Promise<string> {
     if (this.dead) return Promise.resolve('helper exited');
     return new Promise((resolve) => {
       this.waiting.push({ resolve });
@@ -367,7 +405,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
   };
   const warn = (w: EntryWarning) => {
-    w = { ...w, message: anchored.display(w.message) };
+    w = { ...w, message: anchored.display(w.message), ...(w.path ? { path: anchored.displayPath(w.path) } : {}) };
     if (w.code === 'RESTORE_FAILED') result.failed++;
     if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT') {
       // one error at the end says it, not a warning per file still in flight
@@ -407,13 +445,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     freshDirs.add(dir.toString('latin1'));
   };
   /** chmod of a directory that does not follow a symlink put in its place. */
-  const setDirMode = (dir: Buffer, mode: number) => chmodNoFollow(A(dir), mode, 'dir');
+  /** Owner (when restoring owners) and mode of a folder, set on the folder itself (see setMetaNoFollow). */
+  const setDirMeta = (dir: Buffer, e: VolumeEntry) => setMetaNoFollow(A(dir), 'dir', e.mode, owners ? e : null);
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   let nextPartKey = 1;
-  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
+  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean; ino?: string }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
     const batch = xattrBatch;
@@ -433,6 +472,21 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     xattrBatch.push({ path: A(path), xattrs });
     // one setfattr spawn per batch, and a spawn forks this whole process: large batches
     if (xattrBatch.length >= 2048) await flushXattrs();
+  };
+
+  /**
+   * Xattrs of a regular file the writer put in place. security.* and
+   * trusted.* ones (file capabilities) in a folder other users can write
+   * go on that very file (inode `ino`) through the helper: set by name,
+   * they would land on whatever that user put at the name meanwhile (their
+   * own program, given the backup's capabilities).
+   */
+  const fileXattrs = async (dst: Buffer, e: VolumeEntry, ino: string | undefined) => {
+    if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
+    const r = helper && ino !== undefined
+      ? await helper.call('x', A(dst), [ino, ...e.xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')])].join(' '))
+      : 'perl is needed to set them safely in a folder other users can write';
+    if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
   };
 
   /** Default place of an entry: its original path, under `to` when given. */
@@ -495,22 +549,37 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
   };
 
-  /** Owner and mode of a non-directory at `dst`. */
-  const applyOwnerMode = (dst: Buffer, e: VolumeEntry) => {
-    applyOwner(dst, e);
-    if (e.type !== 'symlink') {
+  /** Owner, mode, xattrs and times of a symlink or node now in place at `dst` (regular files: fileMeta). */
+  const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
+    if (e.type === 'symlink') applyOwner(dst, e);
+    else {
       try {
-        chmodNoFollow(A(dst), e.mode, 'node'); // after chown, which clears setuid/setgid
+        setMetaNoFollow(A(dst), 'node', e.mode, owners ? e : null);
       } catch (err) {
-        warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
+        warn({ code: 'RESTORE_META', message: `cannot set the owner and mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
     }
+    await queueXattrs(dst, e.xattrs);
+    await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
 
-  /** Owner, mode, xattrs and times of a non-directory now in place at `dst`. */
-  const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
-    applyOwnerMode(dst, e);
-    await queueXattrs(dst, e.xattrs);
+  /**
+   * Owner, mode, xattrs and times of an existing regular file found equal to
+   * the backup, through the descriptor it was compared through: by name,
+   * another user could put their own program there in between and have it
+   * made root's and setuid.
+   */
+  const fileMeta = async (fh: FileHandle, ino: string, dst: Buffer, e: VolumeEntry) => {
+    const meta = async (what: string, f: () => Promise<void>) => {
+      try {
+        await f();
+      } catch (err) {
+        warn({ code: 'RESTORE_META', message: `cannot set the ${what} of ${printable(dst)}: ${(err as Error).message}`, path: dst });
+      }
+    };
+    if (owners) await meta('owner', () => fh.chown(e.uid, e.gid));
+    await meta('mode', () => fh.chmod(e.mode)); // after chown, which clears setuid/setgid
+    await fileXattrs(dst, e, ino);
     await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
 
@@ -531,11 +600,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
 
   /** Whether the existing entry at dst already is what the backup holds (content and kind; metadata is re-applied). */
-  const sameAsBackup = async (e: VolumeEntry, dst: Buffer, st: Stats): Promise<boolean> => {
+  const sameAsBackup = async (e: VolumeEntry, dst: Buffer, st: Stats, onSame?: OnSame): Promise<boolean> => {
     switch (e.type) {
       case 'file':
         if (!st.isFile() || st.size !== e.size) return false;
-        return sameContent(reader, e, A(dst));
+        return sameContent(reader, e, A(dst), onSame);
       case 'symlink':
         if (!st.isSymbolicLink()) return false;
         try {
@@ -608,11 +677,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (!last || failed) return;
       result.bytes += stored;
-      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
+      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact, ino: r.ino });
       placed();
     };
     const base: Omit<WriteJob, 'pieces'> = {
-      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size,
+      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size, wantIno: e.xattrs.some(sensitiveXattr),
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
     };
@@ -654,9 +723,24 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const settle = async () => {
     while (inPlace.length) {
       for (const p of inPlace.splice(0)) {
-        await queueXattrs(p.dst, p.e.xattrs);
-        if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
+        await metaStep(p.dst, 'extended attributes and times', async () => {
+          await fileXattrs(p.dst, p.e, p.ino);
+          if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
+        });
       }
+    }
+  };
+
+  /**
+   * One metadata step of an entry already in place: a failure (it was
+   * moved, removed or replaced by someone meanwhile) is a warning, and the
+   * other entries go on.
+   */
+  const metaStep = async (dst: Buffer, what: string, f: () => Promise<void>): Promise<void> => {
+    try {
+      await f();
+    } catch (err) {
+      warn({ code: 'RESTORE_META', message: `cannot set the ${what} of ${printable(dst)}: ${(err as Error).message}`, path: dst, errno: (err as NodeJS.ErrnoException).code });
     }
   };
 
@@ -672,7 +756,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * times), so no name outlives its descriptor.
    */
   const trim = async () => {
-    if (anchored.count < MAX_OPEN_FOLDERS) return;
+    if (anchored.count < maxOpenFolders()) return;
     await drainWriter();
     await flushXattrs();
     await times.drain();
@@ -750,12 +834,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // a file outside what is restored): its metadata is not ours to change,
     // so `overwrite` replaces it rather than set it.
     const shared = st.isFile() && st.nlink > 1 && e.linkGroup === null;
-    if (await sameAsBackup(dataEntry === e ? e : { ...dataEntry, type: 'file' }, dst, st)) {
-      if (!(shared && (ifExists === 'overwrite' || inLeftover(dst)))) {
+    // (an interrupted run may have stopped before the metadata)
+    const metaNow = ifExists === 'overwrite' || inLeftover(dst);
+    const compared = dataEntry === e ? e : { ...dataEntry, type: 'file' as const };
+    const onSame: OnSame | undefined = metaNow && !shared && compared.type === 'file' ? (fh, ino) => fileMeta(fh, ino, dst, e) : undefined;
+    if (await sameAsBackup(compared, dst, st, onSame)) {
+      if (!(shared && metaNow)) {
         result.skipped++;
         result.unchanged++;
-        // (an interrupted run may have stopped before the metadata)
-        if (ifExists === 'overwrite' || inLeftover(dst)) await applyMeta(dst, e);
+        if (metaNow && !onSame) await applyMeta(dst, e);
         return 'unchanged';
       }
     }
@@ -997,18 +1084,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // ---- directories: deepest first, once their contents are complete
     dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
     for (const { dst, e } of dirMetas) {
-      applyOwner(dst, e);
-      try {
-        setDirMode(dst, e.mode);
-      } catch (err) {
-        warn({ code: 'RESTORE_META', message: `cannot set the mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
-      }
-      await queueXattrs(dst, e.xattrs);
+      await metaStep(dst, 'owner and mode', async () => setDirMeta(dst, e));
+      await metaStep(dst, 'extended attributes', () => queueXattrs(dst, e.xattrs));
       await trim();
     }
     await flushXattrs();
     for (const { dst, e } of dirMetas) {
-      await times.set(A(dst), e.atimeNs, e.mtimeNs);
+      await metaStep(dst, 'times', () => times.set(A(dst), e.atimeNs, e.mtimeNs));
       await trim();
     }
     await times.drain();
@@ -1032,7 +1114,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await writer.close();
     putBackAsides(); // a run that failed before the end: what was moved aside for it goes back
     await helper?.close();
-    anchored.close();
+    anchored.dispose();
   }
   progress();
   return result;
@@ -1071,8 +1153,15 @@ function defaultPointLabel(reader: VolumeReader): string {
   return Number.isNaN(d.getTime()) ? 'restore' : d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
 }
 
-/** Whether the file at `path` holds exactly the entry's data (checked chunk by chunk against the stored SHA-256). */
-async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): Promise<boolean> {
+/** Run on a file found equal to the backup, with the descriptor it was read through and its inode number. */
+type OnSame = (fh: FileHandle, ino: string) => Promise<void>;
+
+/**
+ * Whether the file at `path` holds exactly the entry's data (checked chunk
+ * by chunk against the stored SHA-256); `onSame` runs, when it does, before
+ * the file is closed.
+ */
+async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer, onSame?: OnSame): Promise<boolean> {
   const cs = reader.chunkSize;
   let fh: FileHandle;
   try {
@@ -1080,11 +1169,20 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): 
     // O_NONBLOCK: a fifo put there since it was looked at must not hang the restore.
     const flags = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
     fh = await open(path, flags | C.O_NOATIME).catch(() => open(path, flags));
-    if (!(await fh.stat()).isFile()) {
+  } catch {
+    return false;
+  }
+  let ino: bigint;
+  try {
+    const st = await fh.stat({ bigint: true });
+    // what the caller looked at by name may have been replaced since: this file is the one judged
+    if (!st.isFile() || st.size !== BigInt(e.size)) {
       await fh.close();
       return false;
     }
+    ino = st.ino;
   } catch {
+    await fh.close();
     return false;
   }
   try {
@@ -1100,6 +1198,7 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer): 
       const h = createHash('sha256').update(buf.subarray(0, len)).digest();
       if (!h.equals(e.chunks.subarray(c * 32, c * 32 + 32))) return false;
     }
+    await onSame?.(fh, ino.toString());
     return true;
   } finally {
     await fh.close();

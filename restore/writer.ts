@@ -8,7 +8,7 @@
 // there) and hands over finished jobs in batches; the writer reports back,
 // per job, whether the file is in place and what could not be set.
 import {
-  chmodSync, closeSync, constants as C, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, unlinkSync, writeSync,
+  chmodSync, chownSync, closeSync, constants as C, lchownSync, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
 import { O_PATH, removeTree } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
@@ -47,6 +47,8 @@ export interface WriteJob {
   part?: { key: number; first: boolean; last: boolean; base: number; end: number };
   /** The file's data could not be read after some parts were written: close and remove what they wrote. */
   abort?: boolean;
+  /** Report the inode number of the file written (for xattrs set later, on that file only). */
+  wantIno?: boolean;
 }
 
 export interface WriteResult {
@@ -59,6 +61,8 @@ export interface WriteResult {
   warnings?: string[];
   /** Offset of the first chunk that did not match its stored sum. */
   badOffset?: number;
+  /** The file's inode number (decimal), when the job asked (wantIno). */
+  ino?: string;
 }
 
 export interface WriteBatch {
@@ -91,19 +95,25 @@ export function clearSync(p: Uint8Array): void {
 }
 
 /**
- * chmod of the entry at `p` itself, never of what a symlink there points
- * to: chmod(2) follows a symlink, and in a folder another user can write,
- * that user can put one where a restored node or folder was a moment ago
- * (pointing at /etc/shadow, say). The entry is opened with O_PATH |
- * O_NOFOLLOW (which opens no device and needs no read permission), checked
- * to be of the `kind` expected, and changed through /proc/self/fd. Where
- * O_PATH or /proc is missing: lstat, then chmod by path.
+ * Owner and mode of the entry at `p` itself, never of what a symlink there
+ * points to, nor of another file put at its name: chmod(2) follows a
+ * symlink, and in a folder another user can write, that user can put one
+ * (to /etc/shadow) or their own program where a restored node or folder was
+ * a moment ago. The entry is opened with O_PATH | O_NOFOLLOW (which opens no
+ * device and needs no read permission), checked to be of the `kind`
+ * expected (a folder; a node: fifo, socket or device, never a regular
+ * file), and changed through /proc/self/fd: chown first (it clears setuid
+ * bits), then chmod. Where O_PATH or /proc is missing: lstat, then by path.
  */
-export function chmodNoFollow(p: Buffer, mode: number, kind: 'dir' | 'node'): void {
-  const check = (st: { isDirectory(): boolean; isSymbolicLink(): boolean }) => {
-    if (kind === 'dir' ? !st.isDirectory() : st.isSymbolicLink() || st.isDirectory()) {
-      throw Object.assign(new Error(`${p.toString('utf8')} is no longer the ${kind === 'dir' ? 'folder' : 'node'} restored there (replaced meanwhile); its mode was not set`), { code: 'ELOOP' });
+export function setMetaNoFollow(p: Buffer, kind: 'dir' | 'node', mode: number, owner: { uid: number; gid: number } | null = null): void {
+  const check = (st: { isDirectory(): boolean; isSymbolicLink(): boolean; isFile(): boolean }) => {
+    if (kind === 'dir' ? !st.isDirectory() : st.isSymbolicLink() || st.isDirectory() || st.isFile()) {
+      throw Object.assign(new Error(`${p.toString('utf8')} is no longer the ${kind === 'dir' ? 'folder' : 'node'} restored there (replaced meanwhile); its owner and mode were not set`), { code: 'ELOOP' });
     }
+  };
+  const apply = (name: string | Buffer, nofollowOwner: boolean) => {
+    if (owner) (nofollowOwner ? lchownSync : chownSync)(name, owner.uid, owner.gid);
+    chmodSync(name, mode);
   };
   if (O_PATH !== null) {
     let fd: number | null = null;
@@ -116,7 +126,7 @@ export function chmodNoFollow(p: Buffer, mode: number, kind: 'dir' | 'node'): vo
       try {
         check(fstatSync(fd));
         try {
-          chmodSync(`/proc/self/fd/${fd}`, mode);
+          apply(`/proc/self/fd/${fd}`, false); // the magic link leads to this very inode
           return;
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // no /proc: by path below
@@ -127,7 +137,7 @@ export function chmodNoFollow(p: Buffer, mode: number, kind: 'dir' | 'node'): vo
     }
   }
   check(lstatSync(p));
-  chmodSync(p, mode);
+  apply(p, true);
 }
 
 /** The parts of `data` (at file offset `offset`) that are not whole zero pages. */
@@ -223,6 +233,7 @@ export function writeJob(j: WriteJob): WriteResult {
     fd = open;
   }
   let closed = false;
+  let ino: string | undefined;
   try {
     for (const p of j.pieces) {
       const data = asBuffer(p.data);
@@ -257,6 +268,7 @@ export function writeJob(j: WriteJob): WriteResult {
           warnings.push(`cannot set the times: ${(err as Error).message}`);
         }
       }
+      if (j.wantIno) ino = fstatSync(fd, { bigint: true }).ino.toString();
       closed = true;
       closeSync(fd);
       if (!direct) renameSync(tmp, dst);
@@ -270,6 +282,7 @@ export function writeJob(j: WriteJob): WriteResult {
   const r: WriteResult = { ok: true };
   if (warnings.length) r.warnings = warnings;
   if (badOffset !== null) r.badOffset = badOffset;
+  if (ino !== undefined) r.ino = ino;
   return r;
 }
 

@@ -13,7 +13,7 @@ import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
-import { chmodNoFollow } from '../restore/writer.js';
+import { setMetaNoFollow } from '../restore/writer.js';
 import { ferry, ferryOk, must } from './helpers/exec.js';
 
 const GiB = 1024 ** 3;
@@ -201,7 +201,7 @@ test('a --to that is a symlink to a folder takes --path; overwrite run twice lea
   });
 });
 
-test('modes of folders and nodes are set on the entry itself: a symlink put in its place is refused and what it points to keeps its mode', async (t) => {
+test('owners and modes of folders and nodes are set on the entry itself: a symlink or a file put in its place is refused and keeps its mode', async (t) => {
   await withTmp(async (dir) => {
     const secret = join(dir, 'secret');
     await writeFile(secret, 'not yours');
@@ -210,23 +210,30 @@ test('modes of folders and nodes are set on the entry itself: a symlink put in i
     for (const [name, kind] of [['folder', 'dir'], ['fifo', 'node']] as const) {
       const p = join(dir, name);
       await symlink(secret, p);
-      const err = t.throws(() => chmodNoFollow(Buffer.from(p), 0o666, kind));
+      const err = t.throws(() => setMetaNoFollow(Buffer.from(p), kind, 0o666, { uid: 0, gid: 0 }));
       t.regex(err!.message, new RegExp(`${name} is no longer the`));
       t.is((await stat(secret)).mode & 0o7777, 0o600, `${name}: the target's mode is unchanged`);
     }
     // a folder expected, a file found (or the reverse): refused as well
-    t.throws(() => chmodNoFollow(Buffer.from(secret), 0o644, 'dir'));
+    t.throws(() => setMetaNoFollow(Buffer.from(secret), 'dir', 0o644));
     await mkdir(join(dir, 'd'));
-    t.throws(() => chmodNoFollow(Buffer.from(join(dir, 'd')), 0o644, 'node'));
+    t.throws(() => setMetaNoFollow(Buffer.from(join(dir, 'd')), 'node', 0o644));
     // what is there as restored gets its mode: folders (also ones nobody may read or enter), fifos, files
     for (const mode of [0o000, 0o311, 0o1777, 0o2750]) {
-      chmodNoFollow(Buffer.from(join(dir, 'd')), mode, 'dir');
+      setMetaNoFollow(Buffer.from(join(dir, 'd')), 'dir', mode);
       t.is((await lstat(join(dir, 'd'))).mode & 0o7777, mode);
     }
     execFileSync('mkfifo', [join(dir, 'f')]);
-    chmodNoFollow(Buffer.from(join(dir, 'f')), 0o4751, 'node');
+    setMetaNoFollow(Buffer.from(join(dir, 'f')), 'node', 0o4751, { uid: 1234, gid: 5678 });
     t.is((await lstat(join(dir, 'f'))).mode & 0o7777, 0o4751);
     t.is((await lstat(join(dir, 'f'))).isFIFO(), true);
-    t.throws(() => chmodNoFollow(Buffer.from(join(dir, 'missing')), 0o644, 'node'), { code: 'ENOENT' });
+    t.is((await lstat(join(dir, 'f'))).uid, 1234);
+    t.is((await lstat(join(dir, 'f'))).gid, 5678);
+    // a regular file where a node was restored (another user's program, say): neither chowned nor chmodded
+    await writeFile(join(dir, 'prog'), '#!/bin/sh\n');
+    await chmod(join(dir, 'prog'), 0o755);
+    t.throws(() => setMetaNoFollow(Buffer.from(join(dir, 'prog')), 'node', 0o4755, { uid: 0, gid: 0 }));
+    t.is((await lstat(join(dir, 'prog'))).mode & 0o7777, 0o755);
+    t.throws(() => setMetaNoFollow(Buffer.from(join(dir, 'missing')), 'node', 0o644), { code: 'ENOENT' });
   });
 });
