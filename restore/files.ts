@@ -174,7 +174,7 @@ export function splitDev(rdev: bigint): [bigint, bigint] {
 
 const PERL_HELPER = String.raw`
 $| = 1; $/ = "\0";
-my ($utimensat, $mknodat, $fsetxattr) = @ARGV;
+my ($utimensat, $mknodat, $fsetxattr, $fchownat) = @ARGV;
 while (defined(my $op = <STDIN>)) {
   chomp $op; my $p = <STDIN>; chomp $p; my $a = <STDIN>; chomp $a;
   my $r = -1;
@@ -184,6 +184,19 @@ while (defined(my $op = <STDIN>)) {
   } elsif ($op eq 'n') {
     my ($mode, $dev) = split / /, $a;
     $r = syscall($mknodat + 0, -100, $p, $mode + 0, $dev + 0);
+  } elsif ($op eq 'o') {
+    # the owner of the symlink at $p itself: opened as itself (O_PATH |
+    # O_NOFOLLOW), checked to be a symlink, changed through the descriptor
+    # (fchownat AT_EMPTY_PATH); by name, a hard link put there would change
+    my ($uid, $gid) = split / /, $a;
+    if (sysopen(my $fh, $p, 010000000 | 0400000)) {
+      if ((((stat($fh))[2]) & 0170000) != 0120000) {
+        print("replaced since it was made\0"); close($fh); next;
+      }
+      my $empty = ""; # (syscall may write to its string arguments: no constant)
+      $r = syscall($fchownat + 0, fileno($fh), $empty, $uid + 0, $gid + 0, 0x1000);
+      close($fh);
+    }
   } elsif ($op eq 'x') {
     # xattrs on the file at $p only if it is still inode $ino: opened as
     # itself (O_RDONLY | O_NOFOLLOW | O_NONBLOCK), checked, set through the
@@ -205,7 +218,7 @@ while (defined(my $op = <STDIN>)) {
 }
 `;
 
-const SYSCALLS: Record<string, [number, number, number]> = { x64: [280, 259, 190], arm64: [88, 33, 7] };
+const SYSCALLS: Record<string, [number, number, number, number]> = { x64: [280, 259, 190, 260], arm64: [88, 33, 7, 54] };
 
 /** One long-lived perl process that runs utimensat/mknodat for us; null when it cannot run here. */
 class SyscallHelper {
@@ -259,7 +272,7 @@ class SyscallHelper {
   }
 
   /** Runs one operation; resolves "ok" or the error text. */
-  call(op: 't' | 'n' | 'x', path: Buffer, args: string): Promise<string> {
+  call(op: 't' | 'n' | 'x' | 'o', path: Buffer, args: string): Promise<string> {
     if (this.dead) return Promise.resolve('helper exited');
     return new Promise((resolve) => {
       this.waiting.push({ resolve });
@@ -551,8 +564,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   /** Owner, mode, xattrs and times of a symlink or node now in place at `dst` (regular files: fileMeta). */
   const applyMeta = async (dst: Buffer, e: VolumeEntry) => {
-    if (e.type === 'symlink') applyOwner(dst, e);
-    else {
+    if (e.type === 'symlink') {
+      if (owners && helper) {
+        const r = await helper.call('o', A(dst), `${e.uid} ${e.gid}`);
+        if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the owner of ${printable(dst)}: ${r}`, path: dst });
+      } else applyOwner(dst, e);
+    } else {
       try {
         setMetaNoFollow(A(dst), 'node', e.mode, owners ? e : null);
       } catch (err) {

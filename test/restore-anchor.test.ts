@@ -3,7 +3,7 @@
 // nothing out of the target.
 import test from 'ava';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { chmod, chown, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lchown, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
@@ -214,6 +214,31 @@ test('overwrite of a file found equal sets owner, mode and capabilities on that 
     t.is(st.uid, 1000, 'still the user\'s');
     t.is(st.mode & 0o7777, 0o755, 'not made setuid');
     t.not(spawnSync('getfattr', ['-n', 'trusted.ferry-test', evil]).status, 0, 'no capability-like xattr');
+    reader.close();
+  });
+});
+
+test('the owner of a restored symlink is set on the symlink itself, through its descriptor, into a new and an existing folder', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await symlink('/etc/passwd', join(src, 'l'));
+    await lchown(join(src, 'l'), 1234, 5678);
+    const reader = await backup(src);
+    const before = await lstat('/etc/passwd');
+    for (const [to, existing] of [[join(dir, 'new'), false], [join(dir, 'old'), true]] as const) {
+      if (existing) await mkdir(join(to, src), { recursive: true });
+      const warnings: string[] = [];
+      await restoreFiles(reader, { to, ifExists: 'overwrite', onWarning: (w) => warnings.push(w.message) });
+      t.deepEqual(warnings, []);
+      const st = await lstat(join(to, src, 'l'));
+      t.true(st.isSymbolicLink());
+      t.is(st.uid, 1234);
+      t.is(st.gid, 5678);
+    }
+    const after = await lstat('/etc/passwd');
+    t.is(after.uid, before.uid);
+    t.is(after.gid, before.gid);
     reader.close();
   });
 });
