@@ -449,15 +449,26 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
   /**
-   * Makes directory `dir`, owned by whoever restores and mode 0700 until its
-   * metadata is set at the end: no other user can swap what is being filled
-   * for a symlink meanwhile. (`e`: its entry, unused until then.)
+   * Makes directory `dir`. Restoring owners, it gets its owner and mode at
+   * once, so that a restore stopped midway leaves folders their users can
+   * use. That owner may then add, remove or swap entries in it while it is
+   * filled, which leads nowhere: every call goes through folder descriptors
+   * (anchor.ts), files are created O_EXCL, metadata goes onto the entry
+   * itself. Without descriptors (no /proc), or not restoring owners (its
+   * mode might not let us write in it), it stays 0700 until its metadata is
+   * set at the end.
    */
-  const makeDir = (dir: Buffer, _e: VolumeEntry | null) => {
+  const makeDir = (dir: Buffer, e: VolumeEntry | null) => {
     mkdirSync(A(dir), { mode: 0o700 });
     freshDirs.add(dir.toString('latin1'));
+    if (e && owners && anchored.enabled) {
+      try {
+        setDirMeta(dir, e);
+      } catch (err) {
+        warn({ code: 'RESTORE_META', message: `cannot set the owner and mode of ${printable(dir)}: ${(err as Error).message}`, path: dir });
+      }
+    }
   };
-  /** chmod of a directory that does not follow a symlink put in its place. */
   /** Owner (when restoring owners) and mode of a folder, set on the folder itself (see setMetaNoFollow). */
   const setDirMeta = (dir: Buffer, e: VolumeEntry) => setMetaNoFollow(A(dir), 'dir', e.mode, owners ? e : null);
   const dirMetas: DirMeta[] = [];

@@ -237,3 +237,39 @@ test('owners and modes of folders and nodes are set on the entry itself: a symli
     t.throws(() => setMetaNoFollow(Buffer.from(join(dir, 'missing')), 'node', 0o644), { code: 'ENOENT' });
   });
 });
+
+test('a restore stopped midway into an existing folder leaves the folders it made with their owners and modes, and a copy rerun finishes it', async (t) => {
+  await withTmp(async (dir) => {
+    const env = { FERRY_PASSPHRASE: 'restore safety passphrase, long enough' };
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'home', 'alice', 'docs'), { recursive: true });
+    await writeFile(join(src, 'home', 'alice', 'docs', 'big'), randomBytes(12 * MiB));
+    await writeFile(join(src, 'home', 'alice', 'docs', 'small'), 'small\n');
+    for (const [p, mode] of [['home/alice', 0o750], ['home/alice/docs', 0o2770]] as const) {
+      await chmod(join(src, p), mode);
+      execFileSync('chown', ['1234:5678', join(src, p)]);
+    }
+    const vault = join(dir, 'vault');
+    await ferryOk(['init', vault, '--kdf-log-n', '12'], env);
+    await ferryOk(['seed', '--vault', vault, '--item', 'p', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd'), src], env);
+    await ferryOk(['import', '--vault', vault, join(dir, 'd')], env);
+    const to = join(dir, 'out');
+    await mkdir(join(to, src, 'home'), { recursive: true }); // an existing folder: no marker, --if-exists decides
+    const args = ['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to];
+    const cut = await ferry(args, { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } });
+    t.is(cut.code, 128, cut.stderr);
+    const check = async () => {
+      for (const [p, mode] of [['home/alice', 0o750], ['home/alice/docs', 0o2770]] as const) {
+        const st = await lstat(join(to, src, p));
+        t.is(st.uid, 1234, p);
+        t.is(st.gid, 5678, p);
+        t.is((st.mode & 0o7777).toString(8), mode.toString(8), p);
+      }
+    };
+    await check(); // before: root's, mode 0700, until a run under overwrite
+    await ferryOk([...args, '--if-exists', 'copy'], env);
+    await check();
+    await must('cmp', [join(src, 'home', 'alice', 'docs', 'big'), join(to, src, 'home', 'alice', 'docs', 'big')]);
+    t.is(await readFile(join(to, src, 'home', 'alice', 'docs', 'small'), 'utf8'), 'small\n');
+  });
+});
