@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
+  closeSync, constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -174,7 +174,7 @@ export function splitDev(rdev: bigint): [bigint, bigint] {
 
 const PERL_HELPER = String.raw`
 $| = 1; $/ = "\0";
-my ($utimensat, $mknodat, $fsetxattr, $fchownat) = @ARGV;
+my ($utimensat, $mknodat, $fsetxattr, $fchownat, $opath, $nofollow, $nonblock) = @ARGV;
 while (defined(my $op = <STDIN>)) {
   chomp $op; my $p = <STDIN>; chomp $p; my $a = <STDIN>; chomp $a;
   my $r = -1;
@@ -189,7 +189,7 @@ while (defined(my $op = <STDIN>)) {
     # O_NOFOLLOW), checked to be a symlink, changed through the descriptor
     # (fchownat AT_EMPTY_PATH); by name, a hard link put there would change
     my ($uid, $gid) = split / /, $a;
-    if (sysopen(my $fh, $p, 010000000 | 0400000)) {
+    if (sysopen(my $fh, $p, ($opath + 0) | ($nofollow + 0))) {
       if ((((stat($fh))[2]) & 0170000) != 0120000) {
         print("replaced since it was made\0"); close($fh); next;
       }
@@ -198,13 +198,13 @@ while (defined(my $op = <STDIN>)) {
       close($fh);
     }
   } elsif ($op eq 'x') {
-    # xattrs on the file at $p only if it is still inode $ino: opened as
-    # itself (O_RDONLY | O_NOFOLLOW | O_NONBLOCK), checked, set through the
-    # descriptor (fsetxattr); names and values in hex
-    my ($ino, @kv) = split / /, $a;
-    if (sysopen(my $fh, $p, 0400000 | 04000)) {
-      if ((stat($fh))[1] . "" ne $ino) {
-        print("replaced since it was written\0"); close($fh); next;
+    # xattrs through fsetxattr on the file ferry holds open as $p
+    # (/proc/<pid>/fd/<n>: that very inode, whatever is at its name now);
+    # names and values in hex
+    my @kv = split / /, $a;
+    if (sysopen(my $fh, $p, $nonblock + 0)) {
+      if (! -f $fh) {
+        print("not a regular file\0"); close($fh); next;
       }
       $r = 0;
       while (@kv) {
@@ -218,7 +218,8 @@ while (defined(my $op = <STDIN>)) {
 }
 `;
 
-const SYSCALLS: Record<string, [number, number, number, number]> = { x64: [280, 259, 190, 260], arm64: [88, 33, 7, 54] };
+/** utimensat, mknodat, fsetxattr, fchownat; then the open flags O_PATH, O_NOFOLLOW, O_NONBLOCK (they differ between the two). */
+const SYSCALLS: Record<string, number[]> = { x64: [280, 259, 190, 260, 0o10000000, 0o400000, 0o4000], arm64: [88, 33, 7, 54, 0o10000000, 0o100000, 0o4000] };
 
 /** One long-lived perl process that runs utimensat/mknodat for us; null when it cannot run here. */
 class SyscallHelper {
@@ -476,7 +477,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   let nextPartKey = 1;
-  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean; ino?: string }[] = []; // written by the writer thread, path metadata to set
+  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean; fd?: number }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
     const batch = xattrBatch;
@@ -499,16 +500,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
 
   /**
-   * Xattrs of a regular file the writer put in place. security.* and
-   * trusted.* ones (file capabilities) in a folder other users can write
-   * go on that very file (inode `ino`) through the helper: set by name,
-   * they would land on whatever that user put at the name meanwhile (their
-   * own program, given the backup's capabilities).
+   * Xattrs of a regular file in place. security.* and trusted.* ones (file
+   * capabilities) in a folder other users can write go onto the file
+   * through descriptor `fd`, which the writer kept open (or the comparison
+   * holds): set by name, they would land on whatever that user put at the
+   * name meanwhile (their own program, given the backup's capabilities).
    */
-  const fileXattrs = async (dst: Buffer, e: VolumeEntry, ino: string | undefined) => {
+  const fileXattrs = async (dst: Buffer, e: VolumeEntry, fd: number | undefined) => {
     if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
-    const r = helper && ino !== undefined
-      ? await helper.call('x', A(dst), [ino, ...e.xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')])].join(' '))
+    const r = helper && fd !== undefined
+      ? await helper.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), e.xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')]).join(' '))
       : 'perl is needed to set them safely in a folder other users can write';
     if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
   };
@@ -597,7 +598,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * another user could put their own program there in between and have it
    * made root's and setuid.
    */
-  const fileMeta = async (fh: FileHandle, ino: string, dst: Buffer, e: VolumeEntry) => {
+  const fileMeta = async (fh: FileHandle, dst: Buffer, e: VolumeEntry) => {
     const meta = async (what: string, f: () => Promise<void>) => {
       try {
         await f();
@@ -607,7 +608,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     };
     if (owners) await meta('owner', () => fh.chown(e.uid, e.gid));
     await meta('mode', () => fh.chmod(e.mode)); // after chown, which clears setuid/setgid
-    await fileXattrs(dst, e, ino);
+    await fileXattrs(dst, e, fh.fd);
     await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
 
@@ -705,11 +706,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (!last || failed) return;
       result.bytes += stored;
-      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact, ino: r.ino });
+      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact, fd: r.fd });
+      else if (r.fd !== undefined) closeSync(r.fd);
       placed();
     };
     const base: Omit<WriteJob, 'pieces'> = {
-      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size, wantIno: e.xattrs.some(sensitiveXattr),
+      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size, keepFd: e.xattrs.some(sensitiveXattr) && !anchored.rootOnlyParent(dst),
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
     };
@@ -752,7 +754,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     while (inPlace.length) {
       for (const p of inPlace.splice(0)) {
         await metaStep(p.dst, 'extended attributes and times', async () => {
-          await fileXattrs(p.dst, p.e, p.ino);
+          try {
+            await fileXattrs(p.dst, p.e, p.fd);
+          } finally {
+            if (p.fd !== undefined) closeSync(p.fd);
+          }
           if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
         });
       }
@@ -861,11 +867,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // A file the backup holds without hard links that has some here (one to
     // a file outside what is restored): its metadata is not ours to change,
     // so `overwrite` replaces it rather than set it.
-    const shared = st.isFile() && st.nlink > 1 && e.linkGroup === null;
+    // And an equal file in a folder another user can write, when its metadata
+    // would give it an owner, setuid or setgid bits or capabilities: that user
+    // may have made it and still hold it open or mapped for writing, so it is
+    // replaced by a fresh copy rather than given that power in place.
+    const grants = owners && (st.uid !== e.uid || st.gid !== e.gid || (e.mode & 0o6000) !== 0 || e.xattrs.some(sensitiveXattr));
+    const shared = st.isFile() && ((st.nlink > 1 && e.linkGroup === null) || (grants && !anchored.rootOnlyParent(dst)));
     // (an interrupted run may have stopped before the metadata)
     const metaNow = ifExists === 'overwrite' || inLeftover(dst);
     const compared = dataEntry === e ? e : { ...dataEntry, type: 'file' as const };
-    const onSame: OnSame | undefined = metaNow && !shared && compared.type === 'file' ? (fh, ino) => fileMeta(fh, ino, dst, e) : undefined;
+    const onSame: OnSame | undefined = metaNow && !shared && compared.type === 'file' ? (fh) => fileMeta(fh, dst, e) : undefined;
     if (await sameAsBackup(compared, dst, st, onSame)) {
       if (!(shared && metaNow)) {
         result.skipped++;
@@ -1182,7 +1193,7 @@ function defaultPointLabel(reader: VolumeReader): string {
 }
 
 /** Run on a file found equal to the backup, with the descriptor it was read through and its inode number. */
-type OnSame = (fh: FileHandle, ino: string) => Promise<void>;
+type OnSame = (fh: FileHandle) => Promise<void>;
 
 /**
  * Whether the file at `path` holds exactly the entry's data (checked chunk
@@ -1200,7 +1211,6 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer, o
   } catch {
     return false;
   }
-  let ino: bigint;
   try {
     const st = await fh.stat({ bigint: true });
     // what the caller looked at by name may have been replaced since: this file is the one judged
@@ -1208,7 +1218,6 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer, o
       await fh.close();
       return false;
     }
-    ino = st.ino;
   } catch {
     await fh.close();
     return false;
@@ -1226,7 +1235,7 @@ async function sameContent(reader: VolumeReader, e: VolumeEntry, path: Buffer, o
       const h = createHash('sha256').update(buf.subarray(0, len)).digest();
       if (!h.equals(e.chunks.subarray(c * 32, c * 32 + 32))) return false;
     }
-    await onSame?.(fh, ino.toString());
+    await onSame?.(fh);
     return true;
   } finally {
     await fh.close();

@@ -47,8 +47,12 @@ export interface WriteJob {
   part?: { key: number; first: boolean; last: boolean; base: number; end: number };
   /** The file's data could not be read after some parts were written: close and remove what they wrote. */
   abort?: boolean;
-  /** Report the inode number of the file written (for xattrs set later, on that file only). */
-  wantIno?: boolean;
+  /**
+   * Keep the written file open and report its descriptor (WriteResult.fd):
+   * its xattrs are then set through it, on that very file, and the caller
+   * closes it.
+   */
+  keepFd?: boolean;
 }
 
 export interface WriteResult {
@@ -61,8 +65,8 @@ export interface WriteResult {
   warnings?: string[];
   /** Offset of the first chunk that did not match its stored sum. */
   badOffset?: number;
-  /** The file's inode number (decimal), when the job asked (wantIno). */
-  ino?: string;
+  /** The written file, still open, when the job asked (keepFd); the caller closes it. */
+  fd?: number;
 }
 
 export interface WriteBatch {
@@ -233,7 +237,7 @@ export function writeJob(j: WriteJob): WriteResult {
     fd = open;
   }
   let closed = false;
-  let ino: string | undefined;
+  let kept: number | undefined;
   try {
     for (const p of j.pieces) {
       const data = asBuffer(p.data);
@@ -268,10 +272,12 @@ export function writeJob(j: WriteJob): WriteResult {
           warnings.push(`cannot set the times: ${(err as Error).message}`);
         }
       }
-      if (j.wantIno) ino = fstatSync(fd, { bigint: true }).ino.toString();
-      closed = true;
-      closeSync(fd);
+      if (!j.keepFd) {
+        closed = true;
+        closeSync(fd);
+      }
       if (!direct) renameSync(tmp, dst);
+      kept = j.keepFd ? fd : undefined;
     }
   } catch (err) {
     if (j.part) openParts.delete(j.part.key);
@@ -282,7 +288,7 @@ export function writeJob(j: WriteJob): WriteResult {
   const r: WriteResult = { ok: true };
   if (warnings.length) r.warnings = warnings;
   if (badOffset !== null) r.badOffset = badOffset;
-  if (ino !== undefined) r.ino = ino;
+  if (kept !== undefined) r.fd = kept;
   return r;
 }
 

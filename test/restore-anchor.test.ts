@@ -165,12 +165,17 @@ test('removing a folder in the way never deletes through a symlink, also not one
   });
 });
 
-// Swaps file `a` with file `b` (rename both ways), over and over, until killed.
+// Puts another hard link of `kept` (the user's own program) at name `a` and takes it away again, over and
+// over until killed, keeping what was at `a` aside meanwhile.
 const FILE_SWAPPER = String.raw`
-my ($a, $b, $t) = @ARGV;
+my ($a, $kept, $t) = @ARGV;
 $| = 1; print "go\n";
 while (1) {
-  rename($a, $t); rename($b, $a); rename($t, $b);
+  rename($a, $t) or next;
+  link($kept, $a);
+  select(undef, undef, undef, 0.0002);
+  unlink($a);
+  rename($t, $a);
   select(undef, undef, undef, 0.0002);
 }`;
 
@@ -191,14 +196,14 @@ test('overwrite of a file found equal sets owner, mode and capabilities on that 
     await chmod(d, 0o777); // another user may add, remove and rename entries here
     // the same file, the user's now; and the user's own program beside it
     await writeFile(join(d, 'prog'), '#!/bin/sh\necho restored\n');
-    await writeFile(join(d, 'evil'), '#!/bin/sh\necho evil!!!\n');
-    // a second name for the program outside, so it can be found however often overwrite replaced the name in d
-    await link(join(d, 'evil'), join(dir, 'evil-kept'));
-    for (const n of ['prog', 'evil']) {
-      await chown(join(d, n), 1000, 1000);
-      await chmod(join(d, n), 0o755);
-    }
-    const swapper = spawn('perl', ['-e', FILE_SWAPPER, join(d, 'prog'), join(d, 'evil'), join(d, 'tmp')], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await chown(join(d, 'prog'), 1000, 1000);
+    await chmod(join(d, 'prog'), 0o755);
+    // the user's own program, kept beside the folder and linked in at the name again and again
+    const evil = join(dir, 'evil-kept');
+    await writeFile(evil, '#!/bin/sh\necho evil!!!\n');
+    await chown(evil, 1000, 1000);
+    await chmod(evil, 0o755);
+    const swapper = spawn('perl', ['-e', FILE_SWAPPER, join(d, 'prog'), evil, join(d, 'tmp')], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       await new Promise<void>((res, rej) => {
         swapper.stdout.once('data', () => res());
@@ -210,7 +215,6 @@ test('overwrite of a file found equal sets owner, mode and capabilities on that 
       await new Promise((res) => swapper.once('close', res));
     }
     // the user's program is as the user made it
-    const evil = join(dir, 'evil-kept');
     t.is(await readFile(evil, 'utf8'), '#!/bin/sh\necho evil!!!\n');
     const st = await lstat(evil);
     t.is(st.uid, 1000, 'still the user\'s');
