@@ -138,6 +138,7 @@ test('removing a folder in the way never deletes through a symlink, also not one
     await writeFile(join(outside, 'o0'), 'keep\n');
     // a folder inside swapped for a symlink to `outside` and back while the tree is removed
     for (let round = 0; round < 20; round++) {
+      const tree = join(dir, `race${round}`); // a fresh tree each round: nothing a killed swapper left behind
       const sub = join(tree, 'sub');
       await mkdir(sub, { recursive: true });
       for (let i = 0; i < 50; i++) await writeFile(join(sub, `o${i}`), 'mine\n');
