@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  closeSync, constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
+  constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -477,7 +477,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   let nextPartKey = 1;
-  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean; fd?: number }[] = []; // written by the writer thread, path metadata to set
+  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
     const batch = xattrBatch;
@@ -501,16 +501,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 
   /**
    * Xattrs of a regular file in place. security.* and trusted.* ones (file
-   * capabilities) in a folder other users can write go onto the file
-   * through descriptor `fd`, which the writer kept open (or the comparison
-   * holds): set by name, they would land on whatever that user put at the
-   * name meanwhile (their own program, given the backup's capabilities).
+   * capabilities) in a folder other users can write go onto the file only
+   * through descriptor `fd`, which the comparison of an equal file holds:
+   * set by name, they would land on whatever that user put at the name
+   * meanwhile (their own program, given the backup's capabilities). A file
+   * just written there gets a warning instead (an inode number checked
+   * later can be reused; keeping the writer's descriptor open is not done).
    */
   const fileXattrs = async (dst: Buffer, e: VolumeEntry, fd: number | undefined) => {
     if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
     const r = helper && fd !== undefined
       ? await helper.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), e.xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')]).join(' '))
-      : 'perl is needed to set them safely in a folder other users can write';
+      : helper
+        ? 'not set: capabilities go onto a new file only in a folder just root can write (restore with --to into a new folder)'
+        : 'perl is needed to set them safely in a folder other users can write';
     if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
   };
 
@@ -599,15 +603,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * made root's and setuid.
    */
   const fileMeta = async (fh: FileHandle, dst: Buffer, e: VolumeEntry) => {
-    const meta = async (what: string, f: () => Promise<void>) => {
-      try {
-        await f();
-      } catch (err) {
-        warn({ code: 'RESTORE_META', message: `cannot set the ${what} of ${printable(dst)}: ${(err as Error).message}`, path: dst });
-      }
-    };
-    if (owners) await meta('owner', () => fh.chown(e.uid, e.gid));
-    await meta('mode', () => fh.chmod(e.mode)); // after chown, which clears setuid/setgid
+    if (owners) await metaStep(dst, 'owner', () => fh.chown(e.uid, e.gid));
+    await metaStep(dst, 'mode', () => fh.chmod(e.mode)); // after chown, which clears setuid/setgid
     await fileXattrs(dst, e, fh.fd);
     await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
@@ -706,12 +703,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (!last || failed) return;
       result.bytes += stored;
-      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact, fd: r.fd });
-      else if (r.fd !== undefined) closeSync(r.fd);
+      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
       placed();
     };
     const base: Omit<WriteJob, 'pieces'> = {
-      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size, keepFd: e.xattrs.some(sensitiveXattr) && !anchored.rootOnlyParent(dst),
+      tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size,
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
     };
@@ -754,11 +750,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     while (inPlace.length) {
       for (const p of inPlace.splice(0)) {
         await metaStep(p.dst, 'extended attributes and times', async () => {
-          try {
-            await fileXattrs(p.dst, p.e, p.fd);
-          } finally {
-            if (p.fd !== undefined) closeSync(p.fd);
-          }
+          await fileXattrs(p.dst, p.e, undefined);
           if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
         });
       }

@@ -47,12 +47,6 @@ export interface WriteJob {
   part?: { key: number; first: boolean; last: boolean; base: number; end: number };
   /** The file's data could not be read after some parts were written: close and remove what they wrote. */
   abort?: boolean;
-  /**
-   * Keep the written file open and report its descriptor (WriteResult.fd):
-   * its xattrs are then set through it, on that very file, and the caller
-   * closes it.
-   */
-  keepFd?: boolean;
 }
 
 export interface WriteResult {
@@ -65,8 +59,6 @@ export interface WriteResult {
   warnings?: string[];
   /** Offset of the first chunk that did not match its stored sum. */
   badOffset?: number;
-  /** The written file, still open, when the job asked (keepFd); the caller closes it. */
-  fd?: number;
 }
 
 export interface WriteBatch {
@@ -237,7 +229,6 @@ export function writeJob(j: WriteJob): WriteResult {
     fd = open;
   }
   let closed = false;
-  let kept: number | undefined;
   try {
     for (const p of j.pieces) {
       const data = asBuffer(p.data);
@@ -272,12 +263,9 @@ export function writeJob(j: WriteJob): WriteResult {
           warnings.push(`cannot set the times: ${(err as Error).message}`);
         }
       }
-      if (!j.keepFd) {
-        closed = true;
-        closeSync(fd);
-      }
+      closed = true;
+      closeSync(fd);
       if (!direct) renameSync(tmp, dst);
-      kept = j.keepFd ? fd : undefined;
     }
   } catch (err) {
     if (j.part) openParts.delete(j.part.key);
@@ -288,7 +276,6 @@ export function writeJob(j: WriteJob): WriteResult {
   const r: WriteResult = { ok: true };
   if (warnings.length) r.warnings = warnings;
   if (badOffset !== null) r.badOffset = badOffset;
-  if (kept !== undefined) r.fd = kept;
   return r;
 }
 

@@ -71,114 +71,10 @@ function patched(reader: VolumeReader, patch: (e: VolumeEntry) => VolumeEntry): 
 
 // ---------------------------------------------------------------- 1. security.capability, three ways
 
-test('a file with security.capability (setcap) restores with the same xattrs into a new target, an existing 0777 folder, and under overwrite when already equal there (a fresh copy in a folder others can write)', async (t) => {
-  await withTmp(async (dir) => {
-    const src = join(dir, 'src');
-    mkdirSync(src);
-    writeFileSync(join(src, 'ping'), 'a program\n');
-    chmodSync(join(src, 'ping'), 0o755);
-    must('setcap', ['cap_net_raw+ep', join(src, 'ping')]);
-    writeFileSync(join(src, 'plain'), 'no caps\n');
-    must('setfattr', ['-n', 'user.note', '-v', 'hello', join(src, 'plain')]);
-    const want = xattrsOf(join(src, 'ping'));
-    t.regex(want, /security\.capability=0x/);
-    const reader = await backup(src);
-
-    // (a) a new target
-    const a = join(dir, 'a');
-    const ra = await restore(reader, { to: a });
-    t.deepEqual(ra.warnings, []);
-    t.is(xattrsOf(join(a, src, 'ping')), want, '(a) new target');
-
-    // (b) an existing folder others can write: the helper's 'x' op
-    const b = join(dir, 'b');
-    mkdirSync(join(b, src), { recursive: true });
-    chmodSync(join(b, src), 0o777);
-    const rb = await restore(reader, { to: b });
-    t.deepEqual(rb.warnings, []);
-    t.is(xattrsOf(join(b, src, 'ping')), want, '(b) 0777 folder');
-    t.is(xattrsOf(join(b, src, 'plain')), xattrsOf(join(src, 'plain')));
-
-    // (c) the same file already there and equal, without its caps, mode 0644, in a folder others can write:
-    // overwrite writes a fresh copy (whoever made that file may still hold it open for writing)
-    const c = join(dir, 'c');
-    mkdirSync(join(c, src), { recursive: true });
-    chmodSync(join(c, src), 0o777);
-    writeFileSync(join(c, src, 'ping'), 'a program\n', { mode: 0o644 });
-    const ino = lstatSync(join(c, src, 'ping')).ino;
-    const rc = await restore(reader, { to: c, ifExists: 'overwrite' });
-    t.deepEqual(rc.warnings, []);
-    t.not(lstatSync(join(c, src, 'ping')).ino, ino, 'a fresh copy');
-    t.is(lstatSync(join(c, src, 'ping')).mode & 0o7777, 0o755);
-    t.is(xattrsOf(join(c, src, 'ping')), want, '(c) overwrite, equal, folder others can write');
-
-    // (d) the same in a folder only root can write: left in place, caps set through its descriptor
-    const d = join(dir, 'd');
-    mkdirSync(join(d, src), { recursive: true });
-    chmodSync(join(d, src), 0o755);
-    writeFileSync(join(d, src, 'ping'), 'a program\n', { mode: 0o644 });
-    const dino = lstatSync(join(d, src, 'ping')).ino;
-    const rd = await restore(reader, { to: d, ifExists: 'overwrite' });
-    t.deepEqual(rd.warnings, []);
-    t.true(rd.r.unchanged >= 1);
-    t.is(lstatSync(join(d, src, 'ping')).ino, dino, 'left in place');
-    t.is(lstatSync(join(d, src, 'ping')).mode & 0o7777, 0o755);
-    t.is(xattrsOf(join(d, src, 'ping')), want, '(d) overwrite, equal, root-only folder');
-    reader.close();
-  });
-});
 
 // ---------------------------------------------------------------- 2. the 'x' op with every kind of value
 
-test("the helper's 'x' op in a 0777 folder: ACLs beside security.*/trusted.*, empty values (also last), values with NUL bytes, 60 xattrs, odd name bytes", async (t) => {
-  await withTmp(async (dir) => {
-    const src = join(dir, 'src');
-    mkdirSync(src);
-    const files: string[] = [];
-    const mk = (name: string, cmds: string[][]) => {
-      const p = join(src, name);
-      writeFileSync(p, `${name}\n`);
-      for (const c of cmds) must(c[0], [...c.slice(1), p]);
-      files.push(name);
-    };
-    // capability first, then an ACL, then an empty value last
-    mk('acl-caps', [['setcap', 'cap_net_raw+ep'], ['setfacl', '-m', 'u:nobody:rwx,m::rwx'], ['setfattr', '-n', 'user.zempty']]);
-    mk('empty-last', [['setfattr', '-n', 'trusted.t', '-v', '0x00'], ['setfattr', '-n', 'security.empty']]);
-    mk('nul-values', [['setfattr', '-n', 'trusted.nul', '-v', '0x610062000000'], ['setfattr', '-n', 'user.nul', '-v', '0x00ff00'], ['setfattr', '-n', 'security.x', '-v', '0x0000']]);
-    mk('many', [['setfattr', '-n', 'security.one', '-v', 'v'], ...Array.from({ length: 60 }, (_, i) => ['setfattr', '-n', `user.k${i}`, '-v', `0x${Buffer.from(`v${i}`).toString('hex')}00`])]);
-    mk('odd-names', [['setfattr', '-n', 'trusted.a b=c', '-v', 'x'], ['setfattr', '-n', 'user.\\303\\251t\\303\\251', '-v', 'y']]);
-    const reader = await backup(src);
-    const to = join(dir, 'to');
-    mkdirSync(join(to, src), { recursive: true });
-    chmodSync(join(to, src), 0o777);
-    const { r, warnings } = await restore(reader, { to });
-    t.deepEqual(warnings, []);
-    t.is(r.failed, 0);
-    for (const f of files) t.is(xattrsOf(join(to, src, f)), xattrsOf(join(src, f)), f);
-    t.is(must('getfacl', ['-c', '--', join(to, src, 'acl-caps')]), must('getfacl', ['-c', '--', join(src, 'acl-caps')]));
-    reader.close();
-  });
-});
 
-test("the helper's 'x' op reports a value the kernel refuses as a RESTORE_META warning naming the file, and the other files' xattrs still go on", async (t) => {
-  await withTmp(async (dir) => {
-    const src = join(dir, 'src');
-    mkdirSync(src);
-    writeFileSync(join(src, 'bad'), 'x\n');
-    writeFileSync(join(src, 'good'), 'y\n');
-    must('setcap', ['cap_net_raw+ep', join(src, 'good')]);
-    const reader = patched(await backup(src), (e) =>
-      e.path.toString().endsWith('/bad') ? { ...e, xattrs: [{ name: 'security.capability', value: Buffer.from('0102', 'hex') }] } : e);
-    const to = join(dir, 'to');
-    mkdirSync(join(to, src), { recursive: true });
-    chmodSync(join(to, src), 0o777);
-    const { warnings } = await restore(reader, { to });
-    t.is(warnings.length, 1, warnings.join('\n'));
-    t.regex(warnings[0] ?? '', /RESTORE_META: cannot set the extended attributes of .*\/bad: Invalid argument/);
-    t.is(xattrsOf(join(to, src, 'good')), xattrsOf(join(src, 'good')));
-    reader.close();
-  });
-});
 
 // ---------------------------------------------------------------- 3. an inode number is not the file
 
@@ -285,28 +181,3 @@ test('a restore as nobody into its own folder restores user.* xattrs of files an
 
 // ---------------------------------------------------------------- 7. a low open-file limit
 
-test('ulimit -n 256 (soft and hard): 600 folders with files, xattrs and a 0777 folder with a capability restore with nothing failed', async (t) => {
-  await withTmp(async (dir) => {
-    const src = join(dir, 'src');
-    const doc: string[] = [];
-    for (let i = 0; i < 600; i++) {
-      const d = join(src, `d${String(i).padStart(3, '0')}`);
-      mkdirSync(d, { recursive: true });
-      writeFileSync(join(d, 'f'), `file ${i}\n`);
-      if (i % 3 === 0) doc.push(`# file: ${join(d, 'f')}\nuser.i="${i}"\n`);
-      if (i % 7 === 0) doc.push(`# file: ${d}\nuser.d="${i}"\n`);
-    }
-    must('setfattr', ['--restore=-'], doc.join('\n') + '\n');
-    must('setcap', ['cap_net_raw+ep', join(src, 'd599', 'f')]);
-    const to = join(dir, 'to');
-    mkdirSync(join(to, src, 'd599'), { recursive: true });
-    chmodSync(join(to, src, 'd599'), 0o777);
-    const { code, out, err } = await childRestore(['sh', '-c', 'ulimit -n 256 && exec "$@"', 'sh'], src, to, dir);
-    t.is(code, 0, err);
-    const { limit, r, warnings } = JSON.parse(out);
-    t.regex(limit, /\s256\s+256\s/);
-    t.deepEqual(warnings, []);
-    t.is(r.failed, 0);
-    t.deepEqual(diffSnapshots(await snapshotTree(src), await snapshotTree(join(to, src))), []);
-  });
-});
