@@ -174,7 +174,7 @@ export function splitDev(rdev: bigint): [bigint, bigint] {
 
 const PERL_HELPER = String.raw`
 $| = 1; $/ = "\0";
-my ($utimensat, $mknodat, $fsetxattr, $fchownat, $opath, $nofollow, $nonblock) = @ARGV;
+my ($utimensat, $mknodat, $fsetxattr, $fchownat, $opath, $nofollow, $nonblock, $setxattr) = @ARGV;
 while (defined(my $op = <STDIN>)) {
   chomp $op; my $p = <STDIN>; chomp $p; my $a = <STDIN>; chomp $a;
   my $r = -1;
@@ -195,6 +195,24 @@ while (defined(my $op = <STDIN>)) {
       }
       my $empty = ""; # (syscall may write to its string arguments: no constant)
       $r = syscall($fchownat + 0, fileno($fh), $empty, $uid + 0, $gid + 0, 0x1000);
+      close($fh);
+    }
+  } elsif ($op eq 'X') {
+    # xattrs of the folder, symlink or node at $p itself: opened as itself
+    # (O_PATH | O_NOFOLLOW), its type checked (octal), set through
+    # /proc/self/fd/<n>, which leads to the entry opened, not to its name;
+    # names and values in hex
+    my ($type, @kv) = split / /, $a;
+    if (sysopen(my $fh, $p, ($opath + 0) | ($nofollow + 0))) {
+      if ((((stat($fh))[2]) & 0170000) != oct($type)) {
+        print("replaced since it was made\0"); close($fh); next;
+      }
+      my $at = "/proc/self/fd/" . fileno($fh);
+      $r = 0;
+      while (@kv) {
+        my $n = pack("H*", shift @kv); my $v = pack("H*", shift @kv);
+        if (syscall($setxattr + 0, $at, $n, $v, length($v), 0) != 0) { $r = -1; last; }
+      }
       close($fh);
     }
   } elsif ($op eq 'x') {
@@ -218,8 +236,13 @@ while (defined(my $op = <STDIN>)) {
 }
 `;
 
-/** utimensat, mknodat, fsetxattr, fchownat; then the open flags O_PATH, O_NOFOLLOW, O_NONBLOCK (they differ between the two). */
-const SYSCALLS: Record<string, number[]> = { x64: [280, 259, 190, 260, 0o10000000, 0o400000, 0o4000], arm64: [88, 33, 7, 54, 0o10000000, 0o100000, 0o4000] };
+/** utimensat, mknodat, fsetxattr, fchownat; the open flags O_PATH, O_NOFOLLOW, O_NONBLOCK (they differ between the two); setxattr. */
+const SYSCALLS: Record<string, number[]> = { x64: [280, 259, 190, 260, 0o10000000, 0o400000, 0o4000, 188], arm64: [88, 33, 7, 54, 0o10000000, 0o100000, 0o4000, 5] };
+
+/** The S_IFMT bits of each kind of entry. */
+const TYPE_BITS: Record<string, number> = {
+  dir: C.S_IFDIR, file: C.S_IFREG, hardlink: C.S_IFREG, symlink: C.S_IFLNK, fifo: C.S_IFIFO, socket: C.S_IFSOCK, chardev: C.S_IFCHR, blockdev: C.S_IFBLK,
+};
 
 /** One long-lived perl process that runs utimensat/mknodat for us; null when it cannot run here. */
 class SyscallHelper {
@@ -273,7 +296,7 @@ class SyscallHelper {
   }
 
   /** Runs one operation; resolves "ok" or the error text. */
-  call(op: 't' | 'n' | 'x' | 'o', path: Buffer, args: string): Promise<string> {
+  call(op: 't' | 'n' | 'x' | 'X' | 'o', path: Buffer, args: string): Promise<string> {
     if (this.dead) return Promise.resolve('helper exited');
     return new Promise((resolve) => {
       this.waiting.push({ resolve });
@@ -477,7 +500,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   let nextPartKey = 1;
-  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean }[] = []; // written by the writer thread, path metadata to set
+  const inPlace: { dst: Buffer; e: VolumeEntry; timesSet: boolean; xattrsSet: boolean }[] = []; // written by the writer thread, path metadata to set
 
   const flushXattrs = async () => {
     const batch = xattrBatch;
@@ -499,22 +522,39 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (xattrBatch.length >= 2048) await flushXattrs();
   };
 
+  /** Xattrs as the helper takes them: names and values in hex. */
+  const hexXattrs = (xattrs: Xattr[]): string[] => xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')]);
+
   /**
    * Xattrs of a regular file in place. security.* and trusted.* ones (file
    * capabilities) in a folder other users can write go onto the file only
    * through descriptor `fd`, which the comparison of an equal file holds:
    * set by name, they would land on whatever that user put at the name
-   * meanwhile (their own program, given the backup's capabilities). A file
-   * just written there gets a warning instead (an inode number checked
-   * later can be reused; keeping the writer's descriptor open is not done).
+   * meanwhile (their own program, given the backup's capabilities). Files
+   * the writer makes there get them from the writer (WriteJob.fdXattrs).
    */
   const fileXattrs = async (dst: Buffer, e: VolumeEntry, fd: number | undefined) => {
     if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
     const r = helper && fd !== undefined
-      ? await helper.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), e.xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')]).join(' '))
+      ? await helper.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), hexXattrs(e.xattrs).join(' '))
       : helper
-        ? 'not set: capabilities go onto a new file only in a folder just root can write (restore with --to into a new folder)'
+        ? 'not set: the file is no longer open'
         : 'perl is needed to set them safely in a folder other users can write';
+    if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
+  };
+
+  /**
+   * Xattrs of a folder, symlink or node in place. security.* and trusted.*
+   * ones in a folder other users can write go onto the entry itself: the
+   * helper opens it O_PATH | O_NOFOLLOW, checks its type and sets them
+   * through /proc/self/fd (by name, another user could have put their own
+   * program there meanwhile and had it get them).
+   */
+  const entryXattrs = async (dst: Buffer, e: VolumeEntry) => {
+    if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
+    const r = helper
+      ? await helper.call('X', A(dst), [TYPE_BITS[e.type].toString(8), ...hexXattrs(e.xattrs)].join(' '))
+      : 'perl is needed to set them safely in a folder other users can write';
     if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
   };
 
@@ -592,7 +632,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         warn({ code: 'RESTORE_META', message: `cannot set the owner and mode of ${printable(dst)}: ${(err as Error).message}`, path: dst });
       }
     }
-    await queueXattrs(dst, e.xattrs);
+    await entryXattrs(dst, e);
     await times.set(A(dst), e.atimeNs, e.mtimeNs);
   };
 
@@ -703,13 +743,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (!last || failed) return;
       result.bytes += stored;
-      if (e.xattrs.length || !exact) inPlace.push({ dst, e, timesSet: exact });
+      if ((e.xattrs.length && !viaFd) || !exact) inPlace.push({ dst, e, timesSet: exact, xattrsSet: viaFd });
       placed();
     };
+    // capabilities in a folder others can write: set by the writer, through the file's descriptor
+    const viaFd = e.xattrs.some(sensitiveXattr) && !anchored.rootOnlyParent(dst);
     const base: Omit<WriteJob, 'pieces'> = {
       tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size,
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
       atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+      fdXattrs: viaFd ? e.xattrs : undefined,
     };
     const send = async (end: number, last: boolean) => {
       const job: WriteJob = {
@@ -750,7 +793,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     while (inPlace.length) {
       for (const p of inPlace.splice(0)) {
         await metaStep(p.dst, 'extended attributes and times', async () => {
-          await fileXattrs(p.dst, p.e, undefined);
+          if (!p.xattrsSet) await fileXattrs(p.dst, p.e, undefined);
           if (!p.timesSet) await times.set(A(p.dst), p.e.atimeNs, p.e.mtimeNs);
         });
       }
@@ -1116,7 +1159,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     dirMetas.sort((a, b) => depth(b.dst) - depth(a.dst));
     for (const { dst, e } of dirMetas) {
       await metaStep(dst, 'owner and mode', async () => setDirMeta(dst, e));
-      await metaStep(dst, 'extended attributes', () => queueXattrs(dst, e.xattrs));
+      await metaStep(dst, 'extended attributes', () => entryXattrs(dst, e));
       await trim();
     }
     await flushXattrs();

@@ -12,6 +12,8 @@ import {
 } from 'node:fs';
 import { O_PATH, removeTree } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
+import { formatSetfattr } from '../source/setfattr.js';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
 
@@ -47,6 +49,15 @@ export interface WriteJob {
   part?: { key: number; first: boolean; last: boolean; base: number; end: number };
   /** The file's data could not be read after some parts were written: close and remove what they wrote. */
   abort?: boolean;
+  /**
+   * Xattrs to set through the file's own descriptor, after its owner and
+   * mode (chown clears capabilities): the file's xattrs when some are
+   * security.* or trusted.* ones (capabilities) and the folder is one other
+   * users can write. Set by name later, they could land on another user's
+   * program put at the name, or on a file that took the restored one's
+   * inode number.
+   */
+  fdXattrs?: { name: string; value: Uint8Array }[];
 }
 
 export interface WriteResult {
@@ -182,6 +193,20 @@ function unlinkQuietly(p: Buffer): void {
 }
 
 /**
+ * Sets xattrs on the file open as `fd`: setfattr follows
+ * /proc/<pid>/fd/<fd> to that very file, whatever is at its name now.
+ * Returns what could not be set, or null.
+ */
+function setXattrsThroughFd(fd: number, xattrs: { name: string; value: Uint8Array }[]): string | null {
+  const r = spawnSync('setfattr', ['--restore=-'], { input: formatSetfattr([{ path: Buffer.from(`/proc/${process.pid}/fd/${fd}`), xattrs }]), stdio: ['pipe', 'ignore', 'pipe'] });
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return 'cannot set the extended attributes: setfattr (package attr) is not installed';
+  if (r.error) return `cannot set the extended attributes: ${r.error.message}`;
+  const err = r.stderr.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => l.replace(/^setfattr: \/proc\/\d+\/fd\/\d+: /, ''));
+  if (r.status !== 0 || err.length) return `cannot set the extended attributes: ${err.join('; ') || `setfattr exited ${r.status}`}`;
+  return null;
+}
+
+/**
  * Creates one file, or one part of a large one (`part`: the first part
  * opens it, the last sets its metadata and renames it into place); never
  * throws. A part after a failed one fails too, with the same message.
@@ -255,6 +280,10 @@ export function writeJob(j: WriteJob): WriteResult {
         fchmodSync(fd, j.mode); // after chown, which clears setuid/setgid
       } catch (err) {
         warnings.push(`cannot set the mode: ${(err as Error).message}`);
+      }
+      if (j.fdXattrs?.length) {
+        const w = setXattrsThroughFd(fd, j.fdXattrs);
+        if (w) warnings.push(w);
       }
       if (j.atime !== null && j.mtime !== null) {
         try {

@@ -16,6 +16,7 @@ import type { BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
+export { escapeOctal, formatSetfattr } from './setfattr.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
@@ -206,31 +207,6 @@ function unescapeOctal(b: Buffer): Buffer {
     } else out.push(b[i]);
   }
   return Buffer.from(out);
-}
-
-/** Escapes bytes the way getfattr does, for a `setfattr --restore` file. */
-export function escapeOctal(b: Buffer): Buffer {
-  const out: number[] = [];
-  for (const c of b) {
-    if (c <= 0x20 || c === 0x3d || c === 0x5c || c >= 0x7f) {
-      out.push(0x5c, ...Buffer.from(c.toString(8).padStart(3, '0'), 'latin1'));
-    } else out.push(c);
-  }
-  return Buffer.from(out);
-}
-
-/** A `setfattr --restore` document that sets `xattrs` on each path. */
-export function formatSetfattr(items: { path: Buffer; xattrs: Xattr[] }[]): Buffer {
-  const parts: Buffer[] = [];
-  for (const it of items) {
-    if (it.xattrs.length === 0) continue;
-    parts.push(Buffer.from('# file: '), escapeOctal(it.path), Buffer.from('\n'));
-    for (const x of it.xattrs) {
-      parts.push(escapeOctal(Buffer.from(x.name, 'latin1')), Buffer.from('=0s' + x.value.toString('base64') + '\n'));
-    }
-    parts.push(Buffer.from('\n'));
-  }
-  return Buffer.concat(parts);
 }
 
 /** Runs a command with `input` on stdin; resolves with stdout, stderr and the exit code (never rejects on exit codes). */

@@ -84,6 +84,8 @@ test('getfattr output parses, and setfattr input escapes, any byte', (t) => {
   t.is(escapeOctal(Buffer.from('a b\n\\=')).toString(), 'a\\040b\\012\\134\\075');
   const doc = formatSetfattr([{ path: Buffer.from(k, 'latin1'), xattrs: [{ name: 'user.a', value: Buffer.from([0, 1, 2]) }] }]);
   t.deepEqual(parseGetfattr(doc).get(k), [{ name: 'user.a', value: Buffer.from([0, 1, 2]) }]);
+  // an empty value goes as the name alone (setfattr may set nothing for "name=0s")
+  t.is(formatSetfattr([{ path: Buffer.from('/f'), xattrs: [{ name: 'user.e', value: Buffer.alloc(0) }] }]).toString(), '# file: /f\nuser.e\n\n');
 });
 
 test('walk: every kind of entry, with its metadata, parents first, ancestors implicit', async (t) => {
