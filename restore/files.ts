@@ -45,6 +45,7 @@ import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
+import { FolderJournal } from './journal.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, removeTree } from './anchor.js';
@@ -74,6 +75,8 @@ export interface RestoreOptions {
   owners?: boolean;
   onWarning?: (w: EntryWarning) => void;
   onProgress?: (p: RestoreProgress) => void;
+  /** Where the journal of folders made is kept (journal.ts; default: stateDir()). */
+  stateDir?: string;
 }
 
 export interface RestoreResult {
@@ -470,6 +473,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   if (to && marker.active && !inherited) freshDirs.add(to.toString('latin1'));
   // `to` itself may be a symlink to a folder: the user's choice, followed
   if (to && statSync(to, { throwIfNoEntry: false })?.isDirectory()) knownDirs.add(to.toString('latin1'));
+  // Folders made where no marker covers them are written down (journal.ts):
+  // a run stopped midway and run again gives them their metadata too.
+  // Where the state folder cannot be used (a user without a home), there is
+  // no journal, and no warning either: only a stopped run would miss it.
+  const journal = !marker.active ? FolderJournal.open(volumeId, to, opts.stateDir).journal : null;
+  const record = (dir: Buffer) => {
+    if (journal?.add(dir)) journal.close(); // (could not write: keep what it has, add nothing more)
+  };
+  /** Whether an earlier run of this restore, stopped before the end, made folder `dir`. */
+  const madeBefore = (dir: Buffer): boolean => inLeftover(dir) || (journal?.made(dir) ?? false);
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
   /**
@@ -485,6 +498,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const makeDir = (dir: Buffer, e: VolumeEntry | null) => {
     mkdirSync(A(dir), { mode: 0o700 });
     freshDirs.add(dir.toString('latin1'));
+    record(dir);
     if (e && owners && anchored.enabled) {
       try {
         setDirMeta(dir, e);
@@ -588,7 +602,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       // entries of their own) out of the target. One that is not throws.
       if (porig && insideTo(pdst)) await ensureParent(porig, pdst);
       knownDirs.add(key);
-      if (inherited && insideTo(pdst)) {
+      if (madeBefore(pdst)) {
         // made by the unfinished run, which never set its metadata: set it now
         const stored = porig ? reader.stat(porig) : null;
         if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
@@ -953,7 +967,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       dirDst.set(e.id, dst);
       knownDirs.add(key);
       // an interrupted run made it and never set its metadata: set now, as for a new one
-      if (inLeftover(dst) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
+      if (madeBefore(dst) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
       return;
@@ -1172,6 +1186,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
+    if (result.failed === 0 && patterns.length === 0) journal?.finish();
     if (to && marker.active && result.failed === 0 && (!inherited || patterns.length === 0)) {
       removeMarker(to);
     } else if (to && (marker.active || marker.other)) {
@@ -1185,6 +1200,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       });
     }
   } finally {
+    journal?.close();
     await writer.close();
     putBackAsides(); // a run that failed before the end: what was moved aside for it goes back
     await helper?.close();

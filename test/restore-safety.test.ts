@@ -273,3 +273,42 @@ test('a restore stopped midway into an existing folder leaves the folders it mad
     t.is(await readFile(join(to, src, 'home', 'alice', 'docs', 'small'), 'utf8'), 'small\n');
   });
 });
+
+test('a restore stopped midway into an existing folder, run again under copy, gives the folders it made their times, ACLs and xattrs (its journal of folders made), and the journal goes once all is in place', async (t) => {
+  await withTmp(async (dir) => {
+    const state = join(dir, 'state');
+    const env = { FERRY_PASSPHRASE: 'restore safety passphrase, long enough', FERRY_STATE_DIR: state };
+    const src = join(dir, 'src');
+    const docs = join(src, 'home', 'alice', 'docs');
+    await mkdir(join(docs, 'sub'), { recursive: true });
+    await writeFile(join(docs, 'big'), randomBytes(12 * MiB));
+    await writeFile(join(docs, 'sub', 'small'), 'small\n');
+    await must('setfacl', ['-d', '-m', 'u:nobody:rx', docs]);
+    await must('setfattr', ['-n', 'user.tag', '-v', 'docs', docs]);
+    await chmod(join(src, 'home', 'alice'), 0o751);
+    for (const [p, when] of [[join(docs, 'sub'), '2001-02-03 04:05:06.123456789'], [docs, '2002-03-04 05:06:07.5'], [join(src, 'home', 'alice'), '2003-01-01 00:00:00']]) {
+      await must('touch', ['-h', '-d', when, p]);
+    }
+    const vault = join(dir, 'vault');
+    await ferryOk(['init', vault, '--kdf-log-n', '12'], env);
+    await ferryOk(['seed', '--vault', vault, '--item', 'p', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd'), src], env);
+    await ferryOk(['import', '--vault', vault, join(dir, 'd')], env);
+    const to = join(dir, 'out');
+    await mkdir(join(to, src, 'home'), { recursive: true }); // an existing folder: no marker
+    const args = ['restore', '--vault', vault, '--machine', 'm', '--item', 'p', '--to', to];
+    const cut = await ferry(args, { env: { ...env, FERRY_TEST_KILL_AFTER_BYTES: String(4 * MiB) } });
+    t.is(cut.code, 128, cut.stderr);
+    const journals = async () => (existsSync(join(state, 'restores')) ? readdir(join(state, 'restores')) : []);
+    t.is((await journals()).length, 1, 'the stopped run left its journal');
+    const meta = async (root: string, p: string) => {
+      const st = await lstat(join(root, p), { bigint: true });
+      const x = execFileSync('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', join(root, p)]).toString().split('\n').slice(1).join('\n');
+      return { mode: (st.mode & 0o7777n).toString(8), uid: st.uid, mtime: st.mtimeNs, xattrs: x };
+    };
+    const folders = ['home/alice', 'home/alice/docs', 'home/alice/docs/sub'];
+    await ferryOk([...args, '--if-exists', 'copy'], env);
+    for (const p of folders) t.deepEqual(await meta(join(to, src), p), await meta(src, p), p);
+    await must('cmp', [join(docs, 'big'), join(to, docs, 'big')]);
+    t.deepEqual(await journals(), [], 'a run that put everything in place removes the journal');
+  });
+});
