@@ -20,7 +20,7 @@
 // or queued for a helper must keep naming the same folder. The caller closes
 // them at points where nothing queued uses them any more (when `count`
 // grows large, and at the end).
-import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, rmdirSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
 import { baseName, parentPath } from '../format/volume/catalog.js';
 
 /** O_PATH (Linux, the same value on x86-64 and arm64; not in fs.constants). */
@@ -236,4 +236,19 @@ function unlinkQuiet(p: Buffer): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+}
+
+let softLimit: number | null = null;
+/** The soft limit of open files of this process (Infinity when /proc cannot say). */
+export function openFilesLimit(): number {
+  if (softLimit === null) {
+    softLimit = Infinity;
+    try {
+      const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+      if (m) softLimit = Number(m[1]);
+    } catch {
+      /* no /proc */
+    }
+  }
+  return softLimit;
 }

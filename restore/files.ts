@@ -46,6 +46,7 @@ import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FolderJournal } from './journal.js';
+import { openFilesLimit } from './anchor.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, removeTree } from './anchor.js';
@@ -104,19 +105,8 @@ const PART_BYTES = 4 * 1024 * 1024;
  * nothing queued needs them (anchor.ts): 2048, or a quarter of the soft
  * limit of open files when that is lower (the writer and helpers need some).
  */
-let openFoldersLimit: number | null = null;
 function maxOpenFolders(): number {
-  if (openFoldersLimit === null) {
-    let soft = Infinity;
-    try {
-      const m = /^Max open files\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
-      if (m) soft = Number(m[1]);
-    } catch {
-      /* no /proc: the default */
-    }
-    openFoldersLimit = Math.max(16, Math.min(2048, Math.floor(soft / 4)));
-  }
-  return openFoldersLimit;
+  return Math.max(16, Math.min(2048, Math.floor(openFilesLimit() / 4)));
 }
 
 function printable(p: Buffer): string {
@@ -479,10 +469,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   // no journal, and no warning either: only a stopped run would miss it.
   const journal = !marker.active ? FolderJournal.open(volumeId, to, opts.stateDir).journal : null;
   const record = (dir: Buffer) => {
-    if (journal?.add(dir)) journal.close(); // (could not write: keep what it has, add nothing more)
+    const st = journal ? lstatAt(dir) : undefined;
+    if (st) journal!.add(dir, st); // (when it cannot write, it adds nothing more: what it has stays)
   };
-  /** Whether an earlier run of this restore, stopped before the end, made folder `dir`. */
-  const madeBefore = (dir: Buffer): boolean => inLeftover(dir) || (journal?.made(dir) ?? false);
+  /** Whether an earlier run of this restore, stopped before the end, made folder `dir` (found as `st`). */
+  const madeBefore = (dir: Buffer, st: Stats): boolean => inLeftover(dir) || (journal?.made(dir, st) ?? false);
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
   /**
@@ -602,7 +593,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       // entries of their own) out of the target. One that is not throws.
       if (porig && insideTo(pdst)) await ensureParent(porig, pdst);
       knownDirs.add(key);
-      if (madeBefore(pdst)) {
+      if (madeBefore(pdst, st)) {
         // made by the unfinished run, which never set its metadata: set it now
         const stored = porig ? reader.stat(porig) : null;
         if (stored && stored.type === 'dir') dirMetas.push({ dst: pdst, e: stored });
@@ -967,7 +958,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       dirDst.set(e.id, dst);
       knownDirs.add(key);
       // an interrupted run made it and never set its metadata: set now, as for a new one
-      if (madeBefore(dst) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
+      if (madeBefore(dst, st) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
       return;
@@ -1186,7 +1177,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
-    if (result.failed === 0 && patterns.length === 0) journal?.finish();
+    if (result.failed === 0) journal?.finish(patterns.length === 0);
     if (to && marker.active && result.failed === 0 && (!inherited || patterns.length === 0)) {
       removeMarker(to);
     } else if (to && (marker.active || marker.other)) {

@@ -18,15 +18,21 @@
 //
 // A record is written (write(2), no fsync) once its folder exists: a kill
 // loses none, a power cut may lose the last ones (those folders then keep
-// the owner and mode they were made with). The state folder is the
-// restoring user's own (mode 0700): only they can add to what a later run
-// of theirs will change.
-import { createHash } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, unlinkSync, writeSync, constants as C } from 'node:fs';
+// the owner and mode they were made with). A record holds the folder's
+// device and inode numbers beside its path: a folder its user has put in
+// place of the one the restore made since is not taken for it. The state
+// folder is the restoring user's own (mode 0700): only they can add to
+// what a later run of theirs will change.
+//
+// Each run writes a file of its own (`<key>.<pid>-<random>.folders`), and
+// reads all of its key's: two runs at once never write into one file, and
+// a run deletes only the files it read, of runs no longer alive.
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, unlinkSync, writeFileSync, writeSync, constants as C, type Stats } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-/** Where ferry keeps what must outlive a run on this machine. */
+/** Where ferry keeps what must outlive a run on this machine (throws when there is no home to put it in). */
 export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.FERRY_STATE_DIR) return resolve(env.FERRY_STATE_DIR);
   if (process.getuid?.() === 0) return '/var/lib/ferry';
@@ -35,64 +41,104 @@ export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
 
 const SEP = 0; // records end with a NUL byte: paths may hold any other byte
 
+/** "<dev> <ino> <path within the target>" */
+function record(st: { dev: number | bigint; ino: number | bigint }, rel: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${st.dev} ${st.ino} `), rel, Buffer.from([SEP])]);
+}
+
+function alive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 export class FolderJournal {
   private fd: number | null = null;
   private broken = false;
+  /** Earlier runs' records (path -> "dev ino"), and which of them this run came upon. */
+  private readonly seen = new Set<string>();
 
-  /** Records are paths within the target (`prefix`, as the caller spells it, left off). */
-  private constructor(readonly path: string, private readonly earlier: Set<string>, private readonly prefix: number) {}
+  private constructor(
+    private readonly folder: string,
+    private readonly own: string,
+    private readonly earlier: Map<string, string>,
+    /** Files of earlier runs read at open, and whether their runs have ended. */
+    private readonly read: { path: string; ended: boolean }[],
+    /** Records are paths within the target: its length as the caller spells it is left off. */
+    private readonly prefix: number,
+  ) {}
+
+  /**
+   * The journal of restores of `volumeId` into `target` (null: the original
+   * places; the paths given to made() and add() start with it, spelled the
+   * same way), with what earlier unfinished runs recorded. Null when there
+   * is no state folder to use (`why` says why).
+   */
+  static open(volumeId: string, target: Buffer | null, dir?: string): { journal: FolderJournal | null; why?: string } {
+    try {
+      // keyed by the folder itself: however --to is spelled, through whatever symlink
+      const where = target ? realpathSync(target, { encoding: 'buffer' }) : Buffer.from('/');
+      const key = createHash('sha256').update(volumeId).update('\0').update(where).digest('hex').slice(0, 32);
+      const folder = join(dir ?? stateDir(), 'restores');
+      mkdirSync(folder, { recursive: true, mode: 0o700 });
+      const earlier = new Map<string, string>();
+      const read: { path: string; ended: boolean }[] = [];
+      for (const name of readdirSync(folder)) {
+        const m = /^([0-9a-f]{32})\.(\d+)-[0-9a-f]+\.folders$/.exec(name);
+        if (!m || m[1] !== key) continue;
+        const path = join(folder, name);
+        let data: Buffer;
+        try {
+          data = readFileSync(path);
+        } catch {
+          continue; // (gone meanwhile: its run finished)
+        }
+        read.push({ path, ended: !alive(Number(m[2])) });
+        let start = 0;
+        // a record cut short (no NUL yet) is left out
+        for (let i = data.indexOf(SEP); i >= 0; start = i + 1, i = data.indexOf(SEP, start)) {
+          const sp1 = data.indexOf(0x20, start);
+          const sp2 = sp1 < 0 ? -1 : data.indexOf(0x20, sp1 + 1);
+          if (sp2 < 0 || sp2 >= i) continue;
+          earlier.set(data.toString('latin1', sp2 + 1, i), data.toString('latin1', start, sp2));
+        }
+      }
+      const own = join(folder, `${key}.${process.pid}-${randomBytes(4).toString('hex')}.folders`);
+      return { journal: new FolderJournal(folder, own, earlier, read, target ? target.length : 0) };
+    } catch (err) {
+      return { journal: null, why: (err as Error).message };
+    }
+  }
 
   private rel(dir: Buffer): Buffer {
     return dir.subarray(this.prefix);
   }
 
-  /**
-   * The journal of restores of `volumeId` into `target` (null: the original
-   * places; paths given to made() and add() start with it), with what
-   * earlier unfinished runs recorded. Null when the state folder cannot be
-   * used (`why` says why).
-   */
-  static open(volumeId: string, target: Buffer | null, dir = stateDir()): { journal: FolderJournal | null; why?: string } {
-    const where = target ? Buffer.from(resolve(target.toString('latin1')), 'latin1') : Buffer.from('/');
-    const key = createHash('sha256').update(volumeId).update('\0').update(where).digest('hex').slice(0, 32);
-    const folder = join(dir, 'restores');
-    const path = join(folder, `${key}.folders`);
-    const earlier = new Set<string>();
-    try {
-      mkdirSync(folder, { recursive: true, mode: 0o700 });
-      const data = readFileSync(path);
-      let start = 0;
-      for (let i = data.indexOf(SEP); i >= 0; start = i + 1, i = data.indexOf(SEP, start)) {
-        if (i > start) earlier.add(data.toString('latin1', start, i));
-      }
-      // (a record cut short by a crash has no NUL: left out)
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT') return { journal: null, why: `${path}: ${(err as Error).message}` };
-    }
-    return { journal: new FolderJournal(path, earlier, target ? target.length : 0) };
+  /** Whether an earlier unfinished run made folder `dir`, found as `st`. */
+  made(dir: Buffer, st: Stats): boolean {
+    if (this.earlier.size === 0) return false;
+    const rel = this.rel(dir).toString('latin1');
+    if (this.earlier.get(rel) !== `${st.dev} ${st.ino}`) return false;
+    this.seen.add(rel);
+    return true;
   }
 
-  /** Whether an earlier unfinished run made folder `dir`. */
-  made(dir: Buffer): boolean {
-    return this.earlier.size > 0 && this.earlier.has(this.rel(dir).toString('latin1'));
-  }
-
-  /** Records that this run made folder `dir`; returns an error message when it cannot. */
-  add(dir: Buffer): string | null {
-    if (this.broken) return 'not writable';
+  /** Records that this run made folder `dir` (now `st`); false when it could not. */
+  add(dir: Buffer, st: Stats): boolean {
+    if (this.broken) return false;
     try {
-      // O_NOFOLLOW: the state folder is the user's own, but never write through a symlink
-      this.fd ??= openSync(this.path, C.O_WRONLY | C.O_CREAT | C.O_APPEND | C.O_NOFOLLOW, 0o600);
-      const r = this.rel(dir);
-      const rec = Buffer.allocUnsafe(r.length + 1);
-      r.copy(rec);
-      rec[r.length] = SEP;
-      writeSync(this.fd, rec);
-      return null;
-    } catch (err) {
+      // O_NOFOLLOW | O_EXCL: a file of this run's own, never through a symlink
+      this.fd ??= openSync(this.own, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_APPEND | C.O_NOFOLLOW, 0o600);
+      const rec = record(st, this.rel(dir));
+      if (writeSync(this.fd, rec) !== rec.length) throw new Error('short write');
+      return true;
+    } catch {
       this.broken = true;
-      return `${this.path}: ${(err as Error).message}`;
+      return false;
     }
   }
 
@@ -101,13 +147,30 @@ export class FolderJournal {
     this.fd = null;
   }
 
-  /** The whole backup is in place: nothing is left for a later run to finish. */
-  finish(): void {
+  /**
+   * The run ended with every entry it took in place. `whole`: it took the
+   * whole backup, and nothing is left for a later run. Else what earlier
+   * runs recorded outside what it took is kept, in a file of its own.
+   */
+  finish(whole: boolean): void {
     this.close();
+    const keep = whole ? [] : [...this.earlier].filter(([rel]) => !this.seen.has(rel));
     try {
-      unlinkSync(this.path);
+      if (keep.length) {
+        const tmp = `${this.own}.tmp`;
+        writeFileSync(tmp, Buffer.concat(keep.map(([rel, id]) => Buffer.concat([Buffer.from(`${id} `, 'latin1'), Buffer.from(rel, 'latin1'), Buffer.from([SEP])]))), { mode: 0o600, flag: 'wx' });
+        renameSync(tmp, this.own);
+      } else unlinkSync(this.own);
     } catch {
-      /* none was written */
+      /* nothing of its own was written */
+    }
+    for (const f of this.read) {
+      if (!f.ended) continue; // a run still going: its file stays
+      try {
+        unlinkSync(f.path);
+      } catch {
+        /* gone already */
+      }
     }
   }
 }

@@ -4,11 +4,11 @@
 // each batch with one result per job. See FileWriter in writer.ts.
 import { parentPort } from 'node:worker_threads';
 import { freeBuffer } from '../format/seal/free.js';
-import { writeJob, type WriteBatch, type WriteBatchResult } from './writer.js';
+import { writeBatch, type WriteBatch, type WriteBatchResult } from './writer.js';
 
 const port = parentPort!;
 port.on('message', (m: WriteBatch) => {
-  const reply: WriteBatchResult = { id: m.id, results: m.jobs.map(writeJob) };
+  const reply: WriteBatchResult = { id: m.id, results: writeBatch(m.jobs) };
   // The data was transferred here and is written: free it now, not at this
   // thread's next collection (up to tens of MiB of dead buffers otherwise).
   for (const j of m.jobs) for (const p of j.pieces) freeBuffer(p.data);

@@ -10,7 +10,7 @@
 import {
   chmodSync, chownSync, closeSync, constants as C, lchownSync, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
-import { O_PATH, removeTree } from './anchor.js';
+import { O_PATH, openFilesLimit, removeTree } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
 import { formatSetfattr } from '../source/setfattr.js';
@@ -193,25 +193,73 @@ function unlinkQuietly(p: Buffer): void {
 }
 
 /**
- * Sets xattrs on the file open as `fd`: setfattr follows
+ * Sets xattrs on files held open, one setfattr for them all: it follows
  * /proc/<pid>/fd/<fd> to that very file, whatever is at its name now.
- * Returns what could not be set, or null.
+ * Returns, per file, what could not be set (or null).
  */
-function setXattrsThroughFd(fd: number, xattrs: { name: string; value: Uint8Array }[]): string | null {
-  const r = spawnSync('setfattr', ['--restore=-'], { input: formatSetfattr([{ path: Buffer.from(`/proc/${process.pid}/fd/${fd}`), xattrs }]), stdio: ['pipe', 'ignore', 'pipe'] });
-  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return 'cannot set the extended attributes: setfattr (package attr) is not installed';
-  if (r.error) return `cannot set the extended attributes: ${r.error.message}`;
-  const err = r.stderr.toString('utf8').split('\n').filter((l) => l.trim()).map((l) => l.replace(/^setfattr: \/proc\/\d+\/fd\/\d+: /, ''));
-  if (r.status !== 0 || err.length) return `cannot set the extended attributes: ${err.join('; ') || `setfattr exited ${r.status}`}`;
-  return null;
+function setXattrsThroughFds(files: { fd: number; xattrs: { name: string; value: Uint8Array }[] }[]): (string | null)[] {
+  const at = (fd: number) => `/proc/${process.pid}/fd/${fd}`;
+  const r = spawnSync('setfattr', ['--restore=-'], { input: formatSetfattr(files.map((f) => ({ path: Buffer.from(at(f.fd)), xattrs: f.xattrs }))), stdio: ['pipe', 'ignore', 'pipe'] });
+  const all = (why: string) => files.map(() => `cannot set the extended attributes: ${why}`);
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return all('setfattr (package attr) is not installed');
+  if (r.error) return all(r.error.message);
+  // setfattr goes on after a file it cannot change, and names it: "setfattr: <path>: <error>"
+  const errs = new Map<string, string[]>();
+  const other: string[] = [];
+  for (const line of r.stderr.toString('utf8').split('\n')) {
+    const m = /^setfattr: (\/proc\/\d+\/fd\/\d+): (.*)$/.exec(line);
+    if (m) errs.set(m[1], [...(errs.get(m[1]) ?? []), m[2]]);
+    else if (line.trim()) other.push(line.replace(/^setfattr: /, ''));
+  }
+  return files.map((f) => {
+    const mine = errs.get(at(f.fd));
+    if (mine) return `cannot set the extended attributes: ${mine.join('; ')}`;
+    if (r.status !== 0 && errs.size === 0) return `cannot set the extended attributes: ${other.join('; ') || `setfattr exited ${r.status}`}`;
+    return null;
+  });
 }
+
+/** A file written whole whose xattrs go on through its descriptor with others' before it is closed and renamed (writeBatch). */
+interface HeldFile {
+  fd: number;
+  j: WriteJob;
+  result: WriteResult;
+}
+
+/**
+ * Writes a batch of jobs. Files whose xattrs go on through their
+ * descriptor (fdXattrs) stay open until the batch is written, and one
+ * setfattr sets them all: a process per file would fork the whole restore
+ * for each (on SELinux systems every file has security.selinux).
+ */
+export function writeBatch(jobs: WriteJob[]): WriteResult[] {
+  const held: HeldFile[] = [];
+  const release = () => {
+    const files = held.splice(0);
+    const why = setXattrsThroughFds(files.map((h) => ({ fd: h.fd, xattrs: h.j.fdXattrs! })));
+    files.forEach((h, i) => {
+      if (why[i]) (h.result.warnings ??= []).push(why[i]!);
+      finishFile(h.fd, h.j, h.result);
+    });
+  };
+  const results = jobs.map((j) => {
+    const r = writeJob(j, held);
+    if (held.length >= maxHeld()) release();
+    return r;
+  });
+  if (held.length) release();
+  return results;
+}
+
+/** Files held open at once for their xattrs: 64, fewer under a low open-file limit. */
+const maxHeld = () => Math.max(4, Math.min(64, Math.floor(openFilesLimit() / 8)));
 
 /**
  * Creates one file, or one part of a large one (`part`: the first part
  * opens it, the last sets its metadata and renames it into place); never
  * throws. A part after a failed one fails too, with the same message.
  */
-export function writeJob(j: WriteJob): WriteResult {
+export function writeJob(j: WriteJob, held?: HeldFile[]): WriteResult {
   const direct = j.direct === true;
   const dst = asBuffer(j.dst);
   const tmp = direct ? dst : asBuffer(j.tmp);
@@ -281,20 +329,19 @@ export function writeJob(j: WriteJob): WriteResult {
       } catch (err) {
         warnings.push(`cannot set the mode: ${(err as Error).message}`);
       }
+      const r = okResult(warnings, badOffset);
+      closed = true; // from here on, finishFile's to close
       if (j.fdXattrs?.length) {
-        const w = setXattrsThroughFd(fd, j.fdXattrs);
-        if (w) warnings.push(w);
-      }
-      if (j.atime !== null && j.mtime !== null) {
-        try {
-          futimesSync(fd, j.atime, j.mtime);
-        } catch (err) {
-          warnings.push(`cannot set the times: ${(err as Error).message}`);
+        // xattrs after owner and mode (chown clears capabilities), through this descriptor
+        if (held) {
+          held.push({ fd, j, result: r }); // set with the batch's others, then finished (writeBatch)
+          return r;
         }
+        const why = setXattrsThroughFds([{ fd, xattrs: j.fdXattrs }])[0];
+        if (why) (r.warnings ??= []).push(why);
       }
-      closed = true;
-      closeSync(fd);
-      if (!direct) renameSync(tmp, dst);
+      finishFile(fd, j, r);
+      return r;
     }
   } catch (err) {
     if (j.part) openParts.delete(j.part.key);
@@ -302,10 +349,40 @@ export function writeJob(j: WriteJob): WriteResult {
     unlinkQuietly(tmp); // direct: the file this job created (O_EXCL), never one it found
     return { ok: false, error: (err as Error).message, errno: (err as NodeJS.ErrnoException).code };
   }
+  return okResult(warnings, badOffset);
+}
+
+function okResult(warnings: string[], badOffset: number | null): WriteResult {
   const r: WriteResult = { ok: true };
   if (warnings.length) r.warnings = warnings;
   if (badOffset !== null) r.badOffset = badOffset;
   return r;
+}
+
+/**
+ * The end of a whole file written at fd: its times, then closed and
+ * renamed into place. A failure turns `r` into one and removes the file.
+ */
+function finishFile(fd: number, j: WriteJob, r: WriteResult): void {
+  const direct = j.direct === true;
+  const dst = asBuffer(j.dst);
+  const tmp = direct ? dst : asBuffer(j.tmp);
+  if (j.atime !== null && j.mtime !== null) {
+    try {
+      futimesSync(fd, j.atime, j.mtime);
+    } catch (err) {
+      (r.warnings ??= []).push(`cannot set the times: ${(err as Error).message}`);
+    }
+  }
+  try {
+    closeSync(fd); // (closed even when it reports an error: never closed twice)
+    if (!direct) renameSync(tmp, dst);
+  } catch (err) {
+    unlinkQuietly(tmp); // direct: the file this job created (O_EXCL), never one it found
+    r.ok = false;
+    r.error = (err as Error).message;
+    r.errno = (err as NodeJS.ErrnoException).code;
+  }
 }
 
 const WORKER_URL = new URL('./writer-worker.js', import.meta.url);
