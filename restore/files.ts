@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, lchownSync, readFileSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
+  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -46,10 +46,9 @@ import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FolderJournal } from './journal.js';
-import { openFilesLimit } from './anchor.js';
 import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
-import { Anchored, removeTree } from './anchor.js';
+import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
@@ -487,7 +486,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * set at the end.
    */
   const makeDir = (dir: Buffer, e: VolumeEntry | null) => {
-    mkdirSync(A(dir), { mode: 0o700 });
+    journal?.about(dir); // (a kill between mkdir and its record loses nothing)
+    try {
+      mkdirSync(A(dir), { mode: 0o700 });
+    } catch (err) {
+      journal?.notMade(dir);
+      throw err;
+    }
     freshDirs.add(dir.toString('latin1'));
     record(dir);
     if (e && owners && anchored.enabled) {

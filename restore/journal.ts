@@ -16,11 +16,14 @@
 // folders it made itself. The journal goes when a run of the whole backup
 // ends with every entry in place.
 //
-// A record is written (write(2), no fsync) once its folder exists: a kill
-// loses none, a power cut may lose the last ones (those folders then keep
-// the owner and mode they were made with). A record holds the folder's
-// device and inode numbers beside its path: a folder its user has put in
-// place of the one the restore made since is not taken for it. The state
+// Records are written (write(2), no fsync): one before a folder is made
+// ("? ?": about to make it), one once it exists (its device and inode
+// numbers), or one when it could not be made ("! !": it was there). A kill
+// loses none; a power cut may lose the last ones (those folders then keep
+// the owner and mode they were made with). The device and inode numbers
+// keep a folder its user put in place of the one the restore made from
+// being taken for it; a folder only announced (a kill came between the two
+// records) is taken only as mkdir left it: the restoring user's, mode 0700. The state
 // folder is the restoring user's own (mode 0700): only they can add to
 // what a later run of theirs will change.
 //
@@ -41,10 +44,12 @@ export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
 
 const SEP = 0; // records end with a NUL byte: paths may hold any other byte
 
-/** "<dev> <ino> <path within the target>" */
-function record(st: { dev: number | bigint; ino: number | bigint }, rel: Buffer): Buffer {
-  return Buffer.concat([Buffer.from(`${st.dev} ${st.ino} `), rel, Buffer.from([SEP])]);
+/** "<dev> <ino> <path within the target>", or "? ?" (about to be made) or "! !" (not made) for dev and ino */
+function record(id: string, rel: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${id} `, 'latin1'), rel, Buffer.from([SEP])]);
 }
+const ABOUT = '? ?';
+const NOT_MADE = '! !';
 
 function alive(pid: number): boolean {
   if (pid === process.pid) return true;
@@ -63,7 +68,6 @@ export class FolderJournal {
   private readonly seen = new Set<string>();
 
   private constructor(
-    private readonly folder: string,
     private readonly own: string,
     private readonly earlier: Map<string, string>,
     /** Files of earlier runs read at open, and whether their runs have ended. */
@@ -104,11 +108,14 @@ export class FolderJournal {
           const sp1 = data.indexOf(0x20, start);
           const sp2 = sp1 < 0 ? -1 : data.indexOf(0x20, sp1 + 1);
           if (sp2 < 0 || sp2 >= i) continue;
-          earlier.set(data.toString('latin1', sp2 + 1, i), data.toString('latin1', start, sp2));
+          const rel = data.toString('latin1', sp2 + 1, i);
+          const id = data.toString('latin1', start, sp2);
+          if (id === NOT_MADE) earlier.delete(rel);
+          else if (!(id === ABOUT && earlier.has(rel))) earlier.set(rel, id); // (an announcement never hides a record)
         }
       }
       const own = join(folder, `${key}.${process.pid}-${randomBytes(4).toString('hex')}.folders`);
-      return { journal: new FolderJournal(folder, own, earlier, read, target ? target.length : 0) };
+      return { journal: new FolderJournal(own, earlier, read, target ? target.length : 0) };
     } catch (err) {
       return { journal: null, why: (err as Error).message };
     }
@@ -122,18 +129,34 @@ export class FolderJournal {
   made(dir: Buffer, st: Stats): boolean {
     if (this.earlier.size === 0) return false;
     const rel = this.rel(dir).toString('latin1');
-    if (this.earlier.get(rel) !== `${st.dev} ${st.ino}`) return false;
+    const id = this.earlier.get(rel);
+    const mine = id === `${st.dev} ${st.ino}` || (id === ABOUT && st.isDirectory() && st.uid === process.geteuid?.() && (st.mode & 0o7777) === 0o700);
+    if (!mine) return false;
     this.seen.add(rel);
     return true;
   }
 
+  /** Records that this run is about to make folder `dir` (add() or notMade() follows). */
+  about(dir: Buffer): boolean {
+    return this.write(ABOUT, dir);
+  }
+
+  /** Records that this run could not make folder `dir` (something was there). */
+  notMade(dir: Buffer): boolean {
+    return this.write(NOT_MADE, dir);
+  }
+
   /** Records that this run made folder `dir` (now `st`); false when it could not. */
   add(dir: Buffer, st: Stats): boolean {
+    return this.write(`${st.dev} ${st.ino}`, dir);
+  }
+
+  private write(id: string, dir: Buffer): boolean {
     if (this.broken) return false;
     try {
       // O_NOFOLLOW | O_EXCL: a file of this run's own, never through a symlink
       this.fd ??= openSync(this.own, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_APPEND | C.O_NOFOLLOW, 0o600);
-      const rec = record(st, this.rel(dir));
+      const rec = record(id, this.rel(dir));
       if (writeSync(this.fd, rec) !== rec.length) throw new Error('short write');
       return true;
     } catch {
@@ -158,7 +181,7 @@ export class FolderJournal {
     try {
       if (keep.length) {
         const tmp = `${this.own}.tmp`;
-        writeFileSync(tmp, Buffer.concat(keep.map(([rel, id]) => Buffer.concat([Buffer.from(`${id} `, 'latin1'), Buffer.from(rel, 'latin1'), Buffer.from([SEP])]))), { mode: 0o600, flag: 'wx' });
+        writeFileSync(tmp, Buffer.concat(keep.map(([rel, id]) => record(id, Buffer.from(rel, 'latin1')))), { mode: 0o600, flag: 'wx' });
         renameSync(tmp, this.own);
       } else unlinkSync(this.own);
     } catch {

@@ -283,3 +283,26 @@ j.close();
     t.true(FolderJournal.open(vol, Buffer.from(join(cafe, 'out')), state).journal!.made(Buffer.from(join(cafe, 'out', 'a')), lstatSync(join(cafe, 'out', 'a'))), 'relative in a UTF-8 named folder');
   });
 });
+
+test('JOURNAL: a folder announced but not yet recorded (a kill between mkdir and its record) counts only as mkdir left it; one not made does not count', async (t) => {
+  await withTmp(async (dir) => {
+    const state = join(dir, 'state');
+    const to = Buffer.from(join(dir, 'out'));
+    const at = (p: string) => Buffer.concat([to, Buffer.from(p)]);
+    const [x, y] = [at('/x'), at('/y')];
+    mkdirSync(to);
+    const vol = '34'.repeat(16);
+    const j = FolderJournal.open(vol, to, state).journal!;
+    t.true(j.about(x));
+    mkdirSync(x, { mode: 0o700 }); // killed here, before add()
+    mkdirSync(y, { mode: 0o700 }); // a folder that was there: mkdir failed
+    t.true(j.about(y));
+    t.true(j.notMade(y));
+    j.close();
+    const again = FolderJournal.open(vol, to, state).journal!;
+    t.true(again.made(x, lstatSync(x)), 'announced, and as mkdir leaves a folder');
+    t.false(again.made(y, lstatSync(y)), 'announced, then not made');
+    chmodSync(x, 0o755);
+    t.false(FolderJournal.open(vol, to, state).journal!.made(x, lstatSync(x)), 'announced, but not as mkdir leaves a folder');
+  });
+});
