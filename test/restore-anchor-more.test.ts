@@ -12,13 +12,11 @@ import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { walk } from '../source/files.js';
-import { MemDisk } from '../format/memdisk.js';
-import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import type { VolumeReader } from '../format/volume/index.js';
+import { backup } from './helpers/volume.js';
 import { restoreFiles } from '../restore/files.js';
 import { snapshotTree, diffSnapshots } from './helpers/tree.js';
 
-const GiB = 1024 ** 3;
 const DIST = join(fileURLToPath(import.meta.url), '..', '..');
 
 async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
@@ -28,12 +26,6 @@ async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-async function backup(src: string): Promise<VolumeReader> {
-  const disk = new MemDisk(2040 * GiB);
-  await writeVolume(disk, walk([src]), {});
-  return VolumeReader.open(disk);
 }
 
 function sh(cmd: string, args: string[], input?: Buffer | string): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -12,14 +12,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { walk } from '../source/files.js';
-import { MemDisk } from '../format/memdisk.js';
-import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import type { VolumeReader } from '../format/volume/index.js';
+import { backup, xattrsOf } from './helpers/volume.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
 import type { VolumeEntry } from '../format/volume/catalog.js';
 import { snapshotTree, diffSnapshots } from './helpers/tree.js';
 
-const GiB = 1024 ** 3;
 const DIST = join(fileURLToPath(import.meta.url), '..', '..');
 const NOBODY = Number(spawnSync('id', ['-u', 'nobody']).stdout.toString().trim());
 
@@ -32,22 +30,10 @@ async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   }
 }
 
-async function backup(src: string): Promise<VolumeReader> {
-  const disk = new MemDisk(2040 * GiB);
-  await writeVolume(disk, walk([src]), {});
-  return VolumeReader.open(disk);
-}
-
 function must(cmd: string, args: string[], input?: string): string {
   const r = spawnSync(cmd, args, { input: input ?? '' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
   return r.stdout.toString();
-}
-
-/** Every xattr of `p` (not following a symlink), hex values, without the "# file" line. */
-function xattrsOf(p: string): string {
-  const r = spawnSync('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', '--', p]);
-  return r.stdout.toString().split('\n').filter((l) => l && !l.startsWith('# file')).sort().join('\n');
 }
 
 async function restore(reader: VolumeReader, opts: RestoreOptions) {

@@ -9,14 +9,12 @@ import { randomBytes } from 'node:crypto';
 import { chmod, link, lstat, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, unlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { walk } from '../source/files.js';
-import { MemDisk } from '../format/memdisk.js';
-import { writeVolume, VolumeReader } from '../format/volume/index.js';
+import type { VolumeReader } from '../format/volume/index.js';
+import { backup } from './helpers/volume.js';
 import { restoreFiles, type RestoreOptions } from '../restore/files.js';
 import { setMetaNoFollow } from '../restore/writer.js';
 import { ferry, ferryOk, must } from './helpers/exec.js';
 
-const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 
 async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
@@ -26,12 +24,6 @@ async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-async function backup(src: string): Promise<VolumeReader> {
-  const disk = new MemDisk(2040 * GiB);
-  await writeVolume(disk, walk([src]), {});
-  return VolumeReader.open(disk);
 }
 
 async function restore(reader: VolumeReader, opts: RestoreOptions) {
