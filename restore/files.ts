@@ -507,6 +507,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const setDirMeta = (dir: Buffer, e: VolumeEntry) => setMetaNoFollow(A(dir), 'dir', e.mode, owners ? e : null);
   const dirMetas: DirMeta[] = [];
   const linkFirsts = new Map<number, Buffer>(); // link group -> restored path of its data
+  const keptAnchors = new Set<number>(); // groups whose data is a file found in place and left there
   const hardlinks: VolumeEntry[] = [];
   let xattrBatch: { path: Buffer; xattrs: Xattr[] }[] = [];
   let nextPartKey = 1;
@@ -1039,7 +1040,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       const r = fresh ? { dst, copy: false } : await resolveConflict(e, dst, dataEntry);
       if (r === 'unchanged' || r === 'skipped') {
         // links of an unchanged file link to it; of a skipped (different) one, nothing links
-        if (r === 'unchanged' && e.linkGroup !== null) linkFirsts.set(e.linkGroup, dst);
+        if (r === 'unchanged' && e.linkGroup !== null) {
+          linkFirsts.set(e.linkGroup, dst);
+          keptAnchors.add(e.linkGroup);
+        }
         return;
       }
       if (e.type === 'socket' && !helper) {
@@ -1104,10 +1108,27 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     await drainWriter();
     // ---- pass 2: hard links, to the first restored member of their group
     // (none once the disk is full: the folders' metadata below still goes on)
+    const members = new Map<number, VolumeEntry[]>(); // (only for groups whose data was found in place)
+    for (const e of keptAnchors.size ? hardlinks : []) if (e.linkGroup !== null && keptAnchors.has(e.linkGroup)) members.set(e.linkGroup, [...(members.get(e.linkGroup) ?? []), e]);
     for (const e of full ? [] : hardlinks) {
       const dst = dstOf(e);
       if (dst === undefined) continue;
       const group = e.linkGroup;
+      if (group !== null && keptAnchors.delete(group)) {
+        // A file found in place that has links besides the group's own (to a
+        // file outside what is restored): the group's new links must not join
+        // it. This link carries the data instead, and the others link to it.
+        const at = linkFirsts.get(group)!;
+        const ast = existing(at);
+        const first = reader.get(group);
+        let ours = 0;
+        for (const m of [...(first ? [first] : []), ...(members.get(group) ?? [])]) {
+          const md = dstOf(m);
+          const ms = md ? existing(md) : null;
+          if (ms && ast && ms.ino === ast.ino && ms.dev === ast.dev) ours++;
+        }
+        if (!ast || ast.nlink > Math.max(ours, 1)) linkFirsts.delete(group);
+      }
       const firstDst = group !== null ? linkFirsts.get(group) : undefined;
       const first = group !== null ? reader.get(group) : null;
       if (firstDst === undefined || !first) {

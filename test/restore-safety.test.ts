@@ -304,3 +304,34 @@ test('a restore stopped midway into an existing folder, run again under copy, gi
     t.deepEqual(await journals(), [], 'a run that put everything in place removes the journal');
   });
 });
+
+test('under copy and skip, the new links of a group whose file is found in place, hard-linked to a file outside what is restored, do not join that file', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'a'), 'the same data\n');
+    await link(join(src, 'a'), join(src, 'b'));
+    await link(join(src, 'a'), join(src, 'c'));
+    const reader = await backup(src);
+    for (const ifExists of ['copy', 'skip'] as const) {
+      const to = join(dir, `out-${ifExists}`);
+      await mkdir(join(to, src), { recursive: true });
+      await mkdir(join(to, 'elsewhere'));
+      // the file is in place, equal, and hard-linked to another user's file outside
+      await writeFile(join(to, 'elsewhere', 'z'), 'the same data\n');
+      await link(join(to, 'elsewhere', 'z'), join(to, src, 'a'));
+      const zino = (await stat(join(to, 'elsewhere', 'z'))).ino;
+      const r = await restore(reader, { to, ifExists });
+      t.deepEqual(r.messages, [], ifExists);
+      t.is(r.failed, 0);
+      t.is((await stat(join(to, src, 'a'))).ino, zino, `${ifExists}: the file in place is left as it is`);
+      const b = await stat(join(to, src, 'b'));
+      const c = await stat(join(to, src, 'c'));
+      t.not(b.ino, zino, `${ifExists}: b joined the outside file`);
+      t.is(b.ino, c.ino, `${ifExists}: b and c are one file, as in the backup`);
+      t.is(await readFile(join(to, src, 'b'), 'utf8'), 'the same data\n');
+      t.is((await stat(join(to, 'elsewhere', 'z'))).nlink, 2, `${ifExists}: only a links to the outside file`);
+    }
+    reader.close();
+  });
+});
