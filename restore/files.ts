@@ -533,41 +533,29 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (xattrBatch.length >= 2048) await flushXattrs();
   };
 
+  /**
+   * Xattrs of an entry in place. security.* and trusted.* ones (file
+   * capabilities) in a folder other users can write never go on by name:
+   * another user could have put their own program there meanwhile and had
+   * it get them. `onEntry` sets them on the entry itself, or says why not.
+   */
+  const guardedXattrs = async (dst: Buffer, e: VolumeEntry, onEntry: () => Promise<string>) => {
+    if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
+    const r = helper ? await onEntry() : 'perl is needed to set them safely in a folder other users can write';
+    if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
+  };
   /** Xattrs as the helper takes them: names and values in hex. */
   const hexXattrs = (xattrs: Xattr[]): string[] => xattrs.flatMap((x) => [Buffer.from(x.name, 'latin1').toString('hex'), x.value.toString('hex')]);
-
   /**
-   * Xattrs of a regular file in place. security.* and trusted.* ones (file
-   * capabilities) in a folder other users can write go onto the file only
-   * through descriptor `fd`, which the comparison of an equal file holds:
-   * set by name, they would land on whatever that user put at the name
-   * meanwhile (their own program, given the backup's capabilities). Files
-   * the writer makes there get them from the writer (WriteJob.fdXattrs).
+   * A regular file's, through descriptor `fd` (the one an equal file was
+   * compared through). Files the writer makes get theirs from the writer
+   * (WriteJob.fdXattrs).
    */
-  const fileXattrs = async (dst: Buffer, e: VolumeEntry, fd: number | undefined) => {
-    if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
-    const r = helper && fd !== undefined
-      ? await helper.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), hexXattrs(e.xattrs).join(' '))
-      : helper
-        ? 'not set: the file is no longer open'
-        : 'perl is needed to set them safely in a folder other users can write';
-    if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
-  };
-
-  /**
-   * Xattrs of a folder, symlink or node in place. security.* and trusted.*
-   * ones in a folder other users can write go onto the entry itself: the
-   * helper opens it O_PATH | O_NOFOLLOW, checks its type and sets them
-   * through /proc/self/fd (by name, another user could have put their own
-   * program there meanwhile and had it get them).
-   */
-  const entryXattrs = async (dst: Buffer, e: VolumeEntry) => {
-    if (!e.xattrs.some(sensitiveXattr) || anchored.rootOnlyParent(dst)) return queueXattrs(dst, e.xattrs);
-    const r = helper
-      ? await helper.call('X', A(dst), [TYPE_BITS[e.type].toString(8), ...hexXattrs(e.xattrs)].join(' '))
-      : 'perl is needed to set them safely in a folder other users can write';
-    if (r !== 'ok') warn({ code: 'RESTORE_META', message: `cannot set the extended attributes of ${printable(dst)}: ${r}`, path: dst });
-  };
+  const fileXattrs = (dst: Buffer, e: VolumeEntry, fd: number | undefined) =>
+    guardedXattrs(dst, e, async () => (fd === undefined ? 'not set: the file is no longer open' : helper!.call('x', Buffer.from(`/proc/${process.pid}/fd/${fd}`), hexXattrs(e.xattrs).join(' '))));
+  /** A folder's, symlink's or node's: the helper opens it O_PATH | O_NOFOLLOW, checks its type and sets them through /proc/self/fd. */
+  const entryXattrs = (dst: Buffer, e: VolumeEntry) =>
+    guardedXattrs(dst, e, () => helper!.call('X', A(dst), [TYPE_BITS[e.type].toString(8), ...hexXattrs(e.xattrs)].join(' ')));
 
   /** Default place of an entry: its original path, under `to` when given. */
   const placeOf = (path: Buffer): Buffer => {

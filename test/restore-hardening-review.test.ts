@@ -8,39 +8,16 @@
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { VolumeReader } from '../format/volume/index.js';
-import { backup, xattrsOf } from './helpers/volume.js';
-import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { backup, xattrsOf, mustSync as must, restoreCollect as restore } from './helpers/volume.js';
+import { withTmp } from './helpers/exec.js';
 import type { VolumeEntry } from '../format/volume/catalog.js';
 import { snapshotTree, diffSnapshots } from './helpers/tree.js';
 
 const DIST = join(fileURLToPath(import.meta.url), '..', '..');
 const NOBODY = Number(spawnSync('id', ['-u', 'nobody']).stdout.toString().trim());
-
-async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-hardening-'));
-  try {
-    return await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
-function must(cmd: string, args: string[], input?: string): string {
-  const r = spawnSync(cmd, args, { input: input ?? '' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout.toString();
-}
-
-async function restore(reader: VolumeReader, opts: RestoreOptions) {
-  const warnings: string[] = [];
-  const r = await restoreFiles(reader, { ...opts, onWarning: (w) => warnings.push(`${w.code}: ${w.message}`) });
-  return { r, warnings };
-}
 
 /** A reader whose entries have `patch` applied (to put values in a backup the kernel would refuse at the source). */
 function patched(reader: VolumeReader, patch: (e: VolumeEntry) => VolumeEntry): VolumeReader {

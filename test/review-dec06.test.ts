@@ -6,40 +6,16 @@
 import test from 'ava';
 import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import type { VolumeReader } from '../format/volume/index.js';
-import { backup, xattrsOf } from './helpers/volume.js';
-import { restoreFiles, type RestoreOptions } from '../restore/files.js';
+import { backup, xattrsOf, mustSync as must, restoreCollect as restore } from './helpers/volume.js';
+import { withTmp } from './helpers/exec.js';
 import { FolderJournal } from '../restore/journal.js';
 
 const DIST = join(fileURLToPath(import.meta.url), '..', '..');
 const u = (p: string) => pathToFileURL(join(DIST, p)).href;
 /** A uid with no passwd entry (a container's arbitrary uid). */
 const NO_PASSWD_UID = 12345;
-
-async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-review-dec06-'));
-  try {
-    return await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
-
-function must(cmd: string, args: string[], input?: string): string {
-  const r = spawnSync(cmd, args, { input: input ?? '' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
-  return r.stdout.toString();
-}
-
-async function restore(reader: VolumeReader, opts: RestoreOptions) {
-  const warnings: string[] = [];
-  const r = await restoreFiles(reader, { ...opts, onWarning: (w) => warnings.push(`${w.code}: ${w.message}`) });
-  return { r, warnings };
-}
 
 /**
  * Backs up `src` and restores it to `to` in a node child (`prefix`: the
