@@ -11,6 +11,7 @@ import { FerryError } from '../format/errors.js';
 import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
+import { writeAll } from '../format/fsio.js';
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -453,8 +454,7 @@ export class SeedTargets {
       }
       const fh = await fsOpen(tmp, 'w');
       try {
-        let done = 0;
-        while (done < data.length) done += (await fh.write(data, done, data.length - done)).bytesWritten;
+        await writeAll(fh, data);
       } finally {
         await fh.close();
       }

@@ -11,6 +11,7 @@ import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
+import { writeAll } from '../format/fsio.js';
 
 export interface DirBackendOptions {
   /** fsync files and directories (default true). Off only for throwaway test data. */
@@ -266,14 +267,6 @@ export class DirBackend implements Backend {
       location: this.location,
       errno: e.code,
     });
-  }
-}
-
-async function writeAll(fh: fs.FileHandle, data: Buffer): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off);
-    off += bytesWritten;
   }
 }
 

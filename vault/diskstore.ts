@@ -27,6 +27,7 @@ import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.j
 import { VhdError } from '../format/vhd/problems.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
+import { writeAll } from '../format/fsio.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -362,7 +363,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
     const chunk = 8 * 1024 * 1024;
     for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
       const b = await storage.read(pos, Math.min(chunk, head.meta.fileSize - pos));
-      await fh.write(b, 0, b.length, pos);
+      await writeAll(fh, b, pos);
     }
     await fh.truncate(head.meta.fileSize);
     await fh.sync();

@@ -25,6 +25,7 @@ import {
   vhdTimestamp,
 } from './layout.js';
 import { VhdDisk } from './vhd.js';
+import { writeAll } from '../fsio.js';
 
 export const CREATOR_APP = 'frry';
 export const CREATOR_VERSION = 0x00010000;
@@ -330,14 +331,6 @@ async function writevAll(fh: FileHandle, bufs: Buffer[], pos: number): Promise<v
     await writeAll(fh, b.subarray(done), pos + done);
     pos += b.length;
     done = 0;
-  }
-}
-
-async function writeAll(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) {
-    const { bytesWritten } = await fh.write(buf, done, buf.length - done, pos + done);
-    done += bytesWritten;
   }
 }
 

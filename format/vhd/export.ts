@@ -2,6 +2,7 @@
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
 import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
+import { writeAll } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -33,10 +34,7 @@ export async function exportDisk(
   const tmp = `${to}.ferry-tmp-${process.pid}`;
   const fh = await fsOpen(tmp, 'w');
   const writes = new WriteQueue();
-  const writeAt = async (b: Buffer, pos: number) => {
-    let done = 0;
-    while (done < b.length) done += (await fh.write(b, done, b.length - done, pos + done)).bytesWritten;
-  };
+  const writeAt = (b: Buffer, pos: number) => writeAll(fh, b, pos);
   try {
     const count = Math.ceil(disk.size / bs);
     const next = readAhead(count, blockAt);

@@ -8,6 +8,7 @@ import { checkArg } from '../errors.js';
 import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
 import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
 import { type Problem, VhdError } from './problems.js';
+import { writeAll } from '../fsio.js';
 
 /** Random read/write access to the bytes of a VHD. */
 export interface VhdStorage extends ByteSource {
@@ -86,11 +87,7 @@ export class FileStorage implements VhdStorage {
   }
 
   async write(position: number, data: Buffer): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
-      done += bytesWritten;
-    }
+    await writeAll(this.fh, data, position);
     if (position + data.length > this.length) this.length = position + data.length;
   }
 

@@ -3,9 +3,8 @@
 // lookups go to SQLite and file data is read through the extents, each chunk
 // checked against its stored SHA-256 as it is read.
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Disk } from '../disk.js';
@@ -13,6 +12,8 @@ import { FerryError, checkArg } from '../errors.js';
 import { HASH_SIZE, SUPERBLOCK_SIZE, decodeSuperblock, type Superblock } from './layout.js';
 import { ENTRY_COLUMNS_SQL, fromRaw, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
+import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
+import { writeAll } from '../fsio.js';
 
 export interface VolumeReaderOptions {
   /**
@@ -60,7 +61,6 @@ export class VolumeReader {
     readonly disk: Disk,
     readonly superblock: Superblock,
     private readonly db: Database.Database,
-    private readonly tmp: string | null,
   ) {
     // Every entry query reads arrays of the columns fromRaw() knows: cheaper
     // for better-sqlite3 to build than objects with named keys.
@@ -95,7 +95,6 @@ export class VolumeReader {
     const limit = opts.memoryLimit ?? 4 * 1024 * 1024;
     const sum = createHash('sha256');
     let db: Database.Database;
-    let tmp: string | null = null;
     const pieces = async function* () {
       for (const e of sb.catalogExtents) {
         for (let off = 0; off < e.length; off += 4 * 1024 * 1024) {
@@ -115,25 +114,30 @@ export class VolumeReader {
       if (!sum.digest().equals(sb.catalogSha256)) throw badCatalog();
       db = new Database(Buffer.concat(parts), { readonly: true });
     } else {
-      tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'ferry-catalog-'));
-      const file = join(tmp, 'catalog.db');
-      const fh = await open(file, 'w');
+      // SQLite holds the file open once it is opened: its name goes right
+      // after, so that nothing is left behind however this process ends (a
+      // restore killed, Ctrl-C), and at once when the spool fails (a full /tmp).
+      const tmp = makeCatalogDir(opts.tmpDir);
       try {
-        for await (const b of pieces()) await fh.write(b);
+        const file = join(tmp, 'catalog.db');
+        const fh = await open(file, 'w');
+        try {
+          for await (const b of pieces()) await writeAll(fh, b);
+        } finally {
+          await fh.close();
+        }
+        if (!sum.digest().equals(sb.catalogSha256)) throw badCatalog();
+        db = new Database(file, { readonly: true });
+      } catch (err) {
+        throw catalogSpaceError(err, tmp) ?? err;
       } finally {
-        await fh.close();
-      }
-      if (!sum.digest().equals(sb.catalogSha256)) {
         rmSync(tmp, { recursive: true, force: true });
-        throw badCatalog();
       }
-      db = new Database(file, { readonly: true });
     }
     try {
-      return new VolumeReader(disk, sb, db, tmp);
+      return new VolumeReader(disk, sb, db);
     } catch (err) {
       db.close();
-      if (tmp) rmSync(tmp, { recursive: true, force: true });
       throw new FerryError('VOLUME_BAD_CATALOG', `${disk.name}: the catalog is not a ferry catalog (${(err as Error).message})`, { disk: disk.name });
     }
   }
@@ -284,7 +288,6 @@ export class VolumeReader {
   /** Closes the catalog (not the disk: the caller opened it). */
   close(): void {
     if (this.db.open) this.db.close();
-    if (this.tmp) rmSync(this.tmp, { recursive: true, force: true });
   }
 }
 

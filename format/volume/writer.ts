@@ -6,9 +6,8 @@
 // written and both are read back and checked before the writer reports
 // success.
 import { createHash, randomBytes, webcrypto, type Hash } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import type { Disk } from '../disk.js';
@@ -17,6 +16,7 @@ import {
   ALIGN, DATA_START, DEFAULT_CHUNK_SIZE, HASH_SIZE, MAX_CATALOG_EXTENTS, SUPERBLOCK_SIZE, VERSION, MAGIC,
   alignUp, decodeSuperblock, encodeSuperblock, type DiskRange,
 } from './layout.js';
+import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
 import { INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
 
 /**
@@ -275,7 +275,7 @@ export class VolumeWriter {
     this.chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
     this.now = opts.now ?? (() => BigInt(Date.now()) * 1_000_000n);
     this.seq = new SeqWriter(disk, DATA_START);
-    this.tmp = mkdtempSync(join(opts.tmpDir ?? tmpdir(), 'ferry-catalog-'));
+    this.tmp = makeCatalogDir(opts.tmpDir);
     this.db = new Database(join(this.tmp, 'catalog.db'));
     setupCatalog(this.db);
     this.insert = this.db.prepare(INSERT_SQL);
@@ -409,13 +409,17 @@ export class VolumeWriter {
       if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
         throw new FerryError('VOLUME_DUPLICATE_PATH', `${meta.path.toString()} was added to the volume twice`, { path: meta.path.toString() });
       }
-      throw err;
+      throw catalogSpaceError(err, this.tmp) ?? err;
     }
     if (meta.type === 'dir') this.dirs.set(meta.path.toString('latin1'), id);
     if (meta.type === 'file') this.stats.files++;
     this.stats.entries++;
     if (++this.inTx >= 5000) {
-      this.db.exec('COMMIT; BEGIN');
+      try {
+        this.db.exec('COMMIT; BEGIN');
+      } catch (err) {
+        throw catalogSpaceError(err, this.tmp) ?? err;
+      }
       this.inTx = 0;
     }
     this.opts.onProgress?.({ files: this.stats.entries, bytes: this.stats.bytes });
@@ -451,8 +455,12 @@ export class VolumeWriter {
         written_ns: String(this.now()),
         ...this.opts.meta,
       };
-      for (const [k, v] of Object.entries(facts)) meta.run(k, v);
-      this.db.exec('COMMIT');
+      try {
+        for (const [k, v] of Object.entries(facts)) meta.run(k, v);
+        this.db.exec('COMMIT');
+      } catch (err) {
+        throw catalogSpaceError(err, this.tmp) ?? err;
+      }
       this.db.close();
 
       await this.seq.pad();
