@@ -2,15 +2,17 @@
 // reader, volumes as raw bytes or a VHD. Reads only; a rerun finishes an
 // interrupted restore.
 import { spawn } from 'node:child_process';
-import { mkdtemp, open as fsOpen, rm, stat } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
-import { FerryError, UsageError } from '../format/errors.js';
+import { FerryError, UsageError, formatSize } from '../format/errors.js';
 import { exportDisk } from '../format/vhd/export.js';
 import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
+import { writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -100,13 +102,31 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
     await exportDisk(disk, to, 'raw', (d, t) => onProgress?.(d, t, 'volume'));
     return disk.size;
   }
-  // A device may hold old data: every byte is written, zeros included.
-  const fh = await fsOpen(to, 'r+');
+  // A device may hold old data: every byte is written, zeros included. It is
+  // opened exclusively (O_EXCL on a block device: refused while it is
+  // mounted or held by another program) and must be large enough.
+  let fh;
   try {
+    fh = await fsOpen(to, fsc.O_RDWR | fsc.O_EXCL);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EBUSY') {
+      throw new FerryError('RESTORE_DEVICE_BUSY', `${to} is in use (mounted, or held by another program): unmount it and run the same command again`, { to });
+    }
+    throw err;
+  }
+  try {
+    const size = await deviceSize(to);
+    if (size !== null && size < disk.size) {
+      throw new FerryError(
+        'RESTORE_DEVICE_SMALL',
+        `${to} holds ${formatSize(size)} (${size} bytes) but the volume is ${formatSize(disk.size)} (${disk.size} bytes): restore to a device at least that large, or to an image file`,
+        { to, size, needed: disk.size },
+      );
+    }
     const chunk = 4 * 1024 * 1024;
     for (let pos = 0; pos < disk.size; pos += chunk) {
       const b = await disk.read(pos, Math.min(chunk, disk.size - pos));
-      await fh.write(b, 0, b.length, pos);
+      await writeAll(fh, b, pos);
       onProgress?.(pos + b.length, disk.size, 'volume');
     }
     await fh.sync();
@@ -114,6 +134,20 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
     await fh.close();
   }
   return disk.size;
+}
+
+/** A block device's size in bytes, from sysfs; null when it cannot be told. */
+async function deviceSize(path: string): Promise<number | null> {
+  const { rdev } = await stat(path);
+  // glibc's major() and minor() of a dev_t
+  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & ~0xff & 0xfffff);
+  try {
+    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'latin1')).trim());
+    return Number.isSafeInteger(sectors) ? sectors * 512 : null;
+  } catch {
+    return null;
+  }
 }
 
 function tarDir(dir: string, to: string): Promise<void> {

@@ -1,0 +1,78 @@
+// A volume restored onto a block device (a loop device here): written whole
+// when the device is large enough; refused, with the device untouched, when
+// it is too small or mounted.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ferry, must, run, withTmp } from './helpers/exec.js';
+
+const env = { FERRY_PASSPHRASE: 'device test passphrase, long enough' };
+const MiB = 1024 * 1024;
+
+async function ok(args: string[]): Promise<void> {
+  const r = await ferry(args, { env });
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+}
+
+/** A loop device over a new image of `size` bytes holding `fill`, detached after fn. */
+async function withLoop<T>(img: string, fill: Buffer, fn: (dev: string) => Promise<T>): Promise<T> {
+  await writeFile(img, fill);
+  const dev = (await must('losetup', ['-f', '--show', img])).toString().trim();
+  try {
+    return await fn(dev);
+  } finally {
+    await run('losetup', ['-d', dev]);
+  }
+}
+
+test('a volume restores onto a large enough device; a small or mounted one is refused and left as it was', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const img = join(dir, 'vol.img');
+    const data = Buffer.concat([randomBytes(2 * MiB), Buffer.alloc(2 * MiB), randomBytes(2 * MiB)]);
+    await writeFile(img, data);
+    await ok(['seed', '--vault', vault, '--item', 'vol', '--kind', 'volume', '--machine', 'm', '--disk', join(dir, 'd1'), img]);
+    await ok(['import', '--vault', vault, join(dir, 'd1')]);
+    const restore = (to: string) => ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', '--to', to, '--format', 'raw'], { env });
+
+    // large enough: the volume, then what the device held after it
+    const old = randomBytes(8 * MiB);
+    await withLoop(join(dir, 'big.img'), old, async (dev) => {
+      const r = await restore(dev);
+      t.is(r.code, 0, r.stderr);
+    });
+    const big = await readFile(join(dir, 'big.img'));
+    t.true(big.subarray(0, data.length).equals(data), 'the volume, byte for byte');
+    t.true(big.subarray(data.length).equals(old.subarray(data.length)), 'the rest of the device untouched');
+
+    // too small
+    const small = randomBytes(4 * MiB);
+    await withLoop(join(dir, 'small.img'), small, async (dev) => {
+      const r = await restore(dev);
+      t.is(r.code, 1, r.stderr);
+      t.regex(r.stderr, new RegExp(`^ferry: ${dev} holds 4\\.0 MiB .* but the volume is 6\\.0 MiB`));
+      t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    });
+    t.true((await readFile(join(dir, 'small.img'))).equals(small), 'the small device is untouched');
+
+    // mounted
+    const mnt = join(dir, 'mnt');
+    await mkdir(mnt);
+    await must('truncate', ['-s', '8M', join(dir, 'fs.img')]);
+    await must('mkfs.ext4', ['-q', '-F', join(dir, 'fs.img')]);
+    const before = await readFile(join(dir, 'fs.img'));
+    await withLoop(join(dir, 'fs.img'), before, async (dev) => {
+      await must('mount', [dev, mnt]);
+      try {
+        const r = await restore(dev);
+        t.is(r.code, 1, r.stderr);
+        t.regex(r.stderr, new RegExp(`^ferry: ${dev} is in use \\(mounted`));
+      } finally {
+        await run('umount', [mnt]);
+      }
+    });
+    t.is((await run('e2fsck', ['-fn', join(dir, 'fs.img')])).code, 0, 'the mounted filesystem is still clean');
+  });
+});
