@@ -3,7 +3,7 @@
 // interrupted restore.
 import { spawn } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { mkdtemp, open as fsOpen, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open as fsOpen, readFile, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
@@ -49,8 +49,10 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   try {
     if (point.kind === 'volume') {
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
-      const bytes = await restoreVolume(disk, o.to, format as 'raw' | 'vhd', o.onProgress);
-      return { point, to: o.to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: 0 };
+      const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
+      if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
+      const bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress);
+      return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: 0 };
     }
     const reader = await VolumeReader.open(disk);
     try {
@@ -61,11 +63,13 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       };
       if (format === 'tar') {
         if (!o.to) throw new UsageError('--format tar needs --to FILE.tar');
-        const staging = await mkdtemp(join(dirname(o.to), '.ferry-restore-'));
+        const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
+        if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
+        const staging = await mkdtemp(join(dirname(to), '.ferry-restore-'));
         try {
           const r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
-          await tarDir(staging, o.to);
-          return { point, to: o.to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
+          await tarDir(staging, to);
+          return { point, to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
         } finally {
           await rm(staging, { recursive: true, force: true });
         }
@@ -85,6 +89,34 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   } finally {
     await disk.close();
   }
+}
+
+/**
+ * Where an image, a VHD or a tar archive is written for `--to to`: `to`
+ * itself when nothing is there (or a block device, for a raw volume); when a
+ * file is there, --if-exists decides as it does for files: `copy` writes
+ * beside it (`to.ferry-restored-<point>`), `overwrite` replaces it, `skip`
+ * leaves it (null).
+ */
+async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists, seq: number): Promise<string | null> {
+  let st;
+  try {
+    st = await stat(to);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return to;
+    throw err;
+  }
+  if (st.isBlockDevice()) {
+    if (format === 'raw') return to;
+    throw new UsageError(`${to} is a block device: a volume goes onto a device as --format raw; a ${format} archive goes to a file`);
+  }
+  if (st.isDirectory()) {
+    throw new UsageError(`${to} is a folder: name the file to write (${format === 'tar' ? 'FILE.tar' : format === 'vhd' ? 'FILE.vhd' : 'FILE.img, or a block device'})`);
+  }
+  if (!st.isFile()) throw new UsageError(`${to} is neither a file nor a block device: name a file to write`);
+  if (ifExists === 'overwrite') return to;
+  if (ifExists === 'skip') return null;
+  return `${to}.ferry-restored-${seq}`;
 }
 
 async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onProgress?: RestoreOptions['onProgress']): Promise<number> {
@@ -150,12 +182,20 @@ async function deviceSize(path: string): Promise<number | null> {
   }
 }
 
-function tarDir(dir: string, to: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const p = spawn('tar', ['--xattrs', '--acls', '--numeric-owner', '-cpf', to, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d) => (err += d));
-    p.on('error', reject);
-    p.on('close', (code) => (code === 0 ? resolve() : reject(new FerryError('RESTORE_TAR', `tar could not write ${to}: ${err.trim().split('\n')[0]}`))));
-  });
+/** Archives `dir` into `to`, under a temporary name until it is whole. */
+async function tarDir(dir: string, to: string): Promise<void> {
+  const tmp = `${to}.ferry-tmp-${process.pid}`;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const p = spawn('tar', ['--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      p.stderr.on('data', (d) => (err += d));
+      p.on('error', reject);
+      p.on('close', (code) => (code === 0 ? resolve() : reject(new FerryError('RESTORE_TAR', `tar could not write ${to}: ${err.trim().split('\n')[0]}`))));
+    });
+    await rename(tmp, to);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }

@@ -76,3 +76,42 @@ test('a volume restores onto a large enough device; a small or mounted one is re
     t.is((await run('e2fsck', ['-fn', join(dir, 'fs.img')])).code, 0, 'the mounted filesystem is still clean');
   });
 });
+
+test('a volume restored to an image file that exists: --if-exists copy writes beside it, skip leaves it, overwrite replaces it', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const img = join(dir, 'vol.img');
+    const data = Buffer.concat([randomBytes(MiB), Buffer.alloc(MiB)]);
+    await writeFile(img, data);
+    await ok(['seed', '--vault', vault, '--item', 'vol', '--kind', 'volume', '--machine', 'm', '--disk', join(dir, 'd1'), img]);
+    await ok(['import', '--vault', vault, join(dir, 'd1')]);
+    const restore = (to: string, ...more: string[]) =>
+      ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', '--to', to, ...more], { env });
+    const target = join(dir, 'there.img');
+    const mine = Buffer.from('an image the administrator keeps\n');
+    await writeFile(target, mine);
+
+    let r = await restore(target); // default: copy
+    t.is(r.code, 0, r.stderr);
+    t.true((await readFile(target)).equals(mine), 'the existing image is kept');
+    t.true((await readFile(`${target}.ferry-restored-1`)).equals(data), 'the restored one is beside it');
+
+    r = await restore(target, '--if-exists', 'skip');
+    t.is(r.code, 0, r.stderr);
+    t.true((await readFile(target)).equals(mine));
+    t.regex(r.stdout.toString(), /1 skipped/);
+
+    r = await restore(join(dir, 'there.vhd'), '--format', 'vhd', '--if-exists', 'skip');
+    t.is(r.code, 0, r.stderr);
+    t.is((await run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', join(dir, 'there.vhd'), img])).code, 0, 'a VHD where nothing was');
+
+    r = await restore(target, '--if-exists', 'overwrite');
+    t.is(r.code, 0, r.stderr);
+    t.true((await readFile(target)).equals(data), 'replaced');
+
+    r = await restore(dir);
+    t.is(r.code, 2, r.stderr);
+    t.regex(r.stderr, /is a folder: name the file to write/);
+  });
+});

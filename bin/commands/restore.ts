@@ -28,7 +28,7 @@ export function register(program: Command): void {
     .option('--machine <name>', "the machine whose item to restore (default: this host; another name is alternate-server recovery)")
     .option('--path <p>', 'only this path or glob (repeat for more); a folder brings its whole tree', collect, [])
     .option('--to <target>', 'restore under this folder (files) or into this device or file (volume); default: the original places')
-    .option('--if-exists <policy>', 'for files that exist: copy (keep both), overwrite or skip', 'copy')
+    .option('--if-exists <policy>', 'for files that exist (and an image, VHD or tar at --to): copy (keep both), overwrite or skip', 'copy')
     .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
     .action(
       action(async (out: Output, o: RestoreOpts) => {
