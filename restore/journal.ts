@@ -34,6 +34,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, unlinkSync, writeFileSync, writeSync, constants as C, type Stats } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pidAlive } from '../format/fsio.js';
 
 /** Where ferry keeps what must outlive a run on this machine (throws when there is no home to put it in). */
 export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -50,16 +51,6 @@ function record(id: string, rel: Buffer): Buffer {
 }
 const ABOUT = '? ?';
 const NOT_MADE = '! !';
-
-function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 export class FolderJournal {
   private fd: number | null = null;
@@ -101,7 +92,7 @@ export class FolderJournal {
         } catch {
           continue; // (gone meanwhile: its run finished)
         }
-        read.push({ path, ended: !alive(Number(m[2])) });
+        read.push({ path, ended: !pidAlive(Number(m[2])) });
         let start = 0;
         // a record cut short (no NUL yet) is left out
         for (let i = data.indexOf(SEP); i >= 0; start = i + 1, i = data.indexOf(SEP, start)) {

@@ -12,7 +12,7 @@ import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
-import { writeAll } from '../format/fsio.js';
+import { tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -184,7 +184,7 @@ async function deviceSize(path: string): Promise<number | null> {
 
 /** Archives `dir` into `to`, under a temporary name until it is whole. */
 async function tarDir(dir: string, to: string): Promise<void> {
-  const tmp = `${to}.ferry-tmp-${process.pid}`;
+  const tmp = tempBeside(to);
   try {
     await new Promise<void>((resolve, reject) => {
       const p = spawn('tar', ['--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });

@@ -25,7 +25,7 @@ import {
   vhdTimestamp,
 } from './layout.js';
 import { VhdDisk } from './vhd.js';
-import { writeAll } from '../fsio.js';
+import { tempBeside, writeAll } from '../fsio.js';
 
 export const CREATOR_APP = 'frry';
 export const CREATOR_VERSION = 0x00010000;
@@ -171,7 +171,7 @@ export async function writeVhd(
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE;
   checkArg(blockSize >= SECTOR && (blockSize & (blockSize - 1)) === 0, 'blockSize', 'a power of two of at least 512', blockSize);
   const footer = encodeFooter(makeFooter({ size: opts.size, type, date: opts.date, uniqueId: opts.uniqueId }));
-  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  const tmp = tempBeside(path);
   const fh = await fsOpen(tmp, 'w');
   const writes = new WriteQueue();
   const recycle = opts.recycle ?? (() => {});
@@ -339,7 +339,7 @@ export async function createVhd(path: string, opts: CreateOptions): Promise<void
   if ((opts.type ?? 'dynamic') === 'fixed') {
     checkSize(opts.size);
     // A fixed disk is its data then a footer: extend the file sparsely.
-    const tmp = `${path}.ferry-tmp-${process.pid}`;
+    const tmp = tempBeside(path);
     const fh = await fsOpen(tmp, 'w');
     try {
       await writeAll(fh, encodeFooter(makeFooter({ size: opts.size, type: 'fixed', date: opts.date, uniqueId: opts.uniqueId })), opts.size);
@@ -403,7 +403,7 @@ export async function createDifferencing(path: string, parentPath: string, opts:
     await parent.close();
   }
   const img = emptyImage({ size, blockSize, parent: ref, childPath: path, ...opts });
-  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  const tmp = tempBeside(path);
   const fh = await fsOpen(tmp, 'w');
   try {
     await writeAll(fh, Buffer.concat([img.prefix, img.footer]), 0);

@@ -2,7 +2,7 @@
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
 import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
-import { writeAll } from '../fsio.js';
+import { tempBeside, writeAll } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -31,7 +31,7 @@ export async function exportDisk(
     await writeVhd(to, { size: disk.size, type, blockSize: bs, recycle }, blockAt, onProgress);
     return;
   }
-  const tmp = `${to}.ferry-tmp-${process.pid}`;
+  const tmp = tempBeside(to);
   const fh = await fsOpen(tmp, 'w');
   const writes = new WriteQueue();
   const writeAt = (b: Buffer, pos: number) => writeAll(fh, b, pos);

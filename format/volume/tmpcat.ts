@@ -8,19 +8,10 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { FerryError } from '../errors.js';
+import { pidAlive } from '../fsio.js';
 
 const PREFIX = 'ferry-catalog-';
 const STALE_MS = 60 * 60 * 1000;
-
-function alive(pid: number): boolean {
-  if (pid === process.pid) return true;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Latest change of the folder or anything directly in it. */
 function lastChange(dir: string): number {
@@ -46,7 +37,7 @@ export function sweepCatalogDirs(parent: string, now = Date.now()): string[] {
   }
   for (const name of names) {
     const m = /^ferry-catalog-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
-    if (!m || alive(Number(m[1]))) continue;
+    if (!m || pidAlive(Number(m[1]))) continue;
     const dir = join(parent, name);
     try {
       if (now - lastChange(dir) < STALE_MS) continue;

@@ -1,5 +1,7 @@
-// The catalog's temporary folder: never left behind by a reader, swept when
-// a killed process left one, and a one-line error when it runs out of room.
+// Temporary files and folders: the catalog's folder is never left behind by
+// a reader, swept when a killed process left one, and a one-line error when
+// it runs out of room; a file's temporary name beside it (an image being
+// restored or exported) is swept when its process is gone.
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
@@ -8,6 +10,7 @@ import { MemDisk } from '../format/memdisk.js';
 import { FerryError } from '../format/errors.js';
 import { VolumeReader, writeVolume } from '../format/volume/index.js';
 import { sweepCatalogDirs } from '../format/volume/tmpcat.js';
+import { tempBeside } from '../format/fsio.js';
 import type { SourceEntry } from '../format/volume/writer.js';
 import { withTmp } from './helpers/exec.js';
 
@@ -75,7 +78,7 @@ test('catalog folders of processes that are gone are swept when untouched for an
     t.deepEqual(removed, [join(dir, `ferry-catalog-${dead}-aaaaaa`)]);
     t.deepEqual((await catalogDirs(dir)).sort(), [
       `ferry-catalog-${dead}-bbbbbb`, `ferry-catalog-${process.pid}-cccccc`, 'ferry-catalog-dddddd',
-    ]);
+    ].sort());
   });
 });
 
@@ -97,5 +100,25 @@ test('a temporary folder too small for the catalog: CATALOG_TMP_FULL naming it, 
       t.is((rerr as FerryError).code, 'CATALOG_TMP_FULL', String(rerr));
       t.deepEqual(await catalogDirs(small), []);
     });
+  });
+});
+
+test('temporary names beside a file: those of processes that are gone are removed once five minutes old', async (t) => {
+  await withTmp(async (dir) => {
+    const dead = 4194305;
+    const old = new Date(Date.now() - 10 * 60 * 1000);
+    const make = async (name: string, mtime: Date) => {
+      await writeFile(join(dir, name), 'partial image');
+      await utimes(join(dir, name), mtime, mtime);
+    };
+    await make(`x.img.ferry-tmp-${dead}`, old);
+    await make(`x.img.ferry-tmp-${dead + 1}`, new Date());
+    await make(`x.img.ferry-tmp-${process.ppid}`, old);
+    await make('x.img.ferry-tmp-notapid', old);
+    await make(`y.img.ferry-tmp-${dead}`, old);
+    t.is(tempBeside(join(dir, 'x.img')), join(dir, `x.img.ferry-tmp-${process.pid}`));
+    t.deepEqual((await readdir(dir)).sort(), [
+      `x.img.ferry-tmp-${dead + 1}`, `x.img.ferry-tmp-${process.ppid}`, 'x.img.ferry-tmp-notapid', `y.img.ferry-tmp-${dead}`,
+    ].sort());
   });
 });
