@@ -3,7 +3,7 @@
 // is written by the next calls, so that the error that explains it (ENOSPC)
 // is seen, instead of a short file taken for a whole one. And the temporary
 // names files are written under before they are renamed into place.
-import { lstatSync, readdirSync, unlinkSync } from 'node:fs';
+import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -31,8 +31,53 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
-/** Left alone however dead its process looks, while younger than this (PID namespaces sharing a folder). */
-const TEMP_STALE_MS = 5 * 60 * 1000;
+/** Latest change of `path`, or of anything directly in it when it is a folder. */
+function lastChange(path: string): number {
+  const st = lstatSync(path);
+  let t = st.mtimeMs;
+  if (st.isDirectory()) {
+    for (const name of readdirSync(path)) {
+      try {
+        t = Math.max(t, lstatSync(join(path, name)).mtimeMs);
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+  }
+  return t;
+}
+
+/**
+ * Removes what a process that is gone left in `dir` (a temporary file, a
+ * catalog folder, a staging tree): the entries whose names `pattern`
+ * matches with that process's pid as its first group, once nothing in them
+ * has changed for `staleMs` (a folder shared by PID namespaces can show a
+ * live process as gone). Best effort: never fails. Returns what it removed.
+ */
+export function sweepLeftovers(dir: string, pattern: RegExp, staleMs: number, now = Date.now()): string[] {
+  const removed: string[] = [];
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const name of names) {
+    const m = pattern.exec(name);
+    if (!m || pidAlive(Number(m[1]))) continue;
+    const path = join(dir, name);
+    try {
+      if (now - lastChange(path) < staleMs) continue;
+      rmSync(path, { recursive: true, force: true });
+      removed.push(path);
+    } catch {
+      /* not ours to remove, or gone: leave it */
+    }
+  }
+  return removed;
+}
+
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /**
  * The temporary name a file is written under before it is renamed onto
@@ -41,24 +86,6 @@ const TEMP_STALE_MS = 5 * 60 * 1000;
  * removed first, once they have not changed for five minutes.
  */
 export function tempBeside(path: string): string {
-  const dir = dirname(path);
-  const prefix = `${basename(path)}.ferry-tmp-`;
-  let names: string[] = [];
-  try {
-    names = readdirSync(dir);
-  } catch {
-    /* the write itself will say what is wrong with the folder */
-  }
-  for (const name of names) {
-    if (!name.startsWith(prefix) || !/^\d+$/.test(name.slice(prefix.length))) continue;
-    if (pidAlive(Number(name.slice(prefix.length)))) continue;
-    const old = join(dir, name);
-    try {
-      const st = lstatSync(old);
-      if (st.isFile() && Date.now() - st.mtimeMs >= TEMP_STALE_MS) unlinkSync(old);
-    } catch {
-      /* gone meanwhile, or not ours to remove */
-    }
-  }
+  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-(\\d+)$`), 5 * 60 * 1000);
   return `${path}.ferry-tmp-${process.pid}`;
 }

@@ -12,7 +12,7 @@ import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
-import { tempBeside, writeAll } from '../format/fsio.js';
+import { sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -65,7 +65,9 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         if (!o.to) throw new UsageError('--format tar needs --to FILE.tar');
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
         if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
-        const staging = await mkdtemp(join(dirname(to), '.ferry-restore-'));
+        // the tree is put together beside the archive; one left by a run that was killed goes first
+        sweepLeftovers(dirname(to), /^\.ferry-restore-(\d+)-[A-Za-z0-9]{6}$/, 5 * 60 * 1000);
+        const staging = await mkdtemp(join(dirname(to), `.ferry-restore-${process.pid}-`));
         try {
           const r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
           await tarDir(staging, to);

@@ -4,50 +4,17 @@
 // killed can be told apart from one in use. Every new one first removes
 // those of processes that are gone, when nothing in them has changed for an
 // hour (a shared /tmp across PID namespaces could show a live process as gone).
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { FerryError } from '../errors.js';
-import { pidAlive } from '../fsio.js';
+import { sweepLeftovers } from '../fsio.js';
 
 const PREFIX = 'ferry-catalog-';
-const STALE_MS = 60 * 60 * 1000;
 
-/** Latest change of the folder or anything directly in it. */
-function lastChange(dir: string): number {
-  let t = statSync(dir).mtimeMs;
-  for (const name of readdirSync(dir)) {
-    try {
-      t = Math.max(t, statSync(join(dir, name)).mtimeMs);
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return t;
-}
-
-/** Removes catalog folders left by processes that are gone (best effort: never fails). */
+/** Removes catalog folders left by processes that are gone, untouched for an hour. */
 export function sweepCatalogDirs(parent: string, now = Date.now()): string[] {
-  const removed: string[] = [];
-  let names: string[];
-  try {
-    names = readdirSync(parent);
-  } catch {
-    return removed;
-  }
-  for (const name of names) {
-    const m = /^ferry-catalog-(\d+)-[A-Za-z0-9]{6}$/.exec(name);
-    if (!m || pidAlive(Number(m[1]))) continue;
-    const dir = join(parent, name);
-    try {
-      if (now - lastChange(dir) < STALE_MS) continue;
-      rmSync(dir, { recursive: true, force: true });
-      removed.push(dir);
-    } catch {
-      /* not ours to remove, or gone: leave it */
-    }
-  }
-  return removed;
+  return sweepLeftovers(parent, /^ferry-catalog-(\d+)-[A-Za-z0-9]{6}$/, 60 * 60 * 1000, now);
 }
 
 /** A new folder for one catalog, after sweeping those of dead processes. */
