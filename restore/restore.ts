@@ -3,7 +3,7 @@
 // interrupted restore.
 import { spawn } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { mkdtemp, open as fsOpen, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdtemp, open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
@@ -12,6 +12,7 @@ import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
+import { volumeSize } from '../source/volume.js';
 import { sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
@@ -149,8 +150,8 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
     throw err;
   }
   try {
-    const size = await deviceSize(to);
-    if (size !== null && size < disk.size) {
+    const size = await volumeSize(to);
+    if (size < disk.size) {
       throw new FerryError(
         'RESTORE_DEVICE_SMALL',
         `${to} holds ${formatSize(size)} (${size} bytes) but the volume is ${formatSize(disk.size)} (${disk.size} bytes): restore to a device at least that large, or to an image file`,
@@ -168,20 +169,6 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
     await fh.close();
   }
   return disk.size;
-}
-
-/** A block device's size in bytes, from sysfs; null when it cannot be told. */
-async function deviceSize(path: string): Promise<number | null> {
-  const { rdev } = await stat(path);
-  // glibc's major() and minor() of a dev_t
-  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >>> 12) & ~0xff & 0xfffff);
-  try {
-    const sectors = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'latin1')).trim());
-    return Number.isSafeInteger(sectors) ? sectors * 512 : null;
-  } catch {
-    return null;
-  }
 }
 
 /** Archives `dir` into `to`, under a temporary name until it is whole. */

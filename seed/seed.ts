@@ -18,6 +18,7 @@ import { checkName } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.js';
 import { sourceEntries, volumeChunks, volumeSize } from './sources.js';
+import { writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
 
 export interface SeedOptions {
@@ -169,6 +170,9 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   let dataBytes = 0;
   const stats: Record<string, number> = {};
   if (o.kind === 'volume') {
+    for (const at of await writableMounts(o.sources[0])) {
+      warn({ path: o.sources[0], message: `${o.sources[0]} is mounted read-write at ${at}: blocks written while it is copied make an inconsistent image; seed from a snapshot (lvcreate --snapshot), or unmount it or remount it read-only first` });
+    }
     for await (const chunk of volumeChunks(o.sources[0])) {
       await disk.write(chunk.offset, chunk.data);
       bytes = chunk.offset + chunk.data.length;

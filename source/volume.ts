@@ -3,7 +3,7 @@
 // yielding only data that is not zero, so zero runs stay unallocated in the
 // VHD that receives it.
 import { constants as C } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { FerryError, checkArg } from '../format/errors.js';
 import { run } from './files.js';
 
@@ -37,8 +37,7 @@ export async function volumeSize(source: string): Promise<number> {
   if (st.isFile()) return st.size;
   if (!st.isBlockDevice()) throw new FerryError('SOURCE_NOT_VOLUME', `${source} is neither a block device nor an image file`, { path: source });
   // sysfs knows the size of every block device, in 512-byte sectors
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & ~0xff);
+  const [major, minor] = devNumbers(st.rdev);
   try {
     const fh = await open(`/sys/dev/block/${major}:${minor}/size`, 'r');
     try {
@@ -66,6 +65,45 @@ export async function volumeSize(source: string): Promise<number> {
   } finally {
     await fh.close();
   }
+}
+
+/** glibc's major() and minor() of a dev_t (as stat gives it, a number). */
+function devNumbers(rdev: number): [number, number] {
+  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  return [major, minor];
+}
+
+/**
+ * Where block device `source` is mounted read-write, from
+ * /proc/self/mountinfo (empty for an image file, or when it is not mounted
+ * or mounted read-only). Blocks that change while a volume is copied make an
+ * image no filesystem check can trust.
+ */
+export async function writableMounts(source: string): Promise<string[]> {
+  let st;
+  try {
+    st = await stat(source);
+  } catch {
+    return [];
+  }
+  if (!st.isBlockDevice()) return [];
+  const [major, minor] = devNumbers(st.rdev);
+  let info = '';
+  try {
+    info = await readFile('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return [];
+  }
+  const at: string[] = [];
+  for (const line of info.split('\n')) {
+    // id parent major:minor root mount-point options ...
+    const f = line.split(' ');
+    if (f[2] !== `${major}:${minor}`) continue;
+    if (!f[5]?.split(',').includes('rw')) continue;
+    at.push(f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
+  }
+  return at;
 }
 
 /** Reads a device or image and yields its non-zero data in order (each piece a fresh buffer). */

@@ -1,6 +1,7 @@
-// A volume restored onto a block device (a loop device here): written whole
-// when the device is large enough; refused, with the device untouched, when
-// it is too small or mounted.
+// Volumes and block devices (loop devices here): a restore writes a device
+// whole when it is large enough and refuses one too small or mounted,
+// leaving it untouched; a restore to an image file that exists follows
+// --if-exists; a seed of a device mounted read-write warns.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -113,5 +114,37 @@ test('a volume restored to an image file that exists: --if-exists copy writes be
     r = await restore(dir);
     t.is(r.code, 2, r.stderr);
     t.regex(r.stderr, /is a folder: name the file to write/);
+  });
+});
+
+test('seeding a device mounted read-write warns (exit 3) and names where; read-only or unmounted it does not', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const mnt = join(dir, 'mnt');
+    await mkdir(mnt);
+    await must('truncate', ['-s', '8M', join(dir, 'fs.img')]);
+    await must('mkfs.ext4', ['-q', '-F', join(dir, 'fs.img')]);
+    await withLoop(join(dir, 'fs.img'), await readFile(join(dir, 'fs.img')), async (dev) => {
+      const seed = (item: string) =>
+        ferry(['seed', '--vault', vault, '--item', item, '--kind', 'volume', '--machine', 'm', '--disk', join(dir, item), dev], { env });
+      await must('mount', [dev, mnt]);
+      try {
+        const r = await seed('rw');
+        t.is(r.code, 3, r.stderr);
+        t.true(r.stderr.includes(`${dev} is mounted read-write at ${mnt}: `), r.stderr);
+      } finally {
+        await run('umount', [mnt]);
+      }
+      await must('mount', ['-o', 'ro', dev, mnt]);
+      try {
+        const r = await seed('ro');
+        t.is(r.code, 0, r.stderr);
+      } finally {
+        await run('umount', [mnt]);
+      }
+      const r = await seed('off');
+      t.is(r.code, 0, r.stderr);
+    });
   });
 });
