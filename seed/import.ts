@@ -13,10 +13,16 @@ import type { VaultWriter } from '../vault/vault.js';
 import { openSeedRecord, type SeedPointRecord } from './seed.js';
 
 export interface ImportProgress {
+  /** The disk being imported: its folder, and its place in its seed. */
   disk: string;
+  diskNo: number;
+  of: number;
+  /** Objects of this disk done, and in all. */
   objects: number;
   totalObjects: number;
+  /** Bytes done and to do in this run, over every disk it imports. */
   bytes: number;
+  totalBytes: number;
 }
 
 export interface ImportResult {
@@ -87,16 +93,22 @@ export async function importSeeds(
     }
   }
   const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [] };
+  // A registered seed is never touched again: its objects belong to a visible point.
+  const already = new Set<string>();
   for (const { dir, m } of manifests) {
-    // A registered seed is never touched again: its objects belong to a visible point.
-    if ((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) {
+    if ((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) already.add(dir);
+  }
+  const run = { bytes: 0, totalBytes: 0 };
+  for (const { dir, m } of manifests) if (!already.has(dir)) for (const o of m.objects) run.totalBytes += o.size;
+  for (const { dir, m } of manifests) {
+    if (already.has(dir)) {
       result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
       continue;
     }
     await claimImage(vault, dir, m, result);
     // Group commit: the disk's objects are fsynced together before its marker says it is imported.
     vault.beginBatch();
-    const r = await importDisk(vault, dir, m, opts.onProgress).catch(async (err) => {
+    const r = await importDisk(vault, dir, m, run, opts.onProgress).catch(async (err) => {
       await vault.commitBatch().catch(() => {}); // ends the batch; the first error is the one to report
       throw err;
     });
@@ -121,7 +133,13 @@ export async function importSeeds(
   return result;
 }
 
-async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onProgress?: (p: ImportProgress) => void): Promise<{ bytes: number }> {
+async function importDisk(
+  vault: VaultWriter,
+  dir: string,
+  m: SeedManifest,
+  run: { bytes: number; totalBytes: number },
+  onProgress?: (p: ImportProgress) => void,
+): Promise<{ bytes: number }> {
   let bytes = 0;
   let done = 0;
   const window: Promise<void>[] = [];
@@ -153,8 +171,9 @@ async function importDisk(vault: VaultWriter, dir: string, m: SeedManifest, onPr
       await vault.backend.put(o.name, data);
     }
     bytes += data.length;
+    run.bytes += data.length;
     done++;
-    onProgress?.({ disk: dir, objects: done, totalObjects: m.objects.length, bytes });
+    onProgress?.({ disk: dir, diskNo: m.disk, of: m.of!, objects: done, totalObjects: m.objects.length, bytes: run.bytes, totalBytes: run.totalBytes });
   };
   let failure: unknown;
   for (const o of m.objects) {

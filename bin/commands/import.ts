@@ -17,7 +17,9 @@ export function register(program: Command): void {
         const vault = await openVaultFromCli(out, o, { writable: true, command: 'import' });
         const bar = progressBar(out.opts, 'import');
         try {
-          const r = await importSeeds(vault, dirs, { onProgress: (p) => bar.update(p.objects, p.totalObjects, p.disk) });
+          const r = await importSeeds(vault, dirs, {
+            onProgress: (p) => bar.update(p.bytes, p.totalBytes, `disk ${p.diskNo} of ${p.of} (${p.disk}): ${p.objects}/${p.totalObjects} objects`),
+          });
           bar.stop();
           out.result(r, () => {
             for (const d of r.imported) {
