@@ -7,7 +7,7 @@ import { mkdtemp, open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
-import { exportDisk } from '../format/vhd/export.js';
+import { exportDisk, type Unreadable } from '../format/vhd/export.js';
 import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
@@ -27,6 +27,8 @@ export interface RestoreOptions {
   format?: RestoreFormat;
   onProgress?: (done: number, total: number, what: string) => void;
   onWarning?: (w: { path?: string; message: string }) => void;
+  /** Volumes: write zeros where stored data cannot be read, and warn, instead of stopping. */
+  salvage?: boolean;
 }
 
 export interface RestoreResult {
@@ -52,8 +54,24 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
       const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
       if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
-      const bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress);
-      return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: 0 };
+      // --salvage: what cannot be read becomes zeros, each range named; else the first one stops the restore
+      let lost = 0;
+      const onUnreadable = o.salvage
+        ? (r: Unreadable) => {
+            lost++;
+            o.onWarning?.({ message: `bytes ${r.offset}-${r.offset + r.length - 1} of the volume could not be read (${r.error.message}): written as zeros` });
+          }
+        : undefined;
+      let bytes: number;
+      try {
+        bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
+      } catch (err) {
+        if (!o.salvage && err instanceof FerryError && err.data.object) {
+          throw new FerryError(err.code, `${err.message}; nothing was restored (--salvage restores the rest, with zeros where this data was)`, err.data, err.exitCode);
+        }
+        throw err;
+      }
+      return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: lost };
     }
     const reader = await VolumeReader.open(disk);
     try {
@@ -122,9 +140,15 @@ async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists,
   return `${to}.ferry-restored-${seq}`;
 }
 
-async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onProgress?: RestoreOptions['onProgress']): Promise<number> {
+async function restoreVolume(
+  disk: Disk,
+  to: string,
+  format: 'raw' | 'vhd',
+  onProgress?: RestoreOptions['onProgress'],
+  onUnreadable?: (r: Unreadable) => void,
+): Promise<number> {
   if (format === 'vhd') {
-    await exportDisk(disk, to, 'dynamic', (d, t) => onProgress?.(d, t, 'volume'));
+    await exportDisk(disk, to, 'dynamic', (d, t) => onProgress?.(d, t, 'volume'), onUnreadable);
     return disk.size;
   }
   let isDevice = false;
@@ -134,7 +158,7 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
     // a new image file
   }
   if (!isDevice) {
-    await exportDisk(disk, to, 'raw', (d, t) => onProgress?.(d, t, 'volume'));
+    await exportDisk(disk, to, 'raw', (d, t) => onProgress?.(d, t, 'volume'), onUnreadable);
     return disk.size;
   }
   // A device may hold old data: every byte is written, zeros included. It is
@@ -158,9 +182,17 @@ async function restoreVolume(disk: Disk, to: string, format: 'raw' | 'vhd', onPr
         { to, size, needed: disk.size },
       );
     }
-    const chunk = 4 * 1024 * 1024;
+    const chunk = 2 * 1024 * 1024; // a stored block: what --salvage loses at most for one bad object
     for (let pos = 0; pos < disk.size; pos += chunk) {
-      const b = await disk.read(pos, Math.min(chunk, disk.size - pos));
+      const len = Math.min(chunk, disk.size - pos);
+      let b: Buffer;
+      try {
+        b = await disk.read(pos, len);
+      } catch (err) {
+        if (!onUnreadable) throw err;
+        onUnreadable({ offset: pos, length: len, error: err as Error });
+        b = Buffer.alloc(len);
+      }
       await writeAll(fh, b, pos);
       onProgress?.(pos + b.length, disk.size, 'volume');
     }

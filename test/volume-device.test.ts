@@ -1,10 +1,12 @@
 // Volumes and block devices (loop devices here): a restore writes a device
 // whole when it is large enough and refuses one too small or mounted,
 // leaving it untouched; a restore to an image file that exists follows
-// --if-exists; a seed of a device mounted read-write warns.
+// --if-exists; a seed of a device mounted read-write warns; a damaged block
+// stops a volume restore unless --salvage, which writes zeros there.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, must, run, withTmp } from './helpers/exec.js';
 
@@ -146,5 +148,46 @@ test('seeding a device mounted read-write warns (exit 3) and names where; read-o
       const r = await seed('off');
       t.is(r.code, 0, r.stderr);
     });
+  });
+});
+
+test('a damaged volume block stops the restore and names the object; --salvage writes the rest with zeros there (file, VHD and device), exit 3', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const img = join(dir, 'vol.img');
+    const data = randomBytes(6 * MiB);
+    await writeFile(img, data);
+    await ok(['seed', '--vault', vault, '--item', 'vol', '--kind', 'volume', '--machine', 'm', '--disk', join(dir, 'd1'), img]);
+    await ok(['import', '--vault', vault, join(dir, 'd1')]);
+    const [id] = await readdir(join(vault, 'disks'));
+    const obj = join(vault, 'disks', id, 'blocks', '1');
+    const sealed = await readFile(obj);
+    sealed[sealed.length >> 1] ^= 0x40;
+    await writeFile(obj, sealed);
+    const restore = (to: string, ...more: string[]) =>
+      ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', '--to', to, ...more], { env });
+    const expected = Buffer.concat([data.subarray(0, 2 * MiB), Buffer.alloc(2 * MiB), data.subarray(4 * MiB)]);
+
+    let r = await restore(join(dir, 'out.img'));
+    t.is(r.code, 1);
+    t.regex(r.stderr, new RegExp(`^ferry: object disks/${id}/blocks/1: .*nothing was restored \\(--salvage`));
+    t.false(existsSync(join(dir, 'out.img')), 'no image, not even a partial one');
+
+    r = await restore(join(dir, 'out.img'), '--salvage');
+    t.is(r.code, 3, r.stderr);
+    t.regex(r.stderr, /warning: bytes 2097152-4194303 of the volume could not be read \(object .*\): written as zeros/);
+    t.true((await readFile(join(dir, 'out.img'))).equals(expected));
+
+    r = await restore(join(dir, 'out.vhd'), '--format', 'vhd', '--salvage');
+    t.is(r.code, 3, r.stderr);
+    await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', join(dir, 'out.vhd'), join(dir, 'vhd.raw')]);
+    t.true((await readFile(join(dir, 'vhd.raw'))).equals(expected));
+
+    await withLoop(join(dir, 'dev.img'), randomBytes(6 * MiB), async (dev) => {
+      r = await restore(dev, '--salvage');
+      t.is(r.code, 3, r.stderr);
+    });
+    t.true((await readFile(join(dir, 'dev.img'))).equals(expected), 'the device gets zeros there too, not its old bytes');
   });
 });

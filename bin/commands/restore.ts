@@ -15,6 +15,7 @@ interface RestoreOpts extends CliOpenOptions {
   to?: string;
   ifExists: string;
   format?: string;
+  salvage?: boolean;
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v];
@@ -30,6 +31,7 @@ export function register(program: Command): void {
     .option('--to <target>', 'restore under this folder (files) or into this device or file (volume); default: the original places')
     .option('--if-exists <policy>', 'for files that exist (and an image, VHD or tar at --to): copy (keep both), overwrite or skip', 'copy')
     .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
+    .option('--salvage', 'volume: write zeros where stored data cannot be read, name those ranges, and go on (exit 3); files always go on past damage')
     .action(
       action(async (out: Output, o: RestoreOpts) => {
         // loaded on use: the CLI starts fast and a command never pays for another's modules
@@ -47,6 +49,7 @@ export function register(program: Command): void {
             to: o.to,
             ifExists: o.ifExists as 'copy' | 'overwrite' | 'skip',
             format: o.format as RestoreFormat | undefined,
+            salvage: o.salvage,
             onProgress: (d, t) => bar.update(d, t),
             onWarning: (w) => out.warn(w.message),
           });

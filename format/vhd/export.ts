@@ -6,25 +6,48 @@ import { tempBeside, writeAll } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
+/** A range of the disk that could not be read, and why. */
+export interface Unreadable {
+  offset: number;
+  length: number;
+  error: Error;
+}
+
 export async function exportDisk(
   disk: Disk,
   to: string,
   type: ExportType,
   onProgress?: (done: number, total: number) => void,
+  /** Salvage: a 2 MiB range that cannot be read is reported here and written as zeros (else the export fails). */
+  onUnreadable?: (r: Unreadable) => void,
 ): Promise<void> {
   const bs = 2 * 1024 * 1024;
   const pool = new BufferPool(bs);
   const into = (disk as Disk & { readInto?: (out: Buffer, offset: number) => Promise<void> }).readInto?.bind(disk);
-  const blockAt = async (i: number): Promise<Buffer | null> => {
-    const start = i * bs;
-    const len = Math.min(bs, disk.size - start);
+  const read = async (start: number, len: number): Promise<Buffer | null> => {
     // Blocks no layer holds are zero: skip reading them.
     if (!anyLayerHas(disk, start, len)) return null;
     if (!into) return disk.read(start, len);
     // Buffers come back from the writer (see recycle): no fresh 2 MiB of page faults per block.
     const b = pool.take().subarray(0, len); // readInto writes all of it
-    await into(b, start);
+    try {
+      await into(b, start);
+    } catch (err) {
+      pool.give(b);
+      throw err;
+    }
     return b;
+  };
+  const blockAt = async (i: number): Promise<Buffer | null> => {
+    const start = i * bs;
+    const len = Math.min(bs, disk.size - start);
+    if (!onUnreadable) return read(start, len);
+    try {
+      return await read(start, len);
+    } catch (err) {
+      onUnreadable({ offset: start, length: len, error: err as Error });
+      return null; // a hole: zeros
+    }
   };
   const recycle = (b: Buffer) => pool.give(b);
   if (type !== 'raw') {
