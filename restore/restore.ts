@@ -67,7 +67,10 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
       } catch (err) {
         if (!o.salvage && err instanceof FerryError && err.data.object) {
-          throw new FerryError(err.code, `${err.message}; nothing was restored (--salvage restores the rest, with zeros where this data was)`, err.data, err.exitCode);
+          // an image or VHD is renamed into place only when whole; a device is written as it goes
+          const device = await stat(to).then((st) => st.isBlockDevice(), () => false);
+          const what = device ? `${to} holds the volume only up to there` : 'nothing was restored';
+          throw new FerryError(err.code, `${err.message}; ${what} (--salvage restores the rest, with zeros where this data was)`, err.data, err.exitCode);
         }
         throw err;
       }

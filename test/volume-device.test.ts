@@ -185,6 +185,9 @@ test('a damaged volume block stops the restore and names the object; --salvage w
     t.true((await readFile(join(dir, 'vhd.raw'))).equals(expected));
 
     await withLoop(join(dir, 'dev.img'), randomBytes(6 * MiB), async (dev) => {
+      r = await restore(dev);
+      t.is(r.code, 1);
+      t.true(r.stderr.includes(`; ${dev} holds the volume only up to there (--salvage`), r.stderr);
       r = await restore(dev, '--salvage');
       t.is(r.code, 3, r.stderr);
     });
