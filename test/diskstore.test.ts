@@ -3,7 +3,7 @@
 // file that qemu-img and libvhdi accept.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
 import { createDifferencing, createVhd, emptyImage, openChain, VhdDisk, writeVhd } from '../format/vhd/index.js';
@@ -131,6 +131,31 @@ test('a 2 GiB VHD stored into a directory vault with ferry vhd import comes back
     const missing = await ferry(['vhd', 'export', '--vault', vault, '--disk', 'f'.repeat(32), '--to', join(dir, 'x.vhd')], { env });
     t.is(missing.code, 1);
     t.regex(missing.stderr, /holds no disk f{32}/);
+  });
+});
+
+test('ferry vhd export --vault of a disk with a damaged block fails naming the object and leaves no file behind', async (t) => {
+  await withTmp(async (dir) => {
+    const env = { FERRY_PASSPHRASE: 'a passphrase of sixteen+ characters' };
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const vhd = join(dir, 'small.vhd');
+    await writeVhdFromPattern(vhd, 64 * MiB);
+    const imp = await ferry(['vhd', 'import', '--vault', vault, vhd], { env });
+    t.is(imp.code, 0, imp.stderr);
+    const id = imp.stdout.toString().trim();
+    const [block] = (await readdir(join(vault, 'disks', id, 'blocks'))).sort();
+    const obj = join(vault, 'disks', id, 'blocks', block);
+    const sealed = await readFile(obj);
+    sealed[sealed.length - 5] ^= 1;
+    await writeFile(obj, sealed);
+    for (const type of ['exact', 'dynamic', 'raw']) {
+      const out = join(dir, `out-${type}`);
+      const r = await ferry(['vhd', 'export', '--vault', vault, '--disk', id, '--to', out, ...(type === 'exact' ? [] : ['--type', type])], { env });
+      t.is(r.code, 1, r.stderr);
+      t.true(r.stderr.includes(`object disks/${id}/blocks/${block}: authentication failed`), r.stderr);
+      t.deepEqual((await readdir(dir)).filter((n) => n.startsWith('out-')), [], `${type}: nothing at --to, no temporary left`);
+    }
   });
 });
 

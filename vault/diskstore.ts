@@ -17,7 +17,7 @@
 //
 // Reading goes through VhdDisk over a storage that maps file offsets to these
 // objects, so a vault disk reads (and chains) exactly like a file.
-import { open as fsOpen } from 'node:fs/promises';
+import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
@@ -27,7 +27,7 @@ import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.j
 import { VhdError } from '../format/vhd/problems.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
-import { writeAll } from '../format/fsio.js';
+import { tempBeside, writeAll } from '../format/fsio.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -358,7 +358,9 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
 export async function exportStoredVhd(objects: ObjectGetter, id: string, to: string): Promise<void> {
   const head = decodeHead(headName(id), await objects.get(headName(id)));
   const storage = new StoredVhdStorage(to, id, head, objects, 12);
-  const fh = await fsOpen(to, 'w');
+  // under a temporary name until whole: a damaged object leaves no partial VHD at `to`
+  const tmp = tempBeside(to);
+  const fh = await fsOpen(tmp, 'w');
   try {
     const chunk = 8 * 1024 * 1024;
     for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
@@ -367,8 +369,12 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
     }
     await fh.truncate(head.meta.fileSize);
     await fh.sync();
-  } finally {
     await fh.close();
+    await rename(tmp, to);
+  } catch (err) {
+    await fh.close().catch(() => {});
+    await rm(tmp, { force: true });
+    throw err;
   }
 }
 
