@@ -406,6 +406,30 @@ interface DirMeta {
 }
 
 /** Restores the selected entries of `reader`; per-entry problems become warnings and the rest goes on. */
+/** The --path values that select nothing in the volume (as text, for messages). */
+function unmatchedPaths(reader: VolumeReader, paths: (string | Buffer)[]): string[] {
+  const out: string[] = [];
+  for (const p of paths) {
+    const text = Buffer.isBuffer(p) ? p.toString('utf8') : p;
+    const exact = Buffer.isBuffer(p) ? p[0] === SLASH : p.startsWith('/') && !hasGlob(p);
+    if (exact) {
+      if (reader.stat(Buffer.isBuffer(p) ? p : Buffer.from(p)) === null) out.push(text);
+      continue;
+    }
+    // a glob: the first entry it selects settles it (a walk of the whole catalog only when none does)
+    const sel = compileSelectors([text]);
+    let found = false;
+    for (const e of reader.entries()) {
+      if (sel(e.path)) {
+        found = true;
+        break;
+      }
+    }
+    if (!found) out.push(text);
+  }
+  return out;
+}
+
 export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = {}): Promise<RestoreResult> {
   checkArg(!!reader && typeof reader.entries === 'function', 'reader', 'a VolumeReader', reader);
   const ifExists: IfExists = opts.ifExists ?? 'copy';
@@ -416,6 +440,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   while (to && to.length > 1 && to[to.length - 1] === SLASH) to = to.subarray(0, to.length - 1);
   const owners = opts.owners ?? process.getuid?.() === 0;
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
+  // A --path that names nothing in the backup (a typo, a path spelled
+  // relative to where the backup ran): said before anything is made; when
+  // none of them names anything, the restore stops.
+  const unmatched = unmatchedPaths(reader, opts.paths ?? []);
+  if (unmatched.length > 0 && unmatched.length === opts.paths!.length) {
+    throw new FerryError(
+      'RESTORE_NO_SUCH_PATH',
+      `nothing in this backup matches --path ${unmatched.map((p) => JSON.stringify(p)).join(', ')}: name paths as they were backed up (absolute, like /home/ann/docs) or as globs (*.conf, /etc/**/ssh*)`,
+      { paths: unmatched },
+    );
+  }
 
   const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, failed: 0, warnings: 0 };
   // The first "disk full" error: once the target's disk is full every
@@ -444,6 +479,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     result.warnings++;
     opts.onWarning?.(w);
   };
+  for (const p of unmatched) warn({ code: 'RESTORE_NO_SUCH_PATH', message: `nothing in this backup matches --path ${JSON.stringify(p)}` });
   let handled = 0;
   let readBytes = 0; // data read from the volume so far (progress)
   const progress = () => opts.onProgress?.({ files: handled, bytes: readBytes });

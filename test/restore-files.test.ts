@@ -319,6 +319,26 @@ test('paths select entries (exact paths and globs; a directory brings its subtre
   });
 });
 
+test('a --path that names nothing in the backup: an error before anything is made when none does, a warning beside one that does', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'sub'), { recursive: true });
+    await writeFile(join(src, 'sub', 'a.conf'), 'a');
+    const { reader } = await backup(src);
+    const to = join(dir, 'out');
+    for (const paths of [[join(src, 'nope')], ['*.xyz'], ['sub/a.conf.bak', join(src, 'gone')]]) {
+      const err = await t.throwsAsync(restore(reader, { to, paths }));
+      t.is((err as { code?: string }).code, 'RESTORE_NO_SUCH_PATH');
+      t.true(err!.message.startsWith(`nothing in this backup matches --path ${JSON.stringify(paths[0])}`), err!.message);
+      t.false(existsSync(to), 'nothing made, not even the target');
+    }
+    const r = await restore(reader, { to, paths: [join(src, 'nope'), 'sub/*.conf'] });
+    t.deepEqual(r.messages, [`nothing in this backup matches --path ${JSON.stringify(join(src, 'nope'))}`]);
+    t.is(await readFile(join(to, src, 'sub', 'a.conf'), 'utf8'), 'a');
+    reader.close();
+  });
+});
+
 test('without --to, entries go back to their original place', async (t) => {
   await withTmp(async (dir) => {
     const src = join(dir, 'src');
