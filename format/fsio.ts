@@ -79,13 +79,37 @@ export function sweepLeftovers(dir: string, pattern: RegExp, staleMs: number, no
 
 const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
+// Temporaries of this process still in use: removed when it exits, also by
+// process.exit() on Ctrl-C (bin/ferry.ts), so that an interrupted restore
+// leaves no partial image or staging tree behind. A kill -9 skips this:
+// sweepLeftovers() removes those on a later run.
+const atExit = new Set<string>();
+process.on('exit', () => {
+  for (const p of atExit) {
+    try {
+      rmSync(p, { recursive: true, force: true });
+    } catch {
+      /* best effort */
+    }
+  }
+});
+
+/** Removes `path` (a file or a folder) when this process exits, unless the returned function is called first. */
+export function removeAtExit(path: string): () => void {
+  atExit.add(path);
+  return () => atExit.delete(path);
+}
+
 /**
  * The temporary name a file is written under before it is renamed onto
  * `path`: `path.ferry-tmp-<pid>`. Those of processes that are gone (a
  * restore or an export killed part way, up to a whole image each) are
- * removed first, once they have not changed for five minutes.
+ * removed first, once they have not changed for five minutes; this one goes
+ * when this process exits before it is renamed.
  */
 export function tempBeside(path: string): string {
   sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-(\\d+)$`), 5 * 60 * 1000);
-  return `${path}.ferry-tmp-${process.pid}`;
+  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  removeAtExit(tmp); // (once renamed into place, there is nothing at this name to remove)
+  return tmp;
 }

@@ -12,8 +12,9 @@ import { VolumeReader } from '../format/volume/index.js';
 import { openPointDisk, resolvePoint, type PointManifest } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
+import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
-import { sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
+import { removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -66,6 +67,10 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       try {
         bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
       } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOSPC' || code === 'EDQUOT') {
+          throw new FerryError('RESTORE_DISK_FULL', `no room left on the disk of ${to} for the volume (${formatSize(disk.size)}, less where it is sparse): free space there or restore to another disk; nothing is left at ${to}`, { to });
+        }
         if (!o.salvage && err instanceof FerryError && err.data.object) {
           // an image or VHD is renamed into place only when whole; a device is written as it goes
           const device = await stat(to).then((st) => st.isBlockDevice(), () => false);
@@ -79,7 +84,9 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
     const reader = await VolumeReader.open(disk);
     try {
       let warnings = 0;
-      const onWarning = (w: { path?: Buffer | string; message: string }) => {
+      const onWarning = (w: { path?: Buffer | string; message: string; code?: string }) => {
+        // a tar's staging folder goes once archived: what its marker would say does not apply
+        if (format === 'tar' && w.code === 'RESTORE_UNFINISHED') return;
         warnings++;
         o.onWarning?.({ path: w.path?.toString(), message: w.message });
       };
@@ -90,12 +97,28 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         // the tree is put together beside the archive; one left by a run that was killed goes first
         sweepLeftovers(dirname(to), /^\.ferry-restore-(\d+)-[A-Za-z0-9]{6}$/, 5 * 60 * 1000);
         const staging = await mkdtemp(join(dirname(to), `.ferry-restore-${process.pid}-`));
+        const unregister = removeAtExit(staging);
         try {
-          const r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
+          let r;
+          try {
+            r = await restoreFiles(reader, { to: staging, paths: o.paths, ifExists: 'overwrite', onWarning, onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files') });
+          } catch (err) {
+            if (err instanceof FerryError && err.code === 'RESTORE_DISK_FULL') {
+              throw new FerryError(
+                'RESTORE_DISK_FULL',
+                `no room left in ${dirname(to)}: a tar restore puts the files together there before it archives them, so it needs room for both; free space there or name a --to on a disk with more room, then run it again`,
+                { to },
+              );
+            }
+            throw err;
+          }
+          // ferry's marker of an unfinished restore is the staging folder's, not the backup's
+          await rm(join(staging, MARKER_NAME), { force: true });
           await tarDir(staging, to);
           return { point, to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
         } finally {
           await rm(staging, { recursive: true, force: true });
+          unregister();
         }
       }
       const r = await restoreFiles(reader, {
@@ -123,6 +146,11 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
  * leaves it (null).
  */
 async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists, seq: number): Promise<string | null> {
+  if (to === '-') throw new UsageError(`--to - (standard output) is not supported for --format ${format}: name a file`);
+  const parent = await stat(dirname(to)).catch(() => null);
+  if (!parent?.isDirectory()) {
+    throw new FerryError('RESTORE_NO_FOLDER', `${dirname(to)} is not a folder: create it, or name a --to in a folder that exists`, { to });
+  }
   let st;
   try {
     st = await stat(to);
@@ -211,7 +239,7 @@ async function tarDir(dir: string, to: string): Promise<void> {
   const tmp = tempBeside(to);
   try {
     await new Promise<void>((resolve, reject) => {
-      const p = spawn('tar', ['--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn('tar', ['--force-local', '--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       p.stderr.on('data', (d) => (err += d));
       p.on('error', reject);

@@ -8,7 +8,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { FerryError } from '../errors.js';
-import { sweepLeftovers } from '../fsio.js';
+import { removeAtExit, sweepLeftovers } from '../fsio.js';
 
 const PREFIX = 'ferry-catalog-';
 
@@ -20,7 +20,9 @@ export function sweepCatalogDirs(parent: string, now = Date.now()): string[] {
 /** A new folder for one catalog, after sweeping those of dead processes. */
 export function makeCatalogDir(parent = tmpdir()): string {
   sweepCatalogDirs(parent);
-  return mkdtempSync(join(parent, `${PREFIX}${process.pid}-`));
+  const dir = mkdtempSync(join(parent, `${PREFIX}${process.pid}-`));
+  removeAtExit(dir);
+  return dir;
 }
 
 /**
