@@ -3,9 +3,9 @@
 // is written by the next calls, so that the error that explains it (ENOSPC)
 // is seen, instead of a short file taken for a whole one. And the temporary
 // names files are written under before they are renamed into place.
-import { lstatSync, readdirSync, rmSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { lstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdir, stat, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 
 /** Writes all of `buf` at `pos` (at the file's current position when pos is undefined). */
 export async function writeAll(fh: FileHandle, buf: Buffer, pos?: number): Promise<void> {
@@ -112,4 +112,67 @@ export function tempBeside(path: string): string {
   const tmp = `${path}.ferry-tmp-${process.pid}`;
   removeAtExit(tmp); // (once renamed into place, there is nothing at this name to remove)
   return tmp;
+}
+
+/**
+ * mkdir -p: makes `dir` and the folders missing above it; returns the first
+ * one it made (undefined when `dir` was there). Node's own recursive mkdir
+ * spins for ever where a folder cannot be made under one that exists
+ * (/proc/x: ENOENT again and again); this fails with that error instead.
+ */
+export async function mkdirp(dir: string, mode?: number): Promise<string | undefined> {
+  const missing: string[] = [];
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    try {
+      await stat(d);
+      break; // there (a file in the way: the mkdir below says ENOTDIR)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      missing.push(d);
+      if (dirname(d) === d) break;
+    }
+  }
+  let first: string | undefined;
+  for (const d of missing.reverse()) {
+    try {
+      await mkdir(d, mode);
+      first ??= d;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  return first;
+}
+
+/** mkdirp, synchronous, for a path given as bytes or text. */
+export function mkdirpSync(dir: string | Buffer, mode?: number): string | Buffer | undefined {
+  const missing: Buffer[] = [];
+  const slash = 0x2f;
+  const up = (b: Buffer): Buffer => {
+    let end = b.length;
+    while (end > 1 && b[end - 1] === slash) end--;
+    const i = b.subarray(0, end).lastIndexOf(slash);
+    return i <= 0 ? Buffer.from('/') : b.subarray(0, i);
+  };
+  const abs = Buffer.isBuffer(dir) ? (dir[0] === slash ? dir : Buffer.concat([Buffer.from(`${process.cwd()}/`), dir])) : Buffer.from(resolve(dir));
+  for (let d = abs; ; d = up(d)) {
+    try {
+      statSync(d);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      missing.push(d);
+      if (d.length <= 1) break;
+    }
+  }
+  let first: Buffer | undefined;
+  for (const d of missing.reverse()) {
+    try {
+      mkdirSync(d, mode);
+      first ??= d;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+  }
+  return first === undefined ? undefined : Buffer.isBuffer(dir) ? first : first.toString();
 }

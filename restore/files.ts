@@ -50,6 +50,7 @@ import { FerryError, checkArg, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
+import { mkdirpSync } from '../format/fsio.js';
 
 const MARKER_BUF = Buffer.from(MARKER_NAME);
 
@@ -976,7 +977,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const restoreDir = async (e: VolumeEntry, dst: Buffer) => {
     if (to && dst === to) {
       // the target root itself stays as the user made it
-      const made = mkdirSync(to, { recursive: true });
+      const made = mkdirpSync(to);
       dirDst.set(e.id, to);
       knownDirs.add(to.toString('latin1'));
       if (made !== undefined) freshDirs.add(to.toString('latin1'));

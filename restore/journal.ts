@@ -36,7 +36,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, unlinkSync, writeFileSync, writeSync, constants as C, type Stats } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { pidAlive } from '../format/fsio.js';
+import { mkdirpSync, pidAlive } from '../format/fsio.js';
 
 /** Where ferry keeps what must outlive a run on this machine (throws when there is no home to put it in). */
 export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -94,7 +94,7 @@ export class FolderJournal {
       const where = target ? realpathSync(target, { encoding: 'buffer' }) : Buffer.from('/');
       const key = createHash('sha256').update(volumeId).update('\0').update(where).digest('hex').slice(0, 32);
       const folder = join(dir ?? stateDir(), 'restores');
-      mkdirSync(folder, { recursive: true, mode: 0o700 });
+      mkdirpSync(folder, 0o700);
       const earlier = new Map<string, string>();
       const read: { path: string; ended: boolean }[] = [];
       for (const name of readdirSync(folder)) {

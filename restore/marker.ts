@@ -28,6 +28,7 @@
 // nobody else can make ferry treat a shared folder's files as its own.
 import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { mkdirpSync } from '../format/fsio.js';
 
 export const MARKER_NAME = '.ferry-restore-unfinished';
 
@@ -95,7 +96,7 @@ export function prepareTarget(to: Buffer, volume: string): MarkerState {
   const markerPath = Buffer.from(join(to.toString('latin1'), MARKER_NAME), 'latin1');
   const fresh = (): MarkerState => (writeMarker(markerPath, volume) ? { active: true, inherited: false, volume, other: false } : INACTIVE);
   if (!lstatSync(to, { throwIfNoEntry: false })) {
-    mkdirSync(Buffer.from(dirname(to.toString('latin1')), 'latin1'), { recursive: true });
+    mkdirpSync(Buffer.from(dirname(to.toString('latin1')), 'latin1'));
     try {
       mkdirSync(to); // not recursive: a folder someone else made meanwhile is not taken for new
       return fresh();

@@ -65,7 +65,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         : undefined;
       let bytes: number;
       try {
-        bytes = await restoreVolume(disk, to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
+        bytes = await restoreVolume(disk, Math.min(disk.size, point.volumeBytes ?? disk.size), to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOSPC' || code === 'EDQUOT') {
@@ -173,13 +173,15 @@ async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists,
 
 async function restoreVolume(
   disk: Disk,
+  /** The volume's own length: the disk's, or less for an image that was not whole sectors. */
+  length: number,
   to: string,
   format: 'raw' | 'vhd',
   onProgress?: RestoreOptions['onProgress'],
   onUnreadable?: (r: Unreadable) => void,
 ): Promise<number> {
   if (format === 'vhd') {
-    await exportDisk(disk, to, 'dynamic', (d, t) => onProgress?.(d, t, 'volume'), onUnreadable);
+    await exportDisk(disk, to, 'dynamic', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable });
     return disk.size;
   }
   let isDevice = false;
@@ -189,8 +191,8 @@ async function restoreVolume(
     // a new image file
   }
   if (!isDevice) {
-    await exportDisk(disk, to, 'raw', (d, t) => onProgress?.(d, t, 'volume'), onUnreadable);
-    return disk.size;
+    await exportDisk(disk, to, 'raw', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, rawLength: length });
+    return length;
   }
   // A device may hold old data: every byte is written, zeros included. It is
   // opened exclusively (O_EXCL on a block device: refused while it is
@@ -206,16 +208,16 @@ async function restoreVolume(
   }
   try {
     const size = await volumeSize(to);
-    if (size < disk.size) {
+    if (size < length) {
       throw new FerryError(
         'RESTORE_DEVICE_SMALL',
-        `${to} holds ${formatSize(size)} (${size} bytes) but the volume is ${formatSize(disk.size)} (${disk.size} bytes): restore to a device at least that large, or to an image file`,
-        { to, size, needed: disk.size },
+        `${to} holds ${formatSize(size)} (${size} bytes) but the volume is ${formatSize(length)} (${length} bytes): restore to a device at least that large, or to an image file`,
+        { to, size, needed: length },
       );
     }
     const chunk = 2 * 1024 * 1024; // a stored block: what --salvage loses at most for one bad object
-    for (let pos = 0; pos < disk.size; pos += chunk) {
-      const len = Math.min(chunk, disk.size - pos);
+    for (let pos = 0; pos < length; pos += chunk) {
+      const len = Math.min(chunk, length - pos);
       let b: Buffer;
       try {
         b = await disk.read(pos, len);
@@ -225,13 +227,13 @@ async function restoreVolume(
         b = Buffer.alloc(len);
       }
       await writeAll(fh, b, pos);
-      onProgress?.(pos + b.length, disk.size, 'volume');
+      onProgress?.(pos + b.length, length, 'volume');
     }
     await fh.sync();
   } finally {
     await fh.close();
   }
-  return disk.size;
+  return length;
 }
 
 /** Archives `dir` into `to`, under a temporary name until it is whole. */

@@ -298,7 +298,7 @@ async function register(vault: VaultWriter, m: SeedManifest, rec: SeedPointRecor
   }
   const existing = await readItem(vault, machine, item);
   if (existing && existing.kind !== rec.item.kind) {
-    throw new FerryError('ITEM_KIND_MISMATCH', `item ${machine}/${item} exists as kind ${existing.kind}; this seed is ${rec.item.kind}`);
+    throw new FerryError('ITEM_KIND_MISMATCH', `item ${machine}/${item} exists as kind ${existing.kind}; this seed is ${rec.item.kind}, so it cannot be registered: seed the source again under another --item name`);
   }
   if (!existing) await putJson(vault, itemName(machine, item), rec.item);
   const points = await listPoints(vault, { machine, item });

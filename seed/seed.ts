@@ -4,9 +4,10 @@
 // VhdDisk over a SpoolStorage; finished blocks go to the seal pool and then
 // to the seed disks, with bounded queues in between.
 import { randomBytes } from 'node:crypto';
+import { lstat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import type { Disk } from '../format/disk.js';
-import { FerryError, UsageError } from '../format/errors.js';
+import { FerryError, UsageError, formatSize } from '../format/errors.js';
 import { emptyImage } from '../format/vhd/create.js';
 import { MAX_VHD_SIZE } from '../format/vhd/layout.js';
 import { VhdDisk } from '../format/vhd/vhd.js';
@@ -14,11 +15,11 @@ import { writeVolume, type SourceEntry, type EntryWarning } from '../format/volu
 import { SpoolStorage } from '../vault/diskstore.js';
 import type { SeedDiskSummary, SeedManifest } from '../format/seedmanifest.js';
 import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
-import { checkName } from '../vault/registry.js';
+import { checkName, readItem } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
 import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.js';
-import { sourceEntries, volumeChunks, volumeSize } from './sources.js';
-import { writableMounts } from '../source/volume.js';
+import { sourceEntries, volumeChunks } from './sources.js';
+import { volumeSize as sizeOfVolume, writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
 
 export interface SeedOptions {
@@ -100,11 +101,38 @@ function newSpool(params: SeedIdentity['params'], targets: SeedTargets): SpoolSt
   return new SpoolStorage(`seed disk ${params.diskId}`, params.diskId, img, targets, SPOOL_KEEP);
 }
 
+/** Files: at least one SOURCE must be there; one that is not, beside others, is a warning of the walk. */
+async function checkSources(sources: string[]): Promise<void> {
+  const missing: string[] = [];
+  for (const src of sources) {
+    try {
+      await lstat(src);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      missing.push(`${src} (${code === 'ENOENT' ? 'no such file or folder' : (err as Error).message})`);
+    }
+  }
+  if (missing.length === sources.length) {
+    throw new FerryError('SOURCE_MISSING', `nothing to back up: ${missing.join(', ')}; check the path${missing.length > 1 ? 's' : ''} and run again`, { sources });
+  }
+}
+
+/** A volume SOURCE's length in bytes, refused when a VHD cannot hold it. */
+async function volumeSourceBytes(src: string): Promise<number> {
+  const n = await sizeOfVolume(src);
+  if (n === 0) throw new FerryError('SOURCE_EMPTY', `${src} is empty (0 bytes): there is no volume to back up`, { path: src });
+  if (Math.ceil(n / 512) * 512 > MAX_VHD_SIZE) {
+    throw new FerryError('SOURCE_TOO_LARGE', `${src} holds ${formatSize(n)}: a VHD holds at most 2040 GiB, so it cannot be seeded as one volume`, { path: src });
+  }
+  return n;
+}
+
 export async function seed(o: SeedOptions): Promise<SeedResult> {
   const machine = o.machine ?? hostname();
   checkName('machine', machine);
   checkName('item', o.item);
   if (o.disks.length === 0) throw new UsageError('seed needs at least one --disk DIR to write to');
+  if (o.kind === 'system-state' && o.sources.length > 0) throw new UsageError(`a system-state seed takes no SOURCE (got ${o.sources.join(' ')}): it collects what docs/system-state.md lists`);
   if (o.kind !== 'system-state' && o.sources.length === 0) throw new UsageError(`a ${o.kind} seed needs a SOURCE (${o.kind === 'volume' ? 'a block device or image file' : 'paths to back up'})`);
   if (o.kind === 'volume' && o.sources.length !== 1) throw new UsageError('a volume seed takes exactly one SOURCE (a block device or image file)');
   if (o.databox !== undefined && !/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/.test(o.databox)) {
@@ -112,6 +140,13 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
   const vault = o.vault;
   const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
+  // What would only fail at import, after the disks have travelled, fails here, before they are written.
+  const existing = await readItem(vault, machine, o.item);
+  if (existing && existing.kind !== o.kind) {
+    throw new FerryError('ITEM_KIND_MISMATCH', `the vault holds item ${machine}/${o.item} as kind ${existing.kind}, not ${o.kind}: seed it with --kind ${existing.kind}, or give this one another --item name`, { machine, item: o.item });
+  }
+  if (o.kind === 'files') await checkSources(o.sources);
+  const volumeBytes = o.kind === 'volume' ? await volumeSourceBytes(o.sources[0]) : undefined;
 
   const resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
   if (resumable && resumable.manifest.prefix !== prefix) {
@@ -120,7 +155,8 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
   if (resumable?.finishOnly) return finishMarking(o, vault, machine, resumable.manifest);
   const previous = resumable?.manifest;
-  const size = o.kind === 'volume' ? await volumeSize(o.sources[0]) : MAX_VHD_SIZE;
+  // the disk is whole sectors; a raw restore gives back the volume's own length
+  const size = volumeBytes !== undefined ? Math.ceil(volumeBytes / 512) * 512 : MAX_VHD_SIZE;
   if (previous && (previous.kind !== o.kind || previous.params.size !== size)) {
     throw new FerryError('SEED_DISK_IN_USE', `the disks hold an unfinished ${previous.kind} seed of ${machine}/${o.item} of another shape; use empty disks`);
   }
@@ -220,6 +256,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       chain: [params.diskId],
       diskSize: params.size,
       size: dataBytes,
+      ...(volumeBytes !== undefined && volumeBytes !== params.size ? { volumeBytes } : {}),
       stats,
       seedId,
       sources: o.sources,

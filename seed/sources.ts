@@ -2,7 +2,7 @@
 // and system state, the block reader for volumes.
 import type { SourceEntry } from '../format/volume/index.js';
 import { walk } from '../source/files.js';
-import { readVolume, volumeSize as sizeOfVolume } from '../source/volume.js';
+import { readVolume } from '../source/volume.js';
 import type { ItemKind } from '../vault/registry.js';
 
 /**
@@ -31,11 +31,6 @@ export async function* sourceEntries(kind: ItemKind, sources: string[], o: Sourc
     return;
   }
   yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, onWarning, readAhead: READ_AHEAD });
-}
-
-/** Virtual size of a volume item's disk: the device or image size, rounded up to a sector. */
-export async function volumeSize(source: string): Promise<number> {
-  return Math.ceil((await sizeOfVolume(source)) / 512) * 512;
 }
 
 export function volumeChunks(source: string): AsyncIterable<{ offset: number; data: Buffer }> {

@@ -11,7 +11,7 @@ import { FerryError } from '../format/errors.js';
 import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
-import { writeAll } from '../format/fsio.js';
+import { mkdirp, writeAll } from '../format/fsio.js';
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -79,7 +79,7 @@ async function checkDistinct(dirs: string[]): Promise<void> {
   const seen = new Map<string, string>();
   for (const d of dirs) {
     // Made first: two names of one folder that does not exist yet are one folder too.
-    await mkdir(d, { recursive: true }).catch(() => {});
+    await mkdirp(d).catch(() => {});
     const st = await stat(d).catch(() => null);
     if (!st) continue;
     const key = `${st.dev}:${st.ino}`;
@@ -200,7 +200,7 @@ export class SeedTargets {
     const capacity: number[] = [];
     for (const d of dirs) {
       try {
-        await mkdir(d, { recursive: true });
+        await mkdirp(d);
         const st = await stat(d);
         if (!st.isDirectory()) throw new Error('not a directory');
       } catch (err) {
@@ -449,7 +449,7 @@ export class SeedTargets {
     const tmp = join(dir, `.ferry-tmp-${randomBytes(6).toString('hex')}`);
     try {
       if (!this.madeDirs.has(dir)) {
-        await mkdir(dir, { recursive: true });
+        await mkdirp(dir);
         this.madeDirs.add(dir);
       }
       const fh = await fsOpen(tmp, 'w');

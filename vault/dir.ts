@@ -11,7 +11,7 @@ import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
-import { writeAll } from '../format/fsio.js';
+import { mkdirp, writeAll } from '../format/fsio.js';
 
 export interface DirBackendOptions {
   /** fsync files and directories (default true). Off only for throwaway test data. */
@@ -129,7 +129,7 @@ export class DirBackend implements Backend {
   /** mkdir -p, then fsync the parent of each directory it made so the new entries survive a crash. */
   async #mkdirs(dir: string): Promise<void> {
     if (this.#madeDirs.has(dir)) return;
-    const first = await fs.mkdir(dir, { recursive: true });
+    const first = await mkdirp(dir);
     if (first && this.#sync) {
       for (let d = dir; ; d = dirname(d)) {
         await fsyncDir(dirname(d));
@@ -297,5 +297,7 @@ export async function dirState(dir: string): Promise<'missing' | 'empty' | 'nonE
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
     throw err;
   }
-  return (await fs.readdir(dir)).length === 0 ? 'empty' : 'nonEmpty';
+  // a freshly made ext4 file system holds only lost+found: empty for a vault
+  const names = (await fs.readdir(dir)).filter((n) => n !== 'lost+found');
+  return names.length === 0 ? 'empty' : 'nonEmpty';
 }

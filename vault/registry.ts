@@ -33,6 +33,8 @@ export interface PointManifest {
   diskSize: number;
   /** Bytes of data the point holds (file bytes, or used volume bytes). */
   size: number;
+  /** A volume's own length, when it is not whole sectors (the disk is rounded up; a raw restore is not). */
+  volumeBytes?: number;
   stats: Record<string, number>;
   seedId?: string;
   sources: string[];
@@ -61,20 +63,58 @@ export async function readItem(vault: VaultReader, machine: string, item: string
 }
 
 /** Every point, oldest first, optionally of one machine and item. */
-export async function listPoints(vault: VaultReader, filter: { machine?: string; item?: string } = {}): Promise<PointManifest[]> {
+/** A point object that cannot be read (damaged, cut short): its name, its seq, and why. */
+export interface DamagedPoint {
+  name: string;
+  machine: string;
+  item: string;
+  seq: number;
+  error: Error;
+}
+
+/**
+ * Every point (of a machine, of an item), oldest first. A point object that
+ * cannot be read stops the listing, unless `onDamaged` takes it: then the
+ * others are listed.
+ */
+export async function listPoints(
+  vault: VaultReader,
+  filter: { machine?: string; item?: string } = {},
+  onDamaged?: (d: DamagedPoint) => void,
+): Promise<PointManifest[]> {
+  if (filter.machine !== undefined) checkName('machine', filter.machine);
+  if (filter.item !== undefined) checkName('item', filter.item);
   const prefix = filter.machine ? (filter.item ? `items/${filter.machine}/${filter.item}/points/` : `items/${filter.machine}/`) : 'items/';
   const names: string[] = [];
   for await (const n of vault.list(prefix)) {
     const parts = n.split('/');
     if (parts.length === 5 && parts[3] === 'points' && (!filter.item || parts[2] === filter.item)) names.push(n);
   }
-  const points = await Promise.all(names.map((n) => getJson<PointManifest>(vault, n)));
+  const read = await Promise.all(
+    names.map((n) =>
+      getJson<PointManifest>(vault, n).catch((error: Error) => {
+        if (!onDamaged) throw error;
+        const [, machine, item, , seq] = n.split('/');
+        onDamaged({ name: n, machine, item, seq: Number(seq), error });
+        return null;
+      }),
+    ),
+  );
+  const points = read.filter((p): p is PointManifest => p !== null);
   return points.sort((a, b) => a.time.localeCompare(b.time) || a.machine.localeCompare(b.machine) || a.item.localeCompare(b.item) || a.seq - b.seq);
 }
 
 /** Picks a point by seq, `latest`, or a time (the newest at or before it). */
 export async function resolvePoint(vault: VaultReader, machine: string, item: string, which = 'latest'): Promise<PointManifest> {
-  const points = await listPoints(vault, { machine, item });
+  // A damaged point stops only what may need it: itself, `latest`, or a time.
+  const damaged: DamagedPoint[] = [];
+  const points = await listPoints(vault, { machine, item }, (d) => damaged.push(d));
+  const named = /^\d+$/.test(which) ? damaged.find((d) => d.seq === Number(which)) : damaged[0];
+  if (named) {
+    const readable = points.length ? ` (readable: ${points.map((x) => x.seq).join(', ')})` : '';
+    const hint = /^\d+$/.test(which) ? '' : `; which point is ${which} cannot be told: name one with --point${readable}`;
+    throw new FerryError('POINT_DAMAGED', `point ${named.seq} of ${machine}/${item} cannot be read: ${named.error.message}${hint}`, { object: named.name });
+  }
   if (points.length === 0) {
     throw new FerryError('NO_SUCH_ITEM', `no recovery point of item ${item} on machine ${machine} in ${vault.location}; see ferry points --vault ${vault.location}`, { machine, item });
   }

@@ -2,8 +2,8 @@
 import type { Command } from 'commander';
 import { action, withGlobals, type Output } from '../cli.js';
 import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
-import { formatSize } from '../../format/errors.js';
-import { listPoints } from '../../vault/registry.js';
+import { EXIT, formatSize } from '../../format/errors.js';
+import { listPoints, type DamagedPoint } from '../../vault/registry.js';
 
 export function register(program: Command): void {
   withGlobals(program.command('points'))
@@ -15,13 +15,17 @@ export function register(program: Command): void {
       action(async (out: Output, o: CliOpenOptions & { machine?: string; item?: string }) => {
         const vault = await openVaultFromCli(out, o);
         try {
-          const points = await listPoints(vault, { machine: o.machine, item: o.item });
+          // the undamaged points are listed; each damaged one is named, and the run fails
+          const damaged: DamagedPoint[] = [];
+          const points = await listPoints(vault, { machine: o.machine, item: o.item }, (d) => damaged.push(d));
           const doc = points.map((p) => ({ seq: p.seq, time: p.time, kind: p.kind, machine: p.machine, item: p.item, source: p.source, size: p.size, disks: p.chain.length, sources: p.sources, stats: p.stats }));
           out.result(doc, () => {
             if (points.length === 0) out.info(`no recovery points in ${o.vault}`);
             else out.info(['seq', 'time', 'machine', 'item', 'kind', 'source', 'size'].join('\t'));
             for (const p of points) out.info([p.seq, p.time, p.machine, p.item, p.kind, p.source, formatSize(p.size)].join('\t'));
           });
+          for (const d of damaged) process.stderr.write(`ferry: point ${d.seq} of ${d.machine}/${d.item} is not listed: ${d.error.message}\n`);
+          if (damaged.length) return EXIT.failed;
         } finally {
           await vault.close();
         }

@@ -139,7 +139,7 @@ export function register(program: Command): void {
           disk = await openChain(file!);
         }
         const type = (o.type ?? 'raw') as 'raw' | 'fixed' | 'dynamic';
-        await exportDisk(disk, o.to, type, (d, t) => bar.update(d, t));
+        await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
         out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
       } finally {
         bar.stop();

@@ -13,14 +13,16 @@ export interface Unreadable {
   error: Error;
 }
 
-export async function exportDisk(
-  disk: Disk,
-  to: string,
-  type: ExportType,
-  onProgress?: (done: number, total: number) => void,
+export interface ExportOptions {
+  onProgress?: (done: number, total: number) => void;
   /** Salvage: a 2 MiB range that cannot be read is reported here and written as zeros (else the export fails). */
-  onUnreadable?: (r: Unreadable) => void,
-): Promise<void> {
+  onUnreadable?: (r: Unreadable) => void;
+  /** raw: the image's length when it is less than the disk's (a volume of a size that is not whole sectors). */
+  rawLength?: number;
+}
+
+export async function exportDisk(disk: Disk, to: string, type: ExportType, opts: ExportOptions = {}): Promise<void> {
+  const { onProgress, onUnreadable } = opts;
   const bs = 2 * 1024 * 1024;
   const pool = new BufferPool(bs);
   const into = (disk as Disk & { readInto?: (out: Buffer, offset: number) => Promise<void> }).readInto?.bind(disk);
@@ -69,7 +71,7 @@ export async function exportDisk(
       onProgress?.(Math.min((i + 1) * bs, disk.size), disk.size);
     }
     await writes.drain();
-    await fh.truncate(disk.size);
+    await fh.truncate(Math.min(disk.size, opts.rawLength ?? disk.size));
     await fh.sync();
     await fh.close();
     await rename(tmp, to);
