@@ -6,12 +6,13 @@
 // commitBatch) a new name is linked into place at once and fsynced with the
 // rest of the batch at commitBatch: one wait for many objects, as git's
 // batch fsync mode does; the caller writes nothing that refers to them before.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
-import { mkdirp, writeAll } from '../format/fsio.js';
+import { mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
 
 export interface DirBackendOptions {
   /** fsync files and directories (default true). Off only for throwaway test data. */
@@ -19,6 +20,15 @@ export interface DirBackendOptions {
 }
 
 const TMP_MARK = '.ferry-tmp-';
+/**
+ * Temporaries are named `.ferry-tmp-<host>-<pid>-<random>`: one left by a
+ * writer of this host that is gone (kill -9 mid-put) is removed the next
+ * time a writer of this host writes into its folder. Only one writer holds
+ * a vault at a time (the lock), so no live put of this host is touched;
+ * those of other hosts sharing the vault are left alone.
+ */
+const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+const OWN_TMP = new RegExp(`^\\.ferry-tmp-${HOST_TAG}-(\\d+)-[0-9a-f]{16}$`);
 
 export class DirBackend implements Backend {
   readonly location: string;
@@ -63,7 +73,7 @@ export class DirBackend implements Backend {
   async #write(name: string, data: Buffer, exclusive: boolean): Promise<void> {
     const path = this.#path(name);
     const dir = dirname(path);
-    const tmp = join(dir, `${TMP_MARK}${randomBytes(8).toString('hex')}`);
+    const tmp = join(dir, `${TMP_MARK}${HOST_TAG}-${process.pid}-${randomBytes(8).toString('hex')}`);
     let created = false;
     try {
       await this.#mkdirs(dir);
@@ -130,6 +140,7 @@ export class DirBackend implements Backend {
   async #mkdirs(dir: string): Promise<void> {
     if (this.#madeDirs.has(dir)) return;
     const first = await mkdirp(dir);
+    if (first === undefined) sweepLeftovers(dir, OWN_TMP, 0);
     if (first && this.#sync) {
       for (let d = dir; ; d = dirname(d)) {
         await fsyncDir(dirname(d));
