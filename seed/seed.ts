@@ -4,8 +4,9 @@
 // VhdDisk over a SpoolStorage; finished blocks go to the seal pool and then
 // to the seed disks, with bounded queues in between.
 import { randomBytes } from 'node:crypto';
-import { lstat } from 'node:fs/promises';
+import { lstat, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { resolve, sep } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
 import { emptyImage } from '../format/vhd/create.js';
@@ -140,6 +141,12 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
   const vault = o.vault;
   const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
+  for (const d of o.disks) {
+    const abs = resolve(d);
+    if (abs === vault.location || abs.startsWith(vault.location + sep)) {
+      throw new UsageError(`--disk ${d} is inside the vault ${vault.location}: seed disks travel apart from the vault; name a folder outside it`);
+    }
+  }
   // What would only fail at import, after the disks have travelled, fails here, before they are written.
   const existing = await readItem(vault, machine, o.item);
   if (existing && existing.kind !== o.kind) {
@@ -219,9 +226,16 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     stats.allocatedBytes = dataBytes;
   } else {
     const nowNs = BigInt(Date.parse(params.time)) * 1_000_000n;
+    // the seed disks and the vault are never part of what they hold (a disk folder inside the source)
+    const skipDirs = new Set<string>();
+    for (const d of [...o.disks, vault.location]) {
+      const st = await stat(d, { bigint: true }).catch(() => null);
+      if (st?.isDirectory()) skipDirs.add(`${st.dev}:${st.ino}`);
+    }
     const entries: AsyncIterable<SourceEntry> = sourceEntries(o.kind, o.sources, {
       excludes: o.excludes ?? [],
       oneFileSystem: o.oneFileSystem ?? false,
+      skipDirs,
       onWarning: warn,
     });
     const r = await writeVolume(disk, entries, {

@@ -15,6 +15,8 @@ const READ_AHEAD = 8 * 1024 * 1024;
 export interface SourceOptions {
   excludes: string[];
   oneFileSystem: boolean;
+  /** Folders never backed up, by identity ("dev:ino"): the seed disks, the vault. */
+  skipDirs?: Set<string>;
   onWarning: (w: { path?: string; message: string }) => void;
 }
 
@@ -24,13 +26,13 @@ export async function* sourceEntries(kind: ItemKind, sources: string[], o: Sourc
     const { collectSystemState } = await import('../source/system-state.js');
     const state = await collectSystemState({ onWarning });
     try {
-      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, onWarning, readAhead: READ_AHEAD });
+      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD });
     } finally {
       await state.cleanup();
     }
     return;
   }
-  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, onWarning, readAhead: READ_AHEAD });
+  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD });
 }
 
 export function volumeChunks(source: string): AsyncIterable<{ offset: number; data: Buffer }> {

@@ -4,7 +4,8 @@
 // every object whose plaintext is unchanged and whose bytes verify.
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { lstat, mkdir, open as fsOpen, readdir, readFile, rename, rm, statfs, stat } from 'node:fs/promises';
+import { constants as fsc } from 'node:fs';
+import { access, lstat, open as fsOpen, readdir, readFile, rename, rm, statfs, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { FerryError } from '../format/errors.js';
@@ -203,6 +204,7 @@ export class SeedTargets {
         await mkdirp(d);
         const st = await stat(d);
         if (!st.isDirectory()) throw new Error('not a directory');
+        await access(d, fsc.W_OK); // a read-only mount: EROFS now, not at the first object
       } catch (err) {
         throw new FerryError('SEED_DISK_UNUSABLE', `seed disk ${d} cannot be used: ${(err as Error).message}; check that it is mounted and writable`, { disk: d });
       }

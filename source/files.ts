@@ -33,6 +33,8 @@ export interface WalkOptions {
   excludes?: string[];
   /** Do not descend into directories on another filesystem than their source root (the mount point itself is kept). */
   oneFileSystem?: boolean;
+  /** Folders left out, with all they hold, by identity ("dev:ino", as lstat gives them with bigint): a seed's own disks, the vault. */
+  skipDirs?: Set<string>;
   /** Collect extended attributes (and so POSIX ACLs) with getfattr; true by default. */
   xattrs?: boolean;
   /** Files read at the same time (default 8). */
@@ -379,6 +381,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
           warn({ code: 'SOURCE_VANISHED', message: `${printable(slice[j])} cannot be read: ${errText(s)}`, path: slice[j] });
           continue;
         }
+        if (opts.skipDirs?.size && s.isDirectory() && opts.skipDirs.has(`${s.dev}:${s.ino}`)) continue;
         yield* visit(slice[j], s, rootDev, root);
       }
     }
