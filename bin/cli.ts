@@ -90,7 +90,7 @@ export function makeProgram(): Command {
     .version(version(), '-V, --version', 'print the version of ferry')
     .showSuggestionAfterError(true)
     .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(str.split('\n')[0] + '\n') });
+    .configureOutput({ outputError: (str, write) => write(`ferry: ${str.split('\n')[0].replace(/^error: /, '')}\n`) });
   return program;
 }
 

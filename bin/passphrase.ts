@@ -136,7 +136,7 @@ function promptHidden(prompt: string): Promise<string> {
 
 /** Options of commands that take the writer lock. */
 export function withLockOptions(cmd: Command): Command {
-  return cmd.option('--break-lock', 'remove a lock left by a ferry that is no longer running, then go on');
+  return cmd.option('--break-lock', 'take the writer lock even from a holder that looks alive (a ferry gone or hung); a holder still running stops before its next write');
 }
 
 /** Test-speed scrypt cost for new key slots; hidden because weak costs help no user. */

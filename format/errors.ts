@@ -64,6 +64,11 @@ export function parseSize(text: string, name = 'size'): number {
   return n;
 }
 
+/** "1 file", "2 files": a count with its noun. */
+export function counted(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 export function formatSize(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;

@@ -3,7 +3,7 @@
 // interrupted restore.
 import { spawn } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { mkdtemp, open as fsOpen, rename, rm, stat } from 'node:fs/promises';
+import { chmod, mkdtemp, open as fsOpen, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
@@ -239,9 +239,17 @@ async function restoreVolume(
 /** Archives `dir` into `to`, under a temporary name until it is whole. */
 async function tarDir(dir: string, to: string): Promise<void> {
   const tmp = tempBeside(to);
+  // What is in the folder, not the folder itself: its `./` entry (the staging
+  // folder's 0700 and today's time) would be given to the folder the archive
+  // is unpacked into (`tar -C / -xpf`: / itself).
+  const raw = await readdir(dir, { encoding: 'buffer' });
+  const utf8 = raw.every((n) => Buffer.from(n.toString()).equals(n)); // (a command line holds only text)
+  let names = utf8 ? raw.map((n) => `./${n.toString()}`).sort() : ['.'];
+  if (names.length === 0) names = ['-T', '/dev/null']; // nothing restored: an empty archive
+  if (!utf8) await chmod(dir, 0o755);
   try {
     await new Promise<void>((resolve, reject) => {
-      const p = spawn('tar', ['--force-local', '--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, '.'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn('tar', ['--force-local', '--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, ...names], { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       p.stderr.on('data', (d) => (err += d));
       p.on('error', reject);

@@ -5,6 +5,7 @@
 // its objects are in; the point is registered only when every disk is.
 import { constants as fsc } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
@@ -147,7 +148,7 @@ async function importDisk(
   const one = async (o: SeedManifest['objects'][number]) => {
     const file = join(dir, m.prefix + o.name);
     const damaged = (why = 'does not match its checksum') =>
-      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged, nothing was registered`, { disk: dir, object: o.name });
+      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged and nothing was registered: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`, { disk: dir, object: o.name });
     const data = await readObjectFile(file, o.size, damaged, () =>
       new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name }),
     );
@@ -156,7 +157,9 @@ async function importDisk(
     try {
       sha = await vault.pool.verify(o.name, data);
     } catch (err) {
-      throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} fails authentication (${(err as Error).message}); nothing was registered`, { disk: dir, object: o.name });
+      // bytes that no longer match the disk's own list: damaged on the way (the usual case)
+      if (createHash('sha256').update(data).digest('hex') !== o.sha256) throw damaged();
+      throw new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} matches the disk's checksum but fails authentication (${(err as Error).message}): the disk was written for another vault or altered with its list; nothing was registered`, { disk: dir, object: o.name });
     }
     if (sha !== o.sha256) throw damaged();
     if (await sameObject(vault, o.name, data)) {

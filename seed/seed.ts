@@ -18,7 +18,7 @@ import type { SeedDiskSummary, SeedManifest } from '../format/seedmanifest.js';
 import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
 import { checkName, readItem } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
-import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.js';
+import { SeedTargets, manifestOn, type SeedIdentity, type TargetsProgress } from './targets.js';
 import { sourceEntries, volumeChunks } from './sources.js';
 import { volumeSize as sizeOfVolume, writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
@@ -65,6 +65,8 @@ export interface SeedResult {
   bytes: number;
   warnings: number;
   resumed: boolean;
+  /** The disks already held this seed, complete: nothing was written. */
+  already?: boolean;
   /** Only marking: the disks of the seed that were not given (those may be marked already), and how many it has. */
   missingDisks?: number[];
   ofDisks?: number;
@@ -155,7 +157,14 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   if (o.kind === 'files') await checkSources(o.sources);
   const volumeBytes = o.kind === 'volume' ? await volumeSourceBytes(o.sources[0]) : undefined;
 
-  const resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  let resumable;
+  try {
+    resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  } catch (err) {
+    // The same command run again after it finished: nothing to do, and said so (exit 0)
+    if (err instanceof FerryError && err.code === 'SEED_COMPLETE') return alreadyComplete(o, vault, machine, err);
+    throw err;
+  }
   if (resumable && resumable.manifest.prefix !== prefix) {
     const was = resumable.manifest.prefix ? `--databox ${resumable.manifest.prefix.split('/')[1]}` : 'no --databox';
     throw new UsageError(`the disks hold a seed of ${machine}/${o.item} written with ${was}; run it again the same way`);
@@ -301,6 +310,24 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
  * The data and the sealed point record are final; the marking is done again
  * with the record the complete disks carry.
  */
+/** The result of a seed whose disks, all given, already hold it complete: nothing is written. */
+async function alreadyComplete(o: SeedOptions, vault: VaultReader, machine: string, err: FerryError): Promise<SeedResult> {
+  const held: Array<{ dir: string; m: SeedManifest }> = [];
+  for (const dir of o.disks) {
+    const m = await manifestOn(dir);
+    if (m?.complete) held.push({ dir, m });
+  }
+  const m = held[0]?.m;
+  if (!m?.point || m.of === null || held.length !== m.of) throw err; // not all its disks given: the user's call
+  held.sort((a, b) => a.m.disk - b.m.disk);
+  const rec = await openSeedRecord(vault.pool, m.seedId, m.point);
+  const objects = held.reduce((n, h) => n + h.m.objects.length, 0);
+  return {
+    seedId: m.seedId, machine, item: m.item, kind: m.kind as ItemKind, disks: held.map((h) => h.dir), diskCount: m.of,
+    objects, kept: objects, sealedBytes: 0, files: rec.point.stats.files ?? 0, bytes: rec.point.size, warnings: 0, resumed: true, already: true,
+  };
+}
+
 async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string, m: SeedManifest): Promise<SeedResult> {
   let rec: SeedPointRecord;
   try {

@@ -61,7 +61,7 @@ export interface Resumable {
 }
 
 /** The manifest on a target, or undefined when it has none. */
-async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
+export async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
   const file = join(dir, SEED_MANIFEST);
   let text: string;
   try {

@@ -263,7 +263,7 @@ export async function acquireLock(backend: Backend, options: LockOptions = {}): 
       if (r.status === 'done') {
         opts.onWarning?.(
           opts.breakLock
-            ? `breaking the lock on ${backend.location} held by ${who} (--break-lock)`
+            ? `breaking the lock on ${backend.location} held by ${who} (--break-lock)${h && h.host === host && !dead ? ': that process is still running, and stops before its next write' : ''}`
             : `removed a stale lock on ${backend.location}: ${who} is no longer running`,
         );
       } else if (r.status === 'busy') {

@@ -116,7 +116,10 @@ export async function resolvePoint(vault: VaultReader, machine: string, item: st
     throw new FerryError('POINT_DAMAGED', `point ${named.seq} of ${machine}/${item} cannot be read: ${named.error.message}${hint}`, { object: named.name });
   }
   if (points.length === 0) {
-    throw new FerryError('NO_SUCH_ITEM', `no recovery point of item ${item} on machine ${machine} in ${vault.location}; see ferry points --vault ${vault.location}`, { machine, item });
+    // the item under another machine name (restoring on another machine without --machine)
+    const elsewhere = [...new Set((await listPoints(vault, {}, () => {})).filter((p) => p.item === item).map((p) => p.machine))];
+    const hint = elsewhere.length ? `; machine ${elsewhere.join(', ')} has an item ${item}: add --machine ${elsewhere[0]}` : `; see ferry points --vault ${vault.location}`;
+    throw new FerryError('NO_SUCH_ITEM', `no recovery point of item ${item} on machine ${machine} in ${vault.location}${hint}`, { machine, item });
   }
   if (which === 'latest') return points[points.length - 1];
   if (/^\d+$/.test(which)) {
@@ -124,10 +127,10 @@ export async function resolvePoint(vault: VaultReader, machine: string, item: st
     if (!p) throw new FerryError('NO_SUCH_POINT', `item ${machine}/${item} has no point ${which} (points: ${points.map((x) => x.seq).join(', ')})`);
     return p;
   }
-  const t = Date.parse(which);
+  const t = /^\d{4}-\d\d-\d\d([T ]\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)?)?$/.test(which) ? Date.parse(which) : NaN;
   if (Number.isNaN(t)) throw new UsageError(`--point must be a number, latest, or a time such as 2026-11-23T10:00 (got ${JSON.stringify(which)})`);
   const before = points.filter((x) => Date.parse(x.time) <= t);
-  if (before.length === 0) throw new FerryError('NO_SUCH_POINT', `item ${machine}/${item} has no point at or before ${which}`);
+  if (before.length === 0) throw new FerryError('NO_SUCH_POINT', `item ${machine}/${item} has no point at or before ${which} (${new Date(t).toISOString()}); its first is ${points[0].seq}, of ${points[0].time}`);
   return before[before.length - 1];
 }
 

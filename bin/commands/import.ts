@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
-import { UsageError, formatSize } from '../../format/errors.js';
+import { UsageError, counted, formatSize } from '../../format/errors.js';
 
 export function register(program: Command): void {
   withLockOptions(withGlobals(program.command('import').argument('[disk...]', 'seed disk folders, in any order')))
@@ -23,7 +23,7 @@ export function register(program: Command): void {
           bar.stop();
           out.result(r, () => {
             for (const d of r.imported) {
-              out.info(d.already ? `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} was already imported` : `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} verified and imported (${d.objects} objects, ${formatSize(d.bytes)})`);
+              out.info(d.already ? `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} was already imported` : `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} verified and imported (${counted(d.objects, 'object')}, ${formatSize(d.bytes)})`);
             }
             for (const x of r.superseded) out.info(`disks of seed ${x.seedId} imported before were another run of seed ${x.by} and no longer count; import the disks of ${x.by}`);
             for (const p of r.registered) out.info(`registered point ${p.seq} of ${p.machine}/${p.item} (seed ${p.seedId})`);

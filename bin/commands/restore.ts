@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
-import { EXIT, UsageError, formatSize } from '../../format/errors.js';
+import { EXIT, UsageError, formatSize, counted } from '../../format/errors.js';
 import type { RestoreFormat } from '../../restore/restore.js';
 
 interface RestoreOpts extends CliOpenOptions {
@@ -55,7 +55,7 @@ export function register(program: Command): void {
           });
           bar.stop();
           out.result(r, () => {
-            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${r.restored} entries, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
+            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);

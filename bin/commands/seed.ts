@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, type CliOpenOptions } from '../passphrase.js';
-import { EXIT, UsageError, formatSize, parseSize } from '../../format/errors.js';
+import { EXIT, UsageError, counted, formatSize, parseSize } from '../../format/errors.js';
 import type { ItemKind } from '../../vault/registry.js';
 
 interface SeedOpts extends CliOpenOptions {
@@ -63,8 +63,9 @@ export function register(program: Command): void {
           });
           bar.stop();
           out.result({ ...r, warningList: warnings }, () => {
-            out.info(
-              `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${r.files} files, ` : ''}${formatSize(r.bytes)} on ${r.diskCount} disk${r.diskCount === 1 ? '' : 's'} (${r.objects} objects, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
+            if (r.already) out.info(`seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) is already complete on ${r.disks.join(', ')}: nothing to do (a new seed of this item needs empty disks)`);
+            else out.info(
+              `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${counted(r.files, 'file')}, ` : ''}${formatSize(r.bytes)} on ${counted(r.diskCount, 'disk')} (${counted(r.objects, 'object')}, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
             );
             if (r.missingDisks?.length) {
               out.info(`disk ${r.missingDisks.join(', ')} of ${r.ofDisks} of this seed ${r.missingDisks.length === 1 ? 'was' : 'were'} not given; if not yet marked complete, run the same command with ${r.missingDisks.length === 1 ? 'it' : 'them'}`);
@@ -72,7 +73,7 @@ export function register(program: Command): void {
             out.info(`next: ship the disk${r.diskCount === 1 ? '' : 's'}, then ferry import --vault ${o.vault} ${r.disks.join(' ')}`);
             const unused = o.disk.filter((d) => !r.disks.includes(d));
             if (unused.length) out.info(`not needed: ${unused.join(' ')}`);
-            if (r.warnings) out.info(`done with warnings: ${r.warnings} entries could not be read or changed while read (listed above)`);
+            if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
           });
           return r.warnings ? EXIT.warnings : EXIT.ok;
         } finally {

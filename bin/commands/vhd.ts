@@ -1,7 +1,7 @@
 // ferry vhd info | check | cat | create | export | merge
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
-import { open as fsOpen, stat } from 'node:fs/promises';
+import { lstat, open as fsOpen, stat } from 'node:fs/promises';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { FerryError, UsageError, formatSize, parseSize } from '../../format/errors.js';
@@ -66,10 +66,15 @@ export function register(program: Command): void {
   withGlobals(vhd.command('create').argument('<out>', 'the VHD to write').description('a new fixed, dynamic or differencing VHD'))
     .option('--size <size>', 'virtual size (K, M, G, T suffixes)')
     .option('--type <type>', 'fixed or dynamic', 'dynamic')
-    .option('--from <raw>', 'fill it from this raw image (its size is the disk size)')
+    .option('--from <raw>', 'fill it from this raw image (its size, rounded up to 512 bytes, is the disk size; --size may make it larger)')
     .option('--parent <vhd>', 'make a differencing disk over this VHD')
-    .action(action(async (out: Output, file: string, o: { size?: string; type: string; from?: string; parent?: string }) => {
+    .option('--force', 'replace OUT when it exists')
+    .action(action(async (out: Output, file: string, o: { size?: string; type: string; from?: string; parent?: string; force?: boolean }) => {
       if (o.type !== 'fixed' && o.type !== 'dynamic') throw new UsageError(`--type must be fixed or dynamic (got ${JSON.stringify(o.type)})`);
+      // a new disk over an existing one loses it, and breaks the children of a parent
+      if (!o.force && (await lstat(file).then(() => true, () => false))) {
+        throw new FerryError('VHD_EXISTS', `${file} exists: vhd create would replace it (and break any differencing disk made over it); remove it or give --force`, { file });
+      }
       const type = o.type as 'fixed' | 'dynamic';
       if (o.parent) {
         if (o.size || o.from) throw new UsageError('--parent cannot be combined with --size or --from: a differencing disk has its parent\'s size');
@@ -222,6 +227,7 @@ async function rawSize(from: string, size?: string): Promise<number> {
     throw new FerryError('NO_SUCH_FILE', `--from ${from}: no such file`);
   }
   let n = size ? parseSize(size, '--size') : st.size;
+  if (n < st.size) throw new UsageError(`--size ${size} is less than ${from} holds (${st.size} bytes): the disk would lose its end; leave --size out or give at least that`);
   if (!size && n % 512 !== 0) n = Math.ceil(n / 512) * 512; // pad a ragged image with zeros
   if (n === 0) throw new UsageError(`--from ${from} is empty; give --size for an empty disk`);
   return n;
@@ -237,7 +243,18 @@ async function catTo(disk: Awaited<ReturnType<typeof openChain>>, offset: number
   for (let pos = offset; pos < offset + length && !broken; ) {
     const n = Math.min(chunk, offset + length - pos);
     const buf = await disk.read(pos, n);
-    if (!stdout.write(buf)) await new Promise<void>((res) => { stdout.once('drain', res); stdout.once('error', () => res()); });
+    if (!stdout.write(buf)) {
+      // one pair of listeners per wait, both gone after it (left behind, they pile up: MaxListenersExceededWarning)
+      await new Promise<void>((res) => {
+        const done = () => {
+          stdout.off('drain', done);
+          stdout.off('error', done);
+          res();
+        };
+        stdout.on('drain', done);
+        stdout.on('error', done);
+      });
+    }
     pos += n;
   }
 }

@@ -1,0 +1,124 @@
+// From a first-use walkthrough of the README (the findings a new
+// administrator hit): each test fails on the behaviour found then.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, stat, writeFile, chmod } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SEED_MANIFEST } from '../format/seedmanifest.js';
+import { FERRY, ferry, must, run, withTmp } from './helpers/exec.js';
+
+const env = { FERRY_PASSPHRASE: 'walkthrough passphrase, long enough' };
+const MiB = 1024 * 1024;
+
+async function ok(args: string[], cwd?: string): Promise<string> {
+  const r = await ferry(args, { env, cwd });
+  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+  return r.stdout.toString();
+}
+
+async function seeded(dir: string, machine = 'm'): Promise<{ vault: string; src: string; disk: string }> {
+  const vault = join(dir, 'vault');
+  await ok(['init', vault, '--kdf-log-n', '12']);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'sub'), { recursive: true });
+  await writeFile(join(src, 'sub', 'a.txt'), 'a\n');
+  await writeFile(join(src, 'r.bin'), randomBytes(3 * MiB));
+  const disk = join(dir, 'd1');
+  await ok(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', machine, '--disk', disk, src]);
+  return { vault, src, disk };
+}
+
+test('vhd create refuses an OUT that exists (a chain parent stays intact) unless --force, and --size never cuts a --from image', async (t) => {
+  await withTmp(async (dir) => {
+    const parent = join(dir, 'p.vhd');
+    await ok(['vhd', 'create', parent, '--size', '1M']);
+    await ok(['vhd', 'create', join(dir, 'c.vhd'), '--parent', parent]);
+    const before = await readFile(parent);
+    const r = await ferry(['vhd', 'create', parent, '--size', '1M']);
+    t.is(r.code, 1);
+    t.is(r.stderr, `ferry: ${parent} exists: vhd create would replace it (and break any differencing disk made over it); remove it or give --force\n`);
+    t.true((await readFile(parent)).equals(before));
+    t.is((await ferry(['vhd', 'check', join(dir, 'c.vhd')])).code, 0, 'the child still opens over its parent');
+    await ok(['vhd', 'create', parent, '--size', '2M', '--force']);
+
+    const raw = join(dir, 'r.raw');
+    await writeFile(raw, randomBytes(4 * MiB));
+    const cut = await ferry(['vhd', 'create', join(dir, 'r.vhd'), '--from', raw, '--size', '1M']);
+    t.is(cut.code, 2);
+    t.regex(cut.stderr, /^ferry: --size 1M is less than .*r\.raw holds \(4194304 bytes\)/);
+  });
+});
+
+test('a tar restore holds what is in the point, not a ./ entry that would change the folder it is unpacked into', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src, disk } = await seeded(dir);
+    await ok(['import', '--vault', vault, disk]);
+    const tar = join(dir, 'x.tar');
+    await ok(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--format', 'tar', '--to', tar]);
+    const list = (await must('tar', ['-tf', tar])).toString().split('\n').filter(Boolean);
+    t.false(list.includes('./'), list.slice(0, 3).join(' '));
+    t.true(list.includes(`.${src}/sub/a.txt`), list.join(' '));
+    const into = join(dir, 'into');
+    await mkdir(into);
+    await chmod(into, 0o755);
+    await must('tar', ['-C', into, '-xpf', tar]);
+    t.is((await stat(into)).mode & 0o7777, 0o755, 'the folder unpacked into keeps its mode');
+    t.is(await readFile(join(into, src, 'sub', 'a.txt'), 'utf8'), 'a\n');
+  });
+});
+
+test('the same seed command run again after it completed says so and exits 0, writing nothing', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src, disk } = await seeded(dir);
+    const manifest = await readFile(join(disk, SEED_MANIFEST));
+    const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk', disk, src], { env });
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stdout.toString(), /^seed [0-9a-f]{16} of m\/x \(files\) is already complete on .*d1: nothing to do/);
+    t.true((await readFile(join(disk, SEED_MANIFEST))).equals(manifest), 'the disk is not rewritten');
+  });
+});
+
+test('import of an object damaged on the seed disk says the copy is damaged (checksum), not that a key is wrong', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk } = await seeded(dir);
+    const m = JSON.parse(await readFile(join(disk, SEED_MANIFEST), 'utf8'));
+    const obj = join(disk, m.prefix + m.objects[1].name);
+    const b = await readFile(obj);
+    b[b.length >> 1] ^= 1;
+    await writeFile(obj, b);
+    const r = await ferry(['import', '--vault', vault, disk], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /does not match its checksum; the disk is damaged and nothing was registered: if this disk is a copy/);
+    t.notRegex(r.stderr, /authentication/);
+  });
+});
+
+test('restore: a --point that is no number, latest or date is a usage error; another machine\'s item is hinted; option errors read like ferry\'s', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk } = await seeded(dir, 'web01');
+    await ok(['import', '--vault', vault, disk]);
+    let r = await ferry(['restore', '--vault', vault, '--item', 'x', '--machine', 'web01', '--point', '-1', '--to', join(dir, 'o')], { env });
+    t.is(r.code, 2, r.stderr);
+    r = await ferry(['restore', '--vault', vault, '--item', 'x', '--machine', 'web01', '--point', '2000-01-01', '--to', join(dir, 'o')], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /has no point at or before 2000-01-01 \(2000-01-01T00:00:00.000Z\); its first is 1, of 20/);
+    r = await ferry(['restore', '--vault', vault, '--item', 'x', '--machine', 'other', '--to', join(dir, 'o')], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /no recovery point of item x on machine other in .*; machine web01 has an item x: add --machine web01\n$/);
+    r = await ferry(['points', '--vault', vault, '--bogus'], { env });
+    t.is(r.code, 2);
+    t.is(r.stderr, "ferry: unknown option '--bogus'\n");
+  });
+});
+
+test('vhd cat into a slow pipe prints no listener warning', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'r.raw');
+    await writeFile(raw, randomBytes(64 * MiB));
+    await ok(['vhd', 'create', join(dir, 'r.vhd'), '--from', raw]);
+    const r = await run('sh', ['-c', `node ${JSON.stringify(FERRY)} vhd cat ${JSON.stringify(join(dir, 'r.vhd'))} | (sleep 1; sha256sum)`]);
+    t.is(r.code, 0, r.stderr);
+    t.notRegex(r.stderr, /MaxListenersExceeded/);
+    t.is(r.stdout.toString().split(' ')[0], (await must('sha256sum', [raw])).toString().split(' ')[0]);
+  });
+});
