@@ -46,7 +46,9 @@ export interface RestoreResult {
 
 export async function restore(vault: VaultReader, o: RestoreOptions): Promise<RestoreResult> {
   const point = await resolvePoint(vault, o.machine, o.item, o.point ?? 'latest');
-  const format = o.format ?? (point.kind === 'volume' ? 'raw' : 'dir');
+  // without --format, a --to named *.vhd (volume) or *.tar (files, system state) says which
+  const byName = o.to?.toLowerCase().endsWith('.vhd') ? 'vhd' : o.to?.toLowerCase().endsWith('.tar') ? 'tar' : null;
+  const format = o.format ?? (point.kind === 'volume' ? (byName === 'vhd' ? 'vhd' : 'raw') : byName === 'tar' ? 'tar' : 'dir');
   if (point.kind === 'volume' && (format === 'dir' || format === 'tar')) throw new UsageError(`a volume restores as --format raw or vhd, not ${format}`);
   if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
   const disk = await openPointDisk(vault, point);

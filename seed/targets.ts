@@ -356,6 +356,14 @@ export class SeedTargets {
     await this.forget(name, true);
     for (;;) {
       if (this.cur >= this.dirs.length) {
+        const need = Math.ceil((objectCost(sealed.length) + manifestRoom(1)) / 1048576);
+        if (this.tooSmall.length === this.dirs.length) {
+          throw new FerryError(
+            'SEED_DISK_TOO_SMALL',
+            `the seed disk${this.dirs.length === 1 ? ' is' : 's are'} too small (${this.dirs.join(', ')}): a disk needs ${need} MiB at least; give larger ones (or a larger --disk-capacity) and run the same command again`,
+            { disks: this.dirs, needMiB: need },
+          );
+        }
         const small = this.tooSmall.length
           ? ` (${this.tooSmall.join(', ')} ${this.tooSmall.length === 1 ? 'is' : 'are'} too small for even one object: a disk needs ${Math.ceil((objectCost(sealed.length) + manifestRoom(1)) / 1048576)} MiB at least)`
           : '';

@@ -122,3 +122,31 @@ test('vhd cat into a slow pipe prints no listener warning', async (t) => {
     t.is(r.stdout.toString().split(' ')[0], (await must('sha256sum', [raw])).toString().split(' ')[0]);
   });
 });
+
+test('disks all too small for one object: the error asks for larger disks, not for more of them', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'r.bin'), randomBytes(3 * MiB));
+    const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), '--disk-capacity', '1M', src], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /^ferry: the seed disks are too small \(.*\/a, .*\/b\): a disk needs \d+ MiB at least; give larger ones/);
+  });
+});
+
+test('without --format, restore --to X.tar writes a tar, and --json lists the warnings', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk, src } = await seeded(dir);
+    await ok(['import', '--vault', vault, disk]);
+    const tar = join(dir, 'x.tar');
+    const r = await ferry(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--to', tar, '--path', join(src, 'sub'), '--path', '/nope', '--json'], { env });
+    t.is(r.code, 3, r.stderr);
+    const doc = JSON.parse(r.stdout.toString());
+    t.is(doc.format, 'tar');
+    t.deepEqual(doc.warningList, [{ message: 'nothing in this backup matches --path "/nope"' }]);
+    t.true((await must('tar', ['-tf', tar])).toString().includes(`.${src}/sub/a.txt`));
+    t.deepEqual((await readdir(dir)).filter((n) => n.startsWith('x.tar')), ['x.tar']);
+  });
+});

@@ -40,6 +40,7 @@ export function register(program: Command): void {
         if (o.format && !['dir', 'raw', 'vhd', 'tar'].includes(o.format)) throw new UsageError(`--format must be dir, tar, raw or vhd (got ${JSON.stringify(o.format)})`);
         const vault = await openVaultFromCli(out, o);
         const bar = progressBar(out.opts, 'restore');
+        const warningList: Array<{ path?: string; message: string }> = [];
         try {
           const r = await restore(vault, {
             machine: o.machine ?? hostname(),
@@ -51,10 +52,13 @@ export function register(program: Command): void {
             format: o.format as RestoreFormat | undefined,
             salvage: o.salvage,
             onProgress: (d, t) => bar.update(d, t),
-            onWarning: (w) => out.warn(w.message),
+            onWarning: (w) => {
+              warningList.push(w.path ? { path: w.path, message: w.message } : { message: w.message });
+              out.warn(w.message);
+            },
           });
           bar.stop();
-          out.result(r, () => {
+          out.result({ ...r, warningList }, () => {
             out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
