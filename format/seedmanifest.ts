@@ -35,6 +35,8 @@ export interface SeedManifest {
   prefix: string;
   /** What a resumed seed must reuse to rebuild the same bytes. */
   params: { diskId: string; volumeUuid: string; time: string; size: number };
+  /** The SOURCEs as given, made absolute: a run with others is not a resume of this one (absent before 2026-12). */
+  sources?: string[];
   objects: SeedObject[];
   /** The sealed point record (base64), present when complete. */
   point?: string;

@@ -176,6 +176,14 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   if (previous && (previous.kind !== o.kind || previous.params.size !== size)) {
     throw new FerryError('SEED_DISK_IN_USE', `the disks hold an unfinished ${previous.kind} seed of ${machine}/${o.item} of another shape; use empty disks`);
   }
+  // as given (a trailing slash means something), made absolute
+  const sources = o.sources.map((src) => resolve(src) + (src.endsWith('/') && src.length > 1 ? '/' : ''));
+  if (previous?.sources && previous.sources.join('\0') !== sources.join('\0')) {
+    throw new FerryError(
+      'SEED_DISK_IN_USE',
+      `the disks hold an unfinished seed of ${machine}/${o.item} from ${previous.sources.join(' ') || '(system state)'}, not ${sources.join(' ') || '(system state)'}: run that seed again to finish it, or use empty disks for this one`,
+    );
+  }
   const params = previous?.params ?? {
     diskId: randomBytes(16).toString('hex'),
     volumeUuid: randomBytes(16).toString('hex'),
@@ -205,7 +213,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   const targets = await SeedTargets.open(o.disks, {
     capacity: o.diskCapacity,
     pool: vault.pool,
-    id: { seedId, vaultId: vault.id, machine, item: o.item, kind: o.kind, prefix, params },
+    id: { seedId, vaultId: vault.id, machine, item: o.item, kind: o.kind, prefix, params, sources },
     onProgress: (p) => {
       targetsProgress = p;
     },
@@ -339,7 +347,7 @@ async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string
   const targets = await SeedTargets.open(o.disks, {
     capacity: o.diskCapacity,
     pool: vault.pool,
-    id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params },
+    id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params, sources: m.sources },
     finishing: rec.disks,
   });
   const used = await targets.finish(m.point!);

@@ -42,6 +42,7 @@ export interface SeedIdentity {
   kind: string;
   prefix: string;
   params: SeedManifest['params'];
+  sources?: string[];
 }
 
 interface Held extends SeedObject {

@@ -150,3 +150,26 @@ test('without --format, restore --to X.tar writes a tar, and --json lists the wa
     t.deepEqual((await readdir(dir)).filter((n) => n.startsWith('x.tar')), ['x.tar']);
   });
 });
+
+test('a seed stopped on full disks resumes only with the same sources; others are refused, naming both', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const big = join(dir, 'big');
+    await mkdir(big);
+    for (let i = 0; i < 4; i++) await writeFile(join(big, `r${i}`), randomBytes(3 * MiB));
+    const small = join(dir, 'small');
+    await mkdir(small);
+    await writeFile(join(small, 'a'), 'a');
+    const args = (src: string, ...disks: string[]) => ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', ...disks.flatMap((d) => ['--disk', join(dir, d)]), '--disk-capacity', '6M', src];
+    let r = await ferry(args(big, 'd1'), { env });
+    t.is(r.code, 1, r.stderr);
+    t.regex(r.stderr, /the seed disks are full/);
+    r = await ferry(args(small, 'd1', 'd2'), { env });
+    t.is(r.code, 1);
+    t.true(r.stderr.includes(`the disks hold an unfinished seed of m/x from ${big}, not ${small}: run that seed again`), r.stderr);
+    r = await ferry(args(big, 'd1', 'd2', 'd3', 'd4'), { env });
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stdout.toString(), /\(resumed\)/);
+  });
+});
