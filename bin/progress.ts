@@ -18,7 +18,7 @@ export function progressBar(opts: GlobalOptions, label: string): Bar {
   const bar = new cliProgress.SingleBar(
     {
       stream: process.stderr,
-      format: `${label} [{bar}] {percentage}% {doneh}/{totalh} {rate} eta {eta_formatted} {extra}`,
+      format: `${label} [{bar}] {percentage}% {doneh}/{totalh} {rate} eta {etah} {extra}`,
       hideCursor: true,
       clearOnComplete: true,
       etaBuffer: 50,
@@ -30,7 +30,10 @@ export function progressBar(opts: GlobalOptions, label: string): Bar {
     active: true,
     update(done, total, extra = '') {
       const secs = (Date.now() - started) / 1000;
-      const payload = { doneh: formatSize(done), totalh: formatSize(total), rate: secs > 0 ? `${formatSize(done / secs)}/s` : '', extra };
+      // our own estimate: cli-progress prints "NULL"/"INF" cut short ("NFs") before the rate settles
+      const rate = secs > 0 ? done / secs : 0;
+      const etah = rate > 0 && total >= done && secs >= 1 ? clock((total - done) / rate) : '?';
+      const payload = { doneh: formatSize(done), totalh: formatSize(total), rate: secs > 0 ? `${formatSize(rate)}/s` : '', etah, extra };
       if (!begun) {
         bar.start(total, done, payload);
         begun = true;
@@ -43,4 +46,12 @@ export function progressBar(opts: GlobalOptions, label: string): Bar {
       if (begun) bar.stop();
     },
   };
+}
+
+/** Seconds as 42s, 3m05s or 2h07m. */
+function clock(secs: number): string {
+  const s = Math.round(secs);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
 }

@@ -266,7 +266,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
         report('data');
       },
     });
-    files = r.files;
+    files = r.entries; // the progress counts entries; the result (stats.files) counts files
     bytes = r.bytes;
     dataBytes = r.bytes;
     Object.assign(stats, { entries: r.entries, files: r.files, bytes: r.bytes, catalogBytes: r.catalogBytes, skipped: r.skipped });
@@ -306,7 +306,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     objects: targets.stats.written + targets.stats.kept,
     kept: targets.stats.kept,
     sealedBytes: targets.stats.sealedBytes,
-    files,
+    files: stats.files ?? files,
     bytes,
     warnings,
     resumed: !!previous,

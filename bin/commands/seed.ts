@@ -55,7 +55,7 @@ export function register(program: Command): void {
             databox: o.databox,
             // Without a bar, no progress: the seed then skips counting the sources.
             onProgress: !bar.active ? undefined : (p) =>
-              bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${p.totalFiles}${p.totalsFinal ? '' : '+'}` : ''} entries, disk ${p.disk} of ${p.disks}`),
+              bar.update(p.bytes, p.totalBytes ?? Math.max(p.bytes, 1), `${p.files}${p.totalFiles ? `/${Math.max(p.totalFiles, p.files)}${p.totalsFinal ? '' : '+'}` : ''} entries, disk ${p.disk} of ${p.disks}`),
             onWarning: (w) => {
               warnings.push(w);
               out.warn(w.message);
