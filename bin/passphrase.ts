@@ -160,9 +160,22 @@ export interface CliOpenOptions extends GlobalOptions {
 export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: { writable: true; command: string }): Promise<VaultWriter>;
 export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how?: { writable?: false; command?: string }): Promise<VaultReader>;
 export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: { writable?: boolean; command?: string } = {}): Promise<VaultReader> {
-  const common = { passphrase: () => getPassphrase(opts), onWarning: (m: string) => out.warn(m) };
+  let given = '';
+  const common = {
+    passphrase: async () => (given = await getPassphrase(opts)),
+    onWarning: (m: string) => out.warn(m),
+  };
   // Loaded here, not at the top: `ferry vhd ...` and `--help` never need the vault code.
   const { openVault } = await import('../vault/vault.js');
-  if (how.writable) return openVault(opts.vault, { ...common, writable: true, breakLock: opts.breakLock, command: how.command });
-  return openVault(opts.vault, common);
+  try {
+    if (how.writable) return await openVault(opts.vault, { ...common, writable: true, breakLock: opts.breakLock, command: how.command });
+    return await openVault(opts.vault, common);
+  } catch (err) {
+    // a passphrase that starts or ends with spaces or blank lines: most likely not meant
+    if (err instanceof FerryError && err.code === 'WRONG_PASSPHRASE' && given !== given.trim()) {
+      const from = opts.passphraseFile ? `--passphrase-file ${opts.passphraseFile}` : opts.passphraseCommand ? '--passphrase-command' : 'FERRY_PASSPHRASE';
+      throw new FerryError(err.code, `${err.message} (the passphrase from ${from} starts or ends with spaces or a blank line, which count: only one final newline is dropped)`, err.data, err.exitCode);
+    }
+    throw err;
+  }
 }

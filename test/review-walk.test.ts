@@ -173,3 +173,31 @@ test('a seed stopped on full disks resumes only with the same sources; others ar
     t.regex(r.stdout.toString(), /\(resumed\)/);
   });
 });
+
+test('vhd import of a differencing disk whose parent is not stored is refused, and stores nothing; with the parent stored it goes in', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    await ok(['vhd', 'create', join(dir, 'p.vhd'), '--size', '4M']);
+    await ok(['vhd', 'create', join(dir, 'c.vhd'), '--parent', join(dir, 'p.vhd')]);
+    const r = await ferry(['vhd', 'import', '--vault', vault, join(dir, 'c.vhd')], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /c\.vhd is a differencing disk over .*p\.vhd \(disk [0-9a-f]{32}\), which is not in the vault: vhd import its parent first\n$/);
+    t.deepEqual(await readdir(join(vault, 'disks')).catch(() => []), []);
+    await ok(['vhd', 'import', '--vault', vault, join(dir, 'p.vhd')]);
+    const id = (await ok(['vhd', 'import', '--vault', vault, join(dir, 'c.vhd')])).trim();
+    await ok(['vhd', 'export', '--vault', vault, '--disk', id, '--to', join(dir, 'flat.raw'), '--type', 'raw']);
+    t.is((await stat(join(dir, 'flat.raw'))).size, 4 * MiB);
+  });
+});
+
+test('a wrong passphrase read with a trailing space says that the space counts', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    await writeFile(join(dir, 'pf'), `${env.FERRY_PASSPHRASE} \n`);
+    const r = await ferry(['points', '--vault', vault, '--passphrase-file', join(dir, 'pf')]);
+    t.is(r.code, 12);
+    t.regex(r.stderr, /no key slot opens with it \(the passphrase from --passphrase-file .*pf starts or ends with spaces or a blank line/);
+  });
+});

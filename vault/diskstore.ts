@@ -279,7 +279,13 @@ export async function openStoredDisk(objects: ObjectGetter, id: string, parent: 
 }
 
 /** Stores the VHD file at `path` as objects; returns its disk id (the VHD unique id in hex). */
-export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?: (done: number, total: number) => void): Promise<{ id: string; blocks: number; bytes: number }> {
+export async function storeVhdFile(
+  path: string,
+  out: ObjectPutter,
+  onProgress?: (done: number, total: number) => void,
+  /** Whether stored disk `id` is there: a differencing disk is stored only over its stored parent. */
+  stored?: (id: string) => Promise<boolean>,
+): Promise<{ id: string; blocks: number; bytes: number }> {
   const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });
@@ -304,6 +310,16 @@ export async function storeVhdFile(path: string, out: ObjectPutter, onProgress?:
     const fatal = d.problems.find((p) => p.severity === 'fatal' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_NO_FOOTER');
     if (fatal) throw new VhdError(fatal);
     const id = d.footer!.uniqueId.toString('hex');
+    if (d.type === 'differencing' && stored && d.header) {
+      const parent = d.header.parentUniqueId.toString('hex');
+      if (!(await stored(parent))) {
+        throw new FerryError(
+          'VHD_PARENT_NOT_STORED',
+          `${path} is a differencing disk over ${d.parentName || 'a parent'} (disk ${parent}), which is not in the vault: vhd import its parent first`,
+          { file: path, parent },
+        );
+      }
+    }
     let blocks = 0;
     let bytes = 0;
     if (d.type === 'fixed') {

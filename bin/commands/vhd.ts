@@ -160,11 +160,11 @@ export function register(program: Command): void {
       const bar = progressBar(out.opts, 'store');
       try {
         const { VaultPutter } = await putterModule();
-        const { storeVhdFile } = await diskstore();
+        const { storeVhdFile, headName } = await diskstore();
         const putter = new VaultPutter(vault);
         // Group commit: the blocks are fsynced together before the head is written, the head before we report.
         putter.begin();
-        const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t));
+        const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t), (id) => vault.exists(headName(id)));
         await putter.end();
         bar.stop();
         out.result({ disk: r.id, blocks: r.blocks, bytes: r.bytes, stored: putter.stats.stored }, () => {
