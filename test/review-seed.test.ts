@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, ferryOk, must, run, withTmp } from './helpers/exec.js';
+import { withLoop, withTmpfs } from './helpers/mounts.js';
 
 const PASS = 'review seed passphrase, long enough';
 const env = { FERRY_PASSPHRASE: PASS };
@@ -35,26 +36,6 @@ async function volumeImage(path: string, size = 8 * MiB): Promise<Buffer> {
   randomBytes(64 * 1024).copy(b, 5 * MiB);
   await writeFile(path, b);
   return b;
-}
-
-async function withTmpfs<T>(dir: string, size: string, fn: (mnt: string) => Promise<T>): Promise<T> {
-  const mnt = join(dir, `tmpfs-${randomBytes(3).toString('hex')}`);
-  await mkdir(mnt);
-  await must('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
-  try {
-    return await fn(mnt);
-  } finally {
-    await run('umount', [mnt]);
-  }
-}
-
-async function withLoop<T>(file: string, fn: (dev: string) => Promise<T>): Promise<T> {
-  const dev = (await must('losetup', ['-f', '--show', file])).toString().trim();
-  try {
-    return await fn(dev);
-  } finally {
-    await run('losetup', ['-d', dev]);
-  }
 }
 
 rootTest('restore --format vhd --to a block device does not replace the device node with a regular file', async (t) => {
@@ -123,7 +104,7 @@ rootTest('a tar restore that runs out of room leaves no cut-short archive under 
     for (let i = 0; i < 12; i++) await writeFile(join(src, `f${i}`), randomBytes(150 * 1024));
     await seedAndImport(dir, vault, 'tree', 'files', src);
     // Room for the staging copy (1.8 MiB) but not for it and the archive too.
-    await withTmpfs(dir, '3m', async (mnt) => {
+    await withTmpfs(join(dir, 'tmpfs'), '3m', async (mnt) => {
       const to = join(mnt, 'tree.tar');
       const r = await ferry(['restore', '--vault', vault, '--item', 'tree', '--machine', 'm', '--format', 'tar', '--to', to], { env });
       if (r.code === 0) {
@@ -220,7 +201,7 @@ rootTest('a volume restore that fills the target names the target in its one-lin
     randomBytes(6 * MiB).copy(b);
     await writeFile(img, b);
     await seedAndImport(dir, vault, 'vol', 'volume', img);
-    await withTmpfs(dir, '2m', async (mnt) => {
+    await withTmpfs(join(dir, 'tmpfs'), '2m', async (mnt) => {
       const to = join(mnt, 'vol.img');
       const r = await ferry(['restore', '--vault', vault, '--item', 'vol', '--machine', 'm', '--to', to], { env });
       t.is(r.code, 1);

@@ -3,7 +3,6 @@
 // it runs out of room; a file's temporary name beside it (an image being
 // restored or exported) is swept when its process is gone.
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
 import { mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
@@ -13,6 +12,7 @@ import { sweepCatalogDirs } from '../format/volume/tmpcat.js';
 import { tempBeside } from '../format/fsio.js';
 import type { SourceEntry } from '../format/volume/writer.js';
 import { withTmp } from './helpers/exec.js';
+import { withTmpfs } from './helpers/mounts.js';
 
 function entry(i: number): SourceEntry {
   const name = Buffer.from(`/d/some-fairly-long-file-name-to-fill-the-catalog-${i}`);
@@ -29,18 +29,6 @@ function* tree(n: number): Iterable<SourceEntry> {
 
 async function catalogDirs(dir: string): Promise<string[]> {
   return (await readdir(dir)).filter((n) => n.startsWith('ferry-catalog-'));
-}
-
-/** A tmpfs of `size` at `dir`, unmounted after `fn`. */
-async function withTmpfs<T>(dir: string, size: string, fn: () => Promise<T>): Promise<T> {
-  await mkdir(dir, { recursive: true });
-  const m = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', dir]);
-  if (m.status !== 0) throw new Error(`mount tmpfs: ${m.stderr}`);
-  try {
-    return await fn();
-  } finally {
-    spawnSync('umount', ['-l', dir]);
-  }
 }
 
 test('a catalog spooled to a file leaves nothing in the temporary folder, and reads whole', async (t) => {

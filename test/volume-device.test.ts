@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, must, run, withTmp } from './helpers/exec.js';
+import { withLoop } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'device test passphrase, long enough' };
 const MiB = 1024 * 1024;
@@ -18,15 +19,10 @@ async function ok(args: string[]): Promise<void> {
   if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
 }
 
-/** A loop device over a new image of `size` bytes holding `fill`, detached after fn. */
-async function withLoop<T>(img: string, fill: Buffer, fn: (dev: string) => Promise<T>): Promise<T> {
+/** A loop device over a new image `img` holding `fill`, detached after fn. */
+async function withNewLoop<T>(img: string, fill: Buffer, fn: (dev: string) => Promise<T>): Promise<T> {
   await writeFile(img, fill);
-  const dev = (await must('losetup', ['-f', '--show', img])).toString().trim();
-  try {
-    return await fn(dev);
-  } finally {
-    await run('losetup', ['-d', dev]);
-  }
+  return withLoop(img, fn);
 }
 
 test('a volume restores onto a large enough device; a small or mounted one is refused and left as it was', async (t) => {
@@ -42,7 +38,7 @@ test('a volume restores onto a large enough device; a small or mounted one is re
 
     // large enough: the volume, then what the device held after it
     const old = randomBytes(8 * MiB);
-    await withLoop(join(dir, 'big.img'), old, async (dev) => {
+    await withNewLoop(join(dir, 'big.img'), old, async (dev) => {
       const r = await restore(dev);
       t.is(r.code, 0, r.stderr);
     });
@@ -52,7 +48,7 @@ test('a volume restores onto a large enough device; a small or mounted one is re
 
     // too small
     const small = randomBytes(4 * MiB);
-    await withLoop(join(dir, 'small.img'), small, async (dev) => {
+    await withNewLoop(join(dir, 'small.img'), small, async (dev) => {
       const r = await restore(dev);
       t.is(r.code, 1, r.stderr);
       t.regex(r.stderr, new RegExp(`^ferry: ${dev} holds 4\\.0 MiB .* but the volume is 6\\.0 MiB`));
@@ -66,7 +62,7 @@ test('a volume restores onto a large enough device; a small or mounted one is re
     await must('truncate', ['-s', '8M', join(dir, 'fs.img')]);
     await must('mkfs.ext4', ['-q', '-F', join(dir, 'fs.img')]);
     const before = await readFile(join(dir, 'fs.img'));
-    await withLoop(join(dir, 'fs.img'), before, async (dev) => {
+    await withNewLoop(join(dir, 'fs.img'), before, async (dev) => {
       await must('mount', [dev, mnt]);
       try {
         const r = await restore(dev);
@@ -127,7 +123,7 @@ test('seeding a device mounted read-write warns (exit 3) and names where; read-o
     await mkdir(mnt);
     await must('truncate', ['-s', '8M', join(dir, 'fs.img')]);
     await must('mkfs.ext4', ['-q', '-F', join(dir, 'fs.img')]);
-    await withLoop(join(dir, 'fs.img'), await readFile(join(dir, 'fs.img')), async (dev) => {
+    await withNewLoop(join(dir, 'fs.img'), await readFile(join(dir, 'fs.img')), async (dev) => {
       const seed = (item: string) =>
         ferry(['seed', '--vault', vault, '--item', item, '--kind', 'volume', '--machine', 'm', '--disk', join(dir, item), dev], { env });
       await must('mount', [dev, mnt]);
@@ -184,7 +180,7 @@ test('a damaged volume block stops the restore and names the object; --salvage w
     await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', join(dir, 'out.vhd'), join(dir, 'vhd.raw')]);
     t.true((await readFile(join(dir, 'vhd.raw'))).equals(expected));
 
-    await withLoop(join(dir, 'dev.img'), randomBytes(6 * MiB), async (dev) => {
+    await withNewLoop(join(dir, 'dev.img'), randomBytes(6 * MiB), async (dev) => {
       r = await restore(dev);
       t.is(r.code, 1);
       t.true(r.stderr.includes(`; ${dev} holds the volume only up to there (--salvage`), r.stderr);
