@@ -37,6 +37,9 @@ export interface RestoreResult {
   to: string;
   format: RestoreFormat;
   restored: number;
+  /** Files: of `skipped`, those found equal; of `restored`, those written beside a differing one (`copy`). */
+  unchanged?: number;
+  copies?: number;
   skipped: number;
   /** Entries that could not be restored (each also counted in `warnings`). */
   failed: number;
@@ -131,7 +134,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         onWarning,
         onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
       });
-      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
+      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, unchanged: r.unchanged, copies: r.copies, failed: r.failed, bytes: r.bytes, warnings };
     } finally {
       await reader.close();
     }

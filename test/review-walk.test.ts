@@ -201,3 +201,16 @@ test('a wrong passphrase read with a trailing space says that the space counts',
     t.regex(r.stderr, /no key slot opens with it \(the passphrase from --passphrase-file .*pf starts or ends with spaces or a blank line/);
   });
 });
+
+test('a restore under copy says how many it wrote beside existing files, and how many it found equal', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk, src } = await seeded(dir);
+    await ok(['import', '--vault', vault, disk]);
+    const to = join(dir, 'out');
+    await ok(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--to', to]);
+    await writeFile(join(to, src, 'sub', 'a.txt'), 'changed\n');
+    const out = await ok(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--to', to]);
+    t.regex(out, /: 1 entry, 2 B \(1 written beside a different existing one as \*\.ferry-restored-1\), \d+ skipped \(\d+ already equal\)\n/);
+    t.is(await readFile(join(to, src, 'sub', 'a.txt.ferry-restored-1'), 'utf8'), 'a\n');
+  });
+});

@@ -59,7 +59,7 @@ export function register(program: Command): void {
           });
           bar.stop();
           out.result({ ...r, warningList }, () => {
-            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.skipped ? `, ${r.skipped} skipped` : ''}`);
+            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq})` : ''}${r.skipped ? `, ${r.skipped} skipped${r.unchanged ? ` (${r.unchanged} already equal)` : ''}` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
