@@ -351,3 +351,14 @@ test('--version prints the package version; Ctrl-C stops a command with one line
   t.is(code, 130);
   t.is(stderr.trim(), 'ferry: interrupted (SIGINT); run the same command again to go on');
 });
+
+test('key add refuses a passphrase that already opens a slot, and changes nothing', async (t) => {
+  const { dir } = await newVault('dup');
+  const base = await tempDir('dup-p');
+  await fs.writeFile(join(base, 'same'), P1 + '\n');
+  const before = await fs.readFile(join(dir, 'vault.json'));
+  const r = await ferry(['key', 'add', '--vault', dir, '--new-passphrase-file', join(base, 'same'), ...FAST], { FERRY_PASSPHRASE: P1 });
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /^ferry: that passphrase already opens key slot [0-9a-f]{16} of .*; nothing changed\n$/);
+  t.true((await fs.readFile(join(dir, 'vault.json'))).equals(before));
+});

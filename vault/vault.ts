@@ -241,6 +241,12 @@ export class VaultWriter extends VaultReader {
 
   /** Adds a key slot for `passphrase` and saves vault.json. */
   async addKey(passphrase: string, opts: KeyOptions = {}): Promise<SlotInfo> {
+    // A passphrase that opens a slot already would only add a second slot for it
+    const had = await unlock(this.currentConfig, passphrase, this.location).catch(() => null);
+    if (had) {
+      had.master.fill(0);
+      throw new FerryError('KEY_EXISTS', `that passphrase already opens key slot ${had.slotId} of ${this.location}; nothing changed`, { slot: had.slotId });
+    }
     const slot = await createSlot(this.masterKey, passphrase, this.id, opts);
     await this.#saveConfig(withSlot(this.currentConfig, slot));
     return listSlots(this.currentConfig).find((s) => s.id === slot.id)!;
