@@ -70,6 +70,8 @@ export interface RestoreOptions {
   paths?: (string | Buffer)[];
   /** What to do when the target exists and differs: keep it and write a copy beside it (default), replace it, or leave it. */
   ifExists?: IfExists;
+  /** What a --verbose run tells of single entries (a copy written beside one, one left under skip). */
+  onNote?: (n: { path: Buffer; message: string }) => void;
   /** Label in the name of copies (`name.ferry-restored-<point>`); by default the volume's write time. */
   point?: string;
   /** Restore owners (default: when running as root). */
@@ -959,10 +961,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // an interrupted run's unfinished work is replaced, whatever the policy
     if (ifExists === 'skip' && !inLeftover(dst)) {
       result.skipped++;
+      opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: left as it is (--if-exists skip)` });
       return 'skipped';
     }
     if (ifExists === 'copy' && !inLeftover(dst)) {
       const c = copyName(dst);
+      opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: the backup's is written beside it as ${printable(baseName(c))}` });
       const cst = existing(c);
       if (cst?.isDirectory()) {
         anchored.forget(c);

@@ -28,6 +28,8 @@ export interface RestoreOptions {
   format?: RestoreFormat;
   onProgress?: (done: number, total: number, what: string) => void;
   onWarning?: (w: { path?: string; message: string }) => void;
+  /** Notes on single entries, for --verbose (a copy written beside an existing file, one left under skip). */
+  onNote?: (message: string) => void;
   /** Volumes: write zeros where stored data cannot be read, and warn, instead of stopping. */
   salvage?: boolean;
 }
@@ -132,6 +134,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         ifExists: o.ifExists ?? 'copy',
         point: String(point.seq),
         onWarning,
+        onNote: (n) => o.onNote?.(n.message),
         onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
       });
       return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, unchanged: r.unchanged, copies: r.copies, failed: r.failed, bytes: r.bytes, warnings };

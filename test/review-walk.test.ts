@@ -212,5 +212,9 @@ test('a restore under copy says how many it wrote beside existing files, and how
     const out = await ok(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--to', to]);
     t.regex(out, /: 1 entry, 2 B \(1 written beside a different existing one as \*\.ferry-restored-1\), \d+ skipped \(\d+ already equal\)\n/);
     t.is(await readFile(join(to, src, 'sub', 'a.txt.ferry-restored-1'), 'utf8'), 'a\n');
+    // --verbose names each one
+    const v = await ferry(['restore', '--vault', vault, '--item', 'x', '--machine', 'm', '--to', to, '--if-exists', 'skip', '--verbose'], { env });
+    t.is(v.code, 0, v.stderr);
+    t.true(v.stderr.includes(`ferry: ${join(to, src, 'sub', 'a.txt')} differs from the backup: left as it is (--if-exists skip)\n`), v.stderr);
   });
 });

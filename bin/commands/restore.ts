@@ -51,6 +51,7 @@ export function register(program: Command): void {
             ifExists: o.ifExists as 'copy' | 'overwrite' | 'skip',
             format: o.format as RestoreFormat | undefined,
             salvage: o.salvage,
+            onNote: (m) => out.verbose(`ferry: ${m}`),
             onProgress: (d, t) => bar.update(d, t),
             onWarning: (w) => {
               warningList.push(w.path ? { path: w.path, message: w.message } : { message: w.message });
