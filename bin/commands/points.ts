@@ -20,7 +20,8 @@ export function register(program: Command): void {
           const points = await listPoints(vault, { machine: o.machine, item: o.item }, (d) => damaged.push(d));
           const doc = points.map((p) => ({ seq: p.seq, time: p.time, kind: p.kind, machine: p.machine, item: p.item, source: p.source, size: p.size, disks: p.chain.length, sources: p.sources, stats: p.stats }));
           out.result(doc, () => {
-            if (points.length === 0) out.info(`no recovery points in ${o.vault}`);
+            const of = [o.machine && `machine ${o.machine}`, o.item && `item ${o.item}`].filter(Boolean).join(', ');
+            if (points.length === 0) out.info(`no recovery points${of ? ` of ${of}` : ''} in ${o.vault}`);
             else out.info(['seq', 'time', 'machine', 'item', 'kind', 'source', 'size'].join('\t'));
             for (const p of points) out.info([p.seq, p.time, p.machine, p.item, p.kind, p.source, formatSize(p.size)].join('\t'));
           });
