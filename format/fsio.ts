@@ -3,9 +3,12 @@
 // is written by the next calls, so that the error that explains it (ENOSPC)
 // is seen, instead of a short file taken for a whole one. And the temporary
 // names files are written under before they are renamed into place.
+import { createHash } from 'node:crypto';
 import { lstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { mkdir, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import { FerryError } from './errors.js';
 
 /** Writes all of `buf` at `pos` (at the file's current position when pos is undefined). */
 export async function writeAll(fh: FileHandle, buf: Buffer, pos?: number): Promise<void> {
@@ -54,6 +57,9 @@ function lastChange(path: string): number {
  * has changed for `staleMs` (a folder shared by PID namespaces can show a
  * live process as gone). Best effort: never fails. Returns what it removed.
  */
+/** This host, in names of temporaries that a folder shared by several hosts may hold: 8 hex digits. */
+export const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+
 export function sweepLeftovers(dir: string, pattern: RegExp, staleMs: number, now = Date.now()): string[] {
   const removed: string[] = [];
   let names: string[] = [];
@@ -62,11 +68,16 @@ export function sweepLeftovers(dir: string, pattern: RegExp, staleMs: number, no
   } catch {
     return removed;
   }
+  const uid = process.geteuid?.();
   for (const name of names) {
     const m = pattern.exec(name);
     if (!m || pidAlive(Number(m[1]))) continue;
     const path = join(dir, name);
     try {
+      // Only what this user made: a name and a time anyone can forge in a
+      // shared folder (/tmp), an owner they cannot. What ferry makes there
+      // is its user's, and a folder mode 0700: nobody else can reach in.
+      if (uid !== undefined && lstatSync(path).uid !== uid) continue;
       if (now - lastChange(path) < staleMs) continue;
       rmSync(path, { recursive: true, force: true });
       removed.push(path);
@@ -102,14 +113,19 @@ export function removeAtExit(path: string): () => void {
 
 /**
  * The temporary name a file is written under before it is renamed onto
- * `path`: `path.ferry-tmp-<pid>`. Those of processes that are gone (a
+ * `path`: `path.ferry-tmp-<host>-<pid>`. Those of this host's processes that are gone (a
  * restore or an export killed part way, up to a whole image each) are
  * removed first, once they have not changed for five minutes; this one goes
  * when this process exits before it is renamed.
  */
 export function tempBeside(path: string): string {
-  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-(\\d+)$`), 5 * 60 * 1000);
-  const tmp = `${path}.ferry-tmp-${process.pid}`;
+  // renamed onto `path` once written: a device, a folder or a fifo there would be replaced, not written
+  const st = statSync(path, { throwIfNoEntry: false });
+  if (st && !st.isFile()) {
+    throw new FerryError('NOT_A_FILE', `${path} is ${st.isBlockDevice() ? 'a block device' : st.isDirectory() ? 'a folder' : 'not a regular file'}: name a file to write`, { path });
+  }
+  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 5 * 60 * 1000);
+  const tmp = `${path}.ferry-tmp-${HOST_TAG}-${process.pid}`;
   removeAtExit(tmp); // (once renamed into place, there is nothing at this name to remove)
   return tmp;
 }

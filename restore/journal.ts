@@ -19,8 +19,8 @@
 // Records are written (write(2)): one before a folder is made ("? ?":
 // about to make it), one once it exists (its device and inode numbers), or
 // one when it could not be made ("! !": it was there). A kill loses none.
-// They are synced to disk at most a second after they are written (the
-// first one at once, with the journal's name): a power cut may lose the
+// They are synced to disk about a second after they are written at the
+// latest (the first one at once, with the journal's name): a power cut may lose the
 // last second's (those folders then keep the owner and mode they were made
 // with), where a sync per folder would cost seconds per 10,000 folders. The device and inode numbers
 // keep a folder its user put in place of the one the restore made from
@@ -69,6 +69,8 @@ function syncDir(dir: string): void {
 export class FolderJournal {
   private fd: number | null = null;
   private synced = 0;
+  private dirty = false;
+  private timer: NodeJS.Timeout | undefined;
   private broken = false;
   /** Earlier runs' records (path -> "dev ino"), and which of them this run came upon. */
   private readonly seen = new Set<string>();
@@ -167,13 +169,12 @@ export class FolderJournal {
       }
       const rec = record(id, this.rel(dir));
       if (writeSync(this.fd, rec) !== rec.length) throw new Error('short write');
-      // On disk within a second (a power cut loses at most the last
-      // second's records), without a sync per folder made.
-      const now = Date.now();
-      if (now - this.synced >= SYNC_MS) {
-        fdatasyncSync(this.fd);
-        this.synced = now;
-      }
+      // On disk within about a second (a power cut loses at most the last
+      // second's records), without a sync per folder made: at once when the
+      // last sync is that old, else by a timer (a long file may come next).
+      this.dirty = true;
+      if (Date.now() - this.synced >= SYNC_MS) this.sync();
+      else this.timer ??= setTimeout(() => this.sync(), SYNC_MS).unref();
       return true;
     } catch {
       this.broken = true;
@@ -181,15 +182,23 @@ export class FolderJournal {
     }
   }
 
-  close(): void {
-    if (this.fd !== null) {
-      try {
-        fdatasyncSync(this.fd);
-      } catch {
-        /* the records are written; only their durability is unsure */
-      }
-      closeSync(this.fd);
+  /** Makes the records written so far durable (best effort: they are written either way). */
+  private sync(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.fd === null || !this.dirty) return;
+    try {
+      fdatasyncSync(this.fd);
+    } catch {
+      /* the records are written; only their durability is unsure */
     }
+    this.dirty = false;
+    this.synced = Date.now();
+  }
+
+  close(): void {
+    this.sync();
+    if (this.fd !== null) closeSync(this.fd);
     this.fd = null;
   }
 

@@ -14,7 +14,7 @@ import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
 import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
-import { removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
+import { HOST_TAG, removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -76,7 +76,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOSPC' || code === 'EDQUOT') {
-          throw new FerryError('RESTORE_DISK_FULL', `no room left on the disk of ${to} for the volume (${formatSize(disk.size)}, less where it is sparse): free space there or restore to another disk; nothing is left at ${to}`, { to });
+          throw new FerryError('RESTORE_DISK_FULL', `no room left on the disk of ${to} for the volume (${formatSize(disk.size)}, less where it is sparse): free space there or restore to another disk; no partial image is left at ${to}`, { to });
         }
         if (!o.salvage && err instanceof FerryError && err.data.object) {
           // an image or VHD is renamed into place only when whole; a device is written as it goes
@@ -102,8 +102,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
         if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
         // the tree is put together beside the archive; one left by a run that was killed goes first
-        sweepLeftovers(dirname(to), /^\.ferry-restore-(\d+)-[A-Za-z0-9]{6}$/, 5 * 60 * 1000);
-        const staging = await mkdtemp(join(dirname(to), `.ferry-restore-${process.pid}-`));
+        sweepLeftovers(dirname(to), new RegExp(`^\\.ferry-restore-${HOST_TAG}-(\\d+)-[A-Za-z0-9]{6}$`), 5 * 60 * 1000);
+        const staging = await mkdtemp(join(dirname(to), `.ferry-restore-${HOST_TAG}-${process.pid}-`));
         const unregister = removeAtExit(staging);
         try {
           let r;
@@ -155,8 +155,11 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
  */
 async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists, seq: number): Promise<string | null> {
   if (to === '-') throw new UsageError(`--to - (standard output) is not supported for --format ${format}: name a file`);
-  const parent = await stat(dirname(to)).catch(() => null);
-  if (!parent?.isDirectory()) {
+  const parent = await stat(dirname(to)).catch((err: NodeJS.ErrnoException) => err);
+  if (parent instanceof Error && parent.code !== 'ENOENT' && parent.code !== 'ENOTDIR') {
+    throw new FerryError('RESTORE_NO_FOLDER', `cannot use ${dirname(to)} for --to: ${parent.message}`, { to });
+  }
+  if (parent instanceof Error || !parent.isDirectory()) {
     throw new FerryError('RESTORE_NO_FOLDER', `${dirname(to)} is not a folder: create it, or name a --to in a folder that exists`, { to });
   }
   let st;

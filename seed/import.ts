@@ -95,9 +95,13 @@ export async function importSeeds(
   }
   const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [] };
   // A registered seed is never touched again: its objects belong to a visible point.
+  // (and a disk given twice, or with a copy of it, is imported once)
   const already = new Set<string>();
+  const first = new Set<string>();
   for (const { dir, m } of manifests) {
-    if ((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) already.add(dir);
+    const key = `${m.seedId}:${m.disk}`;
+    if (first.has(key) || (await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) already.add(dir);
+    first.add(key);
   }
   const run = { bytes: 0, totalBytes: 0 };
   for (const { dir, m } of manifests) if (!already.has(dir)) for (const o of m.objects) run.totalBytes += o.size;

@@ -157,33 +157,37 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   if (o.kind === 'files') await checkSources(o.sources);
   const volumeBytes = o.kind === 'volume' ? await volumeSourceBytes(o.sources[0]) : undefined;
 
+  // the disk is whole sectors; a raw restore gives back the volume's own length
+  const size = volumeBytes !== undefined ? Math.ceil(volumeBytes / 512) * 512 : MAX_VHD_SIZE;
+  // as given (a trailing slash means something), made absolute
+  const sources = o.sources.map((src) => resolve(src) + (src.endsWith('/') && src.length > 1 ? '/' : ''));
+  /** A seed on the disks is this command's own (to resume, finish or find complete) only with the same kind, size and sources. */
+  const checkSame = (m: SeedManifest, state: string) => {
+    if (m.kind !== o.kind || (m.kind === 'volume' && m.params.size !== size)) {
+      throw new FerryError('SEED_DISK_IN_USE', `the disks hold ${state} ${m.kind} seed of ${machine}/${o.item}, not this ${o.kind} one; run that seed again, or use empty disks for this one`);
+    }
+    if (m.sources && m.sources.join('\0') !== sources.join('\0')) {
+      throw new FerryError(
+        'SEED_DISK_IN_USE',
+        `the disks hold ${state} seed of ${machine}/${o.item} from ${m.sources.join(' ') || '(system state)'}, not ${sources.join(' ') || '(system state)'}: run that seed again, or use empty disks for this one`,
+      );
+    }
+  };
   let resumable;
   try {
     resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
   } catch (err) {
     // The same command run again after it finished: nothing to do, and said so (exit 0)
-    if (err instanceof FerryError && err.code === 'SEED_COMPLETE') return alreadyComplete(o, vault, machine, err);
+    if (err instanceof FerryError && err.code === 'SEED_COMPLETE') return alreadyComplete(o, vault, machine, err, (m) => checkSame(m, 'a complete'));
     throw err;
   }
   if (resumable && resumable.manifest.prefix !== prefix) {
     const was = resumable.manifest.prefix ? `--databox ${resumable.manifest.prefix.split('/')[1]}` : 'no --databox';
     throw new UsageError(`the disks hold a seed of ${machine}/${o.item} written with ${was}; run it again the same way`);
   }
+  if (resumable) checkSame(resumable.manifest, resumable.finishOnly ? 'a nearly complete' : 'an unfinished');
   if (resumable?.finishOnly) return finishMarking(o, vault, machine, resumable.manifest);
   const previous = resumable?.manifest;
-  // the disk is whole sectors; a raw restore gives back the volume's own length
-  const size = volumeBytes !== undefined ? Math.ceil(volumeBytes / 512) * 512 : MAX_VHD_SIZE;
-  if (previous && (previous.kind !== o.kind || previous.params.size !== size)) {
-    throw new FerryError('SEED_DISK_IN_USE', `the disks hold an unfinished ${previous.kind} seed of ${machine}/${o.item} of another shape; use empty disks`);
-  }
-  // as given (a trailing slash means something), made absolute
-  const sources = o.sources.map((src) => resolve(src) + (src.endsWith('/') && src.length > 1 ? '/' : ''));
-  if (previous?.sources && previous.sources.join('\0') !== sources.join('\0')) {
-    throw new FerryError(
-      'SEED_DISK_IN_USE',
-      `the disks hold an unfinished seed of ${machine}/${o.item} from ${previous.sources.join(' ') || '(system state)'}, not ${sources.join(' ') || '(system state)'}: run that seed again to finish it, or use empty disks for this one`,
-    );
-  }
   const params = previous?.params ?? {
     diskId: randomBytes(16).toString('hex'),
     volumeUuid: randomBytes(16).toString('hex'),
@@ -319,7 +323,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
  * with the record the complete disks carry.
  */
 /** The result of a seed whose disks, all given, already hold it complete: nothing is written. */
-async function alreadyComplete(o: SeedOptions, vault: VaultReader, machine: string, err: FerryError): Promise<SeedResult> {
+async function alreadyComplete(o: SeedOptions, vault: VaultReader, machine: string, err: FerryError, checkSame: (m: SeedManifest) => void): Promise<SeedResult> {
   const held: Array<{ dir: string; m: SeedManifest }> = [];
   for (const dir of o.disks) {
     const m = await manifestOn(dir);
@@ -327,6 +331,7 @@ async function alreadyComplete(o: SeedOptions, vault: VaultReader, machine: stri
   }
   const m = held[0]?.m;
   if (!m?.point || m.of === null || held.length !== m.of) throw err; // not all its disks given: the user's call
+  checkSame(m);
   held.sort((a, b) => a.m.disk - b.m.disk);
   const rec = await openSeedRecord(vault.pool, m.seedId, m.point);
   const objects = held.reduce((n, h) => n + h.m.objects.length, 0);

@@ -335,6 +335,11 @@ test('a --path that names nothing in the backup: an error before anything is mad
     const r = await restore(reader, { to, paths: [join(src, 'nope'), 'sub/*.conf'] });
     t.deepEqual(r.messages, [`nothing in this backup matches --path ${JSON.stringify(join(src, 'nope'))}`]);
     t.is(await readFile(join(to, src, 'sub', 'a.conf'), 'utf8'), 'a');
+    // a path spelled with // and a trailing slash is the same path
+    const to2 = join(dir, 'out2');
+    const r2 = await restore(reader, { to: to2, paths: [`${src.replace(/\/src$/, '//src')}//sub/`] });
+    t.deepEqual(r2.messages, []);
+    t.is(await readFile(join(to2, src, 'sub', 'a.conf'), 'utf8'), 'a');
     reader.close();
   });
 });

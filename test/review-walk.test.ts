@@ -218,3 +218,44 @@ test('a restore under copy says how many it wrote beside existing files, and how
     t.true(v.stderr.includes(`ferry: ${join(to, src, 'sub', 'a.txt')} differs from the backup: left as it is (--if-exists skip)\n`), v.stderr);
   });
 });
+
+test('vhd export and vhd create never rename a file over a device or a folder', async (t) => {
+  await withTmp(async (dir) => {
+    await ok(['vhd', 'create', join(dir, 'a.vhd'), '--size', '1M']);
+    let r = await ferry(['vhd', 'export', join(dir, 'a.vhd'), '--type', 'raw', '--to', '/dev/null']);
+    t.is(r.code, 1);
+    t.is(r.stderr, 'ferry: /dev/null is not a regular file: name a file to write\n');
+    t.true((await stat('/dev/null')).isCharacterDevice());
+    await mkdir(join(dir, 'd'));
+    r = await ferry(['vhd', 'create', join(dir, 'd'), '--size', '1M', '--force']);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /d is a folder: name a file to write\n$/);
+  });
+});
+
+test('a complete seed is "already complete" only for the same kind and sources; another is refused naming both', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk, src } = await seeded(dir);
+    const other = join(dir, 'other');
+    await mkdir(other);
+    await writeFile(join(other, 'b'), 'b');
+    let r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk', disk, other], { env });
+    t.is(r.code, 1);
+    t.true(r.stderr.includes(`the disks hold a complete seed of m/x from ${src}, not ${other}: run that seed again, or use empty disks`), r.stderr);
+    const img = join(dir, 'v.img');
+    await writeFile(img, randomBytes(MiB));
+    r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'volume', '--machine', 'm', '--disk', disk, img], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /the disks hold a complete files seed of m\/x, not this volume one/);
+  });
+});
+
+test('a disk given twice (or with a copy of it) is verified and copied once', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, disk } = await seeded(dir);
+    await must('cp', ['-a', disk, join(dir, 'copy')]);
+    const out = await ok(['import', '--vault', vault, disk, join(dir, 'copy')]);
+    t.regex(out, /d1: disk 1 of 1 of seed [0-9a-f]{16} verified and imported/);
+    t.regex(out, /copy: disk 1 of 1 of seed [0-9a-f]{16} was already imported/);
+  });
+});

@@ -3,13 +3,13 @@
 // it runs out of room; a file's temporary name beside it (an image being
 // restored or exported) is swept when its process is gone.
 import test from 'ava';
-import { mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
+import { chown, mkdir, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
 import { FerryError } from '../format/errors.js';
 import { VolumeReader, writeVolume } from '../format/volume/index.js';
 import { sweepCatalogDirs } from '../format/volume/tmpcat.js';
-import { tempBeside } from '../format/fsio.js';
+import { HOST_TAG, tempBeside } from '../format/fsio.js';
 import type { SourceEntry } from '../format/volume/writer.js';
 import { withTmp } from './helpers/exec.js';
 import { withTmpfs } from './helpers/mounts.js';
@@ -58,14 +58,17 @@ test('catalog folders of processes that are gone are swept when untouched for an
       await utimes(join(dir, name, 'catalog.db'), mtime, mtime);
       await utimes(join(dir, name), mtime, mtime);
     };
-    await make(`ferry-catalog-${dead}-aaaaaa`, old);
-    await make(`ferry-catalog-${dead}-bbbbbb`, new Date());
-    await make(`ferry-catalog-${process.pid}-cccccc`, old);
+    await make(`ferry-catalog-${HOST_TAG}-${dead}-aaaaaa`, old);
+    await make(`ferry-catalog-${HOST_TAG}-${dead}-bbbbbb`, new Date());
+    await make(`ferry-catalog-${HOST_TAG}-${process.pid}-cccccc`, old);
     await make('ferry-catalog-dddddd', old);
+    // another user's, named and dated as ours: never removed (a name and a time anyone can forge)
+    await make(`ferry-catalog-${HOST_TAG}-${dead}-eeeeee`, old);
+    await chown(join(dir, `ferry-catalog-${HOST_TAG}-${dead}-eeeeee`), 65534, 65534);
     const removed = sweepCatalogDirs(dir);
-    t.deepEqual(removed, [join(dir, `ferry-catalog-${dead}-aaaaaa`)]);
+    t.deepEqual(removed, [join(dir, `ferry-catalog-${HOST_TAG}-${dead}-aaaaaa`)]);
     t.deepEqual((await catalogDirs(dir)).sort(), [
-      `ferry-catalog-${dead}-bbbbbb`, `ferry-catalog-${process.pid}-cccccc`, 'ferry-catalog-dddddd',
+      `ferry-catalog-${HOST_TAG}-${dead}-bbbbbb`, `ferry-catalog-${HOST_TAG}-${process.pid}-cccccc`, 'ferry-catalog-dddddd', `ferry-catalog-${HOST_TAG}-${dead}-eeeeee`,
     ].sort());
   });
 });
@@ -99,14 +102,14 @@ test('temporary names beside a file: those of processes that are gone are remove
       await writeFile(join(dir, name), 'partial image');
       await utimes(join(dir, name), mtime, mtime);
     };
-    await make(`x.img.ferry-tmp-${dead}`, old);
-    await make(`x.img.ferry-tmp-${dead + 1}`, new Date());
-    await make(`x.img.ferry-tmp-${process.ppid}`, old);
+    await make(`x.img.ferry-tmp-${HOST_TAG}-${dead}`, old);
+    await make(`x.img.ferry-tmp-${HOST_TAG}-${dead + 1}`, new Date());
+    await make(`x.img.ferry-tmp-${HOST_TAG}-${process.ppid}`, old);
     await make('x.img.ferry-tmp-notapid', old);
-    await make(`y.img.ferry-tmp-${dead}`, old);
-    t.is(tempBeside(join(dir, 'x.img')), join(dir, `x.img.ferry-tmp-${process.pid}`));
+    await make(`y.img.ferry-tmp-${HOST_TAG}-${dead}`, old);
+    t.is(tempBeside(join(dir, 'x.img')), join(dir, `x.img.ferry-tmp-${HOST_TAG}-${process.pid}`));
     t.deepEqual((await readdir(dir)).sort(), [
-      `x.img.ferry-tmp-${dead + 1}`, `x.img.ferry-tmp-${process.ppid}`, 'x.img.ferry-tmp-notapid', `y.img.ferry-tmp-${dead}`,
+      `x.img.ferry-tmp-${HOST_TAG}-${dead + 1}`, `x.img.ferry-tmp-${HOST_TAG}-${process.ppid}`, 'x.img.ferry-tmp-notapid', `y.img.ferry-tmp-${HOST_TAG}-${dead}`,
     ].sort());
   });
 });

@@ -6,13 +6,12 @@
 // commitBatch) a new name is linked into place at once and fsynced with the
 // rest of the batch at commitBatch: one wait for many objects, as git's
 // batch fsync mode does; the caller writes nothing that refers to them before.
-import { createHash, randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
-import { mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
+import { HOST_TAG, mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
 
 export interface DirBackendOptions {
   /** fsync files and directories (default true). Off only for throwaway test data. */
@@ -27,7 +26,6 @@ const TMP_MARK = '.ferry-tmp-';
  * a vault at a time (the lock), so no live put of this host is touched;
  * those of other hosts sharing the vault are left alone.
  */
-const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
 const OWN_TMP = new RegExp(`^\\.ferry-tmp-${HOST_TAG}-(\\d+)-[0-9a-f]{16}$`);
 
 export class DirBackend implements Backend {

@@ -36,8 +36,10 @@ export interface ReadPiece {
 
 const ROOT = Buffer.from('/');
 
+/** A path as the catalog spells it: `//` as `/`, no trailing slash (but "/"). */
 export function toPathBuffer(p: Buffer | string): Buffer {
   let b = Buffer.isBuffer(p) ? p : Buffer.from(p);
+  if (b.includes('//')) b = Buffer.from(b.toString('latin1').replace(/\/{2,}/g, '/'), 'latin1');
   while (b.length > 1 && b[b.length - 1] === 0x2f) b = b.subarray(0, b.length - 1);
   return b;
 }

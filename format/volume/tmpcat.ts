@@ -1,6 +1,6 @@
 // Where a catalog is built (seed) or spooled (restore of a large catalog):
 // a folder of its own under the temporary directory, named after the process
-// (ferry-catalog-<pid>-XXXXXX), so that one left behind by a process that was
+// (ferry-catalog-<host>-<pid>-XXXXXX), so that one left behind by a process that was
 // killed can be told apart from one in use. Every new one first removes
 // those of processes that are gone, when nothing in them has changed for an
 // hour (a shared /tmp across PID namespaces could show a live process as gone).
@@ -8,19 +8,19 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { FerryError } from '../errors.js';
-import { removeAtExit, sweepLeftovers } from '../fsio.js';
+import { HOST_TAG, removeAtExit, sweepLeftovers } from '../fsio.js';
 
 const PREFIX = 'ferry-catalog-';
 
 /** Removes catalog folders left by processes that are gone, untouched for an hour. */
 export function sweepCatalogDirs(parent: string, now = Date.now()): string[] {
-  return sweepLeftovers(parent, /^ferry-catalog-(\d+)-[A-Za-z0-9]{6}$/, 60 * 60 * 1000, now);
+  return sweepLeftovers(parent, new RegExp(`^ferry-catalog-${HOST_TAG}-(\\d+)-[A-Za-z0-9]{6}$`), 60 * 60 * 1000, now);
 }
 
 /** A new folder for one catalog, after sweeping those of dead processes. */
 export function makeCatalogDir(parent = tmpdir()): string {
   sweepCatalogDirs(parent);
-  const dir = mkdtempSync(join(parent, `${PREFIX}${process.pid}-`));
+  const dir = mkdtempSync(join(parent, `${PREFIX}${HOST_TAG}-${process.pid}-`));
   removeAtExit(dir);
   return dir;
 }
