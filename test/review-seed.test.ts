@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, ferryOk, must, run, withTmp } from './helpers/exec.js';
-import { withLoop, withTmpfs } from './helpers/mounts.js';
+import { withLoop, withMount, withTmpfs } from './helpers/mounts.js';
 
 const PASS = 'review seed passphrase, long enough';
 const env = { FERRY_PASSPHRASE: PASS };
@@ -36,6 +36,15 @@ async function volumeImage(path: string, size = 8 * MiB): Promise<Buffer> {
   randomBytes(64 * 1024).copy(b, 5 * MiB);
   await writeFile(path, b);
   return b;
+}
+
+/** A folder src holding one small file, seeded and imported as a files item. */
+async function smallTree(dir: string, vault: string, item: string): Promise<string> {
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await writeFile(join(src, 'a'), 'a\n');
+  await seedAndImport(dir, vault, item, 'files', src);
+  return src;
 }
 
 rootTest('restore --format vhd --to a block device does not replace the device node with a regular file', async (t) => {
@@ -82,16 +91,11 @@ rootTest('restore --format raw onto a mounted device is refused', async (t) => {
     await must('truncate', ['-s', '16M', backing]);
     await must('mkfs.ext4', ['-q', '-F', backing]);
     await withLoop(backing, async (dev) => {
-      const mnt = join(dir, 'mnt');
-      await mkdir(mnt);
-      await must('mount', [dev, mnt]);
-      try {
+      await withMount([dev], join(dir, 'mnt'), async (mnt) => {
         await writeFile(join(mnt, 'precious'), 'in use\n');
         const r = await ferry(['restore', '--vault', vault, '--item', 'vol', '--machine', 'm', '--to', dev], { env });
         t.not(r.code, 0, 'a restore over a mounted file system went ahead');
-      } finally {
-        await run('umount', [mnt]);
-      }
+      });
     });
   });
 });
@@ -123,10 +127,7 @@ rootTest('a tar restore that runs out of room leaves no cut-short archive under 
 test('a tar restore to a file that exists keeps it under the default --if-exists copy', async (t) => {
   await withTmp(async (dir) => {
     const vault = await initVault(dir);
-    const src = join(dir, 'src');
-    await mkdir(src);
-    await writeFile(join(src, 'a'), 'a\n');
-    await seedAndImport(dir, vault, 'tree', 'files', src);
+    const src = await smallTree(dir, vault, 'tree');
     const to = join(dir, 'archive.tar');
     await writeFile(to, 'an archive the admin keeps\n');
     await ferry(['restore', '--vault', vault, '--item', 'tree', '--machine', 'm', '--format', 'tar', '--to', to], { env });
@@ -183,10 +184,7 @@ test('a volume image whose size is not a multiple of 512 restores to its own siz
 test('restore --path that matches nothing in the point is not reported as a success', async (t) => {
   await withTmp(async (dir) => {
     const vault = await initVault(dir);
-    const src = join(dir, 'src');
-    await mkdir(src);
-    await writeFile(join(src, 'a'), 'a\n');
-    await seedAndImport(dir, vault, 'tree', 'files', src);
+    const src = await smallTree(dir, vault, 'tree');
     const r = await ferry(['restore', '--vault', vault, '--item', 'tree', '--machine', 'm', '--path', join(dir, 'no-such-path'), '--to', join(dir, 'out')], { env });
     t.not(r.code, 0, `exit 0 for a --path that matches nothing: ${r.stdout}`);
     t.regex(r.stderr, /no-such-path/);
@@ -215,10 +213,7 @@ rootTest('a volume restore that fills the target names the target in its one-lin
 test('a seed of an item the vault holds as another kind is refused before anything is written to the disks', async (t) => {
   await withTmp(async (dir) => {
     const vault = await initVault(dir);
-    const src = join(dir, 'src');
-    await mkdir(src);
-    await writeFile(join(src, 'a'), 'a\n');
-    await seedAndImport(dir, vault, 'data', 'files', src);
+    const src = await smallTree(dir, vault, 'data');
     const img = join(dir, 'vol.img');
     await volumeImage(img, 2 * MiB);
     const disk = join(dir, 'disk-vol');
@@ -278,17 +273,12 @@ test.serial('an import stopped with SIGKILL and run again leaves no temporaries 
 });
 
 /** A files item of one small file, seeded and imported: enough for tar restores. */
-async function smallTree(dir: string, vault: string): Promise<void> {
-  const src = join(dir, 'src');
-  await mkdir(src);
-  await writeFile(join(src, 'a'), 'a\n');
-  await seedAndImport(dir, vault, 'tree', 'files', src);
-}
+
 
 test('restore --format tar to a file name with a colon (a time in it) writes a local archive', async (t) => {
   await withTmp(async (dir) => {
     const vault = await initVault(dir);
-    await smallTree(dir, vault);
+    await smallTree(dir, vault, 'tree');
     // Relative, as typed in a shell: a colon before any slash.
     const to = 'tree-2026-12-06T10:00.tar';
     const r = await ferry(['restore', '--vault', vault, '--item', 'tree', '--machine', 'm', '--format', 'tar', '--to', to], { env, cwd: dir });
@@ -302,7 +292,7 @@ test('restore --format tar to a file name with a colon (a time in it) writes a l
 test('restore --format tar --to - either writes the archive to stdout or refuses', async (t) => {
   await withTmp(async (dir) => {
     const vault = await initVault(dir);
-    await smallTree(dir, vault);
+    await smallTree(dir, vault, 'tree');
     const r = await ferry(['restore', '--vault', vault, '--item', 'tree', '--machine', 'm', '--format', 'tar', '--to', '-', '--quiet'], { env, cwd: dir });
     if (r.code !== 0) {
       t.pass('refused');
@@ -393,16 +383,11 @@ rootTest('ferry init takes a freshly made ext4 file system (only lost+found in i
     const img = join(dir, 'fs.img');
     await must('truncate', ['-s', '16M', img]);
     await must('mkfs.ext4', ['-q', '-F', img]);
-    const mnt = join(dir, 'mnt');
-    await mkdir(mnt);
-    await must('mount', ['-o', 'loop', img, mnt]);
-    try {
+    await withMount(['-o', 'loop', img], join(dir, 'mnt'), async (mnt) => {
       const r = await ferry(['init', mnt, '--kdf-log-n', '12'], { env });
       t.is(r.code, 0, r.stderr);
       t.true(existsSync(join(mnt, 'vault.json')));
-    } finally {
-      await run('umount', [mnt]);
-    }
+    });
   });
 });
 

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, must, run, withTmp } from './helpers/exec.js';
-import { withLoop } from './helpers/mounts.js';
+import { withLoop, withMount } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'device test passphrase, long enough' };
 const MiB = 1024 * 1024;
@@ -62,16 +62,13 @@ test('a volume restores onto a large enough device; a small or mounted one is re
     await must('truncate', ['-s', '8M', join(dir, 'fs.img')]);
     await must('mkfs.ext4', ['-q', '-F', join(dir, 'fs.img')]);
     const before = await readFile(join(dir, 'fs.img'));
-    await withNewLoop(join(dir, 'fs.img'), before, async (dev) => {
-      await must('mount', [dev, mnt]);
-      try {
+    await withNewLoop(join(dir, 'fs.img'), before, (dev) =>
+      withMount([dev], mnt, async () => {
         const r = await restore(dev);
         t.is(r.code, 1, r.stderr);
         t.regex(r.stderr, new RegExp(`^ferry: ${dev} is in use \\(mounted`));
-      } finally {
-        await run('umount', [mnt]);
-      }
-    });
+      }),
+    );
     t.is((await run('e2fsck', ['-fn', join(dir, 'fs.img')])).code, 0, 'the mounted filesystem is still clean');
   });
 });
@@ -126,21 +123,15 @@ test('seeding a device mounted read-write warns (exit 3) and names where; read-o
     await withNewLoop(join(dir, 'fs.img'), await readFile(join(dir, 'fs.img')), async (dev) => {
       const seed = (item: string) =>
         ferry(['seed', '--vault', vault, '--item', item, '--kind', 'volume', '--machine', 'm', '--disk', join(dir, item), dev], { env });
-      await must('mount', [dev, mnt]);
-      try {
+      await withMount([dev], mnt, async () => {
         const r = await seed('rw');
         t.is(r.code, 3, r.stderr);
         t.true(r.stderr.includes(`${dev} is mounted read-write at ${mnt}: `), r.stderr);
-      } finally {
-        await run('umount', [mnt]);
-      }
-      await must('mount', ['-o', 'ro', dev, mnt]);
-      try {
+      });
+      await withMount(['-o', 'ro', dev], mnt, async () => {
         const r = await seed('ro');
         t.is(r.code, 0, r.stderr);
-      } finally {
-        await run('umount', [mnt]);
-      }
+      });
       const r = await seed('off');
       t.is(r.code, 0, r.stderr);
     });
