@@ -60,6 +60,11 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   try {
     if (point.kind === 'volume') {
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
+      const length = Math.min(disk.size, point.volumeBytes ?? disk.size);
+      // an image already equal to the volume is left as it is, whatever the policy (as an equal file is)
+      if (format === 'raw' && (await sameImage(disk, length, o.to))) {
+        return { point, to: o.to, format, restored: 0, skipped: 1, unchanged: 1, failed: 0, bytes: 0, warnings: 0 };
+      }
       const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
       if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
       // --salvage: what cannot be read becomes zeros, each range named; else the first one stops the restore
@@ -72,7 +77,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         : undefined;
       let bytes: number;
       try {
-        bytes = await restoreVolume(disk, Math.min(disk.size, point.volumeBytes ?? disk.size), to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
+        bytes = await restoreVolume(disk, length, to, format as 'raw' | 'vhd', o.onProgress, onUnreadable);
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code === 'ENOSPC' || code === 'EDQUOT') {
@@ -143,6 +148,37 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
     }
   } finally {
     await disk.close();
+  }
+}
+
+/**
+ * Whether `path` is a regular file holding exactly the volume's `length`
+ * bytes. Reads both a block at a time and stops at the first difference (a
+ * different image costs one block); a block that cannot be read counts as a
+ * difference, and the restore that follows says why.
+ */
+async function sameImage(disk: Disk, length: number, path: string): Promise<boolean> {
+  const st = await stat(path).catch(() => null);
+  if (!st?.isFile() || st.size !== length) return false;
+  const fh = await fsOpen(path, 'r');
+  try {
+    const chunk = 2 * 1024 * 1024;
+    const mine = Buffer.allocUnsafe(chunk);
+    for (let pos = 0; pos < length; pos += chunk) {
+      const len = Math.min(chunk, length - pos);
+      const want = await disk.read(pos, len).catch(() => null);
+      if (!want) return false;
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(mine, got, len - got, pos + got);
+        if (bytesRead === 0) return false;
+        got += bytesRead;
+      }
+      if (!want.equals(mine.subarray(0, len))) return false;
+    }
+    return true;
+  } finally {
+    await fh.close();
   }
 }
 

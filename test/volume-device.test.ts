@@ -6,7 +6,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, must, run, withTmp } from './helpers/exec.js';
 import { withLoop, withMount } from './helpers/mounts.js';
@@ -105,6 +105,13 @@ test('a volume restored to an image file that exists: --if-exists copy writes be
     r = await restore(target, '--if-exists', 'overwrite');
     t.is(r.code, 0, r.stderr);
     t.true((await readFile(target)).equals(data), 'replaced');
+
+    // an image already equal to the volume is left as it is: no copy beside it
+    await rm(`${target}.ferry-restored-1`);
+    r = await restore(target);
+    t.is(r.code, 0, r.stderr);
+    t.regex(r.stdout.toString(), /: 0 entries, 0 B, 1 skipped \(1 already equal\)\n$/);
+    t.false(existsSync(`${target}.ferry-restored-1`));
 
     r = await restore(dir);
     t.is(r.code, 2, r.stderr);
