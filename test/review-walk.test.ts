@@ -259,3 +259,21 @@ test('a disk given twice (or with a copy of it) is verified and copied once', as
     t.regex(out, /copy: disk 1 of 1 of seed [0-9a-f]{16} was already imported/);
   });
 });
+
+test('vhd import never replaces a stored disk: the same file again is "already stored", another with its unique id is refused', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const vhd = join(dir, 'q.vhd');
+    await must('qemu-img', ['create', '-f', 'vpc', vhd, '8M']);
+    await must('qemu-io', ['-f', 'vpc', '-c', 'write -P 0x11 0 1M', vhd]);
+    const id = (await ok(['vhd', 'import', '--vault', vault, vhd])).trim();
+    t.is((await ok(['vhd', 'import', '--vault', vault, vhd])).trim(), id, 'the same file: its id, nothing stored again');
+    await must('qemu-io', ['-f', 'vpc', '-c', 'write -P 0x22 0 1M', vhd]); // written in place: the unique id stays
+    const r = await ferry(['vhd', 'import', '--vault', vault, vhd], { env });
+    t.is(r.code, 1);
+    t.true(r.stderr.includes(`has the unique id of disk ${id}, which the vault already holds with other content: a stored disk is never replaced`), r.stderr);
+    await ok(['vhd', 'export', '--vault', vault, '--disk', id, '--to', join(dir, 'back.raw'), '--type', 'raw']);
+    t.true((await readFile(join(dir, 'back.raw'))).subarray(0, MiB).equals(Buffer.alloc(MiB, 0x11)), 'the stored disk still holds what was first imported');
+  });
+});

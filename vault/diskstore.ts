@@ -310,6 +310,9 @@ export async function storeVhdFile(
     const fatal = d.problems.find((p) => p.severity === 'fatal' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_NO_FOOTER');
     if (fatal) throw new VhdError(fatal);
     const id = d.footer!.uniqueId.toString('hex');
+    // A stored disk is never replaced: recovery points and children stored
+    // over it read it (a VHD written by Hyper-V or qemu keeps its unique id).
+    if (stored && (await stored(id))) throw new FerryError('VHD_ALREADY_STORED', `disk ${id} is already in the vault`, { id });
     if (d.type === 'differencing' && stored && d.header) {
       const parent = d.header.parentUniqueId.toString('hex');
       if (!(await stored(parent))) {
@@ -365,6 +368,35 @@ export async function storeVhdFile(
       encodeHead({ v: 1, fileSize, type: d.type!, regions: [{ offset: 0, length: prefix.length }, { offset: d.footerOffset!, length: tailLen }] }, [prefix, tail]),
     );
     return { id, blocks, bytes };
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Whether stored disk `id` is byte for byte the VHD file at `path` (a
+ * second import of the same file). Stops at the first difference.
+ */
+export async function storedEquals(objects: ObjectGetter, id: string, path: string): Promise<boolean> {
+  const head = decodeHead(headName(id), await objects.get(headName(id)));
+  const storage = new StoredVhdStorage(path, id, head, objects, 12);
+  const fh = await fsOpen(path, 'r');
+  try {
+    if ((await fh.stat()).size !== head.meta.fileSize) return false;
+    const chunk = 8 * 1024 * 1024;
+    const mine = Buffer.allocUnsafe(chunk);
+    for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
+      const len = Math.min(chunk, head.meta.fileSize - pos);
+      const want = await storage.read(pos, len);
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(mine, got, len - got, pos + got);
+        if (bytesRead === 0) return false;
+        got += bytesRead;
+      }
+      if (!want.equals(mine.subarray(0, len))) return false;
+    }
+    return true;
   } finally {
     await fh.close();
   }
