@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { lstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { mkdir, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FerryError } from './errors.js';
 
@@ -191,4 +191,33 @@ export function mkdirpSync(dir: string | Buffer, mode?: number): string | Buffer
     }
   }
   return first === undefined ? undefined : Buffer.isBuffer(dir) ? first : first.toString();
+}
+
+/**
+ * Whether the regular file at `path` holds exactly `length` bytes, each as
+ * `read(pos, len)` gives them: compared a chunk at a time, stopping at the
+ * first difference (a read that fails counts as one).
+ */
+export async function fileEquals(path: string, length: number, read: (pos: number, len: number) => Promise<Buffer>, chunk = 4 * 1024 * 1024): Promise<boolean> {
+  const st = await stat(path).catch(() => null);
+  if (!st?.isFile() || st.size !== length) return false;
+  const fh = await open(path, 'r');
+  try {
+    const mine = Buffer.allocUnsafe(chunk);
+    for (let pos = 0; pos < length; pos += chunk) {
+      const len = Math.min(chunk, length - pos);
+      const want = await read(pos, len).catch(() => null);
+      if (!want) return false;
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(mine, got, len - got, pos + got);
+        if (bytesRead === 0) return false;
+        got += bytesRead;
+      }
+      if (!want.equals(mine.subarray(0, len))) return false;
+    }
+    return true;
+  } finally {
+    await fh.close();
+  }
 }

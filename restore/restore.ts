@@ -14,7 +14,7 @@ import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
 import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
-import { HOST_TAG, removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
+import { HOST_TAG, fileEquals, removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -157,29 +157,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
  * different image costs one block); a block that cannot be read counts as a
  * difference, and the restore that follows says why.
  */
-async function sameImage(disk: Disk, length: number, path: string): Promise<boolean> {
-  const st = await stat(path).catch(() => null);
-  if (!st?.isFile() || st.size !== length) return false;
-  const fh = await fsOpen(path, 'r');
-  try {
-    const chunk = 2 * 1024 * 1024;
-    const mine = Buffer.allocUnsafe(chunk);
-    for (let pos = 0; pos < length; pos += chunk) {
-      const len = Math.min(chunk, length - pos);
-      const want = await disk.read(pos, len).catch(() => null);
-      if (!want) return false;
-      let got = 0;
-      while (got < len) {
-        const { bytesRead } = await fh.read(mine, got, len - got, pos + got);
-        if (bytesRead === 0) return false;
-        got += bytesRead;
-      }
-      if (!want.equals(mine.subarray(0, len))) return false;
-    }
-    return true;
-  } finally {
-    await fh.close();
-  }
+function sameImage(disk: Disk, length: number, path: string): Promise<boolean> {
+  return fileEquals(path, length, (pos, len) => disk.read(pos, len), 2 * 1024 * 1024);
 }
 
 /**

@@ -27,7 +27,7 @@ import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.j
 import { VhdError } from '../format/vhd/problems.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
-import { tempBeside, writeAll } from '../format/fsio.js';
+import { fileEquals, tempBeside, writeAll } from '../format/fsio.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -380,26 +380,7 @@ export async function storeVhdFile(
 export async function storedEquals(objects: ObjectGetter, id: string, path: string): Promise<boolean> {
   const head = decodeHead(headName(id), await objects.get(headName(id)));
   const storage = new StoredVhdStorage(path, id, head, objects, 12);
-  const fh = await fsOpen(path, 'r');
-  try {
-    if ((await fh.stat()).size !== head.meta.fileSize) return false;
-    const chunk = 8 * 1024 * 1024;
-    const mine = Buffer.allocUnsafe(chunk);
-    for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
-      const len = Math.min(chunk, head.meta.fileSize - pos);
-      const want = await storage.read(pos, len);
-      let got = 0;
-      while (got < len) {
-        const { bytesRead } = await fh.read(mine, got, len - got, pos + got);
-        if (bytesRead === 0) return false;
-        got += bytesRead;
-      }
-      if (!want.equals(mine.subarray(0, len))) return false;
-    }
-    return true;
-  } finally {
-    await fh.close();
-  }
+  return fileEquals(path, head.meta.fileSize, (pos, len) => storage.read(pos, len), 8 * 1024 * 1024);
 }
 
 /** Writes stored disk `id` back as the exact VHD file it was. */
