@@ -1,12 +1,14 @@
-// Writing a whole buffer through a FileHandle. A single write may write less
-// than asked (a disk that fills up part way, a device that ends): the rest
-// is written by the next calls, so that the error that explains it (ENOSPC)
-// is seen, instead of a short file taken for a whole one. And the temporary
-// names files are written under before they are renamed into place.
+// File-system helpers every layer shares: writing a whole buffer (a single
+// write may write less than asked; the rest is written by the next calls, so
+// that the error that explains it, ENOSPC, is seen instead of a short file
+// taken for a whole one), mkdir -p, comparing a file with what it should
+// hold, and the temporaries that files and folders are made under before
+// they are renamed into place: named after this host and process, removed
+// when the process exits, and swept by later runs once it is gone.
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { mkdir, open, stat, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { FerryError } from './errors.js';
 
@@ -50,6 +52,9 @@ function lastChange(path: string): number {
   return t;
 }
 
+/** This host, in names of temporaries that a folder shared by several hosts may hold: 8 hex digits. */
+export const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
+
 /**
  * Removes what a process that is gone left in `dir` (a temporary file, a
  * catalog folder, a staging tree): the entries whose names `pattern`
@@ -57,9 +62,6 @@ function lastChange(path: string): number {
  * has changed for `staleMs` (a folder shared by PID namespaces can show a
  * live process as gone). Best effort: never fails. Returns what it removed.
  */
-/** This host, in names of temporaries that a folder shared by several hosts may hold: 8 hex digits. */
-export const HOST_TAG = createHash('sha256').update(hostname()).digest('hex').slice(0, 8);
-
 export function sweepLeftovers(dir: string, pattern: RegExp, staleMs: number, now = Date.now()): string[] {
   const removed: string[] = [];
   let names: string[] = [];
@@ -105,10 +107,27 @@ process.on('exit', () => {
   }
 });
 
-/** Removes `path` (a file or a folder) when this process exits, unless the returned function is called first. */
-export function removeAtExit(path: string): () => void {
+/** Removes `path` (a file or a folder) when this process exits, if it is still there then. */
+function removeAtExit(path: string): void {
   atExit.add(path);
-  return () => atExit.delete(path);
+}
+
+/** The names tempDirIn gives under `prefix` in a folder, with the process's pid as group 1. */
+export function tempDirPattern(prefix: string): RegExp {
+  return new RegExp(`^${escapeRegExp(prefix)}${HOST_TAG}-(\\d+)-[A-Za-z0-9]{6}$`);
+}
+
+/**
+ * A new folder of this process's own in `parent` (mode 0700:
+ * `<prefix><host>-<pid>-XXXXXX`), removed when the process exits if it is
+ * still there; those of this user's processes that are gone, untouched for
+ * `staleMs`, are removed first.
+ */
+export function tempDirIn(parent: string, prefix: string, staleMs: number): string {
+  sweepLeftovers(parent, tempDirPattern(prefix), staleMs);
+  const dir = mkdtempSync(join(parent, `${prefix}${HOST_TAG}-${process.pid}-`));
+  removeAtExit(dir);
+  return dir;
 }
 
 /**
@@ -137,30 +156,10 @@ export function tempBeside(path: string): string {
  * (/proc/x: ENOENT again and again); this fails with that error instead.
  */
 export async function mkdirp(dir: string, mode?: number): Promise<string | undefined> {
-  const missing: string[] = [];
-  for (let d = resolve(dir); ; d = dirname(d)) {
-    try {
-      await stat(d);
-      break; // there (a file in the way: the mkdir below says ENOTDIR)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      missing.push(d);
-      if (dirname(d) === d) break;
-    }
-  }
-  let first: string | undefined;
-  for (const d of missing.reverse()) {
-    try {
-      await mkdir(d, mode);
-      first ??= d;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-  }
-  return first;
+  return mkdirpSync(dir, mode) as string | undefined;
 }
 
-/** mkdirp, synchronous, for a path given as bytes or text. */
+/** mkdirp for a path given as bytes or text (what mkdirp does, synchronously). */
 export function mkdirpSync(dir: string | Buffer, mode?: number): string | Buffer | undefined {
   const missing: Buffer[] = [];
   const slash = 0x2f;

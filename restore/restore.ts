@@ -3,7 +3,7 @@
 // interrupted restore.
 import { spawn } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { chmod, mkdtemp, open as fsOpen, readdir, rename, rm, stat } from 'node:fs/promises';
+import { chmod, open as fsOpen, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
@@ -14,7 +14,7 @@ import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
 import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
-import { HOST_TAG, fileEquals, removeAtExit, sweepLeftovers, tempBeside, writeAll } from '../format/fsio.js';
+import { fileEquals, tempBeside, tempDirIn, writeAll } from '../format/fsio.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -107,9 +107,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
         if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
         // the tree is put together beside the archive; one left by a run that was killed goes first
-        sweepLeftovers(dirname(to), new RegExp(`^\\.ferry-restore-${HOST_TAG}-(\\d+)-[A-Za-z0-9]{6}$`), 5 * 60 * 1000);
-        const staging = await mkdtemp(join(dirname(to), `.ferry-restore-${HOST_TAG}-${process.pid}-`));
-        const unregister = removeAtExit(staging);
+        const staging = tempDirIn(dirname(to), '.ferry-restore-', 5 * 60 * 1000);
         try {
           let r;
           try {
@@ -130,7 +128,6 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
           return { point, to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
         } finally {
           await rm(staging, { recursive: true, force: true });
-          unregister();
         }
       }
       const r = await restoreFiles(reader, {

@@ -18,7 +18,7 @@ import type { SeedDiskSummary, SeedManifest } from '../format/seedmanifest.js';
 import type { ItemDef, ItemKind, PointManifest } from '../vault/registry.js';
 import { checkName, readItem } from '../vault/registry.js';
 import type { VaultReader } from '../vault/vault.js';
-import { SeedTargets, manifestOn, type SeedIdentity, type TargetsProgress } from './targets.js';
+import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.js';
 import { sourceEntries, volumeChunks } from './sources.js';
 import { volumeSize as sizeOfVolume, writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
@@ -173,14 +173,9 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       );
     }
   };
-  let resumable;
-  try {
-    resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
-  } catch (err) {
-    // The same command run again after it finished: nothing to do, and said so (exit 0)
-    if (err instanceof FerryError && err.code === 'SEED_COMPLETE') return alreadyComplete(o, vault, machine, err, (m) => checkSame(m, 'a complete'));
-    throw err;
-  }
+  const resumable = await SeedTargets.findResumable(o.disks, vault.id, machine, o.item);
+  // The same command run again after it finished: nothing to do, and said so (exit 0)
+  if (resumable?.complete) return alreadyComplete(vault, machine, resumable.complete, (m) => checkSame(m, 'a complete'));
   if (resumable && resumable.manifest.prefix !== prefix) {
     const was = resumable.manifest.prefix ? `--databox ${resumable.manifest.prefix.split('/')[1]}` : 'no --databox';
     throw new UsageError(`the disks hold a seed of ${machine}/${o.item} written with ${was}; run it again the same way`);
@@ -323,20 +318,23 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
  * with the record the complete disks carry.
  */
 /** The result of a seed whose disks, all given, already hold it complete: nothing is written. */
-async function alreadyComplete(o: SeedOptions, vault: VaultReader, machine: string, err: FerryError, checkSame: (m: SeedManifest) => void): Promise<SeedResult> {
-  const held: Array<{ dir: string; m: SeedManifest }> = [];
-  for (const dir of o.disks) {
-    const m = await manifestOn(dir);
-    if (m?.complete) held.push({ dir, m });
+async function alreadyComplete(
+  vault: VaultReader,
+  machine: string,
+  held: Array<{ dir: string; m: SeedManifest }>,
+  checkSame: (m: SeedManifest) => void,
+): Promise<SeedResult> {
+  const m = held[0].m;
+  if (!m.point || m.of === null || held.length !== m.of) {
+    // not all its disks given: which ones are wanted is the user's call
+    throw new FerryError('SEED_COMPLETE', `${held[0].dir} holds a complete seed ${m.seedId} of ${machine}/${m.item}; import it with ferry import, or use empty disks for a new seed`, { disk: held[0].dir });
   }
-  const m = held[0]?.m;
-  if (!m?.point || m.of === null || held.length !== m.of) throw err; // not all its disks given: the user's call
   checkSame(m);
-  held.sort((a, b) => a.m.disk - b.m.disk);
+  const disks = [...held].sort((a, b) => a.m.disk - b.m.disk);
   const rec = await openSeedRecord(vault.pool, m.seedId, m.point);
-  const objects = held.reduce((n, h) => n + h.m.objects.length, 0);
+  const objects = disks.reduce((n, h) => n + h.m.objects.length, 0);
   return {
-    seedId: m.seedId, machine, item: m.item, kind: m.kind as ItemKind, disks: held.map((h) => h.dir), diskCount: m.of,
+    seedId: m.seedId, machine, item: m.item, kind: m.kind as ItemKind, disks: disks.map((h) => h.dir), diskCount: m.of,
     objects, kept: objects, sealedBytes: 0, files: rec.point.stats.files ?? 0, bytes: rec.point.size, warnings: 0, resumed: true, already: true,
   };
 }

@@ -59,10 +59,15 @@ export interface Resumable {
    * marking is done again, and `manifest` is one that carries the record.
    */
   finishOnly: boolean;
+  /**
+   * Every disk given that holds the seed holds it marked complete: the
+   * seed is done. Those disks, with their manifests.
+   */
+  complete?: Array<{ dir: string; m: SeedManifest }>;
 }
 
 /** The manifest on a target, or undefined when it has none. */
-export async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
+async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
   const file = join(dir, SEED_MANIFEST);
   let text: string;
   try {
@@ -175,7 +180,7 @@ export class SeedTargets {
             { disk: mine[0].dir },
           );
         }
-        throw new FerryError('SEED_COMPLETE', `${mine[0].dir} holds a complete seed ${ids[0]} of ${machine}/${item}; import it with ferry import, or use empty disks for a new seed`, { disk: mine[0].dir });
+        return { manifest: mine[0].m, finishOnly: false, complete: mine };
       }
       return { manifest: sealed[0].m, finishOnly: true };
     }

@@ -4,25 +4,22 @@
 // killed can be told apart from one in use. Every new one first removes
 // those of processes that are gone, when nothing in them has changed for an
 // hour (a shared /tmp across PID namespaces could show a live process as gone).
-import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 import { FerryError } from '../errors.js';
-import { HOST_TAG, removeAtExit, sweepLeftovers } from '../fsio.js';
+import { sweepLeftovers, tempDirIn, tempDirPattern } from '../fsio.js';
 
 const PREFIX = 'ferry-catalog-';
+const STALE_MS = 60 * 60 * 1000;
 
 /** Removes catalog folders left by processes that are gone, untouched for an hour. */
 export function sweepCatalogDirs(parent: string, now = Date.now()): string[] {
-  return sweepLeftovers(parent, new RegExp(`^ferry-catalog-${HOST_TAG}-(\\d+)-[A-Za-z0-9]{6}$`), 60 * 60 * 1000, now);
+  return sweepLeftovers(parent, tempDirPattern(PREFIX), STALE_MS, now);
 }
 
 /** A new folder for one catalog, after sweeping those of dead processes. */
 export function makeCatalogDir(parent = tmpdir()): string {
-  sweepCatalogDirs(parent);
-  const dir = mkdtempSync(join(parent, `${PREFIX}${HOST_TAG}-${process.pid}-`));
-  removeAtExit(dir);
-  return dir;
+  return tempDirIn(parent, PREFIX, STALE_MS);
 }
 
 /**
