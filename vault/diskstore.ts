@@ -283,9 +283,12 @@ export async function storeVhdFile(
   path: string,
   out: ObjectPutter,
   onProgress?: (done: number, total: number) => void,
-  /** Whether stored disk `id` is there: a differencing disk is stored only over its stored parent. */
-  stored?: (id: string) => Promise<boolean>,
-): Promise<{ id: string; blocks: number; bytes: number }> {
+  /**
+   * The vault's stored disks, when storing into one: a disk it holds is
+   * never replaced, and a differencing disk is stored only over its parent.
+   */
+  vault?: { has: (id: string) => Promise<boolean>; objects: ObjectGetter },
+): Promise<{ id: string; blocks: number; bytes: number; already?: true }> {
   const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });
@@ -312,10 +315,18 @@ export async function storeVhdFile(
     const id = d.footer!.uniqueId.toString('hex');
     // A stored disk is never replaced: recovery points and children stored
     // over it read it (a VHD written by Hyper-V or qemu keeps its unique id).
-    if (stored && (await stored(id))) throw new FerryError('VHD_ALREADY_STORED', `disk ${id} is already in the vault`, { id });
-    if (d.type === 'differencing' && stored && d.header) {
+    // The same file again is already there; another with its id is refused.
+    if (vault && (await vault.has(id))) {
+      if (await storedEquals(vault.objects, id, path)) return { id, blocks: 0, bytes: 0, already: true };
+      throw new FerryError(
+        'VHD_ALREADY_STORED',
+        `${path} has the unique id of disk ${id}, which the vault already holds with other content: a stored disk is never replaced (points and disks stored over it read it); to store it as another disk, copy it under a new unique id (ferry vhd export FILE --type dynamic --to NEW.vhd)`,
+        { id, file: path },
+      );
+    }
+    if (d.type === 'differencing' && vault && d.header) {
       const parent = d.header.parentUniqueId.toString('hex');
-      if (!(await stored(parent))) {
+      if (!(await vault.has(parent))) {
         throw new FerryError(
           'VHD_PARENT_NOT_STORED',
           `${path} is a differencing disk over ${d.parentName || 'a parent'} (disk ${parent}), which is not in the vault: vhd import its parent first`,

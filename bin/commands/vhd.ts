@@ -159,31 +159,19 @@ export function register(program: Command): void {
       const vault = await openVaultFromCli(out, o, { writable: true, command: 'vhd import' });
       const bar = progressBar(out.opts, 'store');
       try {
-        const { VaultPutter } = await putterModule();
-        const { storeVhdFile, storedEquals, headName } = await diskstore();
+        const { VaultPutter, vaultObjects } = await putterModule();
+        const { storeVhdFile, headName } = await diskstore();
         const putter = new VaultPutter(vault);
         // Group commit: the blocks are fsynced together before the head is written, the head before we report.
         putter.begin();
-        let r;
-        try {
-          r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t), (id) => vault.exists(headName(id)));
-        } catch (err) {
-          if (!(err instanceof FerryError) || err.code !== 'VHD_ALREADY_STORED') throw err;
-          const id = err.data.id as string;
-          // the same file again: nothing to do; another with that id: refused
-          if (!(await storedEquals((await putterModule()).vaultObjects(vault), id, file))) {
-            throw new FerryError(
-              'VHD_ALREADY_STORED',
-              `${file} has the unique id of disk ${id}, which the vault already holds with other content: a stored disk is never replaced (points and disks stored over it read it); to store it as another disk, copy it under a new unique id (ferry vhd export FILE --type dynamic --to NEW.vhd)`,
-              { id, file },
-            );
-          }
+        const r = await storeVhdFile(file, putter, (d, t) => bar.update(d, t), { has: (id) => vault.exists(headName(id)), objects: vaultObjects(vault) });
+        if (r.already) {
           await putter.end(); // (nothing was put)
           bar.stop();
-          out.result({ disk: id, already: true }, () => {
+          out.result({ disk: r.id, already: true }, () => {
             if (out.opts.quiet) return;
-            process.stdout.write(`${id}\n`);
-            out.verbose(`${file} is already stored as disk ${id}`);
+            process.stdout.write(`${r.id}\n`);
+            out.verbose(`${file} is already stored as disk ${r.id}`);
           });
           return;
         }
