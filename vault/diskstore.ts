@@ -21,7 +21,8 @@ import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
-import { type ByteSource, decodeVhd } from '../format/vhd/decode.js';
+import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.js';
+import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
 import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
 import { VhdError } from '../format/vhd/problems.js';
@@ -276,6 +277,84 @@ export async function openStoredDisk(objects: ObjectGetter, id: string, parent: 
     throw new VhdError({ code: 'VHD_PARENT_MISMATCH', severity: 'fatal', file: label, message: `parent ${parent.name} is not the disk this one was made from` });
   }
   return disk;
+}
+
+/** Stored disk `id` and the stored disks under it, each parent found by the unique id its child names. */
+export async function openStoredChain(objects: ObjectGetter, id: string): Promise<VhdDisk> {
+  const ids: string[] = [];
+  for (let cur: string | undefined = id; cur; ) {
+    if (ids.includes(cur) || ids.length > 256) throw new FerryError('VHD_PARENT_CYCLE', `stored disk ${id}: its chain loops at ${cur}`);
+    ids.push(cur);
+    const d = await decodeStored(objects, cur);
+    cur = d.type === 'differencing' && d.header ? d.header.parentUniqueId.toString('hex') : undefined;
+  }
+  let disk: VhdDisk | null = null;
+  try {
+    for (const x of ids.reverse()) disk = await openStoredDisk(objects, x, disk);
+  } catch (err) {
+    await disk?.close();
+    throw err;
+  }
+  return disk!;
+}
+
+/** Decodes stored disk `id`'s VHD structures (footer, header, BAT, locators), reading no block. */
+async function decodeStored(objects: ObjectGetter, id: string): Promise<Decoded> {
+  const head = decodeHead(headName(id), await objects.get(headName(id)));
+  return decodeVhd(new StoredVhdStorage(`disk ${id}`, id, head, objects));
+}
+
+/** `ferry vhd info|check --vault V --disk ID`: as inspectVhd for a file, with the parents found in the vault. */
+export async function inspectStoredDisk(objects: ObjectGetter, id: string): Promise<Inspection> {
+  return inspectDecoded(await decodeStored(objects, id), () => openStoredChain(objects, id));
+}
+
+export interface StoredDiskInfo {
+  id: string;
+  type: string;
+  /** Virtual size in bytes. */
+  size: number;
+  /** Size of the VHD file it was (what `vhd export --vault` gives back). */
+  fileSize: number;
+  allocatedBlocks: number;
+  /** The disk it differs from, for a differencing disk. */
+  parent?: string;
+}
+
+/** Every disk a vault holds (by its head object), decoded from the heads alone. */
+export async function listStoredDisks(
+  objects: ObjectGetter,
+  names: AsyncIterable<string>,
+  /** A head that cannot be read or decoded: reported here, and the listing goes on (else it throws). */
+  onDamaged?: (id: string, error: Error) => void,
+): Promise<StoredDiskInfo[]> {
+  const ids: string[] = [];
+  for await (const n of names) {
+    const m = /^disks\/([^/]+)\/head$/.exec(n);
+    if (m) ids.push(m[1]);
+  }
+  ids.sort();
+  const out: StoredDiskInfo[] = [];
+  for (const id of ids) {
+    let d: Decoded;
+    try {
+      d = await decodeStored(objects, id);
+    } catch (err) {
+      if (!onDamaged || !(err instanceof Error)) throw err;
+      onDamaged(id, err);
+      continue;
+    }
+    const info: StoredDiskInfo = { id, type: d.type ?? 'unknown', size: d.size ?? 0, fileSize: d.fileSize, allocatedBlocks: 0 };
+    if (d.bat) {
+      for (const e of d.bat) if (e !== UNUSED) info.allocatedBlocks++;
+    } else if (d.type === 'fixed') {
+      // a fixed disk stores its non-zero 2 MiB chunks
+      info.allocatedBlocks = decodeHead(headName(id), await objects.get(headName(id))).meta.fixedBlocks?.length ?? 0;
+    }
+    if (d.type === 'differencing' && d.header) info.parent = d.header.parentUniqueId.toString('hex');
+    out.push(info);
+  }
+  return out;
 }
 
 /** Stores the VHD file at `path` as objects; returns its disk id (the VHD unique id in hex). */

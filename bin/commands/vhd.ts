@@ -4,10 +4,9 @@ import { createReadStream } from 'node:fs';
 import { lstat, open as fsOpen, stat } from 'node:fs/promises';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
-import { FerryError, UsageError, formatSize, parseSize } from '../../format/errors.js';
+import { FerryError, UsageError, counted, formatSize, parseSize } from '../../format/errors.js';
 import {
   BufferPool,
-  HeaderStruct,
   createDifferencing,
   createVhd,
   exportDisk,
@@ -29,37 +28,74 @@ import type { VaultReader } from '../../vault/vault.js';
 export function register(program: Command): void {
   const vhd = program.command('vhd').description('inspect, create, export and merge VHD files');
 
-  withGlobals(vhd.command('info').argument('<file>', 'a VHD file').description('footer, header, geometry, chain and allocation'))
-    .action(action(async (out: Output, file: string) => {
-      const r = await inspectVhd(file);
+  withGlobals(vhd.command('info').argument('[file]', 'a VHD file').description('footer, header, geometry, chain and allocation'))
+    .option('--vault <vault>', 'read the disk from this vault')
+    .option('--disk <id>', 'the stored disk id (with --vault)')
+    .action(action(async (out: Output, file: string | undefined, o: DiskOptions) => {
+      const r = await inspect(out, 'vhd info', file, o);
       out.result(r, () => printInfo(out, r));
       return r.problems.some((p) => p.severity === 'fatal') ? 1 : 0;
     }));
 
-  withGlobals(vhd.command('check').argument('<file>', 'a VHD file').description('exit 0 when clean, 1 with every problem listed'))
-    .action(action(async (out: Output, file: string) => {
-      const r = await inspectVhd(file);
-      const doc = { file, clean: r.problems.length === 0, problems: r.problems };
+  withGlobals(vhd.command('check').argument('[file]', 'a VHD file').description('exit 0 when clean, 1 with every problem listed'))
+    .option('--vault <vault>', 'read the disk from this vault')
+    .option('--disk <id>', 'the stored disk id (with --vault)')
+    .action(action(async (out: Output, file: string | undefined, o: DiskOptions) => {
+      const r = await inspect(out, 'vhd check', file, o);
+      const name = file ?? `stored disk ${o.disk}`;
+      const doc = { file: file ?? null, disk: o.disk ?? null, clean: r.problems.length === 0, problems: r.problems };
       out.result(doc, () => {
-        if (r.problems.length === 0) out.info(`${file}: clean (${r.layers.length} disk${r.layers.length > 1 ? 's' : ''} in the chain)`);
+        if (r.problems.length === 0) out.info(`${name}: clean (${r.layers.length} disk${r.layers.length > 1 ? 's' : ''} in the chain)`);
         for (const p of r.problems) process.stdout.write(`${p.severity}: ${problemLine(p)}\n`);
       });
       return r.problems.length === 0 ? 0 : 1;
     }));
 
-  withGlobals(vhd.command('cat').argument('<file>', 'a VHD file').description('virtual bytes to stdout, through the chain'))
+  withGlobals(vhd.command('cat').argument('[file]', 'a VHD file').description('virtual bytes to stdout, through the chain'))
     .option('--offset <n>', 'first byte', '0')
     .option('--length <n>', 'number of bytes (default: to the end)')
-    .action(action(async (_out: Output, file: string, o: { offset: string; length?: string }) => {
-      const disk = await openChain(file);
-      try {
-        const offset = parseSize(o.offset, '--offset');
+    .option('--vault <vault>', 'read the disk from this vault')
+    .option('--disk <id>', 'the stored disk id (with --vault)')
+    .action(action(async (out: Output, file: string | undefined, o: DiskOptions & { offset: string; length?: string }) => {
+      const offset = parseSize(o.offset, '--offset');
+      const length = o.length !== undefined ? parseSize(o.length, '--length') : undefined;
+      await withDisk(out, 'vhd cat', file, o, async (disk) => {
         if (offset > disk.size) throw new UsageError(`--offset ${offset} is past the end of the disk (${disk.size} bytes)`);
-        const length = o.length !== undefined ? parseSize(o.length, '--length') : disk.size - offset;
-        if (offset + length > disk.size) throw new UsageError(`--offset + --length runs past the end of the disk (${disk.size} bytes)`);
-        await catTo(disk, offset, length);
+        const n = length ?? disk.size - offset;
+        if (offset + n > disk.size) throw new UsageError(`--offset + --length runs past the end of the disk (${disk.size} bytes)`);
+        await catTo(disk, offset, n);
+      });
+    }));
+
+  withGlobals(vhd.command('list').description('the disks a vault holds: id, type, size, parent, and the points that use each'))
+    .requiredOption('--vault <vault>', 'the vault')
+    .action(action(async (out: Output, o: CliOpenOptions) => {
+      const vault = await openVaultFromCli(out, o);
+      try {
+        const { vaultObjects } = await putterModule();
+        const { listStoredDisks } = await diskstore();
+        const { listPoints } = await import('../../vault/registry.js');
+        let damaged = 0;
+        const disks = await listStoredDisks(vaultObjects(vault), vault.list('disks/'), (id, err) => {
+          damaged++;
+          out.warn(`disk ${id} left out: ${err.message}`);
+        });
+        const usedBy = new Map<string, string[]>();
+        for (const p of await listPoints(vault, {}, (d) => out.warn(`point ${d.name} is unreadable (${d.error.message}); the disks it uses may show as in no point`))) {
+          for (const id of p.chain) usedBy.set(id, [...(usedBy.get(id) ?? []), `${p.machine}/${p.item} point ${p.seq}`]);
+        }
+        const rows = disks.map((d) => ({ ...d, points: usedBy.get(d.id) ?? [] }));
+        out.result(rows, () => {
+          if (rows.length === 0) out.info(`vault ${o.vault} holds no disks`);
+          for (const d of rows) {
+            const parent = d.parent ? `, over ${d.parent}` : '';
+            const use = d.points.length ? d.points.join(', ') : 'in no point';
+            process.stdout.write(`${d.id}  ${d.type}, ${formatSize(d.size)}, ${counted(d.allocatedBlocks, 'block')}${parent}; ${use}\n`);
+          }
+        });
+        return damaged ? 1 : 0;
       } finally {
-        await disk.close();
+        await vault.close();
       }
     }));
 
@@ -121,9 +157,7 @@ export function register(program: Command): void {
     .option('--disk <id>', 'the stored disk id (with --vault)')
     .action(action(async (out: Output, file: string | undefined, o: CliOpenOptions & { to: string; type?: string; disk?: string; vault?: string }) => {
       if (o.type !== undefined && !['raw', 'fixed', 'dynamic'].includes(o.type)) throw new UsageError(`--type must be raw, fixed or dynamic (got ${JSON.stringify(o.type)})`);
-      if (!!o.vault !== !!o.disk) throw new UsageError('--vault and --disk go together');
-      if (!o.vault && !file) throw new UsageError('vhd export needs a FILE, or --vault V --disk ID');
-      if (o.vault && file) throw new UsageError('give either a FILE or --vault V --disk ID, not both');
+      checkDiskForm('vhd export', file, o);
       const bar = progressBar(out.opts, 'export');
       let vault: VaultReader | undefined;
       let disk: Disk | undefined;
@@ -131,9 +165,9 @@ export function register(program: Command): void {
         if (o.vault) {
           vault = await openVaultFromCli(out, o as CliOpenOptions);
           const { vaultObjects } = await putterModule();
-          const { exportStoredVhd, headName } = await diskstore();
+          const { exportStoredVhd, openStoredChain } = await diskstore();
           const objects = vaultObjects(vault);
-          if (!(await vault.exists(headName(o.disk!)))) throw new FerryError('NO_SUCH_DISK', `vault ${o.vault} holds no disk ${o.disk}`);
+          await checkStored(vault, o.vault, o.disk!);
           if (o.type === undefined) {
             await exportStoredVhd(objects, o.disk!, o.to);
             out.result({ disk: o.disk, to: o.to, type: 'vhd' }, () => out.info(`exported stored disk ${o.disk} to ${o.to} (the VHD as it was stored)`));
@@ -203,30 +237,60 @@ export function register(program: Command): void {
     }));
 }
 
-/** A stored disk and its parents, found by unique id (a stored disk's id is its VHD unique id). */
-async function openStoredChain(objects: { get(name: string): Promise<Buffer> }, id: string): Promise<Disk> {
-  const { headName, openStoredDisk } = await diskstore();
-  const ids: string[] = [];
-  for (let cur: string | undefined = id; cur; ) {
-    if (ids.includes(cur) || ids.length > 256) throw new FerryError('VHD_PARENT_CYCLE', `stored disk ${id}: its chain loops at ${cur}`);
-    ids.push(cur);
-    const d = await openStoredDisk(objects, cur, null).catch((err) => {
-      if (err instanceof VhdError && err.code === 'VHD_PARENT_MISSING') return err;
-      throw err;
-    });
-    if (d instanceof VhdError) {
-      // a differencing disk: find its parent by id
-      const head = await objects.get(headName(cur));
-      const h = HeaderStruct.decode(head.subarray(head.readUInt32BE(8) + 12), 512);
-      cur = h.parentUniqueId.toString('hex');
-    } else {
-      await d.close();
-      cur = undefined;
-    }
+type DiskOptions = CliOpenOptions & { disk?: string };
+
+/** A disk is named either by FILE or by `--vault V --disk ID` (the vault form). */
+function checkDiskForm(command: string, file: string | undefined, o: { vault?: string; disk?: string }): void {
+  if (!!o.vault !== !!o.disk) throw new UsageError('--vault and --disk go together');
+  if (!o.vault && !file) throw new UsageError(`${command} needs a FILE, or --vault V --disk ID`);
+  if (o.vault && file) throw new UsageError('give either a FILE or --vault V --disk ID, not both');
+  if (o.disk !== undefined && !/^[0-9a-f]{32}$/.test(o.disk)) {
+    throw new UsageError(`--disk ${JSON.stringify(o.disk)} is not a disk id (32 hex digits, as \`ferry vhd list --vault V\` shows)`);
   }
-  let disk: Disk | null = null;
-  for (const x of ids.reverse()) disk = await openStoredDisk(objects, x, disk);
-  return disk!;
+}
+
+async function checkStored(vault: VaultReader, where: string, id: string): Promise<void> {
+  const { headName } = await diskstore();
+  if (!(await vault.exists(headName(id)))) {
+    throw new FerryError('NO_SUCH_DISK', `vault ${where} holds no disk ${id}; \`ferry vhd list --vault ${where}\` lists the disks it holds`);
+  }
+}
+
+/** Inspects the FILE, or the stored disk of the vault form (its parents found in the vault). */
+async function inspect(out: Output, command: string, file: string | undefined, o: DiskOptions): Promise<Inspection> {
+  checkDiskForm(command, file, o);
+  if (file) return inspectVhd(file);
+  const vault = await openVaultFromCli(out, o);
+  try {
+    await checkStored(vault, o.vault!, o.disk!);
+    const { vaultObjects } = await putterModule();
+    const { inspectStoredDisk } = await diskstore();
+    return await inspectStoredDisk(vaultObjects(vault), o.disk!);
+  } finally {
+    await vault.close();
+  }
+}
+
+/** Runs `use` on the disk (a chain reads as one) named by FILE or by the vault form. */
+async function withDisk(out: Output, command: string, file: string | undefined, o: DiskOptions, use: (disk: Disk) => Promise<void>): Promise<void> {
+  checkDiskForm(command, file, o);
+  let vault: VaultReader | undefined;
+  let disk: Disk | undefined;
+  try {
+    if (file) {
+      disk = await openChain(file);
+    } else {
+      vault = await openVaultFromCli(out, o);
+      await checkStored(vault, o.vault!, o.disk!);
+      const { vaultObjects } = await putterModule();
+      const { openStoredChain } = await diskstore();
+      disk = await openStoredChain(vaultObjects(vault), o.disk!);
+    }
+    await use(disk);
+  } finally {
+    await disk?.close();
+    await vault?.close();
+  }
 }
 
 async function rawSize(from: string, size?: string): Promise<number> {
@@ -243,7 +307,7 @@ async function rawSize(from: string, size?: string): Promise<number> {
   return n;
 }
 
-async function catTo(disk: Awaited<ReturnType<typeof openChain>>, offset: number, length: number): Promise<void> {
+async function catTo(disk: Disk, offset: number, length: number): Promise<void> {
   const chunk = 4 * 1024 * 1024;
   const stdout = process.stdout;
   let broken = false;

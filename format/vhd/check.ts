@@ -5,7 +5,7 @@ import { decodeVhd, type Decoded } from './decode.js';
 import { openChain } from './chain.js';
 import { diskTypeName, UNUSED } from './layout.js';
 import { type Problem, VhdError } from './problems.js';
-import { FileStorage } from './vhd.js';
+import { FileStorage, type VhdDisk } from './vhd.js';
 import { FerryError } from '../errors.js';
 
 export interface LayerInfo {
@@ -59,8 +59,6 @@ function layerInfo(d: Decoded): LayerInfo {
 
 /** Decodes `path` and every parent it can find; never throws for bad content. */
 export async function inspectVhd(path: string): Promise<Inspection> {
-  const layers: LayerInfo[] = [];
-  const problems: Problem[] = [];
   const storage = await FileStorage.open(path, false);
   let d: Decoded;
   try {
@@ -68,24 +66,34 @@ export async function inspectVhd(path: string): Promise<Inspection> {
   } finally {
     await storage.close();
   }
-  layers.push(layerInfo(d));
-  problems.push(...d.problems);
+  return inspectDecoded(d, () => openChain(path));
+}
+
+/**
+ * The inspection of a decoded disk (a file, or a disk stored in a vault):
+ * its own facts and problems, then, for a differencing disk, each parent's,
+ * from the chain `openTop` opens (its parents found however the caller finds
+ * them: by locator for files, by unique id in a vault).
+ */
+export async function inspectDecoded(d: Decoded, openTop: () => Promise<VhdDisk>): Promise<Inspection> {
+  const layers: LayerInfo[] = [layerInfo(d)];
+  const problems: Problem[] = [...d.problems];
   if (d.type !== 'differencing' || d.problems.some((p) => p.severity === 'fatal')) return { layers, problems };
   // Follow the chain; problems of the parents count too.
   try {
-    const top = await openChain(path);
+    const top = await openTop();
     try {
-      for (let p = top.parent as (typeof top) | null; p; p = p.parent as (typeof top) | null) {
+      for (let p = top.parent as VhdDisk | null; p; p = p.parent as VhdDisk | null) {
         layers.push(layerInfo(p.info));
         problems.push(...p.info.problems);
       }
-      problems.push(...top.info.problems.filter((x) => !d.problems.includes(x) && x.code === 'VHD_PARENT_SIZE'));
+      problems.push(...top.info.problems.filter((x) => !d.problems.some((y) => y.code === x.code && y.message === x.message) && x.code === 'VHD_PARENT_SIZE'));
     } finally {
       await top.close();
     }
   } catch (err) {
     if (err instanceof VhdError) problems.push(err.problem);
-    else if (err instanceof FerryError) problems.push({ code: 'VHD_PARENT_MISSING', severity: 'fatal', file: path, message: err.message });
+    else if (err instanceof FerryError) problems.push({ code: 'VHD_PARENT_MISSING', severity: 'fatal', file: d.name, message: err.message });
     else throw err;
   }
   return { layers, problems };
