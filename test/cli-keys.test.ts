@@ -114,6 +114,10 @@ test('init refuses a non-empty directory, an existing vault and a short passphra
   t.is(again.code, 1);
   t.regex(again.stderr, /already a ferry vault/);
   t.deepEqual(await snapshot(dir), snap);
+  // the folder is judged before a passphrase is asked for (none given here: no prompt, no "no passphrase")
+  const noPass = await ferry(['init', dir, ...FAST], {});
+  t.is(noPass.code, 1);
+  t.regex(noPass.stderr, /already a ferry vault/);
 
   const short = await ferry(['init', join(base, 'x'), ...FAST], { FERRY_PASSPHRASE: 'only 15 chars!!' });
   t.is(short.code, 2);

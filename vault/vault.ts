@@ -344,7 +344,12 @@ export interface InitOptions extends KeyOptions, BackendOptions {
 }
 
 /** Creates a vault: the location must be missing, an empty directory, or (other backends) hold no vault.json. */
-export async function initVault(location: string, passphrase: string, opts: InitOptions = {}): Promise<{ id: string; location: string; config: VaultConfig }> {
+/** `passphrase` may be a function: it is asked only once the location is known to be usable (no prompt for a vault that cannot be made). */
+export async function initVault(
+  location: string,
+  passphrase: string | (() => Promise<string>),
+  opts: InitOptions = {},
+): Promise<{ id: string; location: string; config: VaultConfig }> {
   const backend = opts.backend ?? openBackend(location, opts);
   if (backend instanceof DirBackend) {
     const st = await dirState(backend.location);
@@ -356,7 +361,8 @@ export async function initVault(location: string, passphrase: string, opts: Init
   } else if (await backend.exists(VAULT_CONFIG_NAME)) {
     throw vaultExists(backend.location);
   }
-  const { config, master } = await newVaultConfig(passphrase, { ...opts, defaults: { codec: opts.codec, level: opts.level } });
+  const given = typeof passphrase === 'function' ? await passphrase() : passphrase;
+  const { config, master } = await newVaultConfig(given, { ...opts, defaults: { codec: opts.codec, level: opts.level } });
   master.fill(0);
   const bytes = serializeConfig(config);
   try {

@@ -36,7 +36,8 @@ export function register(program: Command): void {
           if (!Number.isInteger(level) || level < 1 || level > max) throw new UsageError(`--level must be an integer from 1 to ${max} for ${codec} (got ${o.level})`);
         }
         const cost = kdfCost(o);
-        const passphrase = await getPassphrase(o, { confirm: true, prompt: 'passphrase for the new vault (16 characters or more): ' });
+        // asked once the location is known to be usable
+        const passphrase = () => getPassphrase(o, { confirm: true, prompt: 'passphrase for the new vault (16 characters or more): ' });
         const r = await initVault(location, passphrase, { cost, codec, level });
         const slot = r.config.keys[0];
         out.result(
