@@ -257,7 +257,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     const r = await writeVolume(disk, entries, {
       uuid: Buffer.from(params.volumeUuid, 'hex'),
       now: () => nowNs,
-      meta: { kind: o.kind, machine, item: o.item, sources: JSON.stringify(o.sources) },
+      meta: { kind: o.kind, machine, item: o.item, sources: JSON.stringify(sources) },
       onWarning: (w: EntryWarning) => warn({ path: w.path?.toString(), message: w.message }),
       onProgress: (p) => {
         files = p.files;
@@ -274,7 +274,8 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   await spool.finish();
   const summaries = await targets.seal();
 
-  const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources: o.sources, excludes: o.excludes ?? [], created: params.time };
+  // absolute, as the seed manifests hold them: a later `ferry backup --item` runs from any folder
+  const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources, excludes: o.excludes ?? [], created: params.time };
   const record: SeedPointRecord = {
     item: itemDef,
     point: {
@@ -289,7 +290,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       ...(volumeBytes !== undefined && volumeBytes !== params.size ? { volumeBytes } : {}),
       stats,
       seedId,
-      sources: o.sources,
+      sources,
     },
     disks: summaries,
   };

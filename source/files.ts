@@ -314,6 +314,23 @@ export function normalizeSource(p: Buffer | string): Buffer {
   return Buffer.from(s, 'latin1');
 }
 
+/**
+ * The first symlink on the way from `root` down to `p` (p itself counts when
+ * it is to be followed, given as `p/`), or null: a nested source the walk of
+ * `root` would not reach as the folder it names.
+ */
+async function symlinkOnTheWay(root: Buffer, p: Buffer, followLast: boolean): Promise<Buffer | null> {
+  for (let at = root.length === 1 ? 1 : root.length + 1; at <= p.length; at++) {
+    if (at < p.length && p[at] !== SLASH) continue;
+    if (at === p.length && !followLast) break;
+    const prefix = p.subarray(0, at);
+    const st = await lstat(prefix).catch(() => null);
+    if (!st) return null; // missing: the walk warns about it
+    if (st.isSymbolicLink()) return prefix;
+  }
+  return null;
+}
+
 function isUnder(p: Buffer, root: Buffer): boolean {
   if (root.length === 1) return true;
   return p.length > root.length && p[root.length] === SLASH && p.subarray(0, root.length).equals(root);
@@ -1024,9 +1041,17 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
     else {
       const outer = roots.find((x) => isUnder(r.as, x.as));
       if (!outer) roots.push(r);
-      else if (r.follow) {
-        // the outer walk stores it as what it is there: a symlink
-        warn({ code: 'SOURCE_NESTED', message: `${printable(r.as)}/ is inside ${printable(outer.as)}, where it is a symlink and stored as one; give it as a source of its own to back up the folder it points to`, path: r.as });
+      else {
+        // The outer walk takes it as it finds it there. A plain folder or
+        // file: the same entries, walked once. Reached through a symlink (or
+        // a symlink given as `link/`): the outer walk stores the symlink, and
+        // what it points to is not backed up.
+        const via = r.real.equals(r.as) ? await symlinkOnTheWay(outer.as, r.as, !!r.follow) : null;
+        if (via) {
+          const target = await realpath(r.real.toString('latin1')).then((x) => ` (${x})`, () => '');
+          const what = via.equals(r.as) ? `${printable(r.as)}/ is a symlink inside ${printable(outer.as)} and is stored as one` : `${printable(r.as)} is reached through the symlink ${printable(via)} inside ${printable(outer.as)}, which is stored as a symlink`;
+          warn({ code: 'SOURCE_NESTED', message: `${what}: what it points to is not backed up; give its real path${target} as a source to back it up`, path: r.as });
+        }
       }
     }
   }

@@ -60,3 +60,17 @@ test('formatSize prints whole bytes under 1 KiB', (t) => {
   t.is(formatSize(0), '0 B');
   t.is(formatSize(1536), '1.5 KiB');
 });
+
+test('a seed of relative paths records them absolute (points, item definition), as its manifests do', async (t) => {
+  await withTmp(async (dir) => {
+    await mkdir(join(dir, 'src', 'sub'), { recursive: true });
+    await writeFile(join(dir, 'src', 'sub', 'f'), 'f');
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const r = await ferry(['seed', '--vault', 'vault', '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk', 'd1', 'src', 'src/sub/'], { env, cwd: dir });
+    t.is(r.code, 0, r.stderr);
+    await ok(['import', '--vault', vault, join(dir, 'd1')]);
+    const points = JSON.parse(await ok(['points', '--json', '--vault', vault]));
+    t.deepEqual(points[0].sources, [join(dir, 'src'), join(dir, 'src', 'sub') + '/']);
+  });
+});

@@ -358,6 +358,18 @@ test('a link to / given as link/ stores its tree under link/; a link/ source ins
     await symlink(outside, join(src, 'lnk'));
     const r = await seedAndRestore(dir, 'nested', [src, `${join(src, 'lnk')}/`]);
     t.is(r.seed.code, 3, r.seed.stderr);
-    t.regex(r.seed.stderr, /lnk\/ is inside .*src, where it is a symlink and stored as one; give it as a source of its own/);
+    t.regex(r.seed.stderr, /lnk\/ is a symlink inside .*src and is stored as one: what it points to is not backed up; give its real path \(.*outside\)/);
+
+    // a plain folder given inside its parent is no symlink: no warning, walked once;
+    // a path through the symlink is named too (the outer walk never reaches it)
+    await mkdir(join(src, 'plain'));
+    await writeFile(join(src, 'plain', 'p'), 'p\n');
+    await mkdir(join(outside, 'deep'));
+    const r2 = await seedAndRestore(dir, 'nested2', [src, `${join(src, 'plain')}/`, join(src, 'lnk', 'deep')]);
+    t.is(r2.seed.code, 3, r2.seed.stderr);
+    t.notRegex(r2.seed.stderr, /plain/);
+    t.regex(r2.seed.stderr, /lnk\/deep is reached through the symlink .*src\/lnk inside .*src, which is stored as a symlink/);
+    t.is(r2.seed.stderr.match(/warning/g)?.length, 1, r2.seed.stderr);
+    t.is(await readFile(join(r2.out, src, 'plain', 'p'), 'utf8'), 'p\n');
   });
 });
