@@ -299,8 +299,9 @@ export async function openStoredChain(objects: ObjectGetter, id: string): Promis
 }
 
 /** Decodes stored disk `id`'s VHD structures (footer, header, BAT, locators), reading no block. */
-async function decodeStored(objects: ObjectGetter, id: string): Promise<Decoded> {
+async function decodeStored(objects: ObjectGetter, id: string, withHead?: (h: Head) => void): Promise<Decoded> {
   const head = decodeHead(headName(id), await objects.get(headName(id)));
+  withHead?.(head);
   return decodeVhd(new StoredVhdStorage(`disk ${id}`, id, head, objects));
 }
 
@@ -337,8 +338,9 @@ export async function listStoredDisks(
   const out: StoredDiskInfo[] = [];
   for (const id of ids) {
     let d: Decoded;
+    let head: Head | undefined;
     try {
-      d = await decodeStored(objects, id);
+      d = await decodeStored(objects, id, (h) => (head = h));
     } catch (err) {
       if (!onDamaged || !(err instanceof Error)) throw err;
       onDamaged(id, err);
@@ -349,7 +351,7 @@ export async function listStoredDisks(
       for (const e of d.bat) if (e !== UNUSED) info.allocatedBlocks++;
     } else if (d.type === 'fixed') {
       // a fixed disk stores its non-zero 2 MiB chunks
-      info.allocatedBlocks = decodeHead(headName(id), await objects.get(headName(id))).meta.fixedBlocks?.length ?? 0;
+      info.allocatedBlocks = head?.meta.fixedBlocks?.length ?? 0;
     }
     if (d.type === 'differencing' && d.header) info.parent = d.header.parentUniqueId.toString('hex');
     out.push(info);
