@@ -6,11 +6,11 @@
 // they are renamed into place: named after this host and process, removed
 // when the process exits, and swept by later runs once it is gone.
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { FerryError } from './errors.js';
+import { EXIT, FerryError } from './errors.js';
 
 /** Writes all of `buf` at `pos` (at the file's current position when pos is undefined). */
 export async function writeAll(fh: FileHandle, buf: Buffer, pos?: number): Promise<void> {
@@ -134,7 +134,7 @@ export function tempDirIn(parent: string, prefix: string, staleMs: number): stri
  * The temporary name a file is written under before it is renamed onto
  * `path`: `path.ferry-tmp-<host>-<pid>`. Those of this host's processes that are gone (a
  * restore or an export killed part way, up to a whole image each) are
- * removed first, once they have not changed for five minutes; this one goes
+ * removed first, once they have not changed for 30 s; this one goes
  * when this process exits before it is renamed.
  */
 export function tempBeside(path: string): string {
@@ -143,7 +143,10 @@ export function tempBeside(path: string): string {
   if (st && !st.isFile()) {
     throw new FerryError('NOT_A_FILE', `${path} is ${st.isBlockDevice() ? 'a block device' : st.isDirectory() ? 'a folder' : 'not a regular file'}: name a file to write`, { path });
   }
-  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 5 * 60 * 1000);
+  // A killed run's partial copy, left beside the target, may be what fills
+  // its disk: gone with its process once it has not changed for 30 s (the
+  // wait covers PID namespaces that share this host name).
+  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 30 * 1000);
   const tmp = `${path}.ferry-tmp-${HOST_TAG}-${process.pid}`;
   removeAtExit(tmp); // (once renamed into place, there is nothing at this name to remove)
   return tmp;
@@ -219,4 +222,77 @@ export async function fileEquals(path: string, length: number, read: (pos: numbe
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Takes `path` as a lock file for one writer of a local file (`vhd merge`
+ * writing a parent): made whole and then linked into place, so it exists
+ * only with its holder's host, pid and task in it. A lock whose process on
+ * this host is gone is broken; a live or foreign holder is LOCKED (exit 11),
+ * named. Returns the release (also run when the process exits).
+ */
+export function lockFile(path: string, task: string): () => void {
+  const mine = JSON.stringify({ host: HOST_TAG, hostname: hostname(), pid: process.pid, task, started: new Date().toISOString() });
+  const tmp = `${path}.${HOST_TAG}-${process.pid}`;
+  writeFileSync(tmp, mine, { mode: 0o644 });
+  try {
+    for (let tries = 0; ; tries++) {
+      try {
+        linkSync(tmp, path); // fails if a lock is there: never replaced
+        break;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        if (tries >= 3) throw new FerryError('LOCKED', `${path}: other ferry processes keep taking this lock; try again`, { path }, EXIT.locked);
+      }
+      let holder: { host?: string; hostname?: string; pid?: number; task?: string; started?: string } = {};
+      let ino = 0;
+      try {
+        ino = lstatSync(path).ino;
+        holder = JSON.parse(readFileSync(path, 'utf8'));
+      } catch {
+        continue; // released meanwhile, or being written: try again
+      }
+      if (holder.host !== HOST_TAG || typeof holder.pid !== 'number' || pidAlive(holder.pid)) {
+        const who = holder.host === HOST_TAG ? `process ${holder.pid}` : `process ${holder.pid} on ${holder.hostname ?? 'another host'}`;
+        throw new FerryError(
+          'LOCKED',
+          `${path}: ${who} holds this lock (${holder.task ?? 'a ferry command'}, since ${holder.started ?? '?'}); wait for it to finish${holder.host === HOST_TAG ? '' : ', or remove the lock file if that process is gone'}`,
+          { path, holder },
+          EXIT.locked,
+        );
+      }
+      // Its process is gone: break it. Moved aside first, and only if it is
+      // still the lock just read (another breaker may have taken over).
+      const aside = `${path}.broken-${HOST_TAG}-${process.pid}`;
+      try {
+        renameSync(path, aside);
+      } catch {
+        continue;
+      }
+      if (lstatSync(aside).ino !== ino) {
+        try {
+          linkSync(aside, path); // a new holder's lock after all: put it back
+        } catch {
+          /* a third process holds it now */
+        }
+      }
+      unlinkSync(aside);
+    }
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+  let held = true;
+  const release = () => {
+    if (!held) return;
+    held = false;
+    atExit.delete(path);
+    try {
+      // only our own lock (never one that replaced it after a break)
+      if (readFileSync(path, 'utf8') === mine) unlinkSync(path);
+    } catch {
+      /* gone already */
+    }
+  };
+  atExit.add(path);
+  return release;
 }

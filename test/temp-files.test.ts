@@ -94,10 +94,10 @@ test('a temporary folder too small for the catalog: CATALOG_TMP_FULL naming it, 
   });
 });
 
-test('temporary names beside a file: those of processes that are gone are removed once five minutes old', async (t) => {
+test('temporary names beside a file: those of processes that are gone are removed once unchanged for 30 s', async (t) => {
   await withTmp(async (dir) => {
     const dead = 4194305;
-    const old = new Date(Date.now() - 10 * 60 * 1000);
+    const old = new Date(Date.now() - 45 * 1000);
     const make = async (name: string, mtime: Date) => {
       await writeFile(join(dir, name), 'partial image');
       await utimes(join(dir, name), mtime, mtime);

@@ -7,6 +7,8 @@ import { diskTypeName, UNUSED } from './layout.js';
 import { type Problem, VhdError } from './problems.js';
 import { FileStorage, type VhdDisk } from './vhd.js';
 import { FerryError } from '../errors.js';
+import { HOST_TAG, pidAlive } from '../fsio.js';
+import { readFile } from 'node:fs/promises';
 
 export interface LayerInfo {
   file: string;
@@ -66,7 +68,35 @@ export async function inspectVhd(path: string): Promise<Inspection> {
   } finally {
     await storage.close();
   }
-  return inspectDecoded(d, () => openChain(path));
+  const r = await inspectDecoded(d, () => openChain(path));
+  const merge = await mergeLockOn(path);
+  if (merge) r.problems.push(merge);
+  return r;
+}
+
+/**
+ * A `vhd merge` that holds, or held until it was killed, the lock of `path`
+ * (as the child or the parent): the disk is half-merged until it is run
+ * again, which finishes it.
+ */
+async function mergeLockOn(path: string): Promise<Problem | undefined> {
+  let holder: { pid?: number; task?: string; host?: string };
+  try {
+    holder = JSON.parse(await readFile(`${path}.ferry-lock`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+  if (typeof holder.task !== 'string' || !holder.task.startsWith('vhd merge of ')) return undefined;
+  const child = holder.task.slice('vhd merge of '.length).replace(/ into it$/, '');
+  const live = holder.host === HOST_TAG && typeof holder.pid === 'number' && pidAlive(holder.pid);
+  return {
+    code: 'VHD_MERGE_UNFINISHED',
+    severity: live ? 'warning' : 'error',
+    file: path,
+    message: live
+      ? `ferry process ${holder.pid} is merging ${child} now; check again when it is done`
+      : `a merge of ${child} was interrupted and its blocks may be half written; run ferry vhd merge ${child} again to finish it`,
+  };
 }
 
 /**

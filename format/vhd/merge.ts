@@ -9,6 +9,7 @@ import type { Disk } from '../disk.js';
 import { VhdError } from './problems.js';
 import { openChain } from './chain.js';
 import { VhdDisk } from './vhd.js';
+import { lockFile } from '../fsio.js';
 
 export interface MergeResult {
   child: string;
@@ -53,7 +54,17 @@ export async function coalesce(
 
 /** Merges the differencing VHD at `childPath` into its parent file. */
 export async function mergeVhd(childPath: string, opts: { onProgress?: (done: number, total: number) => void } = {}): Promise<MergeResult> {
-  const child = await openChain(childPath);
+  // One merge at a time: of this child (a second run would read a parent
+  // being written, and race on the journal), and into its parent (below).
+  const unlockChild = lockFile(`${childPath}.ferry-lock`, `vhd merge of ${childPath}`);
+  let unlockParent: (() => void) | undefined;
+  let child: VhdDisk;
+  try {
+    child = await openChain(childPath);
+  } catch (err) {
+    unlockChild();
+    throw err;
+  }
   let parent: VhdDisk | undefined;
   try {
     if (child.type !== 'differencing' || !child.parent) {
@@ -66,6 +77,7 @@ export async function mergeVhd(childPath: string, opts: { onProgress?: (done: nu
       });
     }
     const parentPath = child.parent.name;
+    unlockParent = lockFile(`${parentPath}.ferry-lock`, `vhd merge of ${childPath} into it`);
     // Reopen the parent for writing, keeping its own chain behind it.
     const readOnlyParent = child.parent as VhdDisk;
     parent = await VhdDisk.open(parentPath, { writable: true, parent: readOnlyParent.parent });
@@ -117,5 +129,7 @@ export async function mergeVhd(childPath: string, opts: { onProgress?: (done: nu
     await child.closeLayer();
     if (parent) await parent.close();
     else await child.parent?.close();
+    unlockParent?.();
+    unlockChild();
   }
 }

@@ -22,7 +22,8 @@ export type ProblemCode =
   | 'VHD_PARENT_MISMATCH'
   | 'VHD_PARENT_CYCLE'
   | 'VHD_PARENT_SIZE'
-  | 'VHD_NOT_A_FILE';
+  | 'VHD_NOT_A_FILE'
+  | 'VHD_MERGE_UNFINISHED';
 
 export interface Problem {
   code: ProblemCode;
