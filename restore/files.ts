@@ -512,6 +512,17 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
   /** Whether an earlier run of this restore, stopped before the end, made folder `dir` (found as `st`). */
   const madeBefore = (dir: Buffer, st: Stats): boolean => inLeftover(dir) || (journal?.made(dir, st) ?? false);
+  /** Folders an earlier unfinished run made: what is in them is its work too. */
+  const earlierDirs = new Set<string>();
+  const inEarlierDir = (p: Buffer): boolean => {
+    const parent = parentPath(p);
+    return parent !== null && earlierDirs.has(parent.toString('latin1'));
+  };
+  /**
+   * Whether an existing non-folder found equal to the backup was put there
+   * by an earlier run that may have stopped before its metadata.
+   */
+  const placedBefore = (dst: Buffer, st: Stats): boolean => inLeftover(dst) || inEarlierDir(dst) || (journal?.placedEntry(dst, st) ?? false);
   /** Whether `p` lies strictly inside `to`. */
   const insideTo = (p: Buffer): boolean => to !== null && p.length > to.length + 1 && p[to.length] === SLASH && p.subarray(0, to.length).equals(to);
   /**
@@ -738,6 +749,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const createAt = async (dst: Buffer, e: VolumeEntry, data: VolumeEntry, fresh: boolean, placed: () => void): Promise<void> => {
     const tmp = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
     const direct = fresh && marker.active;
+    // in a folder no run of this restore made: written down first, so that a
+    // run stopped after the rename and before the metadata is finished by the next
+    if (!fresh && !inEarlierDir(dst)) journal?.aboutEntry(dst);
     if (e.type === 'file' || e.type === 'hardlink') {
       await handOver(tmp, dst, e, data, direct, fresh, placed);
       return;
@@ -947,7 +961,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     const grants = owners && (st.uid !== e.uid || st.gid !== e.gid || (e.mode & 0o6000) !== 0 || e.xattrs.some(sensitiveXattr));
     const shared = st.isFile() && ((st.nlink > 1 && e.linkGroup === null) || (grants && !anchored.rootOnlyParent(dst)));
     // (an interrupted run may have stopped before the metadata)
-    const metaNow = ifExists === 'overwrite' || inLeftover(dst);
+    const metaNow = ifExists === 'overwrite' || placedBefore(dst, st);
     const compared = dataEntry === e ? e : { ...dataEntry, type: 'file' as const };
     const onSame: OnSame | undefined = metaNow && !shared && compared.type === 'file' ? (fh) => fileMeta(fh, dst, e) : undefined;
     if (await sameAsBackup(compared, dst, st, onSame)) {
@@ -993,7 +1007,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       dirDst.set(e.id, dst);
       knownDirs.add(key);
       // an interrupted run made it and never set its metadata: set now, as for a new one
-      if (madeBefore(dst, st) || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
+      const earlier = madeBefore(dst, st);
+      if (earlier) earlierDirs.add(key);
+      if (earlier || (ifExists === 'overwrite' && !e.implicit)) dirMetas.push({ dst, e });
       result.skipped++;
       result.unchanged++;
       return;

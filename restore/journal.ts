@@ -1,4 +1,5 @@
-// The folders a restore made, where no marker can say so.
+// The folders a restore made, where no marker can say so; and the files it
+// put into folders it did not make.
 //
 // A restore into a new `--to DIR` marks DIR as its own (marker.ts): a run
 // stopped midway and run again knows that everything in DIR is its work.
@@ -29,6 +30,15 @@
 // folder is the restoring user's own (mode 0700): only they can add to
 // what a later run of theirs will change.
 //
+// Files, links and nodes go into folders that the restore did not make
+// under a temporary name, then are renamed into place and given their
+// metadata. A run stopped between the two leaves a file with the backup's
+// bytes and the wrong times, xattrs or owner, which the next run under
+// `copy` or `skip` would leave so. So each is written down ("~ ~") before it
+// is handed on, and the next run, finding the backup's bytes there, gives it
+// its metadata. (In folders a run made, everything is its work: the folder's
+// record says so.)
+//
 // Each run writes a file of its own (`<key>.<pid>-<random>.folders`), and
 // reads all of its key's: two runs at once never write into one file, and
 // a run deletes only the files it read, of runs no longer alive.
@@ -53,6 +63,8 @@ function record(id: string, rel: Buffer): Buffer {
 }
 const ABOUT = '? ?';
 const NOT_MADE = '! !';
+/** A file (or link, or node) about to be put in place in a folder the restore did not make. */
+const ENTRY = '~ ~';
 
 /** Records are made durable at most this long after they are written. */
 const SYNC_MS = 1000;
@@ -142,6 +154,25 @@ export class FolderJournal {
     if (!mine) return false;
     this.seen.add(rel);
     return true;
+  }
+
+  /**
+   * Whether an earlier unfinished run was putting non-folder `path` in place
+   * (it may have stopped between the rename and the metadata). Asked only of
+   * an entry found equal to the backup: what holds the backup's bytes at a
+   * name the run was about to fill is that run's work.
+   */
+  placedEntry(path: Buffer, st: Stats): boolean {
+    if (this.earlier.size === 0 || st.isDirectory()) return false;
+    const rel = this.rel(path).toString('latin1');
+    if (this.earlier.get(rel) !== ENTRY) return false;
+    this.seen.add(rel);
+    return true;
+  }
+
+  /** Records that this run is about to put a file, link or node at `path`, in a folder it did not make. */
+  aboutEntry(path: Buffer): boolean {
+    return this.write(ENTRY, path);
   }
 
   /** Records that this run is about to make folder `dir` (add() or notMade() follows). */
