@@ -46,6 +46,9 @@ export class VaultPutter {
   async barrier(): Promise<void> {
     await this.flush();
     await this.vault.commitBatch();
+    // what comes next makes the objects before it count (a disk's head): only
+    // while the lock is still ours, not after a --break-lock took it
+    await this.vault.lock.verify();
     this.vault.beginBatch();
   }
 
