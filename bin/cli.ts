@@ -1,5 +1,6 @@
 // What every command shares: global options, output, and turning errors into
 // one line and an exit code. Only bin/ exits the process.
+import { interrupted } from '../format/interrupt.js';
 import { createRequire } from 'node:module';
 import { Command, CommanderError } from 'commander';
 import { EXIT, FerryError } from '../format/errors.js';
@@ -61,6 +62,8 @@ export function action<A extends unknown[]>(
       const code = await fn(out, ...(args.slice(0, -1) as A));
       process.exitCode = code ?? EXIT.ok;
     } catch (err) {
+      // (a Ctrl-C released the lock under the work: its own line said so)
+      if (interrupted()) return;
       process.exitCode = report(err, out);
     }
   };
@@ -76,9 +79,11 @@ export function report(err: unknown, out?: Output): number {
   const e = err as NodeJS.ErrnoException;
   if (e && typeof e.code === 'string' && e.syscall) {
     // An OS error nobody translated: still one line, naming the path.
-    process.stderr.write(`ferry: ${e.syscall} ${e.path ?? ''}: ${e.message}\n`);
+    if (out?.opts.json) process.stdout.write(JSON.stringify({ error: { code: e.code, syscall: e.syscall, path: e.path, message: e.message } }, null, 2) + '\n');
+    process.stderr.write(`ferry: ${e.path ? `${e.syscall} ${e.path}` : e.syscall}: ${e.message}\n`);
     return EXIT.failed;
   }
+  if (out?.opts.json) process.stdout.write(JSON.stringify({ error: { code: 'INTERNAL', message: String((err as Error)?.message ?? err) } }, null, 2) + '\n');
   process.stderr.write(`ferry: internal error, please report it with this output:\n${(err as Error)?.stack ?? String(err)}\n`);
   return EXIT.failed;
 }

@@ -2,6 +2,7 @@
 import { EXIT } from '../format/errors.js';
 import { isCommanderError, makeProgram, report } from './cli.js';
 import { commandsFor } from './commands/index.js';
+import { runInterruptCleanups } from '../format/interrupt.js';
 
 export async function main(argv: string[]): Promise<void> {
   // `ferry ... | head` closes our stdout early: that is not an error.
@@ -12,11 +13,14 @@ export async function main(argv: string[]): Promise<void> {
   // Ctrl-C or a kill: one line, the conventional exit code (128 + signal).
   // What was written so far is safe: every command can be run again and
   // goes on (a seed resumes, an import skips what is in, a restore finishes,
-  // a lock left behind by this process is seen as stale and removed).
+  // the vault's writer lock is released; one left by a kill -9 is seen as
+  // stale and removed by the next command).
   for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(sig, () => {
-      process.stderr.write(`\nferry: interrupted (${sig}); run the same command again to go on\n`);
-      process.exit(code);
+      // (a new line first only after a progress bar's line on a terminal)
+      process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}ferry: interrupted (${sig}); run the same command again to go on\n`);
+      // the vault's writer lock goes (a moment at most); a second Ctrl-C stops at once
+      void runInterruptCleanups().finally(() => process.exit(code));
     });
   }
   const program = makeProgram();

@@ -25,6 +25,22 @@ export async function writeAll(fh: FileHandle, buf: Buffer, pos?: number): Promi
   }
 }
 
+/** Whether `err` says the file system is full (or the user's quota is). */
+export function isNoRoom(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
+
+/**
+ * A full disk while writing `path`, said as such (an OS error names no path
+ * for a write through a descriptor); `after` says what state things are in
+ * and what to do. Other errors come back as they are.
+ */
+export function noRoom(err: unknown, path: string, after: string): unknown {
+  if (!isNoRoom(err)) return err;
+  return new FerryError('DISK_FULL', `no room left on the disk of ${path}: ${after}`, { path, errno: (err as NodeJS.ErrnoException).code });
+}
+
 /** Whether process `pid` exists on this host (EPERM: it does, under another user). */
 export function pidAlive(pid: number): boolean {
   if (pid === process.pid) return true;

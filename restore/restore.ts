@@ -276,7 +276,14 @@ async function tarDir(dir: string, to: string): Promise<void> {
       let err = '';
       p.stderr.on('data', (d) => (err += d));
       p.on('error', reject);
-      p.on('close', (code) => (code === 0 ? resolve() : reject(new FerryError('RESTORE_TAR', `tar could not write ${to}: ${err.trim().split('\n')[0]}`))));
+      p.on('close', (code) => {
+        if (code === 0) return resolve();
+        // tar says "Wrote only N of M bytes" or "No space left on device" when the disk fills
+        if (/No space left|Disk quota exceeded|Wrote only \d+ of \d+ bytes/.test(err)) {
+          return reject(new FerryError('RESTORE_DISK_FULL', `no room left on the disk of ${to} for the archive: free space there or name a --to on a disk with more room, then run it again; nothing was written at ${to}`, { to }));
+        }
+        reject(new FerryError('RESTORE_TAR', `tar could not write ${to}: ${err.trim().split('\n')[0]}`));
+      });
     });
     await rename(tmp, to);
   } catch (err) {

@@ -56,3 +56,27 @@ test('a vhd import whose lock another process broke stops before the head: exit 
     t.is(JSON.parse(list.stdout.toString()).length, 1);
   });
 });
+
+test('Ctrl-C on a vhd import releases the writer lock: the next command finds none to break', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    await rawFile(join(dir, 'big.raw'), 384);
+    t.is((await ferry(['vhd', 'create', join(dir, 'big.vhd'), '--from', join(dir, 'big.raw')], { env })).code, 0);
+    const a = spawn(process.execPath, [FERRY, 'vhd', 'import', '--vault', vault, join(dir, 'big.vhd')], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    a.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number>((r) => a.on('exit', (code) => r(code ?? -1)));
+    for (;;) {
+      if ((await readdir(join(vault, 'disks')).catch(() => [])).length > 0) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    a.kill('SIGINT');
+    t.is(await exited, 130, stderr);
+    t.is(stderr, 'ferry: interrupted (SIGINT); run the same command again to go on\n');
+    t.false(await stat(join(vault, 'locks', 'writer')).then(() => true, () => false), 'no lock left');
+    const next = await ferry(['vhd', 'import', '--vault', vault, join(dir, 'big.vhd')], { env });
+    t.is(next.code, 0, next.stderr);
+    t.notRegex(next.stderr, /stale/);
+  });
+});

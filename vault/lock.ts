@@ -48,6 +48,7 @@
 // A claim left by a crash is harmless once its version is gone, and taken
 // over if its version is still there. (A ferry from before claims breaks
 // locks the old way; do not mix versions on one vault.)
+import { onInterrupt } from '../format/interrupt.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
@@ -122,6 +123,9 @@ export class WriterLock {
   /** refresh, verify and release run one at a time: a refresh holds a claim on our version that verify must not take for a breaker's. */
   #queue: Promise<unknown> = Promise.resolve();
 
+  /** Unregisters the release on Ctrl-C. */
+  #unhook: () => void;
+
   constructor(
     private readonly backend: Backend,
     readonly info: LockInfo,
@@ -129,6 +133,8 @@ export class WriterLock {
     private readonly opts: WriterLockOptions,
   ) {
     this.#raw = raw;
+    // interrupted, the process releases its lock before it exits (else the next command finds it and breaks it)
+    this.#unhook = onInterrupt(() => this.release());
     const every = opts.refreshMs ?? DEFAULT_REFRESH_MS;
     if (every > 0) {
       this.#timer = setInterval(() => {
@@ -197,6 +203,7 @@ export class WriterLock {
   /** Removes the lock if it is still ours. */
   async release(): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
+    this.#unhook();
     if (this.#released) return;
     this.#released = true;
     // Even when lost: the check runs under a claim, and removes only our own version.

@@ -25,7 +25,7 @@ import {
   vhdTimestamp,
 } from './layout.js';
 import { VhdDisk } from './vhd.js';
-import { tempBeside, writeAll } from '../fsio.js';
+import { noRoom, tempBeside, writeAll } from '../fsio.js';
 
 export const CREATOR_APP = 'frry';
 export const CREATOR_VERSION = 0x00010000;
@@ -224,7 +224,7 @@ export async function writeVhd(
     await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw err;
+    throw noRoom(err, path, `free space there or write it elsewhere; nothing was written at ${path}`);
   }
 }
 

@@ -2,7 +2,7 @@
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
 import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
-import { tempBeside, writeAll } from '../fsio.js';
+import { noRoom, tempBeside, writeAll } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -79,7 +79,7 @@ export async function exportDisk(disk: Disk, to: string, type: ExportType, opts:
     await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw err;
+    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`);
   }
 }
 
