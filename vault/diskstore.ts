@@ -26,6 +26,7 @@ import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
 import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
 import { VhdError } from '../format/vhd/problems.js';
+import { openChain } from '../format/vhd/chain.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
 import { fileEquals, tempBeside, writeAll } from '../format/fsio.js';
@@ -412,6 +413,19 @@ export async function storeVhdFile(
           'VHD_PARENT_NOT_STORED',
           `${path} is a differencing disk over ${d.parentName || 'a parent'} (disk ${parent}), which is not in the vault: vhd import its parent first`,
           { file: path, parent },
+        );
+      }
+      // The parent file beside it, when there is one, must be the disk the
+      // vault holds: a merge into a parent keeps its unique id, and a child
+      // made after it stored over the older copy would read wrong bytes.
+      const chain = await openChain(path).catch(() => null);
+      const parentFile = chain?.parent?.name;
+      await chain?.close();
+      if (parentFile && !(await storedEquals(vault.objects, parent, parentFile))) {
+        throw new FerryError(
+          'VHD_PARENT_CHANGED',
+          `${path} is a differencing disk over ${parentFile}, which has changed since the vault stored it as disk ${parent} (a merge into it keeps its unique id): stored over the vault's copy it would read wrong; store the chain flattened instead (ferry vhd export ${path} --type dynamic --to NEW.vhd, then vhd import NEW.vhd)`,
+          { file: path, parent, parentFile },
         );
       }
     }
