@@ -221,7 +221,7 @@ export class VaultWriter extends VaultReader {
       const back = await this.pool.unseal(name, sealed);
       if (!back.equals(data)) throw new Error(`sealing ${name} did not round-trip`);
     }
-    this.lock.assertHeld();
+    await this.#lockRecheck();
     await (exclusive ? this.backend.putNew(name, sealed) : this.backend.put(name, sealed));
     const st = await this.backend.stat(name);
     if (st.size !== sealed.length) {
@@ -232,6 +232,26 @@ export class VaultWriter extends VaultReader {
     // not at some later collection, so the next object reuses the memory.
     freeBuffer(sealed);
     return r;
+  }
+
+  #checked = 0;
+  #checking: Promise<void> | null = null;
+
+  /**
+   * Asks the backend, at most every 100 ms, whether the lock is still ours
+   * (between, what the last answer said): a holder stopped (SIGSTOP, a hung
+   * disk) while --break-lock let another writer in stops at its next put,
+   * not at the next refresh minutes later.
+   */
+  async #lockRecheck(): Promise<void> {
+    this.lock.assertHeld();
+    if (this.#checking) return this.#checking;
+    if (Date.now() - this.#checked < 100) return;
+    this.#checking = this.lock.verify().finally(() => {
+      this.#checked = Date.now();
+      this.#checking = null;
+    });
+    return this.#checking;
   }
 
   async delete(name: string): Promise<void> {
@@ -258,7 +278,14 @@ export class VaultWriter extends VaultReader {
   }
 
   async #saveConfig(next: VaultConfig): Promise<void> {
-    this.lock.assertHeld();
+    // Still ours, and vault.json as this command read it: a holder paused
+    // while --break-lock let another add a key would otherwise write its
+    // older copy over the new slot.
+    await this.lock.verify();
+    const now = parseVaultConfig(await this.backend.get(VAULT_CONFIG_NAME), this.location);
+    if (JSON.stringify(now) !== JSON.stringify(this.currentConfig)) {
+      throw new FerryError('VAULT_CONFIG_CHANGED', `${this.location}/${VAULT_CONFIG_NAME} changed since this command read it (another command changed the keys); nothing changed: run it again`, {});
+    }
     const bytes = serializeConfig(next);
     await this.backend.put(VAULT_CONFIG_NAME, bytes);
     // Read back: a vault.json that does not parse would lock everyone out.

@@ -1,6 +1,6 @@
-// `vhd import` stops once its writer lock was broken (--break-lock by
-// another process): it writes no head, so the disk it was storing never
-// appears; it used to go on and write it under the other writer's lock.
+// What a writer does once its vault lock was broken (--break-lock by another
+// process) or on Ctrl-C: it stops before its next write, never writing over
+// what the other did; interrupted, it releases the lock.
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -78,5 +78,33 @@ test('Ctrl-C on a vhd import releases the writer lock: the next command finds no
     const next = await ferry(['vhd', 'import', '--vault', vault, join(dir, 'big.vhd')], { env });
     t.is(next.code, 0, next.stderr);
     t.notRegex(next.stderr, /stale/);
+  });
+});
+
+test('a key add paused while another broke its lock and added a key does not write over the new slot', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const a = spawn(process.execPath, [FERRY, 'key', 'add', '--vault', vault], { env: { ...process.env, ...env, FERRY_NEW_PASSPHRASE: 'holder A passphrase 0000' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    a.stderr.on('data', (d) => (stderr += d));
+    const exited = new Promise<number>((r) => a.on('exit', (code) => r(code ?? -1)));
+    // paused once it holds the lock (it then derives the new slot's key: half a second)
+    for (;;) {
+      if (await stat(join(vault, 'locks', 'writer')).then(() => true, () => false)) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    a.kill('SIGSTOP');
+    try {
+      const b = await ferry(['key', 'add', '--vault', vault, '--break-lock', '--kdf-log-n', '12'], { env: { ...env, FERRY_NEW_PASSPHRASE: 'breaker B passphrase 111' } });
+      t.is(b.code, 0, b.stderr);
+    } finally {
+      a.kill('SIGCONT');
+    }
+    t.is(await exited, 1, stderr);
+    t.regex(stderr, /lock|changed since this command read it/);
+    // B's passphrase opens the vault; A's was not added
+    t.is((await ferry(['key', 'list', '--vault', vault], { env: { FERRY_PASSPHRASE: 'breaker B passphrase 111' } })).code, 0);
+    t.is((await ferry(['key', 'list', '--vault', vault], { env: { FERRY_PASSPHRASE: 'holder A passphrase 0000' } })).code, 12);
   });
 });
