@@ -3,7 +3,7 @@
 // in the vault by unique id.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ferry, must, withTmp } from './helpers/exec.js';
 
@@ -58,6 +58,19 @@ test('vhd cat, info and check read a stored chain as they read its files', async
     const check = await ferry(['vhd', 'check', '--vault', c.vault, '--disk', c.childId], { env });
     t.is(check.code, 0, check.stderr);
     t.regex(check.stdout.toString() + check.stderr, new RegExp(`stored disk ${c.childId}: clean \\(2 disks in the chain\\)`));
+
+    // check reads every block object of the chain: one gone, one altered, each named
+    await rename(join(c.vault, 'disks', c.baseId, 'blocks', '1'), join(dir, 'moved'));
+    const obj = join(c.vault, 'disks', c.childId, 'blocks', '2');
+    const sealed = await readFile(obj);
+    sealed[sealed.length - 20] ^= 1;
+    await writeFile(obj, sealed);
+    const bad = await ferry(['vhd', 'check', '--vault', c.vault, '--disk', c.childId], { env });
+    t.is(bad.code, 1, bad.stderr);
+    const lines = bad.stdout.toString();
+    t.regex(lines, new RegExp(`error: VHD_BLOCK_UNREADABLE: disk ${c.baseId}: block 1: object disks/${c.baseId}/blocks/1 is missing`));
+    t.regex(lines, new RegExp(`error: VHD_BLOCK_UNREADABLE: disk ${c.childId}: block 2: .*disks/${c.childId}/blocks/2.*authentication`));
+    t.is(lines.trim().split('\n').length, 2, lines);
   });
 });
 
@@ -94,8 +107,11 @@ test('vhd list names every stored disk with its type, size, parent and points; t
     t.is((await ferry(['vhd', 'check', c.child, '--vault', c.vault, '--disk', c.childId], { env })).code, 2);
     t.is((await ferry(['vhd', 'check', '--vault', c.vault], { env })).code, 2);
 
-    // a child whose parent is gone from the vault: check names the missing head, exit 1
+    // a child whose parent is gone from the vault: list and check name the missing head, exit 1
     await rm(join(c.vault, 'disks', c.baseId), { recursive: true });
+    const gone = await ferry(['vhd', 'list', '--vault', c.vault], { env });
+    t.is(gone.code, 1);
+    t.regex(gone.stderr, new RegExp(`disk ${c.childId} is a differencing disk over ${c.baseId}, which the vault does not hold`));
     const orphan = await ferry(['vhd', 'check', '--vault', c.vault, '--disk', c.childId], { env });
     t.is(orphan.code, 1, orphan.stderr);
     t.regex(orphan.stdout.toString(), new RegExp(`fatal: .*disks/${c.baseId}/head`));

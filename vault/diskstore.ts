@@ -306,9 +306,43 @@ async function decodeStored(objects: ObjectGetter, id: string, withHead?: (h: He
   return decodeVhd(new StoredVhdStorage(`disk ${id}`, id, head, objects));
 }
 
-/** `ferry vhd info|check --vault V --disk ID`: as inspectVhd for a file, with the parents found in the vault. */
-export async function inspectStoredDisk(objects: ObjectGetter, id: string): Promise<Inspection> {
-  return inspectDecoded(await decodeStored(objects, id), () => openStoredChain(objects, id));
+/**
+ * `ferry vhd info|check --vault V --disk ID`: as inspectVhd for a file, with
+ * the parents found in the vault. With `readBlocks` (check), every block
+ * object of every disk in the chain is also read and authenticated: a
+ * missing or damaged one is a problem naming the object.
+ */
+export async function inspectStoredDisk(objects: ObjectGetter, id: string, readBlocks = false): Promise<Inspection> {
+  const r = await inspectDecoded(await decodeStored(objects, id), () => openStoredChain(objects, id));
+  if (!readBlocks || r.problems.some((p) => p.severity === 'fatal')) return r;
+  for (const layer of r.layers) {
+    const disk = layer.uniqueId;
+    if (!disk) continue;
+    let head: Head | undefined;
+    const d = await decodeStored(objects, disk, (h) => (head = h));
+    const indexes: number[] = [];
+    if (d.bat) d.bat.forEach((e, i) => e !== UNUSED && indexes.push(i));
+    else indexes.push(...(head?.meta.fixedBlocks ?? []));
+    const span = d.bat ? bitmapSize(d.blockSize!) + d.blockSize! : FIXED_CHUNK;
+    let next = 0;
+    const worker = async () => {
+      while (next < indexes.length) {
+        const i = indexes[next++];
+        const name = blockName(disk, i);
+        try {
+          const b = await objects.get(name);
+          const want = d.bat ? span : Math.min(FIXED_CHUNK, (d.size ?? 0) - i * FIXED_CHUNK);
+          const size = b.length;
+          if (objects.fresh) freeBuffer(b);
+          if (size !== want) throw new Error(`object ${name} holds ${size} bytes, not the block's ${want}`);
+        } catch (err) {
+          r.problems.push({ code: 'VHD_BLOCK_UNREADABLE', severity: 'error', file: layer.file, message: `block ${i}: ${(err as Error).message}` });
+        }
+      }
+    };
+    await Promise.all([worker(), worker(), worker(), worker()]);
+  }
+  return r;
 }
 
 export interface StoredDiskInfo {
@@ -321,6 +355,8 @@ export interface StoredDiskInfo {
   allocatedBlocks: number;
   /** The disk it differs from, for a differencing disk. */
   parent?: string;
+  /** Its parent has no head in the vault: it cannot be read. */
+  parentMissing?: true;
 }
 
 /** Every disk a vault holds (by its head object), decoded from the heads alone. */
@@ -357,6 +393,7 @@ export async function listStoredDisks(
     if (d.type === 'differencing' && d.header) info.parent = d.header.parentUniqueId.toString('hex');
     out.push(info);
   }
+  for (const info of out) if (info.parent && !ids.includes(info.parent)) info.parentMissing = true;
   return out;
 }
 

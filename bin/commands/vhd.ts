@@ -41,7 +41,7 @@ export function register(program: Command): void {
     .option('--vault <vault>', 'read the disk from this vault')
     .option('--disk <id>', 'the stored disk id (with --vault)')
     .action(action(async (out: Output, file: string | undefined, o: DiskOptions) => {
-      const r = await inspect(out, 'vhd check', file, o);
+      const r = await inspect(out, 'vhd check', file, o, true);
       const name = file ?? `stored disk ${o.disk}`;
       const doc = { file: file ?? null, disk: o.disk ?? null, clean: r.problems.length === 0, problems: r.problems };
       out.result(doc, () => {
@@ -88,12 +88,13 @@ export function register(program: Command): void {
         out.result(rows, () => {
           if (rows.length === 0) out.info(`vault ${o.vault} holds no disks`);
           for (const d of rows) {
-            const parent = d.parent ? `, over ${d.parent}` : '';
+            const parent = d.parent ? `, over ${d.parent}${d.parentMissing ? ' (missing from the vault: this disk cannot be read)' : ''}` : '';
             const use = d.points.length ? d.points.join(', ') : 'in no point';
             process.stdout.write(`${d.id}  ${d.type}, ${formatSize(d.size)}, ${counted(d.allocatedBlocks, 'block')}${parent}; ${use}\n`);
           }
         });
-        return damaged ? 1 : 0;
+        for (const d of rows) if (d.parentMissing) out.warn(`disk ${d.id} is a differencing disk over ${d.parent}, which the vault does not hold: it cannot be read`);
+        return damaged || rows.some((d) => d.parentMissing) ? 1 : 0;
       } finally {
         await vault.close();
       }
@@ -257,7 +258,7 @@ async function checkStored(vault: VaultReader, where: string, id: string): Promi
 }
 
 /** Inspects the FILE, or the stored disk of the vault form (its parents found in the vault). */
-async function inspect(out: Output, command: string, file: string | undefined, o: DiskOptions): Promise<Inspection> {
+async function inspect(out: Output, command: string, file: string | undefined, o: DiskOptions, readBlocks = false): Promise<Inspection> {
   checkDiskForm(command, file, o);
   if (file) return inspectVhd(file);
   const vault = await openVaultFromCli(out, o);
@@ -265,7 +266,7 @@ async function inspect(out: Output, command: string, file: string | undefined, o
     await checkStored(vault, o.vault!, o.disk!);
     const { vaultObjects } = await putterModule();
     const { inspectStoredDisk } = await diskstore();
-    return await inspectStoredDisk(vaultObjects(vault), o.disk!);
+    return await inspectStoredDisk(vaultObjects(vault), o.disk!, readBlocks);
   } finally {
     await vault.close();
   }

@@ -23,7 +23,8 @@ export type ProblemCode =
   | 'VHD_PARENT_CYCLE'
   | 'VHD_PARENT_SIZE'
   | 'VHD_NOT_A_FILE'
-  | 'VHD_MERGE_UNFINISHED';
+  | 'VHD_MERGE_UNFINISHED'
+  | 'VHD_BLOCK_UNREADABLE';
 
 export interface Problem {
   code: ProblemCode;
