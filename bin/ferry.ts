@@ -8,7 +8,10 @@ export async function main(argv: string[]): Promise<void> {
   // `ferry ... | head` closes our stdout early: that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw err;
+    // (vhd cat says it itself) a full disk or a closed descriptor: one line, not a stack
+    if (process.stdout.listenerCount('error') > 1) return;
+    process.stderr.write(`ferry: cannot write to standard output: ${err.code === 'ENOSPC' ? 'no room left on the disk it goes to' : err.message}\n`);
+    process.exit(EXIT.failed);
   });
   // Ctrl-C or a kill: one line, the conventional exit code (128 + signal).
   // What was written so far is safe: every command can be run again and

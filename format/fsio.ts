@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EXIT, FerryError } from './errors.js';
 
@@ -154,6 +154,10 @@ export function tempDirIn(parent: string, prefix: string, staleMs: number): stri
  * when this process exits before it is renamed.
  */
 export function tempBeside(path: string): string {
+  const folder = statSync(dirname(path), { throwIfNoEntry: false });
+  if (!folder?.isDirectory()) {
+    throw new FerryError('NO_SUCH_FOLDER', `${dirname(path)} ${folder ? 'is not a folder' : 'does not exist'}: make it first, or name ${path === '' ? 'a file' : basename(path)} in a folder that exists`, { path });
+  }
   // renamed onto `path` once written: a device, a folder or a fifo there would be replaced, not written
   const st = statSync(path, { throwIfNoEntry: false });
   if (st && !st.isFile()) {
@@ -311,4 +315,35 @@ export function lockFile(path: string, task: string): () => void {
   };
   atExit.add(path);
   return release;
+}
+
+/** glibc's major() and minor() of a dev_t (as stat gives it, a number). */
+export function devNumbers(rdev: number): [number, number] {
+  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+  return [major, minor];
+}
+
+/** Size in bytes of block device `path` (stat says 0): from sysfs, else by reading it to the end. */
+export async function blockDeviceSize(path: string, rdev: number): Promise<number> {
+  const [major, minor] = devNumbers(rdev);
+  try {
+    // sysfs knows the size of every block device, in 512-byte sectors
+    const n = Number((await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim());
+    if (Number.isSafeInteger(n) && n > 0) return n * 512;
+  } catch {
+    /* no sysfs */
+  }
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+    let size = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, size);
+      if (bytesRead === 0) return size;
+      size += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
 }

@@ -5,7 +5,7 @@
 import { constants as C } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { FerryError, checkArg } from '../format/errors.js';
-import { run } from './files.js';
+import { blockDeviceSize, devNumbers } from '../format/fsio.js';
 
 export interface VolumeChunk {
   /** Byte offset in the volume. */
@@ -36,42 +36,7 @@ export async function volumeSize(source: string): Promise<number> {
   }
   if (st.isFile()) return st.size;
   if (!st.isBlockDevice()) throw new FerryError('SOURCE_NOT_VOLUME', `${source} is neither a block device nor an image file`, { path: source });
-  // sysfs knows the size of every block device, in 512-byte sectors
-  const [major, minor] = devNumbers(st.rdev);
-  try {
-    const fh = await open(`/sys/dev/block/${major}:${minor}/size`, 'r');
-    try {
-      const n = Number((await fh.readFile('utf8')).trim());
-      if (Number.isSafeInteger(n) && n > 0) return n * 512;
-    } finally {
-      await fh.close();
-    }
-  } catch {
-    /* no sysfs: ask blockdev */
-  }
-  const r = await run('blockdev', ['--getsize64', source]);
-  const n = Number(r.stdout.toString().trim());
-  if (r.code === 0 && Number.isSafeInteger(n)) return n;
-  // last resort: read to the end
-  const fh = await open(source, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    let size = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, size);
-      if (bytesRead === 0) return size;
-      size += bytesRead;
-    }
-  } finally {
-    await fh.close();
-  }
-}
-
-/** glibc's major() and minor() of a dev_t (as stat gives it, a number). */
-function devNumbers(rdev: number): [number, number] {
-  const major = ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
-  return [major, minor];
+  return blockDeviceSize(source, st.rdev);
 }
 
 /**

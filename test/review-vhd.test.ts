@@ -2,9 +2,9 @@
 // behaviour the review found.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { ferry, must, withTmp } from './helpers/exec.js';
+import { FERRY, ferry, must, withTmp } from './helpers/exec.js';
 
 const env = { FERRY_PASSPHRASE: 'review vhd passphrase, long enough' };
 const MiB = 1024 * 1024;
@@ -45,5 +45,77 @@ test('a child made over a parent merged into after it was stored is refused: it 
     const id = (await ok(['vhd', 'import', '--vault', v2, c3])).trim();
     const stored = await ferry(['vhd', 'cat', '--vault', v2, '--disk', id], { env });
     t.true(stored.stdout.equals((await ferry(['vhd', 'cat', c3])).stdout));
+  });
+});
+
+test('odd inputs and outputs: a fifo, a folder, a missing folder, a full stdout, the parent as OUT are refused with one line', async (t) => {
+  await withTmp(async (dir) => {
+    const v = join(dir, 'V');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(3 * MiB));
+    const base = join(dir, 'base.vhd');
+    await ok(['vhd', 'create', base, '--from', raw]);
+    const fifo = join(dir, 'fifo');
+    await must('mkfifo', [fifo]);
+    for (const args of [['vhd', 'check', fifo], ['vhd', 'info', fifo], ['vhd', 'cat', fifo], ['vhd', 'import', '--vault', v, fifo]]) {
+      // (it used to wait for a writer for ever)
+      const r = await ferry(args, { env });
+      t.is(r.code, 1, `${args.join(' ')}: ${r.stderr}`);
+      t.regex(r.stderr, /fifo: a fifo, not a VHD file/);
+    }
+    let r = await ferry(['vhd', 'import', '--vault', v, dir], { env });
+    t.is(r.code, 1);
+    t.regex(r.stderr, /a folder, not a VHD file/);
+    r = await ferry(['vhd', 'create', join(dir, 'x.vhd'), '--from', dir], { env });
+    t.is(r.code, 2);
+    t.regex(r.stderr, /--from .* is a folder/);
+    r = await ferry(['vhd', 'export', base, '--to', join(dir, 'nope', 'x.raw')]);
+    t.is(r.code, 1);
+    t.is(r.stderr, `ferry: ${join(dir, 'nope')} does not exist: make it first, or name x.raw in a folder that exists\n`);
+    r = await ferry(['vhd', 'create', base, '--parent', base, '--force']);
+    t.is(r.code, 2);
+    t.regex(r.stderr, /is the parent itself: a differencing disk cannot replace a disk it reads/);
+    t.is((await ferry(['vhd', 'check', base])).code, 0, 'the parent is untouched');
+    // a full standard output: one line, exit 1, no stack
+    const cat = await must('sh', ['-c', `"${process.execPath}" "${FERRY}" vhd cat "${base}" > /dev/full 2>"${join(dir, 'err')}"; echo $?`]);
+    t.is(cat.toString().trim(), '1');
+    t.is(await readFile(join(dir, 'err'), 'utf8'), "ferry: cannot write the disk's bytes to standard output: no room left on the disk it goes to\n");
+  });
+});
+
+test('vhd export FILE --to X.vhd writes a VHD (dynamic) that qemu-img reads as the chain', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(5 * MiB));
+    const base = join(dir, 'base.vhd');
+    await ok(['vhd', 'create', base, '--from', raw]);
+    const out = join(dir, 'flat.VHD');
+    t.regex(await ok(['vhd', 'export', base, '--to', out]), /\(dynamic\)/);
+    const info = await must('qemu-img', ['info', '--output=json', out]);
+    t.is(JSON.parse(info.toString()).format, 'vpc');
+    await must('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', out, raw]); // (exit 1 throws)
+  });
+});
+
+const rootTest = process.getuid?.() === 0 ? test.serial : test.skip;
+
+rootTest('a VHD on a block device reads at its size (stat says 0), and a device can be the --from of vhd create', async (t) => {
+  const { withLoop } = await import('./helpers/mounts.js');
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(4 * MiB));
+    const fixed = join(dir, 'f.vhd');
+    await ok(['vhd', 'create', fixed, '--type', 'fixed', '--from', raw]);
+    await withLoop(fixed, async (dev) => {
+      const a = await ferry(['vhd', 'cat', dev]);
+      t.is(a.code, 0, a.stderr);
+      t.true(a.stdout.equals((await ferry(['vhd', 'cat', fixed])).stdout));
+      const made = join(dir, 'from-dev.vhd');
+      await ok(['vhd', 'create', made, '--from', dev]);
+      // the device holds the fixed VHD's bytes: data then its footer
+      const back = await ferry(['vhd', 'cat', made]);
+      t.true(back.stdout.subarray(0, 4 * MiB + 512).equals(await readFile(fixed)));
+    });
   });
 });

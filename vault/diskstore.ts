@@ -17,7 +17,7 @@
 //
 // Reading goes through VhdDisk over a storage that maps file offsets to these
 // objects, so a vault disk reads (and chains) exactly like a file.
-import { open as fsOpen, rename, rm } from 'node:fs/promises';
+import { open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
@@ -408,6 +408,13 @@ export async function storeVhdFile(
    */
   vault?: { has: (id: string) => Promise<boolean>; objects: ObjectGetter },
 ): Promise<{ id: string; blocks: number; bytes: number; already?: true }> {
+  // the kind first: a fifo would block the open, a folder fails at the first read
+  const kind = await stat(path).catch((err: NodeJS.ErrnoException) => {
+    throw openError(path, err);
+  });
+  if (!kind.isFile()) {
+    throw new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: `${kind.isDirectory() ? 'a folder' : kind.isFIFO() ? 'a fifo' : 'not a regular file'}, not a VHD file` });
+  }
   const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });

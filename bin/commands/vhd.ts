@@ -1,7 +1,9 @@
 // ferry vhd info | check | cat | create | export | merge
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
-import { lstat, open as fsOpen, stat } from 'node:fs/promises';
+import { lstat, open as fsOpen, realpath, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { blockDeviceSize } from '../../format/fsio.js';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { FerryError, UsageError, counted, formatSize, parseSize } from '../../format/errors.js';
@@ -115,6 +117,10 @@ export function register(program: Command): void {
       const type = o.type as 'fixed' | 'dynamic';
       if (o.parent) {
         if (o.size || o.from) throw new UsageError('--parent cannot be combined with --size or --from: a differencing disk has its parent\'s size');
+        // --force over the parent itself (or a disk under it) would destroy what the new disk reads
+        const parentPaths = await chainFiles(o.parent);
+        const outReal = await realpath(file).catch(() => resolve(file));
+        if (parentPaths.includes(outReal)) throw new UsageError(`${file} is ${parentPaths[0] === outReal ? 'the parent itself' : 'a disk under the parent'}: a differencing disk cannot replace a disk it reads`);
         await createDifferencing(file, o.parent);
         out.info(`created differencing disk ${file} over ${o.parent}`);
         return;
@@ -153,7 +159,7 @@ export function register(program: Command): void {
 
   withGlobals(vhd.command('export').argument('[file]', 'a VHD file (a chain reads as one disk)').description('flatten a chain into one raw or VHD file; or give back a stored disk'))
     .requiredOption('--to <out>', 'the file to write')
-    .option('--type <type>', 'raw, fixed or dynamic (a stored disk without --type comes back as the exact VHD it was)')
+    .option('--type <type>', 'raw, fixed or dynamic (default: dynamic for a --to ending in .vhd, else raw; a stored disk without --type comes back as the exact VHD it was)')
     .option('--vault <vault>', 'read the disk from this vault')
     .option('--disk <id>', 'the stored disk id (with --vault)')
     .action(action(async (out: Output, file: string | undefined, o: CliOpenOptions & { to: string; type?: string; disk?: string; vault?: string }) => {
@@ -178,7 +184,8 @@ export function register(program: Command): void {
         } else {
           disk = await openChain(file!);
         }
-        const type = (o.type ?? 'raw') as 'raw' | 'fixed' | 'dynamic';
+        // a file named .vhd gets a VHD, as restore --to X.vhd does
+        const type = (o.type ?? (/\.vhd$/i.test(o.to) ? 'dynamic' : 'raw')) as 'raw' | 'fixed' | 'dynamic';
         await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
         out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
       } finally {
@@ -294,6 +301,15 @@ async function withDisk(out: Output, command: string, file: string | undefined, 
   }
 }
 
+/** The real paths of the files of the chain at `path`, top first (just `path` when it cannot be opened: the create reports that). */
+async function chainFiles(path: string): Promise<string[]> {
+  const top = await openChain(path).catch(() => null);
+  const out: string[] = [];
+  for (let d: Disk | null = top; d; d = d.parent) out.push(await realpath(d.name).catch(() => resolve(d!.name)));
+  await top?.close();
+  return out.length ? out : [await realpath(path).catch(() => resolve(path))];
+}
+
 async function rawSize(from: string, size?: string): Promise<number> {
   let st;
   try {
@@ -301,8 +317,10 @@ async function rawSize(from: string, size?: string): Promise<number> {
   } catch {
     throw new FerryError('NO_SUCH_FILE', `--from ${from}: no such file`);
   }
-  let n = size ? parseSize(size, '--size') : st.size;
-  if (n < st.size) throw new UsageError(`--size ${size} is less than ${from} holds (${st.size} bytes): the disk would lose its end; leave --size out or give at least that`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new UsageError(`--from ${from} is ${st.isDirectory() ? 'a folder' : 'not a regular file'}: give a raw image file or a block device`);
+  const have = st.isBlockDevice() ? await blockDeviceSize(from, st.rdev) : st.size;
+  let n = size ? parseSize(size, '--size') : have;
+  if (n < have) throw new UsageError(`--size ${size} is less than ${from} holds (${have} bytes): the disk would lose its end; leave --size out or give at least that`);
   if (!size && n % 512 !== 0) n = Math.ceil(n / 512) * 512; // pad a ragged image with zeros
   if (n === 0) throw new UsageError(`--from ${from} is empty; give --size for an empty disk`);
   return n;
@@ -312,8 +330,10 @@ async function catTo(disk: Disk, offset: number, length: number): Promise<void> 
   const chunk = 4 * 1024 * 1024;
   const stdout = process.stdout;
   let broken = false;
+  let failed: NodeJS.ErrnoException | undefined;
   stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') broken = true;
+    else failed ??= err;
   });
   for (let pos = offset; pos < offset + length && !broken; ) {
     const n = Math.min(chunk, offset + length - pos);
@@ -331,6 +351,11 @@ async function catTo(disk: Disk, offset: number, length: number): Promise<void> 
       });
     }
     pos += n;
+    if (failed) break;
+  }
+  if (!failed) await new Promise<void>((res) => (stdout.writableNeedDrain ? stdout.once('drain', res).once('error', () => res()) : res()));
+  if (failed) {
+    throw new FerryError('OUTPUT_FAILED', `cannot write the disk's bytes to standard output: ${failed.code === 'ENOSPC' ? 'no room left on the disk it goes to' : failed.message}`, { errno: failed.code });
   }
 }
 

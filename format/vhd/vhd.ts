@@ -2,13 +2,13 @@
 // writes into its own layer, allocates blocks the way qemu does (block where
 // the footer was, then the footer at the new end, then the BAT entry), so
 // that a write torn at any instant leaves a file that still opens.
-import { open as fsOpen, type FileHandle } from 'node:fs/promises';
+import { open as fsOpen, stat, type FileHandle } from 'node:fs/promises';
 import type { Disk, Extent } from '../disk.js';
 import { checkArg } from '../errors.js';
 import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
 import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
 import { type Problem, VhdError } from './problems.js';
-import { writeAll } from '../fsio.js';
+import { blockDeviceSize, writeAll } from '../fsio.js';
 
 /** Random read/write access to the bytes of a VHD. */
 export interface VhdStorage extends ByteSource {
@@ -27,6 +27,11 @@ export class FileStorage implements VhdStorage {
   ) {}
 
   static async open(path: string, writable: boolean): Promise<FileStorage> {
+    // the kind first: opening a fifo would wait for a writer for ever
+    const before = await stat(path).catch((err: NodeJS.ErrnoException) => {
+      throw openError(path, err);
+    });
+    if (!before.isFile() && !before.isBlockDevice()) throw notAFile(path, before);
     let fh: FileHandle;
     try {
       fh = await fsOpen(path, writable ? 'r+' : 'r');
@@ -36,9 +41,14 @@ export class FileStorage implements VhdStorage {
     const st = await fh.stat();
     if (!st.isFile() && !st.isBlockDevice()) {
       await fh.close();
-      throw new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: 'not a regular file' });
+      throw notAFile(path, st);
     }
-    return new FileStorage(path, fh, writable, st.size);
+    // a VHD on a block device (an LV, a loop device): stat says 0 bytes
+    const size = st.isBlockDevice() ? await blockDeviceSize(path, st.rdev).catch(async (err) => {
+      await fh.close();
+      throw err;
+    }) : st.size;
+    return new FileStorage(path, fh, writable, size);
   }
 
   async size(): Promise<number> {
@@ -517,4 +527,9 @@ export class VhdDisk implements Disk {
     if (this.writable) await this.storage.sync();
     await this.storage.close();
   }
+}
+
+function notAFile(path: string, st: import('node:fs').Stats): VhdError {
+  const what = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a fifo' : st.isSocket() ? 'a socket' : st.isCharacterDevice() ? 'a character device' : 'not a regular file';
+  return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: `${what}, not a VHD file or block device` });
 }
