@@ -430,3 +430,18 @@ test('race: child processes racing for a lock left by a process that exited: exa
   }
   t.deepEqual(bad, [], `${bad.length} of ${ROUNDS} rounds`);
 });
+
+test('a release that cannot write (a full vault) warns and resolves: the work it ends is done, and the next writer breaks the stale lock', async (t) => {
+  const dir = await tempDir('release-full');
+  const plain = new DirBackend(dir);
+  const faulty = new FaultyBackend(plain);
+  const warnings: string[] = [];
+  const a = await acquireLock(faulty, opts(20, { onWarning: (m) => warnings.push(m) }));
+  faulty.addFault({ op: 'putNew', kind: 'fail-before', match: /claim/ });
+  faulty.addFault({ op: 'delete', kind: 'fail-before' });
+  await t.notThrowsAsync(a.release());
+  t.is(warnings.length, 1);
+  t.regex(warnings[0], /could not release the writer lock on .*injected fault.*; the next command finds it stale and removes it/);
+  const b = await acquireLock(plain, opts(21, { onWarning: () => {}, isAlive: (i) => i.pid !== 20 }));
+  await b.release();
+});

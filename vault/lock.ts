@@ -207,7 +207,13 @@ export class WriterLock {
     if (this.#released) return;
     this.#released = true;
     // Even when lost: the check runs under a claim, and removes only our own version.
-    await this.#serial(() => swapIfUnchanged(this.backend, LOCK_NAME, this.#raw, null, this.#claims('releasing its lock')));
+    try {
+      await this.#serial(() => swapIfUnchanged(this.backend, LOCK_NAME, this.#raw, null, this.#claims('releasing its lock')));
+    } catch (err) {
+      // The work is done (or failed on its own); a lock left behind is found
+      // stale and removed by the next writer on this host.
+      this.opts.onWarning?.(`could not release the writer lock on ${this.backend.location} (${(err as Error).message}); the next command finds it stale and removes it`);
+    }
   }
 
   #lose(why: string): void {
