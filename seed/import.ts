@@ -33,6 +33,8 @@ export interface ImportResult {
   waiting: Array<{ seedId: string; machine: string; item: string; missing: number[]; of: number }>;
   /** Disks of another run of the same seed imported before, whose place this import took. */
   superseded: Array<{ seedId: string; by: string }>;
+  /** Disks that could not be imported (a damaged or missing object): the others went on. */
+  failed: Array<{ dir: string; seedId: string; disk: number; of: number; error: FerryError }>;
 }
 
 const diskMarker = (seedId: string, n: number) => `seeds/${seedId}/disks/${n}`;
@@ -93,7 +95,7 @@ export async function importSeeds(
       throw new FerryError('SEED_TWO_RUNS', `${a.dir} (seed ${a.m.seedId}) and ${b.dir} (seed ${b.m.seedId}) hold two runs of the same seed of ${a.m.machine}/${a.m.item}; import the disks of one run`, { disk: b.dir });
     }
   }
-  const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [] };
+  const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [], failed: [] };
   // A registered seed is never touched again: its objects belong to a visible point.
   // (and a disk given twice, or with a copy of it, is imported once)
   const already = new Set<string>();
@@ -113,10 +115,18 @@ export async function importSeeds(
     await claimImage(vault, dir, m, result);
     // Group commit: the disk's objects are fsynced together before its marker says it is imported.
     vault.beginBatch();
-    const r = await importDisk(vault, dir, m, run, opts.onProgress).catch(async (err) => {
+    let r: { bytes: number };
+    try {
+      r = await importDisk(vault, dir, m, run, opts.onProgress);
+    } catch (err) {
       await vault.commitBatch().catch(() => {}); // ends the batch; the first error is the one to report
+      // A damaged disk: the others go in all the same, and each is reported.
+      if (err instanceof FerryError && err.data.disk === dir) {
+        result.failed.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, error: err });
+        continue;
+      }
       throw err;
-    });
+    }
     await vault.commitBatch();
     await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
     result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false });
@@ -152,9 +162,9 @@ async function importDisk(
   const one = async (o: SeedManifest['objects'][number]) => {
     const file = join(dir, m.prefix + o.name);
     const damaged = (why = 'does not match its checksum') =>
-      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged and nothing was registered: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`, { disk: dir, object: o.name });
+      new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged and was not imported: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`, { disk: dir, object: o.name });
     const data = await readObjectFile(file, o.size, damaged, () =>
-      new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); nothing was registered`, { disk: dir, object: o.name }),
+      new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); the disk was not imported`, { disk: dir, object: o.name }),
     );
     // Hash and authenticate on the seal pool, off this thread; no need to decompress.
     let sha: string;

@@ -88,7 +88,7 @@ test('import of an object damaged on the seed disk says the copy is damaged (che
     await writeFile(obj, b);
     const r = await ferry(['import', '--vault', vault, disk], { env });
     t.is(r.code, 1);
-    t.regex(r.stderr, /does not match its checksum; the disk is damaged and nothing was registered: if this disk is a copy/);
+    t.regex(r.stderr, /does not match its checksum; the disk is damaged and was not imported: if this disk is a copy/);
     t.notRegex(r.stderr, /authentication/);
   });
 });
@@ -275,5 +275,37 @@ test('vhd import never replaces a stored disk: the same file again is "already s
     t.true(r.stderr.includes(`has the unique id of disk ${id}, which the vault already holds with other content: a stored disk is never replaced`), r.stderr);
     await ok(['vhd', 'export', '--vault', vault, '--disk', id, '--to', join(dir, 'back.raw'), '--type', 'raw']);
     t.true((await readFile(join(dir, 'back.raw'))).subarray(0, MiB).equals(Buffer.alloc(MiB, 0x11)), 'the stored disk still holds what was first imported');
+  });
+});
+
+test('import of three disks with the middle one damaged imports the other two, names the damaged one, exits 1; its good copy finishes the seed', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(2 * MiB));
+    const disks = [1, 2, 3, 4, 5].map((n) => join(dir, `d${n}`));
+    await ok(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '5M', ...disks.flatMap((d) => ['--disk', d]), src]);
+    const used: string[] = [];
+    for (const d of disks) if (await stat(join(d, SEED_MANIFEST)).then(() => true, () => false)) used.push(d);
+    t.true(used.length >= 3, used.join(' '));
+    const m = JSON.parse(await readFile(join(used[1], SEED_MANIFEST), 'utf8'));
+    const obj = join(used[1], m.prefix + m.objects[0].name);
+    const good = await readFile(obj);
+    const bad = Buffer.from(good);
+    bad[bad.length >> 1] ^= 1;
+    await writeFile(obj, bad);
+    const r = await ferry(['import', '--vault', vault, ...used], { env });
+    t.is(r.code, 1, r.stderr);
+    const out = r.stdout.toString();
+    for (const d of [used[0], ...used.slice(2)]) t.regex(out, new RegExp(`${d}: disk \\d of ${used.length} of seed [0-9a-f]+ verified and imported`));
+    t.regex(out, new RegExp(`disk 2 of ${used.length} of seed [0-9a-f]+ \\(m/x\\) not yet imported`));
+    t.regex(r.stderr, new RegExp(`on seed disk ${used[1]} \\(disk 2 of ${used.length}\\) does not match its checksum; the disk is damaged and was not imported`));
+    t.deepEqual(JSON.parse((await ferry(['points', '--json', '--vault', vault], { env })).stdout.toString()), []);
+    await writeFile(obj, good);
+    const again = await ferry(['import', '--vault', vault, used[1]], { env });
+    t.is(again.code, 0, again.stderr);
+    t.regex(again.stdout.toString(), /registered point 1 of m\/x/);
   });
 });

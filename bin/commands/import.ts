@@ -31,6 +31,9 @@ export function register(program: Command): void {
               out.info(`disk${w.missing.length > 1 ? 's' : ''} ${w.missing.join(', ')} of ${w.of} of seed ${w.seedId} (${w.machine}/${w.item}) not yet imported; the point appears once ${w.missing.length > 1 ? 'they are' : 'it is'}`);
             }
           });
+          // each damaged disk, last: the one line a failed command ends with
+          for (const f of r.failed) process.stderr.write(`ferry: ${f.error.message}\n`);
+          return r.failed.length ? 1 : 0;
         } finally {
           bar.stop();
           await vault.close();
