@@ -119,3 +119,33 @@ rootTest('a VHD on a block device reads at its size (stat says 0), and a device 
     });
   });
 });
+
+test('a damaged VHD that still reads (two blocks at one place) is read with a warning naming the problem and exit 3', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(4 * MiB));
+    const vhd = join(dir, 'a.vhd');
+    await ok(['vhd', 'create', vhd, '--from', raw]);
+    const b = await readFile(vhd);
+    const table = Number(b.readBigUInt64BE(512 + 16));
+    b.writeUInt32BE(b.readUInt32BE(table), table + 4); // block 1 where block 0 is
+    await writeFile(vhd, b);
+    const check = await ferry(['vhd', 'check', vhd]);
+    t.is(check.code, 1);
+    t.regex(check.stdout.toString(), /error: VHD_BAT_OVERLAP/);
+    const cat = await ferry(['vhd', 'cat', vhd]);
+    t.is(cat.code, 3, cat.stderr);
+    t.regex(cat.stderr, /^ferry: warning: VHD_BAT_OVERLAP: .*; read on, but those bytes may be wrong/m);
+    t.is(cat.stdout.length, 4 * MiB);
+    const exp = await ferry(['vhd', 'export', vhd, '--to', join(dir, 'out.raw')]);
+    t.is(exp.code, 3, exp.stderr);
+    t.regex(exp.stderr, /VHD_BAT_OVERLAP/);
+    const v = join(dir, 'V');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    // a vault keeps no disk whose blocks overlap: refused, named
+    const imp = await ferry(['vhd', 'import', '--vault', v, vhd], { env });
+    t.is(imp.code, 1, imp.stderr);
+    t.regex(imp.stderr, /VHD_BAT_OVERLAP: .*bat\[1\]/);
+    t.is((await ferry(['vhd', 'cat', '--json', vhd])).code, 2, '--json has no meaning for cat');
+  });
+});

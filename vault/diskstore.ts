@@ -25,7 +25,7 @@ import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.j
 import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
 import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
-import { VhdError } from '../format/vhd/problems.js';
+import { type Problem, VhdError } from '../format/vhd/problems.js';
 import { openChain } from '../format/vhd/chain.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
@@ -407,7 +407,7 @@ export async function storeVhdFile(
    * never replaced, and a differencing disk is stored only over its parent.
    */
   vault?: { has: (id: string) => Promise<boolean>; objects: ObjectGetter },
-): Promise<{ id: string; blocks: number; bytes: number; already?: true }> {
+): Promise<{ id: string; blocks: number; bytes: number; already?: true; problems?: Problem[] }> {
   // the kind first: a fifo would block the open, a folder fails at the first read
   const kind = await stat(path).catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
@@ -493,7 +493,7 @@ export async function storeVhdFile(
       const footer = await src.read(fileSize - SECTOR, SECTOR);
       await out.barrier?.(); // the blocks are durable before the head that makes them a disk
       await out.put(headName(id), encodeHead({ v: 1, fileSize, type: 'fixed', regions: [{ offset: fileSize - SECTOR, length: SECTOR }], fixedBlocks }, [footer]));
-      return { id, blocks, bytes };
+      return { id, blocks, bytes, problems: d.problems.filter((p) => p.severity === 'error') };
     }
     const bat = d.bat!;
     const span = bitmapSize(d.blockSize!) + d.blockSize!;
@@ -517,7 +517,7 @@ export async function storeVhdFile(
       headName(id),
       encodeHead({ v: 1, fileSize, type: d.type!, regions: [{ offset: 0, length: prefix.length }, { offset: d.footerOffset!, length: tailLen }] }, [prefix, tail]),
     );
-    return { id, blocks, bytes };
+    return { id, blocks, bytes, problems: d.problems.filter((p) => p.severity === 'error') };
   } finally {
     await fh.close();
   }

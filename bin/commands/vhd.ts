@@ -19,7 +19,7 @@ import {
   writeVhd,
   VhdError,
 } from '../../format/vhd/index.js';
-import type { Inspection } from '../../format/vhd/index.js';
+import type { Inspection, Problem } from '../../format/vhd/index.js';
 import type { Disk } from '../../format/disk.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
 // The vault modules (seal, zstd) load only when a command names a vault.
@@ -61,12 +61,16 @@ export function register(program: Command): void {
     .action(action(async (out: Output, file: string | undefined, o: DiskOptions & { offset: string; length?: string }) => {
       const offset = parseSize(o.offset, '--offset');
       const length = o.length !== undefined ? parseSize(o.length, '--length') : undefined;
+      if (out.opts.json) throw new UsageError('vhd cat writes the disk\'s bytes, not JSON: leave --json out');
+      let damaged = 0;
       await withDisk(out, 'vhd cat', file, o, async (disk) => {
         if (offset > disk.size) throw new UsageError(`--offset ${offset} is past the end of the disk (${disk.size} bytes)`);
         const n = length ?? disk.size - offset;
         if (offset + n > disk.size) throw new UsageError(`--offset + --length runs past the end of the disk (${disk.size} bytes)`);
+        damaged = warnDamage(out, disk);
         await catTo(disk, offset, n);
       });
+      return damaged ? 3 : 0;
     }));
 
   withGlobals(vhd.command('list').description('the disks a vault holds: id, type, size, parent, and the points that use each'))
@@ -186,8 +190,10 @@ export function register(program: Command): void {
         }
         // a file named .vhd gets a VHD, as restore --to X.vhd does
         const type = (o.type ?? (/\.vhd$/i.test(o.to) ? 'dynamic' : 'raw')) as 'raw' | 'fixed' | 'dynamic';
+        const damaged = warnDamage(out, disk);
         await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
         out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
+        return damaged ? 3 : 0;
       } finally {
         bar.stop();
         await disk?.close();
@@ -219,11 +225,14 @@ export function register(program: Command): void {
         }
         await putter.end();
         bar.stop();
+        // stored as it is (it exports back byte for byte), but what it reads may be wrong
+        for (const p of r.problems ?? []) out.warn(`${problemLine(p)}; stored as it is, and what it reads there may be wrong`);
         out.result({ disk: r.id, blocks: r.blocks, bytes: r.bytes, stored: putter.stats.stored }, () => {
           if (out.opts.quiet) return;
           process.stdout.write(`${r.id}\n`);
           out.verbose(`stored ${file} as disk ${r.id}: ${r.blocks} blocks, ${formatSize(r.bytes)} (${formatSize(putter.stats.stored)} sealed)`);
         });
+        return r.problems?.length ? 3 : 0;
       } finally {
         bar.stop();
         await vault.close();
@@ -278,6 +287,24 @@ async function inspect(out: Output, command: string, file: string | undefined, o
     await vault.close();
   }
 }
+
+/**
+ * Warns of each problem of the chain's disks that may make bytes read wrong
+ * (a table too small for the size, blocks that overlap): `vhd check` lists
+ * them, and reading goes on. Returns how many.
+ */
+function warnDamage(out: Output, disk: Disk): number {
+  let n = 0;
+  for (let d: Disk | null = disk; d; d = d.parent) {
+    for (const p of (d as VhdDiskLike).problems ?? []) {
+      if (p.severity !== 'error') continue;
+      n++;
+      out.warn(`${problemLine(p)}; read on, but those bytes may be wrong (ferry vhd check lists every problem)`);
+    }
+  }
+  return n;
+}
+type VhdDiskLike = Disk & { problems?: Problem[] };
 
 /** Runs `use` on the disk (a chain reads as one) named by FILE or by the vault form. */
 async function withDisk(out: Output, command: string, file: string | undefined, o: DiskOptions, use: (disk: Disk) => Promise<void>): Promise<void> {
