@@ -8,7 +8,9 @@
 import { execFile } from 'node:child_process';
 import { mkdtemp, readdir, rm, stat, writeFile, readFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { FerryError } from '../format/errors.js';
+import { isNoRoom } from '../format/fsio.js';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { MappedSource } from './files.js';
 
@@ -140,7 +142,10 @@ async function listDisks(): Promise<string[]> {
 export async function collectSystemState(opts: SystemStateOptions = {}): Promise<SystemState> {
   const root = opts.root ?? '/';
   const timeout = opts.timeout ?? 60;
-  const staging = await mkdtemp(join(opts.tmpDir ?? tmpdir(), 'ferry-system-state-'));
+  const parent = opts.tmpDir ?? tmpdir();
+  const staging = await mkdtemp(join(parent, 'ferry-system-state-')).catch((err) => {
+    throw isNoRoom(err) ? stagingFull(parent) : err;
+  });
   const out = join(staging, 'ferry-system-state');
   await mkdir(out);
   try {
@@ -209,6 +214,14 @@ export async function collectSystemState(opts: SystemStateOptions = {}): Promise
     };
   } catch (err) {
     await rm(staging, { recursive: true, force: true });
-    throw err;
+    throw isNoRoom(err) ? stagingFull(dirname(staging)) : err;
   }
+}
+
+function stagingFull(dir: string): FerryError {
+  return new FerryError(
+    'SYSTEM_STATE_TMP_FULL',
+    `no room left in ${dir} for the command outputs (package lists, disk layout) ferry collects there; free some space there or point TMPDIR at a folder with more room, then run the same command again`,
+    { dir },
+  );
 }

@@ -29,7 +29,7 @@ import { type Problem, VhdError } from '../format/vhd/problems.js';
 import { openChain } from '../format/vhd/chain.js';
 import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
-import { fileEquals, tempBeside, writeAll } from '../format/fsio.js';
+import { fileEquals, noRoom, tempBeside, writeAll } from '../format/fsio.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -553,7 +553,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
   } catch (err) {
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw err;
+    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`);
   }
 }
 
