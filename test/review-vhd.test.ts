@@ -149,3 +149,27 @@ test('a damaged VHD that still reads (two blocks at one place) is read with a wa
     t.is((await ferry(['vhd', 'cat', '--json', vhd])).code, 2, '--json has no meaning for cat');
   });
 });
+
+rootTest('a vault path under a file, or a vault folder its user cannot read, is named in one line', async (t) => {
+  await withTmp(async (dir) => {
+    const file = join(dir, 'f');
+    await writeFile(file, 'x');
+    let r = await ferry(['init', join(file, 'v'), '--kdf-log-n', '12'], { env });
+    t.is(r.code, 1);
+    t.is(r.stderr, `ferry: ${join(file, 'v')} (or a folder above it) is a file, not a folder; choose another place for the vault\n`);
+    r = await ferry(['points', '--vault', file], { env });
+    t.is(r.code, 10);
+    t.regex(r.stderr, /it \(or a folder above it\) is a file, not a folder; give the vault's folder/);
+    const v = join(dir, 'v');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    const { chmod } = await import('node:fs/promises');
+    await chmod(dir, 0o755);
+    await chmod(v, 0o000);
+    try {
+      r = await must('sh', ['-c', `runuser -u nobody -- env FERRY_PASSPHRASE='${env.FERRY_PASSPHRASE}' FERRY_STATE_DIR=/tmp/ferry-nobody-state "${process.execPath}" "${FERRY}" points --vault "${v}" 2>&1; echo "rc=$?"`]).then((b) => ({ code: 0, stdout: b, stderr: '' }));
+      t.is(r.stdout.toString(), `ferry: ${v}: permission denied; run ferry as a user who may read the vault's folder (and write in it, to change the vault)\nrc=1\n`);
+    } finally {
+      await chmod(v, 0o755);
+    }
+  });
+});

@@ -267,7 +267,7 @@ export class DirBackend implements Backend {
       e.code === 'ENOSPC' || e.code === 'EDQUOT'
         ? '; the disk is full: free space there (or move the vault) and run the same command again, what is stored is kept'
         : e.code === 'EACCES' || e.code === 'EPERM'
-          ? '; permission denied: run as a user who may write there'
+          ? `; permission denied: run as a user who may ${op === 'read' || op === 'stat' || op === 'list' ? 'read' : 'write'} there`
           : e.code === 'EROFS'
             ? '; the file system is read-only'
             : '';
@@ -299,14 +299,21 @@ function isMissing(err: unknown): boolean {
 
 /** Whether `dir` exists and is empty (or does not exist): where `ferry init` may create a vault. */
 export async function dirState(dir: string): Promise<'missing' | 'empty' | 'nonEmpty' | 'notADirectory'> {
+  const denied = (err: unknown) => {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EPERM') return err;
+    return new FerryError('VAULT_NO_ACCESS', `${dir}: permission denied; run ferry as a user who may read the vault's folder (and write in it, to change the vault)`, { location: dir, errno: code });
+  };
   try {
     const st = await fs.stat(dir);
     if (!st.isDirectory()) return 'notADirectory';
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
-    throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return 'missing';
+    if (code === 'ENOTDIR') return 'notADirectory'; // a file above it
+    throw denied(err);
   }
   // a freshly made ext4 file system holds only lost+found: empty for a vault
-  const names = (await fs.readdir(dir)).filter((n) => n !== 'lost+found');
+  const names = (await fs.readdir(dir).catch((err) => Promise.reject(denied(err)))).filter((n) => n !== 'lost+found');
   return names.length === 0 ? 'empty' : 'nonEmpty';
 }

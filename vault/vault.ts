@@ -315,10 +315,12 @@ export async function readVaultConfig(backend: Backend): Promise<VaultConfig> {
   return parseVaultConfig(data, backend.location);
 }
 
-function noVault(location: string): FerryError {
+function noVault(location: string, notAFolder = false): FerryError {
   return new FerryError(
     'NO_VAULT',
-    `no ferry vault at ${location} (no ${VAULT_CONFIG_NAME}); run \`ferry init ${location}\` to create one`,
+    notAFolder
+      ? `no ferry vault at ${location}: it (or a folder above it) is a file, not a folder; give the vault's folder`
+      : `no ferry vault at ${location} (no ${VAULT_CONFIG_NAME}); run \`ferry init ${location}\` to create one`,
     { location },
     EXIT.noVault,
   );
@@ -330,7 +332,7 @@ export async function openVault(location: string, opts: OpenOptions): Promise<Va
   const backend = opts.backend ?? openBackend(location, opts);
   if (backend instanceof DirBackend) {
     const st = await dirState(backend.location);
-    if (st === 'missing' || st === 'notADirectory') throw noVault(backend.location);
+    if (st === 'missing' || st === 'notADirectory') throw noVault(backend.location, st === 'notADirectory');
   }
   const config = await readVaultConfig(backend);
   const passphrase = typeof opts.passphrase === 'function' ? await opts.passphrase() : opts.passphrase;
@@ -380,7 +382,7 @@ export async function initVault(
   const backend = opts.backend ?? openBackend(location, opts);
   if (backend instanceof DirBackend) {
     const st = await dirState(backend.location);
-    if (st === 'notADirectory') throw new FerryError('VAULT_NOT_EMPTY', `${backend.location} exists and is not a directory; choose another place for the vault`, { location: backend.location });
+    if (st === 'notADirectory') throw new FerryError('VAULT_NOT_EMPTY', `${backend.location} (or a folder above it) is a file, not a folder; choose another place for the vault`, { location: backend.location });
     if (st === 'nonEmpty') {
       if (await backend.exists(VAULT_CONFIG_NAME)) throw vaultExists(backend.location);
       throw new FerryError('VAULT_NOT_EMPTY', `${backend.location} is not empty and is not a vault; give ferry init an empty or new directory`, { location: backend.location });
