@@ -173,3 +173,19 @@ rootTest('a vault path under a file, or a vault folder its user cannot read, is 
     }
   });
 });
+
+test('vhd create --type with --parent, and a VHD export of an empty disk, are refused with what to do', async (t) => {
+  await withTmp(async (dir) => {
+    const base = join(dir, 'base.vhd');
+    await ok(['vhd', 'create', base, '--size', '4M']);
+    let r = await ferry(['vhd', 'create', join(dir, 'c.vhd'), '--type', 'fixed', '--parent', base]);
+    t.is(r.code, 2);
+    t.is(r.stderr, 'ferry: --parent makes a differencing disk: leave --type out\n');
+    const zero = join(dir, 'zero.vhd');
+    await must('qemu-img', ['create', '-f', 'vpc', zero, '0']);
+    r = await ferry(['vhd', 'export', zero, '--type', 'fixed', '--to', join(dir, 'z.vhd')]);
+    t.is(r.code, 1);
+    t.regex(r.stderr, /is an empty disk \(0 bytes\): ferry writes no VHD of that size; export it --type raw/);
+    t.is((await ferry(['vhd', 'export', zero, '--to', join(dir, 'z.raw')])).code, 0);
+  });
+});

@@ -108,17 +108,18 @@ export function register(program: Command): void {
 
   withGlobals(vhd.command('create').argument('<out>', 'the VHD to write').description('a new fixed, dynamic or differencing VHD'))
     .option('--size <size>', 'virtual size (K, M, G, T suffixes)')
-    .option('--type <type>', 'fixed or dynamic', 'dynamic')
+    .option('--type <type>', 'fixed or dynamic (default: dynamic)')
     .option('--from <raw>', 'fill it from this raw image (its size, rounded up to 512 bytes, is the disk size; --size may make it larger)')
     .option('--parent <vhd>', 'make a differencing disk over this VHD')
     .option('--force', 'replace OUT when it exists')
-    .action(action(async (out: Output, file: string, o: { size?: string; type: string; from?: string; parent?: string; force?: boolean }) => {
-      if (o.type !== 'fixed' && o.type !== 'dynamic') throw new UsageError(`--type must be fixed or dynamic (got ${JSON.stringify(o.type)})`);
+    .action(action(async (out: Output, file: string, o: { size?: string; type?: string; from?: string; parent?: string; force?: boolean }) => {
+      if (o.type !== undefined && o.type !== 'fixed' && o.type !== 'dynamic') throw new UsageError(`--type must be fixed or dynamic (got ${JSON.stringify(o.type)})`);
+      if (o.parent && o.type) throw new UsageError('--parent makes a differencing disk: leave --type out');
       // a new disk over an existing one loses it, and breaks the children of a parent
       if (!o.force && (await lstat(file).then(() => true, () => false))) {
         throw new FerryError('VHD_EXISTS', `${file} exists: vhd create would replace it (and break any differencing disk made over it); remove it or give --force`, { file });
       }
-      const type = o.type as 'fixed' | 'dynamic';
+      const type = (o.type ?? 'dynamic') as 'fixed' | 'dynamic';
       if (o.parent) {
         if (o.size || o.from) throw new UsageError('--parent cannot be combined with --size or --from: a differencing disk has its parent\'s size');
         // --force over the parent itself (or a disk under it) would destroy what the new disk reads
@@ -190,6 +191,9 @@ export function register(program: Command): void {
         }
         // a file named .vhd gets a VHD, as restore --to X.vhd does
         const type = (o.type ?? (/\.vhd$/i.test(o.to) ? 'dynamic' : 'raw')) as 'raw' | 'fixed' | 'dynamic';
+        if (disk.size === 0 && type !== 'raw') {
+          throw new FerryError('VHD_EMPTY', `${file ?? `stored disk ${o.disk}`} is an empty disk (0 bytes): ferry writes no VHD of that size; export it --type raw for an empty file`);
+        }
         const damaged = warnDamage(out, disk);
         await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
         out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
