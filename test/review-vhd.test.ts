@@ -189,3 +189,20 @@ test('vhd create --type with --parent, and a VHD export of an empty disk, are re
     t.is((await ferry(['vhd', 'export', zero, '--to', join(dir, 'z.raw')])).code, 0);
   });
 });
+
+test('a parent named in other letter case (a Windows name) is found beside the child', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(3 * MiB));
+    const base = join(dir, 'base.vhd');
+    await ok(['vhd', 'create', base, '--from', raw]);
+    const child = join(dir, 'child.vhd');
+    await ok(['vhd', 'create', child, '--parent', base]);
+    const want = (await ferry(['vhd', 'cat', child])).stdout;
+    const { rename } = await import('node:fs/promises');
+    await rename(base, join(dir, 'BASE.VHD'));
+    const r = await ferry(['vhd', 'cat', child]);
+    t.is(r.code, 0, r.stderr);
+    t.true(r.stdout.equals(want));
+  });
+});

@@ -3,6 +3,7 @@
 // name's basename in the child's folder (what libvhdi does); check that the
 // parent is the one the child was made from (unique id); refuse cycles.
 import { access, realpath } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import type { Problem } from './problems.js';
 import { VhdError } from './problems.js';
@@ -44,6 +45,15 @@ export function parentCandidates(disk: VhdDisk): string[] {
     }
   }
   if (disk.info.parentName) add(join(dir, winBasename(disk.info.parentName)));
+  // Windows names are case-blind: C:\VMs\BASE.VHD is the base.vhd beside the child
+  const wanted = new Set(out.filter((p) => dirname(p) === dir).map((p) => basename(p).toLowerCase()));
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    /* an unreadable folder: the candidates above are all there is */
+  }
+  for (const n of names) if (wanted.has(n.toLowerCase())) add(join(dir, n));
   return out;
 }
 
