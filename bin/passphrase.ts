@@ -4,6 +4,7 @@
 // (init, key add) is asked twice at a prompt; `key add` reads the new one
 // from --new-passphrase-file, FERRY_NEW_PASSPHRASE or a prompt.
 import { spawn } from 'node:child_process';
+import { onInterrupt } from '../format/interrupt.js';
 import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { FerryError, UsageError } from '../format/errors.js';
@@ -74,7 +75,13 @@ async function fromFile(file: string, flag: string): Promise<string> {
 function fromCommand(cmd: string): Promise<string> {
   return new Promise((resolve, reject) => {
     // stdin and stderr stay the user's, so a command such as `pass` or `gpg` can talk to them.
+    // (in ferry's process group, so that a terminal's Ctrl-C reaches it and it may read the terminal)
     const child = spawn('sh', ['-c', cmd], { stdio: ['inherit', 'pipe', 'inherit'] });
+    // ferry stopped by a kill (SIGTERM from outside): the command does not outlive it
+    const unhook = onInterrupt(async () => {
+      child.kill('SIGTERM');
+    });
+    child.on('close', unhook);
     const chunks: Buffer[] = [];
     child.stdout.on('data', (c: Buffer) => chunks.push(c));
     child.on('error', (err) => reject(new UsageError(`--passphrase-command: cannot run sh: ${err.message}`)));
