@@ -4,6 +4,7 @@
 // (init, key add) is asked twice at a prompt; `key add` reads the new one
 // from --new-passphrase-file, FERRY_NEW_PASSPHRASE or a prompt.
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { onInterrupt } from '../format/interrupt.js';
 import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
@@ -72,6 +73,22 @@ async function fromFile(file: string, flag: string): Promise<string> {
   return nonEmpty(stripNewline(text), `${flag} ${file}`);
 }
 
+/** SIGTERM to process `pid` and everything under it (sh does not exec its last command). */
+function killTree(pid: number): void {
+  let kids: number[] = [];
+  try {
+    kids = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    /* gone, or no /proc */
+  }
+  try {
+    process.kill(pid, 'SIGTERM');
+  } catch {
+    /* gone */
+  }
+  for (const k of kids) killTree(k);
+}
+
 function fromCommand(cmd: string): Promise<string> {
   return new Promise((resolve, reject) => {
     // stdin and stderr stay the user's, so a command such as `pass` or `gpg` can talk to them.
@@ -79,7 +96,7 @@ function fromCommand(cmd: string): Promise<string> {
     const child = spawn('sh', ['-c', cmd], { stdio: ['inherit', 'pipe', 'inherit'] });
     // ferry stopped by a kill (SIGTERM from outside): the command does not outlive it
     const unhook = onInterrupt(async () => {
-      child.kill('SIGTERM');
+      if (child.pid) killTree(child.pid);
     });
     child.on('close', unhook);
     const chunks: Buffer[] = [];

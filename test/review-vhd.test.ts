@@ -206,3 +206,27 @@ test('a parent named in other letter case (a Windows name) is found beside the c
     t.true(r.stdout.equals(want));
   });
 });
+
+test('a --passphrase-command still running when ferry is killed (SIGTERM) does not outlive it', async (t) => {
+  await withTmp(async (dir) => {
+    const v = join(dir, 'V');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    const { spawn, execFileSync } = await import('node:child_process');
+    const marker = `sleep 3${Math.floor(Math.random() * 1000) + 1000}`; // a command line no other process has
+    const p = spawn(process.execPath, [FERRY, 'points', '--vault', v, '--passphrase-command', marker], { stdio: 'ignore', env: { ...process.env, FERRY_PASSPHRASE: '' } });
+    const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+    const running = () => {
+      try {
+        return execFileSync('pgrep', ['-f', `^${marker}$`]).toString().trim().length > 0;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 200 && !running(); i++) await new Promise((r) => setTimeout(r, 20));
+    t.true(running(), 'the command started');
+    p.kill('SIGTERM');
+    t.is(await exited, 143);
+    await new Promise((r) => setTimeout(r, 200));
+    t.false(running(), 'the command is gone with ferry');
+  });
+});
