@@ -189,10 +189,20 @@ test('a restore killed at random points and run again gives the same tree, with 
     let kills = 0;
     for (let i = 0; i < 5; i++) {
       const child = spawn(process.execPath, [FERRY, ...args], { env: { ...process.env, ...env }, stdio: 'ignore' });
-      // (the first at 35 %, so that one kill lands for sure: the re-runs after it have less to do)
-      const timer = setTimeout(() => child.kill('SIGKILL'), Math.floor(whole * (i === 0 ? 0.35 : 0.3 + 0.65 * Math.random())));
+      let timer: NodeJS.Timeout | undefined;
+      let poll: NodeJS.Timeout | undefined;
+      if (i === 0) {
+        // the first once it writes files (big.bin, 24 MiB, comes first), so that one kill lands
+        // for sure whatever the load: a time taken from another run can be too late
+        poll = setInterval(() => {
+          if (existsSync(join(out, src, 'big.bin'))) child.kill('SIGKILL');
+        }, 2);
+      } else {
+        timer = setTimeout(() => child.kill('SIGKILL'), Math.floor(whole * (0.3 + 0.65 * Math.random())));
+      }
       const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
       clearTimeout(timer);
+      clearInterval(poll);
       if (code === null) kills++;
     }
     t.true(kills >= 1, 'at least one run was killed');
