@@ -198,7 +198,10 @@ export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: {
     // a passphrase that starts or ends with spaces or blank lines: most likely not meant
     if (err instanceof FerryError && err.code === 'WRONG_PASSPHRASE' && given !== given.trim()) {
       const from = opts.passphraseFile ? `--passphrase-file ${opts.passphraseFile}` : opts.passphraseCommand ? '--passphrase-command' : 'FERRY_PASSPHRASE';
-      throw new FerryError(err.code, `${err.message} (the passphrase from ${from} starts or ends with spaces or a blank line, which count: only one final newline is dropped)`, err.data, err.exitCode);
+      const why = given.startsWith('\uFEFF')
+        ? 'starts with a byte-order mark (U+FEFF, which some editors write at the top of a file), which counts: save it without one'
+        : 'starts or ends with spaces or a blank line, which count: only one final newline is dropped';
+      throw new FerryError(err.code, `${err.message} (the passphrase from ${from} ${why})`, err.data, err.exitCode);
     }
     throw err;
   }

@@ -230,3 +230,30 @@ test('a --passphrase-command still running when ferry is killed (SIGTERM) does n
     t.false(running(), 'the command is gone with ferry');
   });
 });
+
+test('small messages: a 511-byte file names offset 0; a truncated VHD is refused by vhd import as not whole; a passphrase file with a BOM says so', async (t) => {
+  await withTmp(async (dir) => {
+    const f511 = join(dir, 'f511');
+    await writeFile(f511, Buffer.alloc(511));
+    const info = await ferry(['vhd', 'check', f511]);
+    t.is(info.code, 1);
+    t.regex(info.stdout.toString(), /fatal: VHD_NO_FOOTER: .*f511, offset 0, cookie/);
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(3 * MiB));
+    const vhd = join(dir, 'a.vhd');
+    await ok(['vhd', 'create', vhd, '--from', raw]);
+    const cut = join(dir, 'cut.vhd');
+    await writeFile(cut, (await readFile(vhd)).subarray(0, 2 * MiB));
+    const v = join(dir, 'V');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    const imp = await ferry(['vhd', 'import', '--vault', v, cut], { env });
+    t.is(imp.code, 1);
+    t.regex(imp.stderr, /no footer at the end of the file \(torn write\?\): a vault keeps only whole, sound VHDs/);
+    t.notRegex(imp.stderr, /using the copy/);
+    const bom = join(dir, 'bom');
+    await writeFile(bom, `\uFEFF${env.FERRY_PASSPHRASE}\n`);
+    const r = await ferry(['points', '--vault', v, '--passphrase-file', bom], { env: { FERRY_PASSPHRASE: '' } });
+    t.is(r.code, 12, r.stderr);
+    t.regex(r.stderr, /starts with a byte-order mark \(U\+FEFF/);
+  });
+});

@@ -437,7 +437,10 @@ export async function storeVhdFile(
     };
     const d = await decodeVhd(src);
     const fatal = d.problems.find((p) => p.severity === 'fatal' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_NO_FOOTER');
-    if (fatal) throw new VhdError(fatal);
+    if (fatal) {
+      // (the problem's own words say how it is read, not why it is refused)
+      throw new VhdError(fatal.severity === 'fatal' ? fatal : { ...fatal, message: `${fatal.message.replace(/; using the copy at offset 0$/, '')}: a vault keeps only whole, sound VHDs (ferry vhd check lists every problem; ferry vhd export FILE --to NEW.vhd writes a sound copy of what it reads)` });
+    }
     const id = d.footer!.uniqueId.toString('hex');
     // A stored disk is never replaced: recovery points and children stored
     // over it read it (a VHD written by Hyper-V or qemu keeps its unique id).

@@ -84,7 +84,7 @@ export async function decodeVhd(src: ByteSource): Promise<Decoded> {
   if (candidates.length === 0) {
     if (!headIsFooter) {
       add('VHD_NO_FOOTER', 'fatal', 'no "conectix" footer at the end of the file or at offset 0: not a VHD', {
-        offset: d.fileSize - SECTOR,
+        offset: Math.max(0, d.fileSize - SECTOR),
         field: 'cookie',
       });
       return d;
