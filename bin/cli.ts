@@ -69,6 +69,11 @@ export function action<A extends unknown[]>(
   };
 }
 
+/** Why standard output could not be written, in a user's words. */
+export function outputFailure(err: NodeJS.ErrnoException): string {
+  return err.code === 'ENOSPC' ? 'no room left on the disk it goes to' : err.message;
+}
+
 export function report(err: unknown, out?: Output): number {
   if (err instanceof FerryError) {
     if (out?.opts.json) process.stdout.write(JSON.stringify({ error: err.toJSON() }, null, 2) + '\n');

@@ -1,6 +1,6 @@
 // ferry's command line: builds the commander program from bin/commands/*.
 import { EXIT } from '../format/errors.js';
-import { isCommanderError, makeProgram, report } from './cli.js';
+import { isCommanderError, makeProgram, outputFailure, report } from './cli.js';
 import { commandsFor } from './commands/index.js';
 import { runInterruptCleanups } from '../format/interrupt.js';
 
@@ -10,7 +10,7 @@ export async function main(argv: string[]): Promise<void> {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
     // (vhd cat says it itself) a full disk or a closed descriptor: one line, not a stack
     if (process.stdout.listenerCount('error') > 1) return;
-    process.stderr.write(`ferry: cannot write to standard output: ${err.code === 'ENOSPC' ? 'no room left on the disk it goes to' : err.message}\n`);
+    process.stderr.write(`ferry: cannot write to standard output: ${outputFailure(err)}\n`);
     process.exit(EXIT.failed);
   });
   // Ctrl-C or a kill: one line, the conventional exit code (128 + signal).

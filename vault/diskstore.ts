@@ -27,7 +27,7 @@ import type { EmptyImage } from '../format/vhd/create.js';
 import { HeaderStruct, SECTOR, UNUSED, bitmapSize } from '../format/vhd/layout.js';
 import { type Problem, VhdError } from '../format/vhd/problems.js';
 import { openChain } from '../format/vhd/chain.js';
-import { VhdDisk, openError, type VhdStorage } from '../format/vhd/vhd.js';
+import { VhdDisk, notAFile, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
 import { fileEquals, noRoom, tempBeside, writeAll } from '../format/fsio.js';
 
@@ -280,8 +280,27 @@ export async function openStoredDisk(objects: ObjectGetter, id: string, parent: 
   return disk;
 }
 
+/**
+ * `objects` with each disk head fetched (and unsealed) once: walking a chain
+ * by its heads and then opening it read the same heads. Heads are shared
+ * between the readers, which never free them (only blocks are freed).
+ */
+function headsOnce(objects: ObjectGetter): ObjectGetter {
+  const heads = new Map<string, Promise<Buffer>>();
+  return {
+    fresh: objects.fresh,
+    get: (name) => {
+      if (!name.endsWith('/head')) return objects.get(name);
+      let p = heads.get(name);
+      if (!p) heads.set(name, (p = objects.get(name)));
+      return p;
+    },
+  };
+}
+
 /** Stored disk `id` and the stored disks under it, each parent found by the unique id its child names. */
-export async function openStoredChain(objects: ObjectGetter, id: string): Promise<VhdDisk> {
+export async function openStoredChain(getter: ObjectGetter, id: string): Promise<VhdDisk> {
+  const objects = headsOnce(getter);
   const ids: string[] = [];
   for (let cur: string | undefined = id; cur; ) {
     if (ids.includes(cur) || ids.length > 256) throw new FerryError('VHD_PARENT_CYCLE', `stored disk ${id}: its chain loops at ${cur}`);
@@ -312,7 +331,8 @@ async function decodeStored(objects: ObjectGetter, id: string, withHead?: (h: He
  * object of every disk in the chain is also read and authenticated: a
  * missing or damaged one is a problem naming the object.
  */
-export async function inspectStoredDisk(objects: ObjectGetter, id: string, readBlocks = false): Promise<Inspection> {
+export async function inspectStoredDisk(getter: ObjectGetter, id: string, readBlocks = false): Promise<Inspection> {
+  const objects = headsOnce(getter);
   const r = await inspectDecoded(await decodeStored(objects, id), () => openStoredChain(objects, id));
   if (!readBlocks || r.problems.some((p) => p.severity === 'fatal')) return r;
   for (const layer of r.layers) {
@@ -412,9 +432,7 @@ export async function storeVhdFile(
   const kind = await stat(path).catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });
-  if (!kind.isFile()) {
-    throw new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: `${kind.isDirectory() ? 'a folder' : kind.isFIFO() ? 'a fifo' : 'not a regular file'}, not a VHD file` });
-  }
+  if (!kind.isFile()) throw notAFile(path, kind, 'a VHD file');
   const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });

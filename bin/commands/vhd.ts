@@ -4,7 +4,7 @@ import { createReadStream } from 'node:fs';
 import { lstat, open as fsOpen, realpath, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { blockDeviceSize } from '../../format/fsio.js';
-import { action, withGlobals, type Output } from '../cli.js';
+import { action, outputFailure, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { FerryError, UsageError, counted, formatSize, parseSize } from '../../format/errors.js';
 import {
@@ -17,9 +17,10 @@ import {
   openChain,
   problemLine,
   writeVhd,
+  VhdDisk,
   VhdError,
 } from '../../format/vhd/index.js';
-import type { Inspection, Problem } from '../../format/vhd/index.js';
+import type { Inspection } from '../../format/vhd/index.js';
 import type { Disk } from '../../format/disk.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
 // The vault modules (seal, zstd) load only when a command names a vault.
@@ -171,37 +172,28 @@ export function register(program: Command): void {
       if (o.type !== undefined && !['raw', 'fixed', 'dynamic'].includes(o.type)) throw new UsageError(`--type must be raw, fixed or dynamic (got ${JSON.stringify(o.type)})`);
       checkDiskForm('vhd export', file, o);
       const bar = progressBar(out.opts, 'export');
-      let vault: VaultReader | undefined;
-      let disk: Disk | undefined;
       try {
-        if (o.vault) {
-          vault = await openVaultFromCli(out, o as CliOpenOptions);
-          const { vaultObjects } = await putterModule();
-          const { exportStoredVhd, openStoredChain } = await diskstore();
-          const objects = vaultObjects(vault);
-          await checkStored(vault, o.vault, o.disk!);
-          if (o.type === undefined) {
-            await exportStoredVhd(objects, o.disk!, o.to);
-            out.result({ disk: o.disk, to: o.to, type: 'vhd' }, () => out.info(`exported stored disk ${o.disk} to ${o.to} (the VHD as it was stored)`));
-            return;
-          }
-          disk = await openStoredChain(objects, o.disk!);
-        } else {
-          disk = await openChain(file!);
+        if (o.vault && o.type === undefined) {
+          await withStored(out, o, async (objects, ds) => {
+            await ds.exportStoredVhd(objects, o.disk!, o.to);
+          });
+          out.result({ disk: o.disk, to: o.to, type: 'vhd' }, () => out.info(`exported stored disk ${o.disk} to ${o.to} (the VHD as it was stored)`));
+          return 0;
         }
         // a file named .vhd gets a VHD, as restore --to X.vhd does
         const type = (o.type ?? (/\.vhd$/i.test(o.to) ? 'dynamic' : 'raw')) as 'raw' | 'fixed' | 'dynamic';
-        if (disk.size === 0 && type !== 'raw') {
-          throw new FerryError('VHD_EMPTY', `${file ?? `stored disk ${o.disk}`} is an empty disk (0 bytes): ferry writes no VHD of that size; export it --type raw for an empty file`);
-        }
-        const damaged = warnDamage(out, disk);
-        await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
+        let damaged = 0;
+        await withDisk(out, 'vhd export', file, o, async (disk) => {
+          if (disk.size === 0 && type !== 'raw') {
+            throw new FerryError('VHD_EMPTY', `${file ?? `stored disk ${o.disk}`} is an empty disk (0 bytes): ferry writes no VHD of that size; export it --type raw for an empty file`);
+          }
+          damaged = warnDamage(out, disk);
+          await exportDisk(disk, o.to, type, { onProgress: (d, t) => bar.update(d, t) });
+        });
         out.result({ file: file ?? o.disk, to: o.to, type }, () => out.info(`exported ${file ?? `stored disk ${o.disk}`} to ${o.to} (${type})`));
         return damaged ? 3 : 0;
       } finally {
         bar.stop();
-        await disk?.close();
-        await vault?.close();
       }
     }));
 
@@ -277,19 +269,25 @@ async function checkStored(vault: VaultReader, where: string, id: string): Promi
   }
 }
 
-/** Inspects the FILE, or the stored disk of the vault form (its parents found in the vault). */
-async function inspect(out: Output, command: string, file: string | undefined, o: DiskOptions, readBlocks = false): Promise<Inspection> {
-  checkDiskForm(command, file, o);
-  if (file) return inspectVhd(file);
+/** Runs `use` on the stored objects of the vault form's vault, once its disk is known to be there. */
+async function withStored<T>(out: Output, o: DiskOptions, use: (objects: ReturnType<Putter['vaultObjects']>, ds: Diskstore) => Promise<T>): Promise<T> {
   const vault = await openVaultFromCli(out, o);
   try {
     await checkStored(vault, o.vault!, o.disk!);
     const { vaultObjects } = await putterModule();
-    const { inspectStoredDisk } = await diskstore();
-    return await inspectStoredDisk(vaultObjects(vault), o.disk!, readBlocks);
+    return await use(vaultObjects(vault), await diskstore());
   } finally {
     await vault.close();
   }
+}
+type Putter = Awaited<ReturnType<typeof putterModule>>;
+type Diskstore = Awaited<ReturnType<typeof diskstore>>;
+
+/** Inspects the FILE, or the stored disk of the vault form (its parents found in the vault). */
+async function inspect(out: Output, command: string, file: string | undefined, o: DiskOptions, readBlocks = false): Promise<Inspection> {
+  checkDiskForm(command, file, o);
+  if (file) return inspectVhd(file);
+  return withStored(out, o, (objects, ds) => ds.inspectStoredDisk(objects, o.disk!, readBlocks));
 }
 
 /**
@@ -300,7 +298,8 @@ async function inspect(out: Output, command: string, file: string | undefined, o
 function warnDamage(out: Output, disk: Disk): number {
   let n = 0;
   for (let d: Disk | null = disk; d; d = d.parent) {
-    for (const p of (d as VhdDiskLike).problems ?? []) {
+    if (!(d instanceof VhdDisk)) continue;
+    for (const p of d.problems) {
       if (p.severity !== 'error') continue;
       n++;
       out.warn(`${problemLine(p)}; read on, but those bytes may be wrong (ferry vhd check lists every problem)`);
@@ -308,28 +307,19 @@ function warnDamage(out: Output, disk: Disk): number {
   }
   return n;
 }
-type VhdDiskLike = Disk & { problems?: Problem[] };
 
 /** Runs `use` on the disk (a chain reads as one) named by FILE or by the vault form. */
 async function withDisk(out: Output, command: string, file: string | undefined, o: DiskOptions, use: (disk: Disk) => Promise<void>): Promise<void> {
   checkDiskForm(command, file, o);
-  let vault: VaultReader | undefined;
-  let disk: Disk | undefined;
-  try {
-    if (file) {
-      disk = await openChain(file);
-    } else {
-      vault = await openVaultFromCli(out, o);
-      await checkStored(vault, o.vault!, o.disk!);
-      const { vaultObjects } = await putterModule();
-      const { openStoredChain } = await diskstore();
-      disk = await openStoredChain(vaultObjects(vault), o.disk!);
+  const run = async (disk: Disk) => {
+    try {
+      await use(disk);
+    } finally {
+      await disk.close();
     }
-    await use(disk);
-  } finally {
-    await disk?.close();
-    await vault?.close();
-  }
+  };
+  if (file) return run(await openChain(file));
+  return withStored(out, o, async (objects, ds) => run(await ds.openStoredChain(objects, o.disk!)));
 }
 
 /** The real paths of the files of the chain at `path`, top first (just `path` when it cannot be opened: the create reports that). */
@@ -366,28 +356,26 @@ async function catTo(disk: Disk, offset: number, length: number): Promise<void> 
     if (err.code === 'EPIPE') broken = true;
     else failed ??= err;
   });
-  for (let pos = offset; pos < offset + length && !broken; ) {
+  // one pair of listeners per wait, both gone after it (left behind, they pile up: MaxListenersExceededWarning)
+  const drained = () =>
+    new Promise<void>((res) => {
+      const done = () => {
+        stdout.off('drain', done);
+        stdout.off('error', done);
+        res();
+      };
+      stdout.on('drain', done);
+      stdout.on('error', done);
+    });
+  for (let pos = offset; pos < offset + length && !broken && !failed; ) {
     const n = Math.min(chunk, offset + length - pos);
     const buf = await disk.read(pos, n);
-    if (!stdout.write(buf)) {
-      // one pair of listeners per wait, both gone after it (left behind, they pile up: MaxListenersExceededWarning)
-      await new Promise<void>((res) => {
-        const done = () => {
-          stdout.off('drain', done);
-          stdout.off('error', done);
-          res();
-        };
-        stdout.on('drain', done);
-        stdout.on('error', done);
-      });
-    }
+    if (!stdout.write(buf)) await drained();
     pos += n;
-    if (failed) break;
   }
-  if (!failed) await new Promise<void>((res) => (stdout.writableNeedDrain ? stdout.once('drain', res).once('error', () => res()) : res()));
-  if (failed) {
-    throw new FerryError('OUTPUT_FAILED', `cannot write the disk's bytes to standard output: ${failed.code === 'ENOSPC' ? 'no room left on the disk it goes to' : failed.message}`, { errno: failed.code });
-  }
+  // (the last write's failure shows only once it is flushed)
+  if (!failed && !broken && stdout.writableNeedDrain) await drained();
+  if (failed) throw new FerryError('OUTPUT_FAILED', `cannot write the disk's bytes to standard output: ${outputFailure(failed)}`, { errno: failed.code });
 }
 
 function printInfo(out: Output, r: Inspection): void {

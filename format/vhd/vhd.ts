@@ -529,7 +529,8 @@ export class VhdDisk implements Disk {
   }
 }
 
-function notAFile(path: string, st: import('node:fs').Stats): VhdError {
+/** VHD_NOT_A_FILE for `path`, found as `st` where `wanted` was (checked before an open: a fifo's would wait for ever). */
+export function notAFile(path: string, st: import('node:fs').Stats, wanted = 'a VHD file or block device'): VhdError {
   const what = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a fifo' : st.isSocket() ? 'a socket' : st.isCharacterDevice() ? 'a character device' : 'not a regular file';
-  return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: `${what}, not a VHD file or block device` });
+  return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: `${what}, not ${wanted}` });
 }
