@@ -9,10 +9,15 @@
 //     "defaults": { "codec": "zstd", "level": 1 },
 //     "keys": [ { "id": "<16 hex>", "created": ISO,
 //                 "kdf": { "name": "scrypt", "N": 32768, "r": 8, "p": 6, "salt": "<base64, 16 bytes>" },
-//                 "nonce": "<base64, 12 bytes>", "wrapped": "<base64, 32 bytes key + 16 bytes tag>" } ] }
+//                 "nonce": "<base64, 12 bytes>", "wrapped": "<base64, 32 bytes key + 16 bytes tag>" } ],
+//     "check": "<64 hex>" }
+// check = SHA-256 of the rest as ferry writes it (the same JSON without
+// "check", two-space indent, a final newline): a damaged byte anywhere (a
+// salt, a creation time, a default) is named as damage, not taken as a
+// wrong passphrase or used. A vault.json without "check" (made before) is read.
 // Slot AAD = "ferry-key-slot-v1" 00 vault-id 00 slot-id 00 N 00 r 00 p 00 salt(base64):
 // a slot cannot be moved to another vault or have its cost edited unnoticed.
-import { createCipheriv, createDecipheriv, randomBytes, scrypt as scryptCb, ScryptOptions } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes, scrypt as scryptCb, ScryptOptions } from 'node:crypto';
 import { EXIT, FerryError, UsageError } from '../format/errors.js';
 import { CODECS, CodecName } from '../format/seal/layout.js';
 
@@ -234,8 +239,16 @@ export function withoutSlot(config: VaultConfig, id: string, unlockedWith: strin
 }
 
 export function serializeConfig(config: VaultConfig): Buffer {
-  return Buffer.from(JSON.stringify(config, null, 2) + '\n', 'utf8');
+  const { check: _, ...body } = config as VaultConfig & { check?: unknown };
+  return Buffer.from(JSON.stringify({ ...body, check: configCheck(body) }, null, 2) + '\n', 'utf8');
 }
+
+/** SHA-256 (hex) of `body` as ferry writes it without a check. */
+function configCheck(body: object): string {
+  return createHash('sha256').update(JSON.stringify(body, null, 2) + '\n', 'utf8').digest('hex');
+}
+
+const CONFIG_FIELDS = ['format', 'version', 'id', 'created', 'defaults', 'keys'];
 
 /** Parses and checks vault.json; VAULT_CONFIG_BAD naming the field when it is not one. */
 export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
@@ -247,12 +260,20 @@ export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
   } catch (err) {
     throw bad(`not JSON (${(err as Error).message})`);
   }
-  const c = doc as Partial<VaultConfig>;
-  if (!c || typeof c !== 'object') throw bad('not a JSON object');
+  if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw bad('not a JSON object');
+  // The check first: a damaged version or format is damage, not another ferry's vault.
+  const { check, ...body } = doc as Record<string, unknown>;
+  if (check !== undefined && check !== configCheck(body)) {
+    throw bad('its content does not match its "check" (SHA-256); put back a copy of vault.json saved after the last `ferry init` or `ferry key add|remove`');
+  }
+  const c = body as Partial<VaultConfig>;
   if (c.format !== VAULT_FORMAT) throw bad(`"format" is ${JSON.stringify(c.format)}, not "${VAULT_FORMAT}"`);
   if (c.version !== VAULT_VERSION) {
     throw new FerryError('VAULT_VERSION', `${location} is a version ${c.version} vault; this ferry reads version ${VAULT_VERSION}; upgrade ferry`, { location, version: c.version });
   }
+  // Nothing unknown: a "check" whose name was damaged must not pass as a vault.json made before checks.
+  const unknown = Object.keys(body).find((k) => !CONFIG_FIELDS.includes(k));
+  if (unknown !== undefined) throw bad(`unknown field ${JSON.stringify(unknown)}`);
   if (typeof c.id !== 'string' || !/^[0-9a-f]{32}$/.test(c.id)) throw bad('"id" is not 32 hex digits');
   if (!c.defaults || !(c.defaults.codec in CODECS) || !Number.isInteger(c.defaults.level)) throw bad('"defaults" needs a codec (none, zstd, deflate) and an integer level');
   if (!Array.isArray(c.keys) || c.keys.length === 0) throw bad('"keys" holds no key slot');
