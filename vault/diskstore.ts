@@ -338,31 +338,56 @@ export async function inspectStoredDisk(getter: ObjectGetter, id: string, readBl
   for (const layer of r.layers) {
     const disk = layer.uniqueId;
     if (!disk) continue;
-    let head: Head | undefined;
-    const d = await decodeStored(objects, disk, (h) => (head = h));
-    const indexes: number[] = [];
-    if (d.bat) d.bat.forEach((e, i) => e !== UNUSED && indexes.push(i));
-    else indexes.push(...(head?.meta.fixedBlocks ?? []));
-    const span = d.bat ? bitmapSize(d.blockSize!) + d.blockSize! : FIXED_CHUNK;
-    let next = 0;
-    const worker = async () => {
-      while (next < indexes.length) {
-        const i = indexes[next++];
-        const name = blockName(disk, i);
-        try {
-          const b = await objects.get(name);
-          const want = d.bat ? span : Math.min(FIXED_CHUNK, (d.size ?? 0) - i * FIXED_CHUNK);
-          const size = b.length;
-          if (objects.fresh) freeBuffer(b);
-          if (size !== want) throw new Error(`object ${name} holds ${size} bytes, not the block's ${want}`);
-        } catch (err) {
-          r.problems.push({ code: 'VHD_BLOCK_UNREADABLE', severity: 'error', file: layer.file, message: `block ${i}: ${(err as Error).message}` });
-        }
+    const blocks = await storedBlocks(objects, disk);
+    await eachBlock(blocks, async (blk) => {
+      try {
+        await readStoredBlock(objects, blk);
+      } catch (err) {
+        r.problems.push({ code: 'VHD_BLOCK_UNREADABLE', severity: 'error', file: layer.file, message: `block ${blk.index}: ${(err as Error).message}` });
       }
-    };
-    await Promise.all([worker(), worker(), worker(), worker()]);
+    });
   }
   return r;
+}
+
+/** One block object of a stored disk, and the plaintext size it must have. */
+export interface StoredBlock {
+  index: number;
+  name: string;
+  size: number;
+}
+
+/** The block objects stored disk `id` refers to (from its head alone), in index order. */
+export async function storedBlocks(objects: ObjectGetter, id: string): Promise<StoredBlock[]> {
+  let head: Head | undefined;
+  const d = await decodeStored(objects, id, (h) => (head = h));
+  const indexes: number[] = [];
+  if (d.bat) d.bat.forEach((e, i) => e !== UNUSED && indexes.push(i));
+  else indexes.push(...(head?.meta.fixedBlocks ?? []));
+  const span = d.bat ? bitmapSize(d.blockSize!) + d.blockSize! : FIXED_CHUNK;
+  return indexes.map((index) => ({
+    index,
+    name: blockName(id, index),
+    size: d.bat ? span : Math.min(FIXED_CHUNK, (d.size ?? 0) - index * FIXED_CHUNK),
+  }));
+}
+
+/** Reads (and so authenticates) one block object; throws naming it when it cannot be read or has the wrong size. */
+export async function readStoredBlock(objects: ObjectGetter, blk: StoredBlock): Promise<number> {
+  const b = await objects.get(blk.name);
+  const size = b.length;
+  if (objects.fresh) freeBuffer(b);
+  if (size !== blk.size) throw new Error(`object ${blk.name} holds ${size} bytes, not the block's ${blk.size}`);
+  return size;
+}
+
+/** Runs `fn` on every block, four at a time. */
+export async function eachBlock(blocks: StoredBlock[], fn: (b: StoredBlock) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < blocks.length) await fn(blocks[next++]);
+  };
+  await Promise.all([worker(), worker(), worker(), worker()]);
 }
 
 export interface StoredDiskInfo {

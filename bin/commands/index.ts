@@ -13,6 +13,7 @@ export const commandModules: Record<string, () => Promise<Register>> = {
   import: async () => (await import('./import.js')).register,
   points: async () => (await import('./points.js')).register,
   restore: async () => (await import('./restore.js')).register,
+  check: async () => (await import('./check.js')).register,
 };
 
 /** The registrars a command line needs: the named command's alone, or all

@@ -1,0 +1,144 @@
+// `ferry check`: is everything the vault's points need there, and (with
+// readData) does every object of it still read and authenticate? Problems
+// name the object and stop nothing: the check goes on and lists them all.
+// What no point needs (a disk stored by `vhd import`, the objects an
+// interrupted write left, a seed not fully imported) is a note, not a problem.
+import type { VaultReader } from './vault.js';
+import { eachBlock, listStoredDisks, readStoredBlock, storedBlocks, type StoredBlock } from './diskstore.js';
+import { vaultObjects } from './putter.js';
+import { listPoints } from './registry.js';
+
+export interface VaultProblem {
+  code: string;
+  /** The object the problem is in (or missing). */
+  object: string;
+  message: string;
+}
+
+export interface VaultCheck {
+  points: number;
+  items: number;
+  disks: number;
+  /** Block objects the disks refer to. */
+  blocks: number;
+  /** Whether every block was read and authenticated (else: only that it exists). */
+  readData: boolean;
+  /** Plaintext bytes read and authenticated. */
+  bytesRead: number;
+  problems: VaultProblem[];
+  notes: string[];
+}
+
+export interface CheckOptions {
+  readData?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): Promise<VaultCheck> {
+  const objects = vaultObjects(vault);
+  const problems: VaultProblem[] = [];
+  const notes: string[] = [];
+  const all = new Set<string>();
+  for await (const n of vault.list('')) all.add(n);
+
+  // Items and points: each readable, each point's chain held by the vault.
+  const itemNames = [...all].filter((n) => /^items\/[^/]+\/[^/]+\/item$/.test(n));
+  for (const name of itemNames) {
+    try {
+      JSON.parse((await vault.getSealed(name)).toString('utf8'));
+    } catch (err) {
+      problems.push({ code: 'ITEM_DAMAGED', object: name, message: `item definition ${name} cannot be read: ${(err as Error).message}` });
+    }
+  }
+  const points = await listPoints(vault, {}, (d) =>
+    problems.push({ code: 'POINT_DAMAGED', object: d.name, message: `point ${d.seq} of ${d.machine}/${d.item} cannot be read: ${d.error.message}` }),
+  );
+
+  const disks = await listStoredDisks(objects, vault.list('disks/'), (id, err) =>
+    problems.push({ code: 'DISK_DAMAGED', object: `disks/${id}/head`, message: `disk ${id} cannot be read: ${err.message}` }),
+  );
+  const byId = new Map(disks.map((d) => [d.id, d]));
+  const used = new Set<string>();
+  for (const p of points) {
+    const of = `${p.machine}/${p.item} point ${p.seq}`;
+    p.chain.forEach((id, k) => {
+      used.add(id);
+      const d = byId.get(id);
+      if (!d) {
+        // a damaged head is named above already
+        if (!all.has(`disks/${id}/head`)) problems.push({ code: 'DISK_MISSING', object: `disks/${id}/head`, message: `${of} needs disk ${id}, which the vault does not hold` });
+        return;
+      }
+      const parent = k === 0 ? undefined : p.chain[k - 1];
+      if (d.parent !== parent) {
+        problems.push({
+          code: 'CHAIN_MISMATCH',
+          object: `disks/${id}/head`,
+          message: `${of}: disk ${id} ${d.parent ? `differs from ${d.parent}` : 'is no differencing disk'}, but the point puts it ${parent ? `over ${parent}` : 'at the base'}`,
+        });
+      }
+    });
+  }
+  for (const d of disks) {
+    if (d.parentMissing) problems.push({ code: 'DISK_PARENT_MISSING', object: `disks/${d.id}/head`, message: `disk ${d.id} is a differencing disk over ${d.parent}, which the vault does not hold` });
+  }
+
+  // Blocks: every one a disk refers to is there (and with readData, reads and authenticates).
+  const blocksOf = new Map<string, StoredBlock[]>();
+  for (const d of disks) {
+    try {
+      blocksOf.set(d.id, await storedBlocks(objects, d.id));
+    } catch (err) {
+      problems.push({ code: 'DISK_DAMAGED', object: `disks/${d.id}/head`, message: `disk ${d.id} cannot be read: ${(err as Error).message}` });
+    }
+  }
+  const total = [...blocksOf.values()].reduce((n, b) => n + b.reduce((m, x) => m + x.size, 0), 0);
+  let done = 0;
+  let bytesRead = 0;
+  let blockCount = 0;
+  for (const [id, blocks] of blocksOf) {
+    blockCount += blocks.length;
+    await eachBlock(blocks, async (blk) => {
+      if (!all.has(blk.name)) {
+        problems.push({ code: 'BLOCK_MISSING', object: blk.name, message: `block ${blk.index} of disk ${id} is missing (object ${blk.name})` });
+      } else if (opts.readData) {
+        try {
+          const n = await readStoredBlock(objects, blk);
+          bytesRead += n; // not `+= await`: that adds to the value read before the wait
+        } catch (err) {
+          problems.push({ code: 'BLOCK_DAMAGED', object: blk.name, message: `block ${blk.index} of disk ${id}: ${(err as Error).message}` });
+        }
+      }
+      done += blk.size;
+      opts.onProgress?.(done, total);
+    });
+  }
+
+  // What nothing needs.
+  for (const d of disks) if (!used.has(d.id)) notes.push(`disk ${d.id} is in no point (stored by ferry vhd import, or by an import that has not registered its point yet)`);
+  const referenced = new Set([...blocksOf.values()].flatMap((b) => b.map((x) => x.name)));
+  const stray = new Map<string, number>();
+  for (const n of all) {
+    const m = /^disks\/([^/]+)\/blocks\//.exec(n);
+    // a disk whose head cannot be read: which blocks it refers to is unknown
+    if (m && !referenced.has(n) && (blocksOf.has(m[1]) || !all.has(`disks/${m[1]}/head`))) {
+      stray.set(m[1], (stray.get(m[1]) ?? 0) + 1);
+    }
+  }
+  for (const [id, count] of stray) {
+    const why = blocksOf.has(id) ? 'that its head does not refer to' : 'of a disk with no head (left by an interrupted import)';
+    notes.push(`${count} block object${count === 1 ? '' : 's'} under disks/${id}/ ${why}`);
+  }
+  const seeds = new Map<string, number>();
+  for (const n of all) {
+    const m = /^seeds\/([^/]+)\/disks\/\d+$/.exec(n);
+    if (m) seeds.set(m[1], (seeds.get(m[1]) ?? 0) + 1);
+  }
+  for (const [seed, count] of seeds) {
+    if (!all.has(`seeds/${seed}/registered`)) notes.push(`seed ${seed}: ${count} disk${count === 1 ? '' : 's'} imported, its point not registered yet (import the other disks)`);
+  }
+  const known = /^(vault\.json|items\/|disks\/|seeds\/|locks\/)/;
+  for (const n of all) if (!known.test(n)) notes.push(`object ${n} is not ferry's`);
+
+  return { points: points.length, items: itemNames.length, disks: disks.length, blocks: blockCount, readData: !!opts.readData, bytesRead, problems, notes };
+}
