@@ -153,6 +153,17 @@ export function tempDirIn(parent: string, prefix: string, staleMs: number): stri
  * removed first, once they have not changed for 30 s; this one goes
  * when this process exits before it is renamed.
  */
+/**
+ * Removes the temporaries of this host's dead processes beside `path`: a
+ * killed run's partial copy, left beside the target, may be what fills its
+ * disk. Each goes once it has not changed for 30 s (the wait covers PID
+ * namespaces that share this host name). A run that finds its target
+ * already in place calls this too (it makes no temporary of its own).
+ */
+export function sweepBeside(path: string): void {
+  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 30 * 1000);
+}
+
 export function tempBeside(path: string): string {
   const folder = statSync(dirname(path), { throwIfNoEntry: false });
   if (!folder?.isDirectory()) {
@@ -163,10 +174,7 @@ export function tempBeside(path: string): string {
   if (st && !st.isFile()) {
     throw new FerryError('NOT_A_FILE', `${path} is ${st.isBlockDevice() ? 'a block device' : st.isDirectory() ? 'a folder' : 'not a regular file'}: name a file to write`, { path });
   }
-  // A killed run's partial copy, left beside the target, may be what fills
-  // its disk: gone with its process once it has not changed for 30 s (the
-  // wait covers PID namespaces that share this host name).
-  sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 30 * 1000);
+  sweepBeside(path);
   const tmp = `${path}.ferry-tmp-${HOST_TAG}-${process.pid}`;
   removeAtExit(tmp); // (once renamed into place, there is nothing at this name to remove)
   return tmp;

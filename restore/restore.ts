@@ -14,7 +14,10 @@ import type { VaultReader } from '../vault/vault.js';
 import { restoreFiles, type IfExists } from './files.js';
 import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
-import { fileEquals, tempBeside, tempDirIn, writeAll } from '../format/fsio.js';
+import { fileEquals, sweepBeside, tempBeside, tempDirIn, writeAll } from '../format/fsio.js';
+import { openChain } from '../format/vhd/chain.js';
+import { storedBlocks } from '../vault/diskstore.js';
+import { vaultObjects } from '../vault/putter.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -61,12 +64,21 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
     if (point.kind === 'volume') {
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
       const length = Math.min(disk.size, point.volumeBytes ?? disk.size);
-      // an image already equal to the volume is left as it is, whatever the policy (as an equal file is)
-      if (format === 'raw' && (await sameImage(disk, length, o.to))) {
-        return { point, to: o.to, format, restored: 0, skipped: 1, unchanged: 1, failed: 0, bytes: 0, warnings: 0 };
+      // an image or VHD already equal to the volume is left as it is, whatever the policy (as an equal file is)
+      const same = (p: string) => (format === 'raw' ? sameImage(disk, length, p) : sameVhd(disk, p));
+      const unchanged = (at: string) => {
+        sweepBeside(at); // a killed run's partial copy beside it goes all the same
+        return { point, to: at, format, restored: 0, skipped: 1, unchanged: 1, failed: 0, bytes: 0, warnings: 0 };
+      };
+      if (await same(o.to)) return unchanged(o.to);
+      const target = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq, same);
+      if (target === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
+      if (typeof target !== 'string') return unchanged(target.equal);
+      const to = target;
+      if (await isDevice(to)) {
+        if (o.ifExists === 'skip') throw new UsageError(`${to} is a block device, which always exists: --if-exists skip would leave it as it is; leave --if-exists out to write the volume onto it`);
+        await checkBlocksThere(vault, point);
       }
-      const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
-      if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
       // --salvage: what cannot be read becomes zeros, each range named; else the first one stops the restore
       let lost = 0;
       const onUnreadable = o.salvage
@@ -105,7 +117,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       if (format === 'tar') {
         if (!o.to) throw new UsageError('--format tar needs --to FILE.tar');
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
-        if (to === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
+        if (typeof to !== 'string') return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
         // the tree is put together beside the archive; one left by a run that was killed goes first
         const staging = tempDirIn(dirname(to), '.ferry-restore-', 60 * 1000); // (a killed run's copy of /etc, shadow included: not kept long)
         try {
@@ -158,14 +170,61 @@ function sameImage(disk: Disk, length: number, path: string): Promise<boolean> {
   return fileEquals(path, length, (pos, len) => disk.read(pos, len), 2 * 1024 * 1024);
 }
 
+/** Whether `path` is a VHD whose content (through its chain) is the volume's, byte for byte. */
+async function sameVhd(disk: Disk, path: string): Promise<boolean> {
+  const st = await stat(path).catch(() => null);
+  if (!st?.isFile()) return false;
+  const other = await openChain(path).catch(() => null);
+  if (!other) return false;
+  try {
+    if (other.size !== disk.size) return false;
+    const chunk = 2 * 1024 * 1024;
+    for (let pos = 0; pos < disk.size; pos += chunk) {
+      const len = Math.min(chunk, disk.size - pos);
+      const [a, b] = await Promise.all([disk.read(pos, len), other.read(pos, len)]);
+      if (!a.equals(b)) return false;
+    }
+    return true;
+  } catch {
+    return false; // what cannot be read is not equal; the restore that follows says why
+  } finally {
+    await other.close();
+  }
+}
+
+const isDevice = (p: string) => stat(p).then((st) => st.isBlockDevice(), () => false);
+
+/**
+ * A device is written as the restore goes: every block object the point
+ * reads is looked for first, so that a missing one stops the restore before
+ * the device is touched. (A damaged one is found only when it is read.)
+ */
+async function checkBlocksThere(vault: VaultReader, point: PointManifest): Promise<void> {
+  const objects = vaultObjects(vault);
+  for (const id of point.chain) {
+    for (const b of await storedBlocks(objects, id)) {
+      if (!(await vault.exists(b.name))) {
+        throw new FerryError('OBJECT_MISSING', `object ${b.name} is missing from ${vault.location}, so point ${point.seq} of ${point.machine}/${point.item} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check lists every missing object)`, { object: b.name });
+      }
+    }
+  }
+}
+
 /**
  * Where an image, a VHD or a tar archive is written for `--to to`: `to`
  * itself when nothing is there (or a block device, for a raw volume); when a
  * file is there, --if-exists decides as it does for files: `copy` writes
- * beside it (`to.ferry-restored-<point>`), `overwrite` replaces it, `skip`
- * leaves it (null).
+ * beside it (`to.ferry-restored-<point>`, or `.2`, `.3` ... after it when that
+ * is taken by a file that is not `same`: never over it; `{ equal }` when it is
+ * `same`), `overwrite` replaces it, `skip` leaves it (null).
  */
-async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists, seq: number): Promise<string | null> {
+async function fileTarget(
+  to: string,
+  format: RestoreFormat,
+  ifExists: IfExists,
+  seq: number,
+  same?: (path: string) => Promise<boolean>,
+): Promise<string | null | { equal: string }> {
   if (to === '-') throw new UsageError(`--to - (standard output) is not supported for --format ${format}: name a file`);
   const parent = await stat(dirname(to)).catch((err: NodeJS.ErrnoException) => err);
   if (parent instanceof Error && parent.code !== 'ENOENT' && parent.code !== 'ENOTDIR') {
@@ -191,8 +250,19 @@ async function fileTarget(to: string, format: RestoreFormat, ifExists: IfExists,
   if (!st.isFile()) throw new UsageError(`${to} is neither a file nor a block device: name a file to write`);
   if (ifExists === 'overwrite') return to;
   if (ifExists === 'skip') return null;
-  return `${to}.ferry-restored-${seq}`;
+  for (let n = 1; ; n++) {
+    const copy = `${to}.ferry-restored-${seq}${n > 1 ? `.${n}` : ''}`;
+    if (!(await stat(copy).then(() => true, () => false))) return copy;
+    if (await same?.(copy)) return { equal: copy };
+  }
 }
+
+/**
+ * An image, a VHD or an archive holds whole file systems (a volume's
+ * secrets, /etc/shadow): it is made readable by its owner alone, whatever
+ * the umask; chmod widens it when that is wanted.
+ */
+const PRIVATE = 0o600;
 
 async function restoreVolume(
   disk: Disk,
@@ -204,7 +274,7 @@ async function restoreVolume(
   onUnreadable?: (r: Unreadable) => void,
 ): Promise<number> {
   if (format === 'vhd') {
-    await exportDisk(disk, to, 'dynamic', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable });
+    await exportDisk(disk, to, 'dynamic', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, mode: PRIVATE });
     return disk.size;
   }
   let isDevice = false;
@@ -214,7 +284,7 @@ async function restoreVolume(
     // a new image file
   }
   if (!isDevice) {
-    await exportDisk(disk, to, 'raw', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, rawLength: length });
+    await exportDisk(disk, to, 'raw', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, rawLength: length, mode: PRIVATE });
     return length;
   }
   // A device may hold old data: every byte is written, zeros included. It is
@@ -262,6 +332,8 @@ async function restoreVolume(
 /** Archives `dir` into `to`, under a temporary name until it is whole. */
 async function tarDir(dir: string, to: string): Promise<void> {
   const tmp = tempBeside(to);
+  // made here, private: tar keeps the mode of a file it writes over (an archive of /etc holds shadow)
+  await (await fsOpen(tmp, 'wx', PRIVATE)).close();
   // What is in the folder, not the folder itself: its `./` entry (the staging
   // folder's 0700 and today's time) would be given to the folder the archive
   // is unpacked into (`tar -C / -xpf`: / itself).

@@ -218,99 +218,103 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
     },
   });
 
-  const spool = newSpool(params, targets);
-  spool.pin(0); // the volume's superblock is rewritten at the end
-  const disk: Disk = await VhdDisk.fromStorage(spool, {});
-  let warnings = 0;
-  const warn = (w: { path?: string; message: string }) => {
-    warnings++;
-    o.onWarning?.(w);
-  };
-  let dataBytes = 0;
-  const stats: Record<string, number> = {};
-  if (o.kind === 'volume') {
-    for (const at of await writableMounts(o.sources[0])) {
-      warn({ path: o.sources[0], message: `${o.sources[0]} is mounted read-write at ${at}: blocks written while it is copied make an inconsistent image; seed from a snapshot (lvcreate --snapshot), or unmount it or remount it read-only first` });
-    }
-    for await (const chunk of volumeChunks(o.sources[0])) {
-      await disk.write(chunk.offset, chunk.data);
-      bytes = chunk.offset + chunk.data.length;
-      dataBytes += chunk.data.length;
-      report('data');
-    }
-    bytes = size;
-    stats.allocatedBytes = dataBytes;
-  } else {
-    const nowNs = BigInt(Date.parse(params.time)) * 1_000_000n;
-    // the seed disks and the vault are never part of what they hold (a disk folder inside the source)
-    const skipDirs = new Set<string>();
-    for (const d of [...o.disks, vault.location]) {
-      const st = await stat(d, { bigint: true }).catch(() => null);
-      if (st?.isDirectory()) skipDirs.add(`${st.dev}:${st.ino}`);
-    }
-    const entries: AsyncIterable<SourceEntry> = sourceEntries(o.kind, o.sources, {
-      excludes: o.excludes ?? [],
-      oneFileSystem: o.oneFileSystem ?? false,
-      skipDirs,
-      onWarning: warn,
-    });
-    const r = await writeVolume(disk, entries, {
-      uuid: Buffer.from(params.volumeUuid, 'hex'),
-      now: () => nowNs,
-      meta: { kind: o.kind, machine, item: o.item, sources: JSON.stringify(sources) },
-      onWarning: (w: EntryWarning) => warn({ path: w.path?.toString(), message: w.message }),
-      onProgress: (p) => {
-        files = p.files;
-        bytes = p.bytes;
+  try {
+    const spool = newSpool(params, targets);
+    spool.pin(0); // the volume's superblock is rewritten at the end
+    const disk: Disk = await VhdDisk.fromStorage(spool, {});
+    let warnings = 0;
+    const warn = (w: { path?: string; message: string }) => {
+      warnings++;
+      o.onWarning?.(w);
+    };
+    let dataBytes = 0;
+    const stats: Record<string, number> = {};
+    if (o.kind === 'volume') {
+      for (const at of await writableMounts(o.sources[0])) {
+        warn({ path: o.sources[0], message: `${o.sources[0]} is mounted read-write at ${at}: blocks written while it is copied make an inconsistent image; seed from a snapshot (lvcreate --snapshot), or unmount it or remount it read-only first` });
+      }
+      for await (const chunk of volumeChunks(o.sources[0])) {
+        await disk.write(chunk.offset, chunk.data);
+        bytes = chunk.offset + chunk.data.length;
+        dataBytes += chunk.data.length;
         report('data');
-      },
-    });
-    files = r.entries; // the progress counts entries; the result (stats.files) counts files
-    bytes = r.bytes;
-    dataBytes = r.bytes;
-    Object.assign(stats, { entries: r.entries, files: r.files, bytes: r.bytes, catalogBytes: r.catalogBytes, skipped: r.skipped });
-  }
-  report('finish');
-  await spool.finish();
-  const summaries = await targets.seal();
+      }
+      bytes = size;
+      stats.allocatedBytes = dataBytes;
+    } else {
+      const nowNs = BigInt(Date.parse(params.time)) * 1_000_000n;
+      // the seed disks and the vault are never part of what they hold (a disk folder inside the source)
+      const skipDirs = new Set<string>();
+      for (const d of [...o.disks, vault.location]) {
+        const st = await stat(d, { bigint: true }).catch(() => null);
+        if (st?.isDirectory()) skipDirs.add(`${st.dev}:${st.ino}`);
+      }
+      const entries: AsyncIterable<SourceEntry> = sourceEntries(o.kind, o.sources, {
+        excludes: o.excludes ?? [],
+        oneFileSystem: o.oneFileSystem ?? false,
+        skipDirs,
+        onWarning: warn,
+      });
+      const r = await writeVolume(disk, entries, {
+        uuid: Buffer.from(params.volumeUuid, 'hex'),
+        now: () => nowNs,
+        meta: { kind: o.kind, machine, item: o.item, sources: JSON.stringify(sources) },
+        onWarning: (w: EntryWarning) => warn({ path: w.path?.toString(), message: w.message }),
+        onProgress: (p) => {
+          files = p.files;
+          bytes = p.bytes;
+          report('data');
+        },
+      });
+      files = r.entries; // the progress counts entries; the result (stats.files) counts files
+      bytes = r.bytes;
+      dataBytes = r.bytes;
+      Object.assign(stats, { entries: r.entries, files: r.files, bytes: r.bytes, catalogBytes: r.catalogBytes, skipped: r.skipped });
+    }
+    report('finish');
+    await spool.finish();
+    const summaries = await targets.seal();
 
-  // absolute, as the seed manifests hold them: a later `ferry backup --item` runs from any folder
-  const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources, excludes: o.excludes ?? [], created: params.time };
-  const record: SeedPointRecord = {
-    item: itemDef,
-    point: {
-      time: params.time,
+    // absolute, as the seed manifests hold them: a later `ferry backup --item` runs from any folder
+    const itemDef: ItemDef = { machine, item: o.item, kind: o.kind, sources, excludes: o.excludes ?? [], created: params.time };
+    const record: SeedPointRecord = {
+      item: itemDef,
+      point: {
+        time: params.time,
+        machine,
+        item: o.item,
+        kind: o.kind,
+        source: 'seed',
+        chain: [params.diskId],
+        diskSize: params.size,
+        size: dataBytes,
+        ...(volumeBytes !== undefined && volumeBytes !== params.size ? { volumeBytes } : {}),
+        stats,
+        seedId,
+        sources,
+      },
+      disks: summaries,
+    };
+    const sealedPoint = await vault.pool.seal(seedPointName(seedId), Buffer.from(JSON.stringify(record)));
+    const used = await targets.finish(sealedPoint.toString('base64'));
+    return {
+      seedId,
       machine,
       item: o.item,
       kind: o.kind,
-      source: 'seed',
-      chain: [params.diskId],
-      diskSize: params.size,
-      size: dataBytes,
-      ...(volumeBytes !== undefined && volumeBytes !== params.size ? { volumeBytes } : {}),
-      stats,
-      seedId,
-      sources,
-    },
-    disks: summaries,
-  };
-  const sealedPoint = await vault.pool.seal(seedPointName(seedId), Buffer.from(JSON.stringify(record)));
-  const used = await targets.finish(sealedPoint.toString('base64'));
-  return {
-    seedId,
-    machine,
-    item: o.item,
-    kind: o.kind,
-    disks: used,
-    diskCount: used.length,
-    objects: targets.stats.written + targets.stats.kept,
-    kept: targets.stats.kept,
-    sealedBytes: targets.stats.sealedBytes,
-    files: stats.files ?? files,
-    bytes,
-    warnings,
-    resumed: !!previous,
-  };
+      disks: used,
+      diskCount: used.length,
+      objects: targets.stats.written + targets.stats.kept,
+      kept: targets.stats.kept,
+      sealedBytes: targets.stats.sealedBytes,
+      files: stats.files ?? files,
+      bytes,
+      warnings,
+      resumed: !!previous,
+    };
+  } finally {
+    targets.release();
+  }
 }
 
 /**

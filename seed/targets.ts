@@ -13,6 +13,7 @@ import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { mkdirp, writeAll } from '../format/fsio.js';
+import { onInterrupt } from '../format/interrupt.js';
 
 const run = promisify(execFile);
 const BLOCK = 4096;
@@ -128,6 +129,8 @@ export class SeedTargets {
   private sinceCheckpoint = 0;
   private readonly madeDirs = new Set<string>();
   stats = { written: 0, kept: 0, sealedBytes: 0 };
+  private manifestWrites: Promise<void> = Promise.resolve();
+  private unhook: (() => void) | undefined;
 
   private constructor(
     private readonly dirs: string[],
@@ -260,6 +263,7 @@ export class SeedTargets {
     }
     // The identity goes down first, so a seed killed before its first checkpoint still resumes.
     await t.writeManifest(0, false);
+    t.unhook = onInterrupt(() => t.checkpoint());
     return t;
   }
 
@@ -508,7 +512,29 @@ export class SeedTargets {
     return { format: SEED_FORMAT, version: 1, ...this.id, disk: disk + 1, of, complete, objects, ...(point ? { point } : {}) };
   }
 
-  private async writeManifest(disk: number, complete: boolean, of: number | null = null, point?: string, n = disk + 1): Promise<void> {
+  /** One manifest write at a time: an interrupt's checkpoint may come while another is under way, and both use the same temporary. */
+  private writeManifest(disk: number, complete: boolean, of: number | null = null, point?: string, n = disk + 1): Promise<void> {
+    const next = this.manifestWrites.then(() => this.writeManifestNow(disk, complete, of, point, n));
+    this.manifestWrites = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * Lists what is on the disks so far in their manifests (still
+   * incomplete), so that a run stopped by Ctrl-C keeps it: the next run
+   * finds it there. (A kill -9 keeps what the last checkpoint listed.)
+   */
+  private async checkpoint(): Promise<void> {
+    for (let i = 0; i < this.dirs.length; i++) if (this.count[i] > 0 || this.listed[i]) await this.writeManifest(i, false);
+  }
+
+  /** Stops listing on interrupt (finish() does, and a run that ends otherwise). */
+  release(): void {
+    this.unhook?.();
+    this.unhook = undefined;
+  }
+
+  private async writeManifestNow(disk: number, complete: boolean, of: number | null, point: string | undefined, n: number): Promise<void> {
     const dir = this.dirs[disk];
     // Objects before the manifest that lists them reach the disk.
     await run('sync', ['-f', dir]).catch(() => {});
@@ -563,6 +589,8 @@ export class SeedTargets {
    * marking (see findResumable).
    */
   async finish(point: string): Promise<string[]> {
+    // from here on the manifests carry the record: an interrupt lists nothing more
+    this.release();
     await this.flush();
     const disks = this.layout();
     const of = this.of || disks.length;

@@ -257,3 +257,41 @@ test('small messages: a 511-byte file names offset 0; a truncated VHD is refused
     t.regex(r.stderr, /starts with a byte-order mark \(U\+FEFF/);
   });
 });
+
+test('vhd export onto a disk of the chain it reads (itself, its parent, a hard link of the base) is refused and changes nothing', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'p.raw');
+    await writeFile(raw, randomBytes(3 * MiB));
+    const p = join(dir, 'p.vhd');
+    const c1 = join(dir, 'c1.vhd');
+    const c2 = join(dir, 'c2.vhd');
+    await ok(['vhd', 'create', p, '--from', raw]);
+    await ok(['vhd', 'create', c1, '--parent', p]);
+    await ok(['vhd', 'create', c2, '--parent', c1]);
+    await must('qemu-io', ['-f', 'vpc', '-c', 'write -P 0xaa 0 1M', c2]);
+    await must('ln', [p, join(dir, 'link.vhd')]);
+    const before = await Promise.all([p, c1, c2].map((f) => readFile(f)));
+    for (const [to, words] of [
+      [c2, 'itself'],
+      [join(dir, '.', 'c1.vhd'), 'the parent of'],
+      [p, '2 levels down'],
+      [join(dir, 'link.vhd'), '2 levels down'],
+    ] as const) {
+      for (const type of ['dynamic', 'raw']) {
+        const r = await ferry(['vhd', 'export', c2, '--to', to, '--type', type], { env });
+        t.is(r.code, 2, `${to} ${type}: ${r.stderr}`);
+        t.true(r.stderr.toString().includes(words) && r.stderr.toString().includes('give another --to'), r.stderr.toString());
+      }
+    }
+    const after = await Promise.all([p, c1, c2].map((f) => readFile(f)));
+    after.forEach((b, i) => t.true(b.equals(before[i]), `disk ${i} changed`));
+    // elsewhere it goes on
+    await ok(['vhd', 'export', c2, '--to', join(dir, 'flat.vhd')]);
+    // (qemu-img reads a differencing VHD without its parent: it checks the flat copy, not the chain)
+    await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', join(dir, 'flat.vhd'), join(dir, 'flat.raw')]);
+    // (qemu-io marks its whole new block written: the rest of block 0 reads zeros, not the parent)
+    const want = Buffer.concat([Buffer.alloc(MiB, 0xaa), Buffer.alloc(MiB), (await readFile(raw)).subarray(2 * MiB)]);
+    t.true((await readFile(join(dir, 'flat.raw'))).equals(want));
+    t.true((await ferry(['vhd', 'cat', c2], { env })).stdout.equals(want));
+  });
+});

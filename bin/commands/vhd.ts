@@ -1,7 +1,7 @@
 // ferry vhd info | check | cat | create | export | merge
 import type { Command } from 'commander';
 import { createReadStream } from 'node:fs';
-import { lstat, open as fsOpen, realpath, stat } from 'node:fs/promises';
+import { lstat, open as fsOpen, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { blockDeviceSize } from '../../format/fsio.js';
 import { action, outputFailure, withGlobals, type Output } from '../cli.js';
@@ -124,9 +124,8 @@ export function register(program: Command): void {
       if (o.parent) {
         if (o.size || o.from) throw new UsageError('--parent cannot be combined with --size or --from: a differencing disk has its parent\'s size');
         // --force over the parent itself (or a disk under it) would destroy what the new disk reads
-        const parentPaths = await chainFiles(o.parent);
-        const outReal = await realpath(file).catch(() => resolve(file));
-        if (parentPaths.includes(outReal)) throw new UsageError(`${file} is ${parentPaths[0] === outReal ? 'the parent itself' : 'a disk under the parent'}: a differencing disk cannot replace a disk it reads`);
+        const at = await chainIndex(o.parent, file);
+        if (at >= 0) throw new UsageError(`${file} is ${at === 0 ? 'the parent itself' : 'a disk under the parent'}: a differencing disk cannot replace a disk it reads`);
         await createDifferencing(file, o.parent);
         out.info(`created differencing disk ${file} over ${o.parent}`);
         return;
@@ -182,6 +181,9 @@ export function register(program: Command): void {
         }
         // a file named .vhd gets a VHD, as restore --to X.vhd does
         const type = (o.type ?? (/\.vhd$/i.test(o.to) ? 'dynamic' : 'raw')) as 'raw' | 'fixed' | 'dynamic';
+        // a new file over a disk of the chain destroys what the export reads (and every other disk made over it)
+        const at = file ? await chainIndex(file, o.to) : -1;
+        if (at >= 0) throw new UsageError(`--to ${o.to} is ${at === 0 ? `${file} itself` : at === 1 ? `the parent of ${file}` : `a disk under ${file} (${at} levels down its chain)`}: the export would replace a disk it reads; give another --to`);
         let damaged = 0;
         await withDisk(out, 'vhd export', file, o, async (disk) => {
           if (disk.size === 0 && type !== 'raw') {
@@ -322,13 +324,22 @@ async function withDisk(out: Output, command: string, file: string | undefined, 
   return withStored(out, o, async (objects, ds) => run(await ds.openStoredChain(objects, o.disk!)));
 }
 
-/** The real paths of the files of the chain at `path`, top first (just `path` when it cannot be opened: the create reports that). */
-async function chainFiles(path: string): Promise<string[]> {
+/**
+ * Where `out` is in the chain at `path` (0: `path` itself, 1: its parent, ...),
+ * or -1. The same file under another name or a hard link counts. A chain
+ * that cannot be opened is just `path` (the command reports why).
+ */
+async function chainIndex(path: string, out: string): Promise<number> {
+  const id = async (p: string) => {
+    const st = await stat(p).catch(() => null);
+    return st ? `${st.dev}:${st.ino}` : resolve(p);
+  };
   const top = await openChain(path).catch(() => null);
-  const out: string[] = [];
-  for (let d: Disk | null = top; d; d = d.parent) out.push(await realpath(d.name).catch(() => resolve(d!.name)));
+  const files: string[] = [];
+  for (let d: Disk | null = top; d; d = d.parent) files.push(await id(d.name));
   await top?.close();
-  return out.length ? out : [await realpath(path).catch(() => resolve(path))];
+  if (files.length === 0) files.push(await id(path));
+  return files.indexOf(await id(out));
 }
 
 async function rawSize(from: string, size?: string): Promise<number> {

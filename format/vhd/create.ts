@@ -150,6 +150,8 @@ export interface StreamOptions extends CreateOptions {
    * into it: fresh 2 MiB buffers cost a page fault per 4 KiB every time.
    */
   recycle?: (buf: Buffer) => void;
+  /** Permissions of the new file (default 0o666, less the umask); a restore gives 0o600. */
+  mode?: number;
 }
 
 /**
@@ -172,7 +174,7 @@ export async function writeVhd(
   checkArg(blockSize >= SECTOR && (blockSize & (blockSize - 1)) === 0, 'blockSize', 'a power of two of at least 512', blockSize);
   const footer = encodeFooter(makeFooter({ size: opts.size, type, date: opts.date, uniqueId: opts.uniqueId }));
   const tmp = tempBeside(path);
-  const fh = await fsOpen(tmp, 'w');
+  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666);
   const writes = new WriteQueue();
   const recycle = opts.recycle ?? (() => {});
   try {

@@ -19,6 +19,8 @@ export interface ExportOptions {
   onUnreadable?: (r: Unreadable) => void;
   /** raw: the image's length when it is less than the disk's (a volume of a size that is not whole sectors). */
   rawLength?: number;
+  /** Permissions of the new file (default 0o666, less the umask). */
+  mode?: number;
 }
 
 export async function exportDisk(disk: Disk, to: string, type: ExportType, opts: ExportOptions = {}): Promise<void> {
@@ -53,11 +55,11 @@ export async function exportDisk(disk: Disk, to: string, type: ExportType, opts:
   };
   const recycle = (b: Buffer) => pool.give(b);
   if (type !== 'raw') {
-    await writeVhd(to, { size: disk.size, type, blockSize: bs, recycle }, blockAt, onProgress);
+    await writeVhd(to, { size: disk.size, type, blockSize: bs, recycle, mode: opts.mode }, blockAt, onProgress);
     return;
   }
   const tmp = tempBeside(to);
-  const fh = await fsOpen(tmp, 'w');
+  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666);
   const writes = new WriteQueue();
   const writeAt = (b: Buffer, pos: number) => writeAll(fh, b, pos);
   try {
