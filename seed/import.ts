@@ -27,14 +27,14 @@ export interface ImportProgress {
 }
 
 export interface ImportResult {
-  imported: Array<{ dir: string; seedId: string; disk: number; of: number; objects: number; bytes: number; already: boolean }>;
+  imported: Array<{ dir: string; seedId: string; disk: number; of: number; objects: number; bytes: number; already: boolean; /** Given twice: the folder this run imported the disk from. */ copyOf?: string }>;
   registered: Array<{ machine: string; item: string; seq: number; seedId: string }>;
   /** Seeds still waiting for disks: which numbers. */
   waiting: Array<{ seedId: string; machine: string; item: string; missing: number[]; of: number }>;
   /** Disks of another run of the same seed imported before, whose place this import took. */
   superseded: Array<{ seedId: string; by: string }>;
   /** Disks that could not be imported (a damaged or missing object): the others went on. */
-  failed: Array<{ dir: string; seedId: string; disk: number; of: number; error: FerryError }>;
+  failed: Array<{ dir: string; seedId: string; disk: number; of: number; error: FerryError; /** Another copy of the same disk, given too, went in. */ copyImported?: boolean }>;
 }
 
 const diskMarker = (seedId: string, n: number) => `seeds/${seedId}/disks/${n}`;
@@ -97,19 +97,22 @@ export async function importSeeds(
   }
   const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [], failed: [] };
   // A registered seed is never touched again: its objects belong to a visible point.
-  // (and a disk given twice, or with a copy of it, is imported once)
-  const already = new Set<string>();
-  const first = new Set<string>();
-  for (const { dir, m } of manifests) {
-    const key = `${m.seedId}:${m.disk}`;
-    if (first.has(key) || (await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId)))) already.add(dir);
-    first.add(key);
-  }
+  // A disk given twice (or with a copy of it) goes in once: the first copy
+  // that imports; a damaged one is followed by the next copy.
+  const inBefore: boolean[] = [];
+  for (const { m } of manifests) inBefore.push((await vault.exists(diskMarker(m.seedId, m.disk))) || (await vault.exists(registeredMarker(m.seedId))));
   const run = { bytes: 0, totalBytes: 0 };
-  for (const { dir, m } of manifests) if (!already.has(dir)) for (const o of m.objects) run.totalBytes += o.size;
-  for (const { dir, m } of manifests) {
-    if (already.has(dir)) {
-      result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true });
+  const counted = new Set<string>();
+  manifests.forEach(({ m }, i) => {
+    const key = `${m.seedId}:${m.disk}`;
+    if (!inBefore[i] && !counted.has(key)) for (const o of m.objects) run.totalBytes += o.size;
+    counted.add(key);
+  });
+  const inNow = new Map<string, string>();
+  for (const [i, { dir, m }] of manifests.entries()) {
+    const key = `${m.seedId}:${m.disk}`;
+    if (inBefore[i] || inNow.has(key)) {
+      result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: 0, already: true, ...(inNow.has(key) ? { copyOf: inNow.get(key) } : {}) });
       continue;
     }
     await claimImage(vault, dir, m, result);
@@ -129,8 +132,10 @@ export async function importSeeds(
     }
     await vault.commitBatch();
     await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
+    inNow.set(key, dir);
     result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false });
   }
+  for (const f of result.failed) if (inNow.has(`${f.seedId}:${f.disk}`)) f.copyImported = true;
   // Register every seed that is now whole.
   const seeds = new Map<string, SeedManifest>();
   for (const { m } of manifests) seeds.set(m.seedId, m);

@@ -23,7 +23,8 @@ export function register(program: Command): void {
           bar.stop();
           out.result(r, () => {
             for (const d of r.imported) {
-              out.info(d.already ? `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} was already imported` : `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId} verified and imported (${counted(d.objects, 'object')}, ${formatSize(d.bytes)})`);
+              const what = `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId}`;
+              out.info(d.copyOf !== undefined ? `${what} was imported from ${d.copyOf} in this run` : d.already ? `${what} was already imported` : `${what} verified and imported (${counted(d.objects, 'object')}, ${formatSize(d.bytes)})`);
             }
             for (const x of r.superseded) out.info(`disks of seed ${x.seedId} imported before were another run of seed ${x.by} and no longer count; import the disks of ${x.by}`);
             for (const p of r.registered) out.info(`registered point ${p.seq} of ${p.machine}/${p.item} (seed ${p.seedId})`);
@@ -31,9 +32,12 @@ export function register(program: Command): void {
               out.info(`disk${w.missing.length > 1 ? 's' : ''} ${w.missing.join(', ')} of ${w.of} of seed ${w.seedId} (${w.machine}/${w.item}) not yet imported; the point appears once ${w.missing.length > 1 ? 'they are' : 'it is'}`);
             }
           });
-          // each damaged disk, last: the one line a failed command ends with
-          for (const f of r.failed) process.stderr.write(`ferry: ${f.error.message}\n`);
-          return r.failed.length ? 1 : 0;
+          // each damaged disk, last: the one line a failed command ends with (a warning when another copy of it went in)
+          for (const f of r.failed) {
+            if (f.copyImported) out.warn(`${f.error.message}; another copy of disk ${f.disk} given here was imported`);
+            else process.stderr.write(`ferry: ${f.error.message}\n`);
+          }
+          return r.failed.some((f) => !f.copyImported) ? 1 : r.failed.length ? 3 : 0;
         } finally {
           bar.stop();
           await vault.close();

@@ -1,0 +1,49 @@
+// From a review of multi-disk seeds and import from the outside: a disk
+// given twice goes in once, and a damaged copy is followed by a good one.
+import test from 'ava';
+import { randomBytes } from 'node:crypto';
+import { cp, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ferry, withTmp } from './helpers/exec.js';
+
+const env = { FERRY_PASSPHRASE: 'import review passphrase, long enough' };
+
+test('a disk given twice is imported once; a damaged copy before a good one: the good one goes in, the point appears, exit 3', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(2 * 1024 * 1024 + i * 1000));
+    const disks = ['d1', 'd2', 'd3', 'd4', 'd5'].map((d) => join(dir, d));
+    for (const args of [
+      ['init', vault, '--kdf-log-n', '12'],
+      ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk-capacity', '5M', ...disks.flatMap((d) => ['--disk', d]), src],
+    ]) {
+      const r = await ferry([...args, '--quiet'], { env });
+      t.is(r.code, 0, r.stderr.toString());
+    }
+    const used: string[] = [];
+    for (const d of disks) if ((await readdir(d).catch((): string[] => [])).includes('FERRY-SEED.json')) used.push(d);
+    t.true(used.length >= 3, `${used.length} disks`);
+    const [d1, d2, ...rest] = used;
+
+    const twice = await ferry(['import', '--vault', vault, d1, d1, '--json'], { env });
+    t.is(twice.code, 0, twice.stderr.toString());
+    const r1 = JSON.parse(twice.stdout.toString());
+    t.deepEqual(r1.imported.map((d: { already: boolean; copyOf?: string }) => [d.already, d.copyOf]), [[false, undefined], [true, d1]]);
+    t.deepEqual(r1.waiting[0].missing, used.slice(1).map((_, i) => i + 2));
+
+    // a copy of disk 2 with a block gone, given before the good disk 2
+    const bad = join(dir, 'copy-of-d2');
+    await cp(d2, bad, { recursive: true });
+    const [id] = await readdir(join(bad, 'disks'));
+    const [victim] = await readdir(join(bad, 'disks', id, 'blocks'));
+    await rm(join(bad, 'disks', id, 'blocks', victim));
+    const mixed = await ferry(['import', '--vault', vault, bad, d2, ...rest], { env });
+    t.is(mixed.code, 3, mixed.stderr.toString());
+    t.regex(mixed.stdout.toString(), /registered point 1 of/);
+    t.regex(mixed.stderr.toString(), /warning: .*copy-of-d2.*another copy of disk 2 given here was imported/);
+    const points = JSON.parse((await ferry(['points', '--vault', vault, '--json'], { env })).stdout.toString());
+    t.is(points.length, 1);
+  });
+});
