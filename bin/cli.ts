@@ -23,8 +23,9 @@ export class Output {
   verbose(line: string): void {
     if (this.opts.verbose && !this.opts.json) process.stderr.write(line + '\n');
   }
+  /** On stderr even with --quiet: a run that ends "done with warnings" (exit 3) names what it skipped. */
   warn(line: string): void {
-    if (!this.opts.quiet) process.stderr.write(`ferry: warning: ${line}\n`);
+    process.stderr.write(`ferry: warning: ${line}\n`);
   }
   /** The one JSON document of --json. */
   json(doc: unknown): void {
@@ -41,7 +42,7 @@ export class Output {
 export function withGlobals(cmd: Command): Command {
   return cmd
     .option('--json', 'print one JSON document on stdout')
-    .option('-q, --quiet', 'print nothing but errors')
+    .option('-q, --quiet', 'print nothing but warnings and errors')
     .option('-v, --verbose', 'print more detail on stderr')
     .option('--passphrase-file <file>', 'read the vault passphrase from this file')
     .option('--passphrase-command <cmd>', 'run this command and read the passphrase from its output');

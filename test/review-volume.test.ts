@@ -3,10 +3,10 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, readdir, rename, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, rename, stat, utimes, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { ferry, withTmp } from './helpers/exec.js';
+import { FERRY, ferry, run, withTmp } from './helpers/exec.js';
 import { withLoop } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'volume review passphrase, long enough' };
@@ -106,5 +106,24 @@ test('a tar restore is readable by its owner alone', async (t) => {
     await ok(['import', '--vault', vault, join(dir, 'd1')]);
     await ok(['restore', '--vault', vault, '--item', 'f', '--to', join(dir, 'out.tar')]);
     t.is((await stat(join(dir, 'out.tar'))).mode & 0o777, 0o600);
+  });
+});
+
+rootTest('a restore that can write nothing at all fails (exit 1), and --quiet still names what failed', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    await writeFile(join(dir, 'a.txt'), 'a\n');
+    await ok(['seed', '--vault', vault, '--item', 'f', '--kind', 'files', '--disk', join(dir, 'd1'), join(dir, 'a.txt')]);
+    await ok(['import', '--vault', vault, join(dir, 'd1')]);
+    const ro = join(dir, 'ro');
+    await mkdir(ro, { mode: 0o555 });
+    await chmod(dir, 0o755);
+    await chmod(ro, 0o555);
+    const r = await run('runuser', ['-u', 'nobody', '--', 'env', `FERRY_PASSPHRASE=${env.FERRY_PASSPHRASE}`, 'FERRY_STATE_DIR=/tmp/ferry-nobody-state', process.execPath, FERRY, 'restore', '--vault', vault, '--item', 'f', '--to', ro, '--quiet']);
+    t.is(r.code, 1, r.stderr.toString());
+    const lines = r.stderr.toString().trim().split('\n');
+    t.regex(lines[0], /^ferry: warning: cannot restore .*EACCES/);
+    t.regex(lines.at(-1)!, /^ferry: nothing was restored to .*ro: 1 entry could not be restored/);
   });
 });

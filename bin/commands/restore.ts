@@ -65,6 +65,11 @@ export function register(program: Command): void {
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
           });
+          if (r.failed > 0 && r.restored === 0 && r.skipped === 0) {
+            // not "done with warnings": nothing at all was done
+            process.stderr.write(`ferry: nothing was restored to ${r.to}: ${counted(r.failed, 'entry', 'entries')} could not be restored (listed above); check that the target can be written, or name another --to\n`);
+            return EXIT.failed;
+          }
           return r.warnings ? EXIT.warnings : EXIT.ok;
         } finally {
           bar.stop();
