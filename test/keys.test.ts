@@ -280,3 +280,17 @@ test('any byte of vault.json flipped is named as damage of vault.json, or change
   t.deepEqual(back.config, want);
   await back.close();
 });
+
+test('a vault.json that is not JSON is named in one line with the way out; one that is a folder is no vault, not one to init', async (t) => {
+  const err = t.throws(() => parseVaultConfig(Buffer.from('garbage\n'), '/v')) as FerryError;
+  t.is(err.code, 'VAULT_CONFIG_BAD');
+  t.false(err.message.includes('\n'), err.message);
+  t.regex(err.message, /^\/v\/vault\.json is damaged: not JSON .*; put back a copy of it saved after the last `ferry init`/);
+  const dir = join(await tempDir('cfgdir'), 'v');
+  await initVault(dir, P1, { cost: CHEAP });
+  await fs.rm(join(dir, 'vault.json'));
+  await fs.mkdir(join(dir, 'vault.json'));
+  const none = (await t.throwsAsync(openVault(dir, { passphrase: P1 }))) as FerryError;
+  t.is(none.code, 'NO_VAULT');
+  t.regex(none.message, /holds other things but no vault\.json file/);
+});

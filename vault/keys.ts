@@ -252,8 +252,9 @@ const CONFIG_FIELDS = ['format', 'version', 'id', 'created', 'defaults', 'keys']
 
 /** Parses and checks vault.json; VAULT_CONFIG_BAD naming the field when it is not one. */
 export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
+  // one line, and the way out
   const bad = (what: string) =>
-    new FerryError('VAULT_CONFIG_BAD', `${location}/${VAULT_CONFIG_NAME} is damaged: ${what}`, { location, file: VAULT_CONFIG_NAME });
+    new FerryError('VAULT_CONFIG_BAD', `${location}/${VAULT_CONFIG_NAME} is damaged: ${what.replace(/\s+/g, ' ')}; put back a copy of it saved after the last \`ferry init\` or \`ferry key add|remove\``, { location, file: VAULT_CONFIG_NAME });
   let doc: unknown;
   try {
     doc = JSON.parse(data.toString('utf8'));
@@ -264,7 +265,7 @@ export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
   // The check first: a damaged version or format is damage, not another ferry's vault.
   const { check, ...body } = doc as Record<string, unknown>;
   if (check !== undefined && check !== configCheck(body)) {
-    throw bad('its content does not match its "check" (SHA-256); put back a copy of vault.json saved after the last `ferry init` or `ferry key add|remove`');
+    throw bad('its content does not match its "check" (SHA-256)');
   }
   const c = body as Partial<VaultConfig>;
   if (c.format !== VAULT_FORMAT) throw bad(`"format" is ${JSON.stringify(c.format)}, not "${VAULT_FORMAT}"`);

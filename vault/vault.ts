@@ -304,23 +304,26 @@ export class VaultWriter extends VaultReader {
   }
 }
 
-export async function readVaultConfig(backend: Backend): Promise<VaultConfig> {
+/** Reads vault.json; NO_VAULT when there is none (`holdsOther`: the folder holds other things, so init is not the way out). */
+export async function readVaultConfig(backend: Backend, holdsOther = false): Promise<VaultConfig> {
   let data: Buffer;
   try {
     data = await backend.get(VAULT_CONFIG_NAME);
   } catch (err) {
-    if (err instanceof FerryError && err.code === 'OBJECT_MISSING') throw noVault(backend.location);
+    if (err instanceof FerryError && err.code === 'OBJECT_MISSING') throw noVault(backend.location, false, holdsOther);
     throw err;
   }
   return parseVaultConfig(data, backend.location);
 }
 
-function noVault(location: string, notAFolder = false): FerryError {
+function noVault(location: string, notAFolder = false, holdsOther = false): FerryError {
   return new FerryError(
     'NO_VAULT',
     notAFolder
       ? `no ferry vault at ${location}: it (or a folder above it) is a file, not a folder; give the vault's folder`
-      : `no ferry vault at ${location} (no ${VAULT_CONFIG_NAME}); run \`ferry init ${location}\` to create one`,
+      : holdsOther
+        ? `no ferry vault at ${location}: the folder holds other things but no ${VAULT_CONFIG_NAME} file; give the vault's own folder (if it is the vault and ${VAULT_CONFIG_NAME} was lost, put back a saved copy)`
+        : `no ferry vault at ${location} (no ${VAULT_CONFIG_NAME}); run \`ferry init ${location}\` to create one`,
     { location },
     EXIT.noVault,
   );
@@ -330,11 +333,12 @@ export function openVault(location: string, opts: OpenOptions & { writable: true
 export function openVault(location: string, opts: OpenOptions): Promise<VaultReader>;
 export async function openVault(location: string, opts: OpenOptions): Promise<VaultReader> {
   const backend = opts.backend ?? openBackend(location, opts);
+  let state: Awaited<ReturnType<typeof dirState>> | undefined;
   if (backend instanceof DirBackend) {
-    const st = await dirState(backend.location);
-    if (st === 'missing' || st === 'notADirectory') throw noVault(backend.location, st === 'notADirectory');
+    state = await dirState(backend.location);
+    if (state === 'missing' || state === 'notADirectory') throw noVault(backend.location, state === 'notADirectory');
   }
-  const config = await readVaultConfig(backend);
+  const config = await readVaultConfig(backend, state === 'nonEmpty');
   const passphrase = typeof opts.passphrase === 'function' ? await opts.passphrase() : opts.passphrase;
   const { master, slotId } = await unlock(config, passphrase, backend.location);
   if (!opts.writable) return new VaultReader(backend, config, master, slotId, opts.poolSize);
