@@ -9,7 +9,7 @@ import { onInterrupt } from '../format/interrupt.js';
 import { readFile } from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { FerryError, UsageError } from '../format/errors.js';
-import { DEFAULT_SCRYPT, ScryptCost } from '../vault/keys.js';
+import { DEFAULT_SCRYPT, ScryptCost, checkNewPassphrase } from '../vault/keys.js';
 import type { VaultReader, VaultWriter } from '../vault/vault.js';
 import type { GlobalOptions, Output } from './cli.js';
 
@@ -120,6 +120,7 @@ async function promptPassphrase(prompt: string, confirm: boolean): Promise<strin
   const first = await promptHidden(prompt);
   if (first.length === 0) throw new UsageError('empty passphrase');
   if (confirm) {
+    checkNewPassphrase(first); // too short: said now, not after it was typed twice
     const second = await promptHidden('again, to confirm: ');
     if (second !== first) throw new UsageError('the two passphrases differ; nothing changed');
   }

@@ -318,6 +318,12 @@ test('on a terminal: prompts without echo, twice for a new passphrase', async (t
   t.regex(mismatch.stdout, /differ/);
   await t.throwsAsync(fs.stat(join(base, 'a/vault.json')));
 
+  // too short: said before it is asked for again
+  const short = await ferryOnTty(['init', join(base, 's'), ...FAST], [[/passphrase for the new vault/, 'short']]);
+  t.is(short.code, 2, short.stdout);
+  t.regex(short.stdout, /5 characters; use at least 16/);
+  t.false(short.stdout.includes('again, to confirm'), short.stdout);
+
   const ok = await ferryOnTty(['init', join(base, 'b'), ...FAST], [
     [/passphrase for the new vault/, secret],
     [/again, to confirm/, secret],
