@@ -358,7 +358,12 @@ async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string
     id: { seedId: m.seedId, vaultId: m.vaultId, machine: m.machine, item: m.item, kind: m.kind, prefix: m.prefix, params: m.params, sources: m.sources },
     finishing: rec.disks,
   });
-  const used = await targets.finish(m.point!);
+  let used: string[];
+  try {
+    used = await targets.finish(m.point!);
+  } finally {
+    targets.release();
+  }
   return {
     seedId: m.seedId,
     machine,

@@ -12,10 +12,12 @@ import { FerryError } from '../format/errors.js';
 import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
-import { mkdirp, writeAll } from '../format/fsio.js';
+import { lockFile, mkdirp, writeAll } from '../format/fsio.js';
 import { onInterrupt } from '../format/interrupt.js';
 
 const run = promisify(execFile);
+/** Beside FERRY-SEED.json while a seed writes the disk. */
+export const SEED_LOCK = '.ferry-seed-lock';
 const BLOCK = 4096;
 const roundUp = (n: number) => Math.ceil(n / BLOCK) * BLOCK;
 /** What an object costs on a disk: whole file-system blocks, and a directory entry. */
@@ -131,6 +133,7 @@ export class SeedTargets {
   stats = { written: 0, kept: 0, sealedBytes: 0 };
   private manifestWrites: Promise<void> = Promise.resolve();
   private unhook: (() => void) | undefined;
+  private unlocks: Array<() => void> = [];
 
   private constructor(
     private readonly dirs: string[],
@@ -220,7 +223,17 @@ export class SeedTargets {
       const fs = await statfs(d);
       capacity.push(opts.capacity ?? fs.bavail * fs.bsize);
     }
+    // One seed writes a disk at a time: a second run onto it (another
+    // terminal) is LOCKED, not told its seed is written when the first one's is.
+    const unlocks: Array<() => void> = [];
+    try {
+      for (const d of dirs) unlocks.push(lockFile(join(d, SEED_LOCK), `ferry seed of ${opts.id.machine}/${opts.id.item}`));
+    } catch (err) {
+      for (const u of unlocks) u();
+      throw err;
+    }
     const t = new SeedTargets(dirs, capacity, opts.id, opts.pool, opts.onProgress);
+    t.unlocks = unlocks;
     // What earlier runs left: kept if it verifies when reused (building);
     // the disks the record lists, by number (marking).
     const taken = new Set<number>();
@@ -528,10 +541,11 @@ export class SeedTargets {
     for (let i = 0; i < this.dirs.length; i++) if (this.count[i] > 0 || this.listed[i]) await this.writeManifest(i, false);
   }
 
-  /** Stops listing on interrupt (finish() does, and a run that ends otherwise). */
+  /** Stops listing on interrupt, and lets go of the disks (when the run ends, whichever way). */
   release(): void {
     this.unhook?.();
     this.unhook = undefined;
+    for (const u of this.unlocks.splice(0)) u();
   }
 
   private async writeManifestNow(disk: number, complete: boolean, of: number | null, point: string | undefined, n: number): Promise<void> {
@@ -590,7 +604,8 @@ export class SeedTargets {
    */
   async finish(point: string): Promise<string[]> {
     // from here on the manifests carry the record: an interrupt lists nothing more
-    this.release();
+    this.unhook?.();
+    this.unhook = undefined;
     await this.flush();
     const disks = this.layout();
     const of = this.of || disks.length;

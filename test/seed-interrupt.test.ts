@@ -57,3 +57,26 @@ test('a seed interrupted by SIGINT keeps what it wrote: the next run reuses it a
     t.deepEqual(await compareTrees(src, join(out, src)), []);
   });
 });
+
+test('a second seed onto a disk that a seed is writing is LOCKED (exit 11), and the first one ends as if alone', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    const src = join(dir, 'src');
+    const disk = join(dir, 'd1');
+    await mkdir(src);
+    for (let i = 0; i < 10; i++) await writeFile(join(src, `f${i}`), randomBytes(8 * 1024 * 1024));
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
+    const args = ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', disk, src, '--quiet'];
+    const first = spawn(process.execPath, [FERRY, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let firstErr = '';
+    first.stderr.on('data', (d) => (firstErr += d));
+    const firstDone = new Promise<number | null>((r) => first.on('exit', (code) => r(code)));
+    while (!existsSync(join(disk, '.ferry-seed-lock'))) await new Promise((r) => setTimeout(r, 10));
+    const second = await ferry(args, { env });
+    t.is(second.code, 11, second.stderr.toString());
+    t.regex(second.stderr.toString(), /\.ferry-seed-lock: process \d+ holds this lock \(ferry seed of [^)]*\/x/);
+    t.is(await firstDone, 0, firstErr);
+    t.false(existsSync(join(disk, '.ferry-seed-lock')), 'released');
+    t.is((await ferry(['import', '--vault', vault, disk, '--quiet'], { env })).code, 0);
+  });
+});
