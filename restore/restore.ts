@@ -58,6 +58,10 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   const byName = o.to?.toLowerCase().endsWith('.vhd') ? 'vhd' : o.to?.toLowerCase().endsWith('.tar') ? 'tar' : null;
   const format = o.format ?? (point.kind === 'volume' ? (byName === 'vhd' ? 'vhd' : 'raw') : byName === 'tar' ? 'tar' : 'dir');
   if (point.kind === 'volume' && (format === 'dir' || format === 'tar')) throw new UsageError(`a volume restores as --format raw or vhd, not ${format}`);
+  if (point.kind === 'volume' && byName === 'tar' && !o.format) {
+    throw new UsageError(`--to ${o.to} names a tar archive, but a volume restores as a raw image or a VHD: name it .img or .vhd (or give --format raw to write an image by that name)`);
+  }
+  if (point.kind === 'volume' && o.paths?.length) throw new UsageError('--path picks files and folders; a volume restores whole: leave --path out');
   if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
   const disk = await openPointDisk(vault, point);
   try {

@@ -127,3 +127,18 @@ rootTest('a restore that can write nothing at all fails (exit 1), and --quiet st
     t.regex(lines.at(-1)!, /^ferry: nothing was restored to .*ro: 1 entry could not be restored/);
   });
 });
+
+test('options that mean nothing for a volume are usage errors: restore --path, a --to named .tar, seed --exclude', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await volumeVault(dir, randomBytes(MiB));
+    for (const more of [['--to', join(dir, 'p.raw'), '--path', '/etc'], ['--to', join(dir, 'x.tar')]]) {
+      const r = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', ...more], { env });
+      t.is(r.code, 2, r.stderr.toString());
+      t.is(r.stderr.toString().trim().split('\n').length, 1);
+    }
+    t.false(existsSync(join(dir, 'p.raw')) || existsSync(join(dir, 'x.tar')));
+    const s = await ferry(['seed', '--vault', vault, '--item', 'v2', '--kind', 'volume', '--disk', join(dir, 'd2'), '--exclude', '*.log', join(dir, 'vol.img')], { env });
+    t.is(s.code, 2, s.stderr.toString());
+    t.regex(s.stderr.toString(), /--exclude picks files; a volume is copied whole/);
+  });
+});

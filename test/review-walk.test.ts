@@ -6,6 +6,8 @@ import { mkdir, readFile, readdir, stat, writeFile, chmod } from 'node:fs/promis
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
 import { FERRY, ferry, must, run, withTmp } from './helpers/exec.js';
+import { withTmpfs } from './helpers/mounts.js';
+import { existsSync } from 'node:fs';
 
 const env = { FERRY_PASSPHRASE: 'walkthrough passphrase, long enough' };
 const MiB = 1024 * 1024;
@@ -131,8 +133,18 @@ test('disks all too small for one object: the error asks for larger disks, not f
     await mkdir(src);
     await writeFile(join(src, 'r.bin'), randomBytes(3 * MiB));
     const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), '--disk-capacity', '1M', src], { env });
-    t.is(r.code, 1);
-    t.regex(r.stderr, /^ferry: the seed disks are too small \(.*\/a, .*\/b\): a disk needs \d+ MiB at least; give larger ones/);
+    // a --disk-capacity below one block is a usage error, before anything is written
+    t.is(r.code, 2);
+    t.regex(r.stderr, /^ferry: --disk-capacity 1M is too small: a seed disk must hold one 2 MiB block and its manifest, 3M at least/);
+    t.false(existsSync(join(dir, 'a', 'FERRY-SEED.json')));
+    // disks whose free space is too small: the error asks for larger disks, not for more of them
+    await withTmpfs(join(dir, 'a'), '1m', () =>
+      withTmpfs(join(dir, 'b'), '1m', async () => {
+        const small = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', join(dir, 'a'), '--disk', join(dir, 'b'), src], { env });
+        t.is(small.code, 1);
+        t.regex(small.stderr, /^ferry: the seed disks are too small \(.*\/a, .*\/b\): a disk needs \d+ MiB at least; give larger ones/);
+      }),
+    );
   });
 });
 

@@ -37,7 +37,12 @@ export function register(program: Command): void {
         const { seed } = await import('../../seed/seed.js');
         if (!['files', 'volume', 'system-state'].includes(o.kind)) throw new UsageError(`--kind must be files, volume or system-state (got ${JSON.stringify(o.kind)})`);
         if (o.disk.length === 0) throw new UsageError('seed needs at least one --disk DIR');
+        if (o.kind === 'volume' && (o.exclude.length > 0 || o.oneFileSystem)) {
+          throw new UsageError(`${o.exclude.length ? '--exclude' : '--one-file-system'} picks files; a volume is copied whole, block by block: leave it out`);
+        }
         const capacity = o.diskCapacity !== undefined ? parseSize(o.diskCapacity, '--disk-capacity') : undefined;
+        // a block that does not compress, sealed (2 MiB and a little), with the disk's manifest beside it
+        if (capacity !== undefined && capacity < 3 * 1024 * 1024) throw new UsageError(`--disk-capacity ${o.diskCapacity} is too small: a seed disk must hold one 2 MiB block and its manifest, 3M at least`);
         const vault = await openVaultFromCli(out, o);
         const bar = progressBar(out.opts, 'seed');
         const warnings: Array<{ path?: string; message: string }> = [];
