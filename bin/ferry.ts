@@ -26,6 +26,7 @@ export async function main(argv: string[]): Promise<void> {
       void runInterruptCleanups().finally(() => process.exit(code));
     });
   }
+  argv = hoistGlobals(argv);
   const program = makeProgram();
   for (const register of await commandsFor(argv)) register(program);
   try {
@@ -34,6 +35,11 @@ export async function main(argv: string[]): Promise<void> {
     if (isCommanderError(err)) {
       // help and version are not errors; everything else commander rejects is usage
       process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+      // --json: the error document, as for every other usage error
+      if (err.exitCode !== 0 && argv.slice(2, argv.includes('--') ? argv.indexOf('--') : undefined).includes('--json')) {
+        const message = err.message.split('\n')[0].replace(/^error: /, '');
+        process.stdout.write(JSON.stringify({ error: { code: 'USAGE', message } }, null, 2) + '\n');
+      }
       return;
     }
     process.exitCode = report(err);
@@ -45,4 +51,18 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write('ferry: internal error: the command finished but left work running; exiting\n');
     process.exit(process.exitCode ?? EXIT.failed);
   }, 3000).unref();
+}
+
+/** Options every command takes, accepted before the command too (`ferry --json points ...`). */
+const GLOBAL_FLAGS = new Set(['--json', '--quiet', '-q', '--verbose']);
+
+/** Moves global flags given before the command name to the end, where the command reads them. */
+export function hoistGlobals(argv: string[]): string[] {
+  let i = 2;
+  while (i < argv.length && GLOBAL_FLAGS.has(argv[i])) i++;
+  if (i === 2 || i === argv.length) return argv;
+  const rest = argv.slice(i);
+  const cut = rest.indexOf('--');
+  const flags = argv.slice(2, i);
+  return [...argv.slice(0, 2), ...(cut < 0 ? [...rest, ...flags] : [...rest.slice(0, cut), ...flags, ...rest.slice(cut)])];
 }

@@ -372,3 +372,17 @@ test('key add refuses a passphrase that already opens a slot, and changes nothin
   t.regex(r.stderr, /^ferry: that passphrase already opens key slot [0-9a-f]{16} of .*; nothing changed\n$/);
   t.true((await fs.readFile(join(dir, 'vault.json'))).equals(before));
 });
+
+test('--json, --quiet and --verbose go before the command too; a usage error that commander finds prints the error document under --json', async (t) => {
+  const { dir } = await newVault('globals');
+  const before = await ferry(['--json', 'key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(before.code, 0, before.stderr);
+  t.is(JSON.parse(before.stdout).length, 1);
+  const quiet = await ferry(['-q', 'key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
+  t.is(quiet.code, 0, quiet.stderr);
+  t.is(quiet.stdout, '');
+  const bad = await ferry(['key', 'list', '--vault', dir, '--json', '--bogus'], { FERRY_PASSPHRASE: P1 });
+  t.is(bad.code, 2);
+  t.deepEqual(JSON.parse(bad.stdout), { error: { code: 'USAGE', message: "unknown option '--bogus'" } });
+  oneLine(t, bad.stderr);
+});
