@@ -377,7 +377,7 @@ test('--json, --quiet and --verbose go before the command too; a usage error tha
   const { dir } = await newVault('globals');
   const before = await ferry(['--json', 'key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
   t.is(before.code, 0, before.stderr);
-  t.is(JSON.parse(before.stdout).length, 1);
+  t.is(JSON.parse(before.stdout).keys.length, 1);
   const quiet = await ferry(['-q', 'key', 'list', '--vault', dir], { FERRY_PASSPHRASE: P1 });
   t.is(quiet.code, 0, quiet.stderr);
   t.is(quiet.stdout, '');
