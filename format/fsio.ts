@@ -262,7 +262,15 @@ export async function fileEquals(path: string, length: number, read: (pos: numbe
 export function lockFile(path: string, task: string): () => void {
   const mine = JSON.stringify({ host: HOST_TAG, hostname: hostname(), pid: process.pid, task, started: new Date().toISOString() });
   const tmp = `${path}.${HOST_TAG}-${process.pid}`;
-  writeFileSync(tmp, mine, { mode: 0o644 });
+  try {
+    writeFileSync(tmp, mine, { mode: 0o644 });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      throw new FerryError('NO_ACCESS', `cannot take the lock ${path} for ${task}: ${dirname(path)} cannot be written (${code === 'EROFS' ? 'a read-only file system' : 'permission denied'}); run ferry as a user who may write there`, { path });
+    }
+    throw noRoom(err, path, `free some space in ${dirname(path)} and run it again`);
+  }
   try {
     for (let tries = 0; ; tries++) {
       try {

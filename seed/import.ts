@@ -55,12 +55,17 @@ async function readManifest(dir: string): Promise<SeedManifest> {
   } catch (err) {
     if (err instanceof FerryError) throw err;
     const code = (err as NodeJS.ErrnoException).code;
-    const missing = code === 'ENOENT' && !(await stat(dir).catch(() => null));
+    const st = await stat(dir).catch(() => null);
+    const missing = code === 'ENOENT' && !st;
     const why = missing
       ? `${dir} does not exist: is the seed disk connected and mounted?`
-      : code === 'ENOENT' || code === 'ENOTDIR'
-        ? `${dir} holds no ${SEED_MANIFEST}: not a ferry seed disk (or the wrong folder)`
-        : `${file}: ${(err as Error).message}`;
+      : st && !st.isDirectory()
+        ? `${dir} is a file, not a seed disk's folder: give the folder that holds ${SEED_MANIFEST}`
+        : code === 'ENOENT' || code === 'ENOTDIR'
+          ? `${dir} holds no ${SEED_MANIFEST}: not a ferry seed disk (or the wrong folder)`
+          : code === 'EACCES' || code === 'EPERM'
+            ? `${file} cannot be read (permission denied): run ferry as a user who may read the seed disk`
+            : `${file} cannot be read (${code ?? (err as Error).message}): check the seed disk (is it still connected?)`;
     throw new FerryError('SEED_NO_MANIFEST', why, { disk: dir });
   }
   return parseSeedManifest(file, text);
@@ -168,8 +173,12 @@ async function importDisk(
     const file = join(dir, m.prefix + o.name);
     const damaged = (why = 'does not match its checksum') =>
       new FerryError('SEED_OBJECT_CORRUPT', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) ${why}; the disk is damaged and was not imported: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`, { disk: dir, object: o.name });
-    const data = await readObjectFile(file, o.size, damaged, () =>
-      new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); the disk was not imported`, { disk: dir, object: o.name }),
+    const data = await readObjectFile(
+      file,
+      o.size,
+      damaged,
+      () => new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); the disk was not imported`, { disk: dir, object: o.name }),
+      () => new FerryError('SEED_NO_ACCESS', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) cannot be read (permission denied): run ferry as a user who may read the seed disk; the disk was not imported`, { disk: dir, object: o.name }),
     );
     // Hash and authenticate on the seal pool, off this thread; no need to decompress.
     let sha: string;
@@ -282,7 +291,7 @@ function checkAgainstRecord(dir: string, m: SeedManifest, rec: SeedPointRecord):
 }
 
 /** Reads a seed object of `size` bytes: a regular file only (a fifo or device would block or never end). */
-async function readObjectFile(path: string, size: number, damaged: (why?: string) => Error, missing: () => Error): Promise<Buffer> {
+async function readObjectFile(path: string, size: number, damaged: (why?: string) => Error, missing: () => Error, denied: () => Error): Promise<Buffer> {
   let fh;
   try {
     fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
@@ -290,6 +299,8 @@ async function readObjectFile(path: string, size: number, damaged: (why?: string
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ENOTDIR') throw missing();
     if (code === 'ELOOP') throw damaged('is a symbolic link, not an object');
+    // not damage: the disk is sound, this user may not read it
+    if (code === 'EACCES' || code === 'EPERM') throw denied();
     throw damaged(`cannot be read (${code ?? (err as Error).message})`);
   }
   try {

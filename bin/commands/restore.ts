@@ -18,7 +18,8 @@ interface RestoreOpts extends CliOpenOptions {
   salvage?: boolean;
 }
 
-const collect = (v: string, prev: string[]) => [...prev, v];
+// (no default: commander would show `(default: [])` in the help)
+const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 export function register(program: Command): void {
   withGlobals(program.command('restore'))
@@ -27,13 +28,14 @@ export function register(program: Command): void {
     .requiredOption('--item <name>', 'the item')
     .option('--point <p>', 'a point number, latest, or a time (the newest at or before it)', 'latest')
     .option('--machine <name>', "the machine whose item to restore (default: this host; another name is alternate-server recovery)")
-    .option('--path <p>', 'only this path or glob (repeat for more); a folder brings its whole tree', collect, [])
+    .option('--path <p>', 'only this path or glob (repeat for more); a folder brings its whole tree', collect)
     .option('--to <target>', 'restore under this folder (files) or into this device or file (volume); default: the original places')
     .option('--if-exists <policy>', 'for files that exist (and an image, VHD or tar at --to): copy (keep both), overwrite or skip', 'copy')
     .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
     .option('--salvage', 'volume: write zeros where stored data cannot be read, name those ranges, and go on (exit 3); files always go on past damage')
     .action(
       action(async (out: Output, o: RestoreOpts) => {
+        o.path ??= [];
         // loaded on use: the CLI starts fast and a command never pays for another's modules
         const { restore } = await import('../../restore/restore.js');
         if (!['copy', 'overwrite', 'skip'].includes(o.ifExists)) throw new UsageError(`--if-exists must be copy, overwrite or skip (got ${JSON.stringify(o.ifExists)})`);

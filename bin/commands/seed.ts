@@ -17,7 +17,8 @@ interface SeedOpts extends CliOpenOptions {
   machine?: string;
 }
 
-const collect = (v: string, prev: string[]) => [...prev, v];
+// (no default: commander would show `(default: [])` in the help)
+const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 export function register(program: Command): void {
   withGlobals(program.command('seed').argument('[source...]', 'paths (files), a device or image (volume); none for system-state'))
@@ -25,14 +26,16 @@ export function register(program: Command): void {
     .requiredOption('--vault <vault>', 'the vault the seed will be imported into')
     .requiredOption('--item <name>', 'the item name')
     .requiredOption('--kind <kind>', 'files, volume or system-state')
-    .option('--disk <dir>', 'a seed disk (folder); repeat for more', collect, [])
+    .option('--disk <dir>', 'a seed disk (folder); repeat for more', collect)
     .option('--disk-capacity <size>', 'bytes to put on each disk (default: its free space)')
     .option('--databox <container>', 'lay objects out as BlockBlob/<container>/... for an Azure Data Box')
-    .option('--exclude <glob>', 'leave out matching paths; repeat for more', collect, [])
+    .option('--exclude <glob>', 'leave out matching paths; repeat for more', collect)
     .option('--one-file-system', 'do not cross into other filesystems')
     .option('--machine <name>', 'the machine name (default: this host name)')
     .action(
       action(async (out: Output, sources: string[], o: SeedOpts) => {
+        o.disk ??= [];
+        o.exclude ??= [];
         // loaded on use: the CLI starts fast and a command never pays for another's modules
         const { seed } = await import('../../seed/seed.js');
         if (!['files', 'volume', 'system-state'].includes(o.kind)) throw new UsageError(`--kind must be files, volume or system-state (got ${JSON.stringify(o.kind)})`);

@@ -244,7 +244,7 @@ export function register(program: Command): void {
         const r = await mergeVhd(child, { onProgress: (d, t) => bar.update(d, t) });
         bar.stop();
         out.result(r, () =>
-          out.info(`merged ${child} into ${r.parent}: ${r.blocks} blocks, ${formatSize(r.bytes)}${r.resumedAt ? ` (resumed at block ${r.resumedAt})` : ''}; the parent now reads as the chain did and ${child} can be deleted`),
+          out.info(`merged ${child} into ${r.parent}: ${counted(r.blocks, 'block')}, ${formatSize(r.bytes)}${r.resumedAt ? ` (resumed at block ${r.resumedAt})` : ''}; the parent now reads as the chain did and ${child} can be deleted`),
         );
       } finally {
         bar.stop();

@@ -23,6 +23,7 @@ export type ProblemCode =
   | 'VHD_PARENT_CYCLE'
   | 'VHD_PARENT_SIZE'
   | 'VHD_NOT_A_FILE'
+  | 'VHD_NO_ACCESS'
   | 'VHD_MERGE_UNFINISHED'
   | 'VHD_BLOCK_UNREADABLE';
 

@@ -113,12 +113,19 @@ export class FileStorage implements VhdStorage {
 export function openError(path: string, err: NodeJS.ErrnoException): Error {
   const why: Record<string, string> = {
     ENOENT: 'no such file',
-    EACCES: 'permission denied',
     EISDIR: 'is a directory, not a VHD file',
-    EROFS: 'read-only file system',
   };
   if (err.code && why[err.code]) {
     return new VhdError({ code: 'VHD_NOT_A_FILE', severity: 'fatal', file: path, message: why[err.code] });
+  }
+  // the file is there: the way to it is not (a parent a merge must write, a child on a read-only disk)
+  const denied: Record<string, string> = {
+    EACCES: 'permission denied; run ferry as a user who may read it (and write it, to merge into it or write through it)',
+    EPERM: 'not permitted; run ferry as a user who may read it (and write it, to merge into it or write through it)',
+    EROFS: 'on a read-only file system; remount it writable, or copy the disk to a writable place first',
+  };
+  if (err.code && denied[err.code]) {
+    return new VhdError({ code: 'VHD_NO_ACCESS', severity: 'fatal', file: path, message: denied[err.code] });
   }
   return err;
 }
