@@ -3,7 +3,7 @@
 // yielding only data that is not zero, so zero runs stay unallocated in the
 // VHD that receives it.
 import { constants as C } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import { FerryError, checkArg } from '../format/errors.js';
 import { blockDeviceSize, devNumbers } from '../format/fsio.js';
 
@@ -32,7 +32,14 @@ export async function volumeSize(source: string): Promise<number> {
   try {
     st = await stat(source);
   } catch (err) {
-    throw new FerryError('SOURCE_MISSING', `cannot read ${source}: ${(err as Error).message}`, { path: source });
+    const code = (err as NodeJS.ErrnoException).code;
+    const why =
+      code === 'ENOENT' || code === 'ENOTDIR'
+        ? `${source} does not exist: give the block device (/dev/...) or the image file to back up`
+        : code === 'EACCES' || code === 'EPERM'
+          ? `${source} cannot be read (permission denied): run ferry as a user who may read it (root, for a device)`
+          : `cannot read ${source} (${code ?? (err as Error).message})`;
+    throw new FerryError('SOURCE_MISSING', why, { path: source });
   }
   if (st.isFile()) return st.size;
   if (!st.isBlockDevice()) throw new FerryError('SOURCE_NOT_VOLUME', `${source} is neither a block device nor an image file`, { path: source });
@@ -52,6 +59,12 @@ export async function writableMounts(source: string): Promise<string[]> {
   } catch {
     return [];
   }
+  if (st.isFile()) {
+    // an image file is in use through the loop devices over it
+    const at: string[] = [];
+    for (const dev of await loopsOver(source, st.dev, st.ino)) at.push(...(await writableMounts(dev)));
+    return at;
+  }
   if (!st.isBlockDevice()) return [];
   const [major, minor] = devNumbers(st.rdev);
   let info = '';
@@ -69,6 +82,19 @@ export async function writableMounts(source: string): Promise<string[]> {
     at.push(f[4].replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
   }
   return at;
+}
+
+/** The loop devices whose backing file is the file (`dev`, `ino`) at `file`. */
+async function loopsOver(file: string, dev: number, ino: number): Promise<string[]> {
+  const names = await readdir('/sys/block').catch((): string[] => []);
+  const out: string[] = [];
+  for (const n of names.filter((x) => /^loop\d+$/.test(x))) {
+    const backing = (await readFile(`/sys/block/${n}/loop/backing_file`, 'utf8').catch(() => '')).trim();
+    if (!backing) continue;
+    const st = await stat(backing).catch(() => null);
+    if (st && st.dev === dev && st.ino === ino) out.push(`/dev/${n}`);
+  }
+  return out;
 }
 
 /** Reads a device or image and yields its non-zero data in order (each piece a fresh buffer). */

@@ -7,7 +7,7 @@ import { chmod, mkdir, readFile, readdir, rename, stat, utimes, writeFile } from
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { FERRY, ferry, run, withTmp } from './helpers/exec.js';
-import { withLoop } from './helpers/mounts.js';
+import { withLoop, withMount } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'volume review passphrase, long enough' };
 const MiB = 1024 * 1024;
@@ -140,5 +140,21 @@ test('options that mean nothing for a volume are usage errors: restore --path, a
     const s = await ferry(['seed', '--vault', vault, '--item', 'v2', '--kind', 'volume', '--disk', join(dir, 'd2'), '--exclude', '*.log', join(dir, 'vol.img')], { env });
     t.is(s.code, 2, s.stderr.toString());
     t.regex(s.stderr.toString(), /--exclude picks files; a volume is copied whole/);
+  });
+});
+
+rootTest('an image file mounted read-write (through a loop device) is warned about when seeded, as a device is', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const img = join(dir, 'fs.img');
+    await writeFile(img, Buffer.alloc(8 * MiB));
+    await run('mkfs.ext4', ['-q', '-F', img]);
+    const mnt = join(dir, 'mnt');
+    await withMount(['-o', 'loop', img], mnt, async () => {
+      const r = await ferry(['seed', '--vault', vault, '--item', 'img', '--kind', 'volume', '--disk', join(dir, 'd1'), img], { env });
+      t.is(r.code, 3, r.stderr.toString());
+      t.true(r.stderr.toString().includes(`${img} is mounted read-write at ${mnt}`), r.stderr.toString());
+    });
   });
 });
