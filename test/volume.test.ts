@@ -229,7 +229,8 @@ test('duplicate paths are refused; a failed content leaves nothing behind and th
   r.close();
 });
 
-test('throughput: file data goes into a MemDisk at well over 100 MB/s', async (t) => {
+// (speed is measured in bench/, not here: a loaded machine must not fail a test)
+test('384 MiB of file data go into a MemDisk whole (the rate is logged)', async (t) => {
   const disk = new MemDisk(BIG);
   const src = pseudoRandom(MiB, 1);
   const files = 6;
@@ -245,5 +246,6 @@ test('throughput: file data goes into a MemDisk at well over 100 MB/s', async (t
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   const mbs = st.bytes / secs / 1e6;
   t.log(`${(st.bytes / MiB).toFixed(0)} MiB in ${secs.toFixed(2)} s: ${mbs.toFixed(0)} MB/s`);
-  t.true(mbs > 100, `${mbs.toFixed(0)} MB/s`);
+  t.is(st.bytes, files * per * MiB);
+  t.is(st.files, files);
 });
