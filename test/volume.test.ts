@@ -249,3 +249,18 @@ test('384 MiB of file data go into a MemDisk whole (the rate is logged)', async 
   t.is(st.bytes, files * per * MiB);
   t.is(st.files, files);
 });
+
+test('progress moves while one large file is copied, not only when it ends', async (t) => {
+  const disk = new MemDisk(BIG);
+  const src = pseudoRandom(MiB, 2);
+  async function* entries(): AsyncGenerator<SourceEntry> {
+    yield meta('/', 'dir');
+    yield { ...meta('/big', 'file', { size: 64 * MiB }), content: async function* () { for (let i = 0; i < 64; i++) yield Buffer.from(src); } };
+  }
+  const seen: number[] = [];
+  await writeVolume(disk, entries(), { onProgress: (p) => seen.push(p.bytes) });
+  const within = seen.filter((b) => b > 0 && b < 64 * MiB);
+  t.true(within.length >= 3, `progress during the file: ${within.join(', ')}`);
+  t.deepEqual(within, [...within].sort((a, b) => a - b));
+  t.is(seen.at(-1), 64 * MiB);
+});

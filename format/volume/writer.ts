@@ -19,6 +19,9 @@ import {
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
 import { INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
 
+/** Bytes of one file copied between two progress reports within it. */
+const PROGRESS_STEP = 16 * 1024 * 1024;
+
 /**
  * A piece of a file's data at a file offset; pieces come in increasing,
  * non-overlapping order. The writer may keep a piece's buffer until its write
@@ -323,6 +326,7 @@ export class VolumeWriter {
     const hasher = new ChunkHasher(this.chunkSize);
     let next = 0; // file offset right after the last piece
     let stored = 0;
+    let reported = 0;
     const it = content[Symbol.asyncIterator]();
     // Whatever stops the copy early (a full disk, a bad piece), the source is
     // stopped too: a file reader left suspended would keep its file open
@@ -365,6 +369,11 @@ export class VolumeWriter {
         extents[extents.length - 1].length += piece.data.length;
         next = piece.offset + piece.data.length;
         stored += piece.data.length;
+        // a large file moves the progress while it is copied, not only at its end
+        if (stored - reported >= PROGRESS_STEP) {
+          reported = stored;
+          this.opts.onProgress?.({ files: this.stats.entries, bytes: this.stats.bytes + stored });
+        }
       }
     } finally {
       if (!ended) {
