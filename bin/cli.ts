@@ -38,12 +38,17 @@ export class Output {
   }
 }
 
-/** The options every command takes. Commander puts them on the subcommand. */
-export function withGlobals(cmd: Command): Command {
-  return cmd
+/**
+ * The options every command takes. Commander puts them on the subcommand.
+ * `vault: false` for a command that never opens a vault (no passphrase options).
+ */
+export function withGlobals(cmd: Command, opts: { vault?: boolean } = {}): Command {
+  cmd
     .option('--json', 'print one JSON document on stdout')
     .option('-q, --quiet', 'print nothing but warnings and errors')
-    .option('-v, --verbose', 'print more detail on stderr')
+    .option('-v, --verbose', 'print more detail on stderr');
+  if (opts.vault === false) return cmd;
+  return cmd
     .option('--passphrase-file <file>', 'read the vault passphrase from this file')
     .option('--passphrase-command <cmd>', 'run this command and read the passphrase from its output');
 }

@@ -68,7 +68,8 @@ async function fromFile(file: string, flag: string): Promise<string> {
     text = await readFile(file, 'utf8');
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new UsageError(`${flag} ${file}: cannot read it (${e.code ?? e.message})`, { file });
+    const why = e.code === 'ENOENT' ? 'no such file' : e.code === 'EACCES' || e.code === 'EPERM' ? 'permission denied' : e.code === 'EISDIR' ? 'it is a folder' : (e.code ?? e.message);
+    throw new UsageError(`${flag} ${file}: cannot read it (${why}); give the file that holds the passphrase`, { file });
   }
   return nonEmpty(stripNewline(text), `${flag} ${file}`);
 }

@@ -70,6 +70,8 @@ export interface SeedResult {
   /** Only marking: the disks of the seed that were not given (those may be marked already), and how many it has. */
   missingDisks?: number[];
   ofDisks?: number;
+  /** --disk folders that did not exist and were made. */
+  madeDisks?: string[];
 }
 
 /** The object name of a seed's point record (sealed, carried in FERRY-SEED.json). */
@@ -311,6 +313,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       bytes,
       warnings,
       resumed: !!previous,
+      ...(targets.madeDisks.length ? { madeDisks: targets.madeDisks } : {}),
     };
   } finally {
     targets.release();

@@ -84,12 +84,15 @@ async function manifestOn(dir: string): Promise<SeedManifest | undefined> {
   return parseSeedManifest(file, text);
 }
 
+/** The --disk folders this process made (they did not exist). */
+const madeHere = new Set<string>();
+
 /** Refuses one folder given twice (under two names too): its manifest would be written for two disks. */
 async function checkDistinct(dirs: string[]): Promise<void> {
   const seen = new Map<string, string>();
   for (const d of dirs) {
     // Made first: two names of one folder that does not exist yet are one folder too.
-    await mkdirp(d).catch(() => {});
+    if (await mkdirp(d).catch(() => undefined)) madeHere.add(d);
     const st = await stat(d).catch(() => null);
     if (!st) continue;
     const key = `${st.dev}:${st.ino}`;
@@ -134,6 +137,8 @@ export class SeedTargets {
   private manifestWrites: Promise<void> = Promise.resolve();
   private unhook: (() => void) | undefined;
   private unlocks: Array<() => void> = [];
+  /** The --disk folders that did not exist, made by this run (a disk not mounted where it was named?). */
+  madeDisks: string[] = [];
 
   private constructor(
     private readonly dirs: string[],
@@ -211,9 +216,10 @@ export class SeedTargets {
   ): Promise<SeedTargets> {
     await checkDistinct(dirs);
     const capacity: number[] = [];
+    const made: string[] = [];
     for (const d of dirs) {
       try {
-        await mkdirp(d);
+        if ((await mkdirp(d)) || madeHere.has(d)) made.push(d);
         const st = await stat(d);
         if (!st.isDirectory()) throw new Error('not a directory');
         await access(d, fsc.W_OK); // a read-only mount: EROFS now, not at the first object
@@ -234,6 +240,7 @@ export class SeedTargets {
     }
     const t = new SeedTargets(dirs, capacity, opts.id, opts.pool, opts.onProgress);
     t.unlocks = unlocks;
+    t.madeDisks = made;
     // What earlier runs left: kept if it verifies when reused (building);
     // the disks the record lists, by number (marking).
     const taken = new Set<number>();

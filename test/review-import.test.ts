@@ -47,3 +47,19 @@ test('a disk given twice is imported once; a damaged copy before a good one: the
     t.is(points.length, 1);
   });
 });
+
+test('a --disk folder that did not exist is made and said so (a disk not mounted where it was named writes elsewhere)', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    await writeFile(join(dir, 'a.txt'), 'a\n');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
+    const fresh = join(dir, 'not-mounted');
+    const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', fresh, join(dir, 'a.txt')], { env });
+    t.is(r.code, 0, r.stderr.toString());
+    t.true(r.stdout.toString().includes(`${fresh} did not exist and was made: if a disk should be mounted there, it was not`), r.stdout.toString());
+    const there = join(dir, 'there');
+    await mkdir(there);
+    const j = JSON.parse((await ferry(['seed', '--vault', vault, '--item', 'y', '--kind', 'files', '--disk', there, join(dir, 'a.txt'), '--json'], { env })).stdout.toString());
+    t.is(j.madeDisks, undefined);
+  });
+});

@@ -118,7 +118,9 @@ export async function resolvePoint(vault: VaultReader, machine: string, item: st
   if (points.length === 0) {
     // the item under another machine name (restoring on another machine without --machine)
     const elsewhere = [...new Set((await listPoints(vault, {}, () => {})).filter((p) => p.item === item).map((p) => p.machine))];
-    const hint = elsewhere.length ? `; machine ${elsewhere.join(', ')} has an item ${item}: add --machine ${elsewhere[0]}` : `; see ferry points --vault ${vault.location}`;
+    const hint = elsewhere.length
+      ? `; ${elsewhere.length === 1 ? `machine ${elsewhere[0]} has` : `machines ${elsewhere.join(', ')} have`} an item ${item}: add --machine ${elsewhere[0]}`
+      : `; see ferry points --vault ${vault.location}`;
     throw new FerryError('NO_SUCH_ITEM', `no recovery point of item ${item} on machine ${machine} in ${vault.location}${hint}`, { machine, item });
   }
   if (which === 'latest') return points[points.length - 1];

@@ -73,11 +73,12 @@ export function register(program: Command): void {
           out.result({ ...r, warningList: warnings }, () => {
             if (r.already) out.info(`seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) is already complete on ${r.disks.join(', ')}: nothing to do (a new seed of this item needs empty disks)`);
             else out.info(
-              `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${counted(r.files, 'file')}, ` : ''}${formatSize(r.bytes)} on ${counted(r.diskCount, 'disk')} (${counted(r.objects, 'object')}, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
+              `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${counted(r.files, 'file')}, ` : ''}${formatSize(r.bytes)} on ${counted(r.ofDisks ?? r.diskCount, 'disk')} (${counted(r.objects, 'object')}, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
             );
             if (r.missingDisks?.length) {
               out.info(`disk ${r.missingDisks.join(', ')} of ${r.ofDisks} of this seed ${r.missingDisks.length === 1 ? 'was' : 'were'} not given; if not yet marked complete, run the same command with ${r.missingDisks.length === 1 ? 'it' : 'them'}`);
             }
+            for (const d of r.madeDisks ?? []) out.info(`${d} did not exist and was made: if a disk should be mounted there, it was not (check with df ${d})`);
             out.info(`next: ship the disk${r.diskCount === 1 ? '' : 's'}, then ferry import --vault ${o.vault} ${r.disks.join(' ')}`);
             const unused = o.disk.filter((d) => !r.disks.includes(d));
             if (unused.length) out.info(`not needed: ${unused.join(' ')}`);

@@ -13,6 +13,7 @@ import {
   createVhd,
   exportDisk,
   inspectVhd,
+  MAX_VHD_SIZE,
   mergeVhd,
   openChain,
   problemLine,
@@ -107,7 +108,7 @@ export function register(program: Command): void {
       }
     }));
 
-  withGlobals(vhd.command('create').argument('<out>', 'the VHD to write').description('a new fixed, dynamic or differencing VHD'))
+  withGlobals(vhd.command('create').argument('<out>', 'the VHD to write').description('a new fixed, dynamic or differencing VHD'), { vault: false })
     .option('--size <size>', 'virtual size (K, M, G, T suffixes)')
     .option('--type <type>', 'fixed or dynamic (default: dynamic)')
     .option('--from <raw>', 'fill it from this raw image (its size, rounded up to 512 bytes, is the disk size; --size may make it larger)')
@@ -158,6 +159,9 @@ export function register(program: Command): void {
       }
       if (!o.size) throw new UsageError('vhd create needs --size, --from or --parent');
       const size = parseSize(o.size, '--size');
+      if (!(size > 0 && size % 512 === 0 && size <= MAX_VHD_SIZE)) {
+        throw new UsageError(`--size ${o.size} is not a VHD size: a multiple of 512 bytes between 512 and 2040 GiB (such as 64M or 10G)`);
+      }
       await createVhd(file, { size, type });
       out.result({ file, size, type }, () => out.info(`created ${type} disk ${file} (${formatSize(size)})`));
     }));
@@ -237,7 +241,7 @@ export function register(program: Command): void {
       }
     }));
 
-  withGlobals(vhd.command('merge').argument('<child>', 'a differencing VHD').description('coalesce a child into its parent'))
+  withGlobals(vhd.command('merge').argument('<child>', 'a differencing VHD').description('coalesce a child into its parent'), { vault: false })
     .action(action(async (out: Output, child: string) => {
       const bar = progressBar(out.opts, 'merge');
       try {
