@@ -52,6 +52,9 @@ import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 import { mkdirpSync } from '../format/fsio.js';
 
+/** Bytes of one file read between two progress reports within it. */
+const PROGRESS_STEP = 16 * 1024 * 1024;
+
 const MARKER_BUF = Buffer.from(MARKER_NAME);
 
 export type IfExists = 'copy' | 'overwrite' | 'skip';
@@ -485,6 +488,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   for (const p of unmatched) warn({ code: 'RESTORE_NO_SUCH_PATH', message: `nothing in this backup matches --path ${JSON.stringify(p)}` });
   let handled = 0;
   let readBytes = 0; // data read from the volume so far (progress)
+  let lastReported = 0;
   const progress = () => opts.onProgress?.({ files: handled, bytes: readBytes });
 
   const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
@@ -831,6 +835,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           partBytes += p.data.length;
         }
         readBytes += p.data.length;
+        // a large file moves the progress while it is read, not only at its end
+        if (readBytes - lastReported >= PROGRESS_STEP) {
+          lastReported = readBytes;
+          progress();
+        }
       }
     } catch (err) {
       // parts already written: the writer closes the file and removes it

@@ -12,6 +12,11 @@ import {
 import { FerryError } from '../format/errors.js';
 import { checkChunks } from '../format/volume/reader.js';
 import { pseudoRandom } from './helpers/tree.js';
+import { backup } from './helpers/volume.js';
+import { restoreFiles } from '../restore/files.js';
+import { mkdtemp, rm, writeFile as write, readFile as read } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join as j } from 'node:path';
 
 const MiB = 1024 * 1024;
 const BIG = 2040 * 1024 ** 3;
@@ -263,4 +268,21 @@ test('progress moves while one large file is copied, not only when it ends', asy
   t.true(within.length >= 3, `progress during the file: ${within.join(', ')}`);
   t.deepEqual(within, [...within].sort((a, b) => a - b));
   t.is(seen.at(-1), 64 * MiB);
+});
+
+test('restore progress moves while one large file is read, not only when it ends', async (t) => {
+  const dir = await mkdtemp(j(tmpdir(), 'ferry-progress-'));
+  try {
+    const big = Buffer.concat(Array.from({ length: 48 }, (_, i) => pseudoRandom(MiB, i + 10)));
+    await write(j(dir, 'big'), big);
+    const reader = await backup(j(dir, 'big'));
+    const seen: number[] = [];
+    await restoreFiles(reader, { to: j(dir, 'out'), onProgress: (p) => seen.push(p.bytes) });
+    const within = seen.filter((b) => b > 0 && b < big.length);
+    t.true(within.length >= 2, `progress during the file: ${seen.join(', ')}`);
+    t.true((await read(j(dir, 'out', dir, 'big'))).equals(big));
+    await reader.close();
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });
