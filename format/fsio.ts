@@ -277,7 +277,17 @@ export function lockFile(path: string, task: string): () => void {
         linkSync(tmp, path); // fails if a lock is there: never replaced
         break;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK') {
+          // a file system without hard links (FAT, exFAT: USB drives): an
+          // exclusive create instead (a reader may see it a moment empty: it tries again)
+          try {
+            writeFileSync(path, mine, { flag: 'wx', mode: 0o644 });
+            break;
+          } catch (again) {
+            if ((again as NodeJS.ErrnoException).code !== 'EEXIST') throw again;
+          }
+        } else if (code !== 'EEXIST') throw err;
         if (tries >= 3) throw new FerryError('LOCKED', `${path}: other ferry processes keep taking this lock; try again`, { path }, EXIT.locked);
       }
       let holder: { host?: string; hostname?: string; pid?: number; task?: string; started?: string } = {};

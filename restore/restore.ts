@@ -206,8 +206,10 @@ const isDevice = (p: string) => stat(p).then((st) => st.isBlockDevice(), () => f
 async function checkBlocksThere(vault: VaultReader, point: PointManifest): Promise<void> {
   const objects = vaultObjects(vault);
   for (const id of point.chain) {
+    const there = new Set<string>();
+    for await (const n of vault.list(`disks/${id}/blocks/`)) there.add(n); // one listing, not a lookup per block
     for (const b of await storedBlocks(objects, id)) {
-      if (!(await vault.exists(b.name))) {
+      if (!there.has(b.name)) {
         throw new FerryError('OBJECT_MISSING', `object ${b.name} is missing from ${vault.location}, so point ${point.seq} of ${point.machine}/${point.item} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check lists every missing object)`, { object: b.name });
       }
     }

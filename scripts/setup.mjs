@@ -25,6 +25,8 @@ const debs = [
   ['time', '/usr/bin/time'],
   ['bc', 'bc'],
   ['bsdutils', 'script'], // a terminal for the passphrase prompt test
+  ['exfatprogs', 'mkfs.exfat'], // a seed disk as USB drives come: exFAT, no hard links
+  ['exfat-fuse', 'mount.exfat-fuse'],
 ];
 const missing = debs.filter(([, probe]) => (probe.startsWith('/') ? !existsSync(probe) : !has(probe))).map(([p]) => p);
 if (missing.length > 0) {

@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { FERRY, ferry, withTmp } from './helpers/exec.js';
+import { FERRY, ferry, run, withTmp } from './helpers/exec.js';
+import { withLoop } from './helpers/mounts.js';
 import { compareTrees } from './helpers/tree.js';
 
 const env = { FERRY_PASSPHRASE: 'a passphrase of sixteen+ characters' };
@@ -78,5 +79,38 @@ test('a second seed onto a disk that a seed is writing is LOCKED (exit 11), and 
     t.is(await firstDone, 0, firstErr);
     t.false(existsSync(join(disk, '.ferry-seed-lock')), 'released');
     t.is((await ferry(['import', '--vault', vault, disk, '--quiet'], { env })).code, 0);
+  });
+});
+
+const rootTest = process.getuid?.() === 0 ? test.serial : test.skip;
+
+rootTest('a seed onto an exFAT disk (no hard links, as USB drives come) locks it, imports and restores equal', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 3; i++) await writeFile(join(src, `f${i}`), randomBytes(1024 * 1024 + i));
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
+    const img = join(dir, 'usb.img');
+    await writeFile(img, Buffer.alloc(0));
+    await run('truncate', ['-s', '64M', img]);
+    t.is((await run('mkfs.exfat', [img])).code, 0);
+    const mnt = join(dir, 'usb');
+    await mkdir(mnt);
+    await withLoop(img, async (dev) => {
+      t.is((await run('mount.exfat-fuse', [dev, mnt])).code, 0);
+      try {
+        t.not((await run('ln', [img, join(mnt, 'link-test')])).code, 0, 'exFAT has no hard links');
+        const r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', mnt, src], { env });
+        t.is(r.code, 0, r.stderr.toString());
+        t.false(existsSync(join(mnt, '.ferry-seed-lock')));
+        t.is((await ferry(['import', '--vault', vault, mnt, '--quiet'], { env })).code, 0);
+      } finally {
+        await run('fusermount', ['-u', mnt]);
+      }
+    });
+    const out = join(dir, 'out');
+    t.is((await ferry(['restore', '--vault', vault, '--item', 'x', '--to', out, '--quiet'], { env })).code, 0);
+    t.deepEqual(await compareTrees(src, join(out, src)), []);
   });
 });
