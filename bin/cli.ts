@@ -105,6 +105,12 @@ export function makeProgram(): Command {
     .description('offline seeding, incremental backup and restore for Linux, built on VHD')
     .version(version(), '-V, --version', 'print the version of ferry')
     .showSuggestionAfterError(true)
+    .addHelpText(
+      'after',
+      '\nEvery command also takes --json (one JSON document on stdout), -q/--quiet and -v/--verbose, also before its name;\n' +
+        'those that open a vault take --passphrase-file FILE or --passphrase-command CMD (or FERRY_PASSPHRASE, or a prompt).\n' +
+        'Exit codes: 0 done, 1 failed, 2 usage error, 3 done with warnings, 10 no vault, 11 locked, 12 wrong passphrase, 130 interrupted.',
+    )
     .exitOverride()
     .configureOutput({ outputError: (str, write) => write(`ferry: ${str.split('\n')[0].replace(/^error: /, '')}\n`) });
   return program;

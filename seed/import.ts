@@ -74,7 +74,11 @@ async function readManifest(dir: string): Promise<SeedManifest> {
 export async function importSeeds(
   vault: VaultWriter,
   dirs: string[],
-  opts: { onProgress?: (p: ImportProgress) => void } = {},
+  opts: {
+    onProgress?: (p: ImportProgress) => void;
+    /** Each disk once it is in (its marker written): what a run that stops later has done. */
+    onImported?: (d: ImportResult['imported'][number]) => void;
+  } = {},
 ): Promise<ImportResult> {
   // Every disk is looked at before anything is copied: a foreign, unfinished
   // or edited one stops the import.
@@ -138,7 +142,9 @@ export async function importSeeds(
     await vault.commitBatch();
     await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
     inNow.set(key, dir);
-    result.imported.push({ dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false });
+    const done = { dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false };
+    result.imported.push(done);
+    opts.onImported?.(done);
   }
   for (const f of result.failed) if (inNow.has(`${f.seedId}:${f.disk}`)) f.copyImported = true;
   // Register every seed that is now whole.

@@ -4,6 +4,8 @@ import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
 import { UsageError, counted, formatSize } from '../../format/errors.js';
+import { onInterrupt } from '../../format/interrupt.js';
+import type { ImportResult } from '../../seed/import.js';
 
 export function register(program: Command): void {
   withLockOptions(withGlobals(program.command('import').argument('[disk...]', 'seed disk folders, in any order')))
@@ -16,16 +18,31 @@ export function register(program: Command): void {
         if (dirs.length === 0) throw new UsageError('import needs at least one seed disk folder');
         const vault = await openVaultFromCli(out, o, { writable: true, command: 'import' });
         const bar = progressBar(out.opts, 'import');
+        const line = (d: ImportResult['imported'][number]) => {
+          const what = `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId}`;
+          return d.copyOf !== undefined ? `${what} was imported from ${d.copyOf} in this run` : d.already ? `${what} was already imported` : `${what} verified and imported (${counted(d.objects, 'object')}, ${formatSize(d.bytes)})`;
+        };
+        // a run stopped part way (a full vault, Ctrl-C) still says which disks went in
+        const inSoFar: ImportResult['imported'] = [];
+        const tellSoFar = async () => {
+          bar.stop();
+          if (!out.opts.json) for (const d of inSoFar) process.stderr.write(`ferry: before it stopped: ${line(d)}\n`);
+        };
+        const unhook = onInterrupt(tellSoFar);
         try {
-          const r = await importSeeds(vault, dirs, {
-            onProgress: (p) => bar.update(p.bytes, p.totalBytes, `disk ${p.diskNo} of ${p.of} (${p.disk}): ${p.objects}/${p.totalObjects} objects`),
-          });
+          let r: ImportResult;
+          try {
+            r = await importSeeds(vault, dirs, {
+              onProgress: (p) => bar.update(p.bytes, p.totalBytes, `disk ${p.diskNo} of ${p.of} (${p.disk}): ${p.objects}/${p.totalObjects} objects`),
+              onImported: (d) => inSoFar.push(d),
+            });
+          } catch (err) {
+            await tellSoFar();
+            throw err;
+          }
           bar.stop();
           out.result(r, () => {
-            for (const d of r.imported) {
-              const what = `${d.dir}: disk ${d.disk} of ${d.of} of seed ${d.seedId}`;
-              out.info(d.copyOf !== undefined ? `${what} was imported from ${d.copyOf} in this run` : d.already ? `${what} was already imported` : `${what} verified and imported (${counted(d.objects, 'object')}, ${formatSize(d.bytes)})`);
-            }
+            for (const d of r.imported) out.info(line(d));
             for (const x of r.superseded) out.info(`disks of seed ${x.seedId} imported before were another run of seed ${x.by} and no longer count; import the disks of ${x.by}`);
             for (const p of r.registered) out.info(`registered point ${p.seq} of ${p.machine}/${p.item} (seed ${p.seedId})`);
             for (const w of r.waiting) {
@@ -39,6 +56,7 @@ export function register(program: Command): void {
           }
           return r.failed.some((f) => !f.copyImported) ? 1 : r.failed.length ? 3 : 0;
         } finally {
+          unhook();
           bar.stop();
           await vault.close();
         }
