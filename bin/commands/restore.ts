@@ -61,14 +61,16 @@ export function register(program: Command): void {
             },
           });
           bar.stop();
+          // not "done with warnings": nothing at all was done
+          const nothing = r.failed > 0 && r.restored === 0 && r.skipped === 0;
           out.result({ ...r, warningList }, () => {
+            if (nothing) return; // (the one line below says it)
             out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq})` : ''}${r.skipped ? `, ${r.skipped} skipped${r.unchanged ? ` (${r.unchanged} already equal)` : ''}` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
           });
-          if (r.failed > 0 && r.restored === 0 && r.skipped === 0) {
-            // not "done with warnings": nothing at all was done
+          if (nothing) {
             process.stderr.write(`ferry: nothing was restored to ${r.to}: ${counted(r.failed, 'entry', 'entries')} could not be restored (listed above); check that the target can be written, or name another --to\n`);
             return EXIT.failed;
           }
