@@ -90,6 +90,11 @@ export async function importSeeds(
       throw new FerryError('SEED_FOREIGN', `${dir} holds a seed for vault ${m.vaultId}, not for this vault (${vault.id}); import it into its own vault`, { disk: dir });
     }
     if (!m.complete || m.of === null) {
+      // a leftover of a run that was stopped, when a later run of the same seed is in the vault already
+      const later = (await listPoints(vault, { machine: m.machine, item: m.item }, () => {})).find((p) => p.seedId !== m.seedId && p.chain.includes(m.params.diskId));
+      if (later) {
+        throw new FerryError('SEED_SUPERSEDED', `${dir} holds disk ${m.disk} of an unfinished run (${m.seedId}) of a seed whose later run ${later.seedId} is registered in this vault already (point ${later.seq}): this disk is not needed; it can be erased`, { disk: dir });
+      }
       throw new FerryError('SEED_UNFINISHED', `${dir} holds disk ${m.disk} of an unfinished seed ${m.seedId}; run the same ferry seed command again to finish it`, { disk: dir });
     }
     const rec = await openRecord(vault, dir, m);

@@ -84,3 +84,24 @@ test('an import stopped part way by a full vault says which disks went in before
     });
   });
 });
+
+test('a leftover disk of a run whose later run is registered is said to be not needed, not sent to seed again', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(2 * 1024 * 1024 + i * 1000));
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
+    const d = (n: number) => join(dir, `d${n}`);
+    const seed = (...ns: number[]) => ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk-capacity', '5M', ...ns.flatMap((n) => ['--disk', d(n)]), src, '--quiet'], { env });
+    t.is((await seed(1, 2)).code, 1, 'two disks are too few');
+    const again = await seed(2, 3, 4, 5);
+    t.is(again.code, 0, again.stderr.toString());
+    const used: string[] = [];
+    for (const n of [2, 3, 4, 5]) if ((await readdir(d(n))).includes('FERRY-SEED.json')) used.push(d(n));
+    t.is((await ferry(['import', '--vault', vault, ...used, '--quiet'], { env })).code, 0);
+    const left = await ferry(['import', '--vault', vault, d(1)], { env });
+    t.is(left.code, 1);
+    t.regex(left.stderr.toString(), /holds disk 1 of an unfinished run \([0-9a-f]+\) of a seed whose later run [0-9a-f]+ is registered in this vault already \(point 1\): this disk is not needed/);
+  });
+});
