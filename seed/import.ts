@@ -8,7 +8,7 @@ import { open, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FerryError } from '../format/errors.js';
-import { SEED_MANIFEST, type SeedManifest, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
+import { SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { itemName, pointName, listPoints, putJson, readItem, type PointManifest } from '../vault/registry.js';
 import type { VaultWriter } from '../vault/vault.js';
 import { openSeedRecord, type SeedPointRecord } from './seed.js';
@@ -290,12 +290,19 @@ async function openRecord(vault: VaultWriter, dir: string, m: SeedManifest): Pro
  */
 function checkAgainstRecord(dir: string, m: SeedManifest, rec: SeedPointRecord): void {
   if (!rec.disks) return; // sealed before records said (then only the per-object checks hold)
+  const why = (disks: SeedDiskSummary[], d: SeedDiskSummary | undefined, s: SeedDiskSummary): string => {
+    if (disks.length !== m.of) return `the seed has ${disks.length} disks, the manifest says ${m.of}`;
+    if (!d) return `there is no disk ${m.disk}`;
+    // the objects of another disk of the seed: its number was changed
+    const other = disks.findIndex((x) => x.objects === s.objects && x.list === s.list);
+    return other >= 0 ? `it holds the objects of disk ${other + 1}, but says it is disk ${m.disk}` : 'its list of objects was changed';
+  };
   const d = rec.disks[m.disk - 1];
   const s = summarizeObjects(m.objects);
   if (rec.disks.length !== m.of || !d || d.objects !== s.objects || d.list !== s.list) {
     throw new FerryError(
       'SEED_BAD_MANIFEST',
-      `${dir}: its ${SEED_MANIFEST} does not match the seed's sealed record (${rec.disks.length !== m.of ? `the seed has ${rec.disks.length} disks, the manifest says ${m.of}` : !d ? `there is no disk ${m.disk}` : 'its list of objects was changed'}); the disk cannot be trusted, nothing was imported from it`,
+      `${dir}: its ${SEED_MANIFEST} does not match the seed's sealed record (${why(rec.disks, d, s)}); the disk cannot be trusted, nothing was imported from it`,
       { disk: dir },
     );
   }
