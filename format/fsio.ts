@@ -147,13 +147,6 @@ export function tempDirIn(parent: string, prefix: string, staleMs: number): stri
 }
 
 /**
- * The temporary name a file is written under before it is renamed onto
- * `path`: `path.ferry-tmp-<host>-<pid>`. Those of this host's processes that are gone (a
- * restore or an export killed part way, up to a whole image each) are
- * removed first, once they have not changed for 30 s; this one goes
- * when this process exits before it is renamed.
- */
-/**
  * Removes the temporaries of this host's dead processes beside `path`: a
  * killed run's partial copy, left beside the target, may be what fills its
  * disk. Each goes once it has not changed for 30 s (the wait covers PID
@@ -164,6 +157,13 @@ export function sweepBeside(path: string): void {
   sweepLeftovers(dirname(path), new RegExp(`^${escapeRegExp(basename(path))}\\.ferry-tmp-${HOST_TAG}-(\\d+)$`), 30 * 1000);
 }
 
+/**
+ * The temporary name a file is written under before it is renamed onto
+ * `path`: `path.ferry-tmp-<host>-<pid>`. Those of this host's processes that are gone (a
+ * restore or an export killed part way, up to a whole image each) are
+ * removed first, once they have not changed for 30 s; this one goes
+ * when this process exits before it is renamed.
+ */
 export function tempBeside(path: string): string {
   const folder = statSync(dirname(path), { throwIfNoEntry: false });
   if (!folder?.isDirectory()) {

@@ -16,7 +16,7 @@ import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
 import { fileEquals, sweepBeside, tempBeside, tempDirIn, writeAll } from '../format/fsio.js';
 import { openChain } from '../format/vhd/chain.js';
-import { storedBlocks } from '../vault/diskstore.js';
+import { diskPrefix, storedBlocks } from '../vault/diskstore.js';
 import { vaultObjects } from '../vault/putter.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
@@ -207,7 +207,7 @@ async function checkBlocksThere(vault: VaultReader, point: PointManifest): Promi
   const objects = vaultObjects(vault);
   for (const id of point.chain) {
     const there = new Set<string>();
-    for await (const n of vault.list(`disks/${id}/blocks/`)) there.add(n); // one listing, not a lookup per block
+    for await (const n of vault.list(`${diskPrefix(id)}blocks/`)) there.add(n); // one listing, not a lookup per block
     for (const b of await storedBlocks(objects, id)) {
       if (!there.has(b.name)) {
         throw new FerryError('OBJECT_MISSING', `object ${b.name} is missing from ${vault.location}, so point ${point.seq} of ${point.machine}/${point.item} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check lists every missing object)`, { object: b.name });

@@ -320,11 +320,6 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
 }
 
-/**
- * A run stopped while it marked the disks complete: some say so, some not.
- * The data and the sealed point record are final; the marking is done again
- * with the record the complete disks carry.
- */
 /** The result of a seed whose disks, all given, already hold it complete: nothing is written. */
 async function alreadyComplete(
   vault: VaultReader,
@@ -347,6 +342,11 @@ async function alreadyComplete(
   };
 }
 
+/**
+ * A run stopped while it marked the disks complete: some say so, some not.
+ * The data and the sealed point record are final; the marking is done again
+ * with the record the complete disks carry.
+ */
 async function finishMarking(o: SeedOptions, vault: VaultReader, machine: string, m: SeedManifest): Promise<SeedResult> {
   let rec: SeedPointRecord;
   try {

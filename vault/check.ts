@@ -4,7 +4,7 @@
 // What no point needs (a disk stored by `vhd import`, the objects an
 // interrupted write left, a seed not fully imported) is a note, not a problem.
 import type { VaultReader } from './vault.js';
-import { eachBlock, listStoredDisks, readStoredBlock, storedBlocks, type StoredBlock } from './diskstore.js';
+import { diskPrefix, eachBlock, headName, listStoredDisks, readStoredBlock, storedBlocks, type StoredBlock } from './diskstore.js';
 import { vaultObjects } from './putter.js';
 import { listPoints } from './registry.js';
 
@@ -55,7 +55,7 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   );
 
   const disks = await listStoredDisks(objects, vault.list('disks/'), (id, err) =>
-    problems.push({ code: 'DISK_DAMAGED', object: `disks/${id}/head`, message: `disk ${id} cannot be read: ${err.message}` }),
+    problems.push({ code: 'DISK_DAMAGED', object: headName(id), message: `disk ${id} cannot be read: ${err.message}` }),
   );
   const byId = new Map(disks.map((d) => [d.id, d]));
   const used = new Set<string>();
@@ -66,21 +66,21 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
       const d = byId.get(id);
       if (!d) {
         // a damaged head is named above already
-        if (!all.has(`disks/${id}/head`)) problems.push({ code: 'DISK_MISSING', object: `disks/${id}/head`, message: `${of} needs disk ${id}, which the vault does not hold` });
+        if (!all.has(headName(id))) problems.push({ code: 'DISK_MISSING', object: headName(id), message: `${of} needs disk ${id}, which the vault does not hold` });
         return;
       }
       const parent = k === 0 ? undefined : p.chain[k - 1];
       if (d.parent !== parent) {
         problems.push({
           code: 'CHAIN_MISMATCH',
-          object: `disks/${id}/head`,
+          object: headName(id),
           message: `${of}: disk ${id} ${d.parent ? `differs from ${d.parent}` : 'is no differencing disk'}, but the point puts it ${parent ? `over ${parent}` : 'at the base'}`,
         });
       }
     });
   }
   for (const d of disks) {
-    if (d.parentMissing) problems.push({ code: 'DISK_PARENT_MISSING', object: `disks/${d.id}/head`, message: `disk ${d.id} is a differencing disk over ${d.parent}, which the vault does not hold` });
+    if (d.parentMissing) problems.push({ code: 'DISK_PARENT_MISSING', object: headName(d.id), message: `disk ${d.id} is a differencing disk over ${d.parent}, which the vault does not hold` });
   }
 
   // Blocks: every one a disk refers to is there (and with readData, reads and authenticates).
@@ -89,7 +89,7 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
     try {
       blocksOf.set(d.id, await storedBlocks(objects, d.id));
     } catch (err) {
-      problems.push({ code: 'DISK_DAMAGED', object: `disks/${d.id}/head`, message: `disk ${d.id} cannot be read: ${(err as Error).message}` });
+      problems.push({ code: 'DISK_DAMAGED', object: headName(d.id), message: `disk ${d.id} cannot be read: ${(err as Error).message}` });
     }
   }
   const total = [...blocksOf.values()].reduce((n, b) => n + b.reduce((m, x) => m + x.size, 0), 0);
@@ -121,13 +121,13 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   for (const n of all) {
     const m = /^disks\/([^/]+)\/blocks\//.exec(n);
     // a disk whose head cannot be read: which blocks it refers to is unknown
-    if (m && !referenced.has(n) && (blocksOf.has(m[1]) || !all.has(`disks/${m[1]}/head`))) {
+    if (m && !referenced.has(n) && (blocksOf.has(m[1]) || !all.has(headName(m[1])))) {
       stray.set(m[1], (stray.get(m[1]) ?? 0) + 1);
     }
   }
   for (const [id, count] of stray) {
     const why = blocksOf.has(id) ? 'that its head does not refer to' : 'of a disk with no head (left by an interrupted import)';
-    notes.push(`${count} block object${count === 1 ? '' : 's'} under disks/${id}/ ${why}`);
+    notes.push(`${count} block object${count === 1 ? '' : 's'} under ${diskPrefix(id)} ${why}`);
   }
   const seeds = new Map<string, number>();
   for (const n of all) {
