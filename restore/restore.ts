@@ -237,7 +237,8 @@ async function fileTarget(
     throw new FerryError('RESTORE_NO_FOLDER', `cannot use ${dirname(to)} for --to: ${parent.message}`, { to });
   }
   if (parent instanceof Error || !parent.isDirectory()) {
-    throw new FerryError('RESTORE_NO_FOLDER', `${dirname(to)} is not a folder: create it, or name a --to in a folder that exists`, { to });
+    const what = parent instanceof Error && parent.code === 'ENOENT' ? 'does not exist' : 'is not a folder';
+    throw new FerryError('RESTORE_NO_FOLDER', `${dirname(to)} ${what}: create it, or name a --to in a folder that exists`, { to });
   }
   let st;
   try {

@@ -162,8 +162,13 @@ export async function importSeeds(
       result.waiting.push({ seedId: m.seedId, machine: m.machine, item: m.item, missing, of: m.of! });
       continue;
     }
-    if (await vault.exists(registeredMarker(m.seedId))) continue;
-    const reg = await register(vault, m, records.get(m.seedId)!);
+    const rec = records.get(m.seedId)!;
+    if (await vault.exists(registeredMarker(m.seedId))) {
+      // registered: unless its point was lost since (then it is registered again, from the disks' record)
+      const { machine, item } = rec.point;
+      if ((await listPoints(vault, { machine, item }, () => {})).some((p) => p.seedId === m.seedId)) continue;
+    }
+    const reg = await register(vault, m, rec);
     result.registered.push(reg);
   }
   return result;

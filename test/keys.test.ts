@@ -294,3 +294,22 @@ test('a vault.json that is not JSON is named in one line with the way out; one t
   t.is(none.code, 'NO_VAULT');
   t.regex(none.message, /holds other things but no vault\.json file/);
 });
+
+test('vault.json with its keys in another order (jq -S) or a byte-order mark reads as before; its content changed does not', async (t) => {
+  const dir = join(await tempDir('order'), 'v');
+  await initVault(dir, P1, { cost: CHEAP });
+  const file = join(dir, 'vault.json');
+  const raw = await fs.readFile(file, 'utf8');
+  const want = parseVaultConfig(Buffer.from(raw), dir);
+  const sorted = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(sorted) : v && typeof v === 'object' ? Object.fromEntries(Object.keys(v).sort().reverse().map((k) => [k, sorted((v as Record<string, unknown>)[k])])) : v;
+  for (const text of [JSON.stringify(sorted(JSON.parse(raw)), null, 2), '\uFEFF' + raw]) {
+    await fs.writeFile(file, text);
+    const r = await openVault(dir, { passphrase: P1 });
+    t.deepEqual(r.config, want);
+    await r.close();
+  }
+  await fs.writeFile(file, raw.replace('"level": 1', '"level": 2'));
+  const err = (await t.throwsAsync(openVault(dir, { passphrase: P1 }))) as FerryError;
+  t.is(err.code, 'VAULT_CONFIG_BAD');
+});

@@ -65,23 +65,34 @@ test('a --disk folder that did not exist is made and said so (a disk not mounted
   });
 });
 
-test('an import stopped part way by a full vault says which disks went in before it', async (t) => {
+test('an import stopped part way by a full vault says which disks went in before it (under --json in its error document)', async (t) => {
   await withTmp(async (dir) => {
     const src = join(dir, 'src');
     await mkdir(src);
     for (let i = 0; i < 6; i++) await writeFile(join(src, `f${i}`), randomBytes(2 * 1024 * 1024 + i * 1000));
-    const disks = ['d1', 'd2', 'd3', 'd4', 'd5'].map((d) => join(dir, d));
-    const vault = join(dir, 'small', 'v');
-    await withTmpfs(join(dir, 'small'), '9m', async () => {
-      t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
-      const s = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk-capacity', '5M', ...disks.flatMap((d) => ['--disk', d]), src, '--quiet'], { env });
-      t.is(s.code, 0, s.stderr.toString());
-      const r = await ferry(['import', '--vault', vault, ...disks.slice(0, 3)], { env });
-      t.is(r.code, 1, r.stderr.toString());
-      const lines = r.stderr.toString().trim().split('\n');
-      t.regex(lines[0], /^ferry: before it stopped: .*d1: disk 1 of \d+ of seed [0-9a-f]{16} verified and imported/);
-      t.regex(lines.at(-1)!, /the disk is full: free space there/);
-    });
+    for (const json of [false, true]) {
+      const disks = ['d1', 'd2', 'd3', 'd4', 'd5'].map((d) => join(dir, `${json}`, d));
+      const vault = join(dir, 'small', 'v');
+      await withTmpfs(join(dir, 'small'), '9m', async () => {
+        t.is((await ferry(['init', vault, '--kdf-log-n', '12', '--quiet'], { env })).code, 0);
+        const s = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk-capacity', '5M', ...disks.flatMap((d) => ['--disk', d]), src, '--quiet'], { env });
+        t.is(s.code, 0, s.stderr.toString());
+        const r = await ferry(['import', '--vault', vault, ...disks.slice(0, 3), ...(json ? ['--json'] : [])], { env });
+        t.is(r.code, 1, r.stderr.toString());
+        const lines = r.stderr.toString().trim().split('\n');
+        t.regex(lines.at(-1)!, /the disk is full: free space there/);
+        if (json) {
+          const doc = JSON.parse(r.stdout.toString());
+          t.true(doc.error.imported.length >= 1 && doc.error.imported.length < 3, r.stdout.toString());
+          t.deepEqual([doc.error.imported[0].dir, doc.error.imported[0].disk], [disks[0], 1]);
+        } else {
+          // each disk that went in once, then the error
+          t.true(lines.length >= 2 && lines.length < 4, r.stderr.toString());
+          t.regex(lines[0], /^ferry: before it stopped: .*d1: disk 1 of \d+ of seed [0-9a-f]{16} verified and imported/);
+          for (const l of lines.slice(0, -1)) t.regex(l, /^ferry: before it stopped: /);
+        }
+      });
+    }
   });
 });
 

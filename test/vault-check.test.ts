@@ -147,3 +147,46 @@ test('check finds what is missing, and --read-data what is damaged, naming each 
     t.deepEqual(after.filter((l) => !l.startsWith('locks')), before.filter((l) => !l.startsWith('locks')));
   });
 });
+
+test('a registered seed whose point is gone is a problem, and importing its disks again registers it again; a stray file among points is not ferry\'s, not "point NaN"', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'v');
+    await mkdir(join(dir, 'src'));
+    await writeFile(join(dir, 'src', 'a.bin'), randomBytes(100_000));
+    for (const args of [
+      ['init', vault, '--kdf-log-n', '12'],
+      ['seed', '--vault', vault, '--item', 'docs', '--kind', 'files', '--disk', join(dir, 'd1'), join(dir, 'src')],
+      ['import', '--vault', vault, join(dir, 'd1')],
+    ]) {
+      const r = await ferry([...args, '--quiet'], { env });
+      t.is(r.code, 0, `${args[0]}: ${r.stderr}`);
+    }
+    const [machine] = await readdir(join(vault, 'items'));
+    const pointsDir = join(vault, 'items', machine, 'docs', 'points');
+
+    await writeFile(join(pointsDir, 'junk'), 'y\n');
+    const junk = await check(vault);
+    t.is(junk.code, 0, junk.stderr);
+    t.deepEqual(junk.report.notes, [`object items/${machine}/docs/points/junk is not ferry's`]);
+    const listed = await ferry(['points', '--vault', vault, '--json'], { env });
+    t.is(listed.code, 0, listed.stderr.toString());
+    t.false(listed.stderr.toString().includes('NaN'));
+    await rm(join(pointsDir, 'junk'));
+
+    await rm(join(pointsDir, '00000001'));
+    const gone = await check(vault);
+    t.is(gone.code, 1);
+    t.deepEqual(gone.report.problems.map((p) => p.code), ['POINT_MISSING']);
+    const again = await ferry(['import', '--vault', vault, join(dir, 'd1')], { env });
+    t.is(again.code, 0, again.stderr.toString());
+    t.regex(again.stdout.toString(), /registered point 1 of/);
+    t.is((await check(vault)).code, 0);
+
+    // import's own records are read too
+    const [image] = await readdir(join(vault, 'seeds', 'images'));
+    await flip(join(vault, 'seeds', 'images', image), 40);
+    const record = await check(vault);
+    t.is(record.code, 1);
+    t.deepEqual(record.report.problems.map((p) => [p.code, p.object]), [['SEED_RECORD_DAMAGED', `seeds/images/${image}`]]);
+  });
+});

@@ -129,15 +129,36 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
     const why = blocksOf.has(id) ? 'that its head does not refer to' : 'of a disk with no head (left by an interrupted import)';
     notes.push(`${count} block object${count === 1 ? '' : 's'} under ${diskPrefix(id)} ${why}`);
   }
+  // Seeds: import's records (which disks are in, who owns a disk image, what is registered) read;
+  // a registered seed has its point.
+  const seedsWithPoint = new Set(points.map((p) => p.seedId).filter((x): x is string => !!x));
   const seeds = new Map<string, number>();
+  const registeredSeq = new Map<string, number>();
   for (const n of all) {
+    if (!n.startsWith('seeds/')) continue;
+    try {
+      const doc = JSON.parse((await vault.getSealed(n)).toString('utf8')) as { seq?: number };
+      const r = /^seeds\/([^/]+)\/registered$/.exec(n);
+      if (r && typeof doc.seq === 'number') registeredSeq.set(r[1], doc.seq);
+    } catch (err) {
+      problems.push({ code: 'SEED_RECORD_DAMAGED', object: n, message: `import's record ${n} cannot be read: ${(err as Error).message}` });
+    }
     const m = /^seeds\/([^/]+)\/disks\/\d+$/.exec(n);
     if (m) seeds.set(m[1], (seeds.get(m[1]) ?? 0) + 1);
   }
   for (const [seed, count] of seeds) {
-    if (!all.has(`seeds/${seed}/registered`)) notes.push(`seed ${seed}: ${count} disk${count === 1 ? '' : 's'} imported, its point not registered yet (import the other disks)`);
+    if (seedsWithPoint.has(seed)) continue;
+    if (all.has(`seeds/${seed}/registered`)) {
+      const object = `seeds/${seed}/registered`;
+      // (not when that record, or its point, is named as damaged above already)
+      const seq = registeredSeq.get(seed);
+      const pointDamaged = problems.some((p) => p.code === 'POINT_DAMAGED' && seq !== undefined && p.object.endsWith(`/points/${String(seq).padStart(8, '0')}`));
+      if (!pointDamaged && !problems.some((p) => p.object === object)) {
+        problems.push({ code: 'POINT_MISSING', object, message: `seed ${seed} was registered, but its point is gone: import its disks again to register it again` });
+      }
+    } else notes.push(`seed ${seed}: ${count} disk${count === 1 ? '' : 's'} imported, its point not registered yet (import the other disks)`);
   }
-  const known = /^(vault\.json|items\/|disks\/|seeds\/|locks\/)/;
+  const known = /^(vault\.json|items\/[^/]+\/[^/]+\/(item|points\/\d{8})$|disks\/|seeds\/|locks\/)/;
   for (const n of all) if (!known.test(n)) notes.push(`object ${n} is not ferry's`);
 
   return { points: points.length, items: itemNames.length, disks: disks.length, blocks: blockCount, readData: !!opts.readData, bytesRead, problems, notes };

@@ -11,8 +11,8 @@
 //                 "kdf": { "name": "scrypt", "N": 32768, "r": 8, "p": 6, "salt": "<base64, 16 bytes>" },
 //                 "nonce": "<base64, 12 bytes>", "wrapped": "<base64, 32 bytes key + 16 bytes tag>" } ],
 //     "check": "<64 hex>" }
-// check = SHA-256 of the rest as ferry writes it (the same JSON without
-// "check", two-space indent, a final newline): a damaged byte anywhere (a
+// check = SHA-256 of the rest (the JSON without "check", keys sorted,
+// two-space indent, a final newline): a damaged byte anywhere (a
 // salt, a creation time, a default) is named as damage, not taken as a
 // wrong passphrase or used. A vault.json without "check" (made before) is read.
 // Slot AAD = "ferry-key-slot-v1" 00 vault-id 00 slot-id 00 N 00 r 00 p 00 salt(base64):
@@ -243,9 +243,26 @@ export function serializeConfig(config: VaultConfig): Buffer {
   return Buffer.from(JSON.stringify({ ...body, check: configCheck(body) }, null, 2) + '\n', 'utf8');
 }
 
-/** SHA-256 (hex) of `body` as ferry writes it without a check. */
+/**
+ * SHA-256 (hex) of `body` with every object's keys in sorted order, two-space
+ * indent and a final newline: the same for the same content, whatever order a
+ * tool (jq -S, an editor) leaves the keys in.
+ */
 function configCheck(body: object): string {
-  return createHash('sha256').update(JSON.stringify(body, null, 2) + '\n', 'utf8').digest('hex');
+  return sha256Hex(JSON.stringify(sortKeys(body), null, 2) + '\n');
+}
+
+/** The check as the first vault.json files with checks had it (keys in the order ferry writes them). */
+function configCheckInOrder(body: object): string {
+  return sha256Hex(JSON.stringify(body, null, 2) + '\n');
+}
+
+const sha256Hex = (text: string) => createHash('sha256').update(text, 'utf8').digest('hex');
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  return v;
 }
 
 const CONFIG_FIELDS = ['format', 'version', 'id', 'created', 'defaults', 'keys'];
@@ -257,14 +274,14 @@ export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
     new FerryError('VAULT_CONFIG_BAD', `${location}/${VAULT_CONFIG_NAME} is damaged: ${what.replace(/\s+/g, ' ')}; put back a copy of it saved after the last \`ferry init\` or \`ferry key add|remove\``, { location, file: VAULT_CONFIG_NAME });
   let doc: unknown;
   try {
-    doc = JSON.parse(data.toString('utf8'));
+    doc = JSON.parse(data.toString('utf8').replace(/^\uFEFF/, '')); // (a byte-order mark an editor added is not damage)
   } catch (err) {
     throw bad(`not JSON (${(err as Error).message})`);
   }
   if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw bad('not a JSON object');
   // The check first: a damaged version or format is damage, not another ferry's vault.
   const { check, ...body } = doc as Record<string, unknown>;
-  if (check !== undefined && check !== configCheck(body)) {
+  if (check !== undefined && check !== configCheck(body) && check !== configCheckInOrder(body)) {
     throw bad('its content does not match its "check" (SHA-256)');
   }
   const c = body as Partial<VaultConfig>;

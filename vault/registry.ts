@@ -88,7 +88,8 @@ export async function listPoints(
   const names: string[] = [];
   for await (const n of vault.list(prefix)) {
     const parts = n.split('/');
-    if (parts.length === 5 && parts[3] === 'points' && (!filter.item || parts[2] === filter.item)) names.push(n);
+    // (a file there that is not a point's, 8 digits, is not ferry's: ferry check names it)
+    if (parts.length === 5 && parts[3] === 'points' && /^\d{8}$/.test(parts[4]) && (!filter.item || parts[2] === filter.item)) names.push(n);
   }
   const read = await Promise.all(
     names.map((n) =>

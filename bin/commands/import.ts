@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { action, withGlobals, type Output } from '../cli.js';
 import { progressBar } from '../progress.js';
 import { openVaultFromCli, withLockOptions, type CliOpenOptions } from '../passphrase.js';
-import { UsageError, counted, formatSize } from '../../format/errors.js';
+import { FerryError, UsageError, counted, formatSize } from '../../format/errors.js';
 import { onInterrupt } from '../../format/interrupt.js';
 import type { ImportResult } from '../../seed/import.js';
 
@@ -24,11 +24,21 @@ export function register(program: Command): void {
         };
         // a run stopped part way (a full vault, Ctrl-C) still says which disks went in
         const inSoFar: ImportResult['imported'] = [];
-        const tellSoFar = async () => {
+        let told = false;
+        /** Once (an interrupt also ends in the error it causes); under --json in the one document. */
+        const tellSoFar = (err?: unknown) => {
+          if (told) return;
+          told = true;
           bar.stop();
-          if (!out.opts.json) for (const d of inSoFar) process.stderr.write(`ferry: before it stopped: ${line(d)}\n`);
+          if (!out.opts.json) {
+            for (const d of inSoFar) process.stderr.write(`ferry: before it stopped: ${line(d)}\n`);
+          } else if (err instanceof FerryError) {
+            err.data.imported = inSoFar; // the error document lists them
+          } else if (err === undefined) {
+            out.json({ error: { code: 'INTERRUPTED', message: 'interrupted; run the same command again to go on', imported: inSoFar } });
+          }
         };
-        const unhook = onInterrupt(tellSoFar);
+        const unhook = onInterrupt(async () => tellSoFar());
         try {
           let r: ImportResult;
           try {
@@ -37,7 +47,7 @@ export function register(program: Command): void {
               onImported: (d) => inSoFar.push(d),
             });
           } catch (err) {
-            await tellSoFar();
+            tellSoFar(err);
             throw err;
           }
           bar.stop();
