@@ -101,8 +101,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         }
         if (!o.salvage && err instanceof FerryError && err.data.object) {
           // an image or VHD is renamed into place only when whole; a device is written as it goes
-          const device = await stat(to).then((st) => st.isBlockDevice(), () => false);
-          const what = device ? `${to} holds the volume only up to there` : 'nothing was restored';
+          const what = (await isDevice(to)) ? `${to} holds the volume only up to there` : 'nothing was restored';
           throw new FerryError(err.code, `${err.message}; ${what} (--salvage restores the rest, with zeros where this data was)`, err.data, err.exitCode);
         }
         throw err;
@@ -284,13 +283,8 @@ async function restoreVolume(
     await exportDisk(disk, to, 'dynamic', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, mode: PRIVATE });
     return disk.size;
   }
-  let isDevice = false;
-  try {
-    isDevice = (await stat(to)).isBlockDevice();
-  } catch {
-    // a new image file
-  }
-  if (!isDevice) {
+  if (!(await isDevice(to))) {
+    // an image file, new or replaced
     await exportDisk(disk, to, 'raw', { onProgress: (d, t) => onProgress?.(d, t, 'volume'), onUnreadable, rawLength: length, mode: PRIVATE });
     return length;
   }
