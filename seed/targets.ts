@@ -13,6 +13,7 @@ import { freeBuffer, type SealPool } from '../format/seal/pool.js';
 import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { lockFile, mkdirp, writeAll } from '../format/fsio.js';
+import { startWriteback } from '../format/writeback.js';
 import { onInterrupt } from '../format/interrupt.js';
 
 const run = promisify(execFile);
@@ -495,6 +496,7 @@ export class SeedTargets {
       const fh = await fsOpen(tmp, 'w');
       try {
         await writeAll(fh, data);
+        await startWriteback(fh); // on its way to the disk before the manifest's sync
       } finally {
         await fh.close();
       }

@@ -12,6 +12,7 @@ import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
 import { HOST_TAG, mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
+import { startWriteback } from '../format/writeback.js';
 
 export interface DirBackendOptions {
   /** fsync files and directories (default true). Off only for throwaway test data. */
@@ -94,9 +95,11 @@ export class DirBackend implements Backend {
         }
         if (this.#sync && this.#batch && !exclusive) {
           // Group commit: a new name gets the object now and its fsync at
-          // commitBatch() (one wait for all of them, like git's batch mode).
+          // commitBatch() (one wait for all of them, like git's batch mode),
+          // its data on the way to the disk already (startWriteback).
           // link() refuses an existing name; replacing one stays durable on
           // its own below, so what was there is never lost to a power cut.
+          await startWriteback(fh);
           try {
             await fs.link(tmp, path);
             this.#batch.files.add(path);

@@ -1,0 +1,52 @@
+// Early write-back: ask the kernel to start writing an object's pages as soon
+// as ferry has written it, instead of at the group fsync (or the sync) at the
+// end. Where ferry is busy computing (sealing a store, a seed, verifying an
+// import) the disk then writes meanwhile, and the final fsync finds most of
+// the data there already (docs/PERFORMANCE.md). Not for files streamed at the
+// disk's own pace (vhd create, export): there the reads and the writes share
+// the disk either way, and writing back early measured no faster.
+//
+// Node has no sync_file_range; native/ferry_native.c gives it, built by npm
+// (binding.gyp) as the local package ferry-native. Without it (not built, not
+// Linux, FERRY_WRITEBACK=0) every call here does nothing: it is a hint, and
+// durability still comes from the fsyncs the callers make.
+import { createRequire } from 'node:module';
+import type { FileHandle } from 'node:fs/promises';
+
+interface Native {
+  startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
+}
+
+let native: Native | null | undefined;
+
+function load(): Native | null {
+  if (native === undefined) {
+    native = null;
+    if (process.platform === 'linux' && process.env.FERRY_WRITEBACK !== '0') {
+      try {
+        native = createRequire(import.meta.url)('ferry-native') as Native;
+      } catch {
+        // not built: write-back starts at the fsync, as it would without us
+      }
+    }
+  }
+  return native;
+}
+
+/** Whether early write-back is in effect (the native helper is built and not switched off). */
+export function writebackAvailable(): boolean {
+  return load() !== null;
+}
+
+/**
+ * Starts writing back `length` bytes of the file from `offset` (0: to the
+ * end) without waiting for the disk. Resolves with null, or the errno of a
+ * failure (never rejects: a hint that fails changes nothing). The file must
+ * stay open until it resolves.
+ */
+export function startWriteback(fh: FileHandle | number, offset = 0, length = 0): Promise<number | null> {
+  const n = load();
+  if (!n) return Promise.resolve(null);
+  const fd = typeof fh === 'number' ? fh : fh.fd;
+  return new Promise((resolve) => n.startWriteback(fd, offset, length, resolve));
+}
