@@ -36,9 +36,9 @@ if (missing.length > 0) {
   run(`${sudo}env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')}`);
 }
 
-const needNpm = ['better-sqlite3', 'zstd-napi', 'commander', 'ava', 'typescript'].some(
-  (m) => !existsSync(join(root, 'node_modules', m, 'package.json')),
-);
+const needNpm =
+  ['better-sqlite3', 'zstd-napi', 'commander', 'ava', 'typescript', 'ferry-native'].some((m) => !existsSync(join(root, 'node_modules', m, 'package.json'))) ||
+  !existsSync(join(root, 'native', 'build', 'Release', 'ferry_native.node')); // ferry's own addon, built by npm (node-gyp)
 if (needNpm) {
   console.error('setup: installing npm packages');
   run(existsSync(join(root, 'package-lock.json')) ? 'npm ci --no-fund --no-audit' : 'npm install --no-fund --no-audit');
