@@ -295,3 +295,76 @@ test('vhd export onto a disk of the chain it reads (itself, its parent, a hard l
     t.true((await ferry(['vhd', 'cat', c2], { env })).stdout.equals(want));
   });
 });
+
+/** Sets the one's-complement checksum of the structure at `at` (its field at `sumAt`). */
+function fixSum(d: Buffer, at: number, size: number, sumAt: number): void {
+  d.writeUInt32BE(0, at + sumAt);
+  let s = 0;
+  for (let i = at; i < at + size; i++) s += d[i];
+  d.writeUInt32BE(~s >>> 0, at + sumAt);
+}
+
+/** A qemu-made dynamic VHD rewritten to another layout the format allows (from the docs review), with a new unique id. */
+function relayout(src: Buffer, mode: 'header-at-1024' | 'bat-after-blocks'): Buffer {
+  const tab = Number(src.readBigUInt64BE(512 + 16));
+  const n = src.readUInt32BE(512 + 28);
+  let d: Buffer;
+  if (mode === 'header-at-1024') {
+    d = Buffer.concat([src.subarray(0, 512), Buffer.alloc(512), src.subarray(512)]); // all after the footer copy one sector on
+    d.writeBigUInt64BE(BigInt(tab + 512), 1024 + 16);
+    for (let i = 0; i < n; i++) {
+      const e = d.readUInt32BE(tab + 512 + 4 * i);
+      if (e !== 0xffffffff) d.writeUInt32BE(e + 1, tab + 512 + 4 * i);
+    }
+    for (const at of [0, d.length - 512]) d.writeBigUInt64BE(1024n, at + 16);
+    fixSum(d, 1024, 1024, 36);
+  } else {
+    const batLen = Math.ceil((4 * n) / 512) * 512;
+    const bat = Buffer.from(src.subarray(tab, tab + batLen));
+    const body = src.subarray(tab + batLen, src.length - 512);
+    for (let i = 0; i < n; i++) {
+      const e = bat.readUInt32BE(4 * i);
+      if (e !== 0xffffffff) bat.writeUInt32BE(e - batLen / 512, 4 * i);
+    }
+    const header = Buffer.from(src.subarray(512, 1536));
+    header.writeBigUInt64BE(BigInt(1536 + body.length), 16);
+    d = Buffer.concat([src.subarray(0, 512), header, body, bat, src.subarray(src.length - 512)]);
+    fixSum(d, 512, 1024, 36);
+  }
+  const uid = randomBytes(16);
+  for (const at of [0, d.length - 512]) {
+    uid.copy(d, at + 68);
+    fixSum(d, at, 512, 64);
+  }
+  return d;
+}
+
+test('a VHD whose header is not at 512 is stored and given back byte for byte; one whose BAT follows its blocks is refused, not stored wrong', async (t) => {
+  await withTmp(async (dir) => {
+    const v = join(dir, 'V');
+    await ok(['init', v, '--kdf-log-n', '12']);
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(6 * MiB));
+    const q = join(dir, 'q.vhd');
+    await must('qemu-img', ['convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=dynamic', raw, q]);
+    const src = await readFile(q);
+
+    const h1024 = join(dir, 'h1024.vhd');
+    await writeFile(h1024, relayout(src, 'header-at-1024'));
+    await must('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', raw, h1024]); // a VHD as the format allows
+    const id = (await ok(['vhd', 'import', '--vault', v, h1024])).trim();
+    // (it used to read as zeros from the vault, and export a different file, exit 0)
+    const cat = await ferry(['vhd', 'cat', '--vault', v, '--disk', id, '--length', String(6 * MiB)], { env });
+    t.true(cat.stdout.equals(await readFile(raw)), 'the stored disk reads as the file');
+    await ok(['vhd', 'export', '--vault', v, '--disk', id, '--to', join(dir, 'back.vhd')]);
+    t.true((await readFile(join(dir, 'back.vhd'))).equals(await readFile(h1024)), 'exported byte for byte');
+
+    const late = join(dir, 'late.vhd');
+    await writeFile(late, relayout(src, 'bat-after-blocks'));
+    await must('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', raw, late]);
+    const r = await ferry(['vhd', 'import', '--vault', v, late], { env });
+    t.is(r.code, 1, r.stderr);
+    t.regex(r.stderr, /^ferry: .*late\.vhd keeps its block allocation table at offset \d+, after its first data block \(offset 1536\): .*ferry vhd export .*late\.vhd --type dynamic --to NEW\.vhd.*\n$/);
+    t.is(JSON.parse(await ok(['vhd', 'list', '--json', '--vault', v])).length, 1, 'nothing more stored');
+  });
+});

@@ -44,6 +44,12 @@ test('superblock: encode/decode round trip; damage is reported with a stable cod
   bad[70] ^= 1;
   t.is(decodeSuperblock(bad).problems[0].code, 'VOLUME_BAD_CHECKSUM');
   t.is(decodeSuperblock(Buffer.alloc(4096)).problems[0].code, 'VOLUME_BAD_MAGIC');
+  // the documented order: magic, checksum, version, then field ranges (random
+  // bytes used to come first as "generation is too large")
+  t.is(decodeSuperblock(Buffer.alloc(4096, 0xff)).problems[0].code, 'VOLUME_BAD_MAGIC');
+  const huge = Buffer.from(buf);
+  huge.fill(0xff, 16, 64); // u64 fields past 2^53, checksum now wrong
+  t.deepEqual(decodeSuperblock(huge).problems.map((p) => p.code).slice(0, 2), ['VOLUME_BAD_CHECKSUM', 'VOLUME_BAD_FIELD']);
 });
 
 test('write, then read everything back: tree, metadata, data, hard links, checksums', async (t) => {

@@ -95,9 +95,13 @@ export function decodeHead(name: string, buf: Buffer): Head {
 }
 
 /** Block index of each file position that starts a block, from the BAT inside the prefix. */
-function batFromPrefix(prefix: Buffer): { bat: Uint32Array; span: number } | undefined {
-  if (prefix.length < 1536) return undefined;
-  const h = HeaderStruct.decode(prefix, 512);
+function batFromPrefix(prefix: Buffer, footer: Buffer | undefined): { bat: Uint32Array; span: number } | undefined {
+  // The dynamic header is where the footer says (offset 512 in what qemu,
+  // Hyper-V and ferry write, not always elsewhere): the footer at the end,
+  // else its copy at 0. storeVhdFile kept the header and BAT in the prefix.
+  const at = footer && footer.length >= 24 ? footer.readBigUInt64BE(16) : prefix.length >= 24 ? prefix.readBigUInt64BE(16) : -1n;
+  if (at < 0n || at + 1024n > BigInt(prefix.length)) return undefined;
+  const h = HeaderStruct.decode(prefix, Number(at));
   const t = Number(h.tableOffset);
   if (t + h.maxTableEntries * 4 > prefix.length) return undefined;
   const bat = new Uint32Array(h.maxTableEntries);
@@ -129,7 +133,7 @@ export class StoredVhdStorage implements VhdStorage {
       this.span = FIXED_CHUNK;
       for (const i of head.meta.fixedBlocks ?? []) this.starts.push({ pos: i * FIXED_CHUNK, index: i });
     } else {
-      const b = batFromPrefix(head.regions[0]?.data ?? Buffer.alloc(0));
+      const b = batFromPrefix(head.regions[0]?.data ?? Buffer.alloc(0), head.regions[1]?.data);
       if (b) {
         this.span = b.span;
         b.bat.forEach((e, index) => {
@@ -545,6 +549,7 @@ export async function storeVhdFile(
     const span = bitmapSize(d.blockSize!) + d.blockSize!;
     let firstBlock = d.footerOffset!;
     for (const e of bat) if (e !== UNUSED) firstBlock = Math.min(firstBlock, e * SECTOR);
+    unstorableLayout(path, d, firstBlock);
     const used: number[] = [];
     for (let i = 0; i < bat.length; i++) if (bat[i] !== UNUSED) used.push(i);
     const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
@@ -567,6 +572,29 @@ export async function storeVhdFile(
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * A stored disk keeps the bytes before its first block and the footer; the
+ * blocks are objects. A VHD whose dynamic header, BAT or parent locators lie
+ * after its first block (the format allows it; qemu-img, Hyper-V and ferry
+ * never write it) would lose them: refused, with the way to a storable copy.
+ */
+function unstorableLayout(path: string, d: Decoded, firstBlock: number): void {
+  const h = d.header!;
+  const parts: Array<[string, number, number]> = [
+    ['dynamic header', d.headerOffset!, 1024],
+    ['block allocation table', Number(h.tableOffset), Math.ceil((h.maxTableEntries * 4) / SECTOR) * SECTOR],
+  ];
+  for (const l of d.locators) if (l.dataLength > 0) parts.push([`parent locator ${l.index + 1} (${l.platformCode})`, Number(l.dataOffset), l.dataLength]);
+  const late = parts.find(([, at, len]) => at + len > firstBlock);
+  if (!late) return;
+  const [what, at] = late;
+  throw new FerryError(
+    'VHD_LAYOUT_UNSTORABLE',
+    `${path} keeps its ${what} at offset ${at}, after its first data block (offset ${firstBlock}): a vault keeps a VHD's metadata from the bytes before its blocks, so it could not give this file back; write a copy laid out as qemu-img and Hyper-V write VHDs (ferry vhd export ${path} --type dynamic --to NEW.vhd, a differencing disk flattened) and vhd import that`,
+    { file: path, part: what, offset: at, firstBlock },
+  );
 }
 
 /**

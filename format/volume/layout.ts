@@ -138,13 +138,17 @@ export interface DecodedSuperblock {
 /** Tolerant decode: returns the fields and every problem found; `checkSuperblock` decides. */
 export function decodeSuperblock(buf: Buffer): DecodedSuperblock {
   const problems: DecodedSuperblock['problems'] = [];
+  // Problems in the documented order: magic, checksum, version, then the
+  // ranges of fields (a block of other data is "no ferry volume here", not
+  // "generation is too large").
+  const ranges: DecodedSuperblock['problems'] = [];
   const out: Record<string, unknown> = {};
   for (const f of FIELDS) {
     switch (f.type) {
       case 'u32': out[f.name] = buf.readUInt32LE(f.offset); break;
       case 'u64': {
         const n = buf.readBigUInt64LE(f.offset);
-        if (n > BigInt(Number.MAX_SAFE_INTEGER)) problems.push({ code: 'VOLUME_BAD_FIELD', field: f.name, message: `${f.name} is too large (${n})` });
+        if (n > BigInt(Number.MAX_SAFE_INTEGER)) ranges.push({ code: 'VOLUME_BAD_FIELD', field: f.name, message: `${f.name} is too large (${n})` });
         out[f.name] = Number(n);
         break;
       }
@@ -165,6 +169,7 @@ export function decodeSuperblock(buf: Buffer): DecodedSuperblock {
   if (sb.version !== VERSION) {
     problems.push({ code: 'VOLUME_BAD_VERSION', field: 'version', message: `volume format version ${sb.version} is not supported (this ferry reads ${VERSION})` });
   }
+  problems.push(...ranges);
   if (sb.catalogExtentCount > MAX_CATALOG_EXTENTS) {
     problems.push({ code: 'VOLUME_BAD_FIELD', field: 'catalogExtentCount', message: `catalogExtentCount ${sb.catalogExtentCount} exceeds ${MAX_CATALOG_EXTENTS}` });
   } else {
