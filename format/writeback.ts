@@ -2,7 +2,8 @@
 // as ferry has written it, instead of at the group fsync (or the sync) at the
 // end. Where ferry is busy computing (sealing a store, a seed, verifying an
 // import) the disk then writes meanwhile, and the final fsync finds most of
-// the data there already (docs/PERFORMANCE.md). Not for files streamed at the
+// the data there already (docs/PERFORMANCE.md). A restore does the same for
+// the large files it writes. Not for files streamed at the
 // disk's own pace (vhd create, export): there the reads and the writes share
 // the disk either way, and writing back early measured no faster.
 //
@@ -15,6 +16,7 @@ import type { FileHandle } from 'node:fs/promises';
 
 interface Native {
   startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
+  startWritebackSync(fd: number, offset: number, length: number): number;
 }
 
 let native: Native | null | undefined;
@@ -49,4 +51,10 @@ export function startWriteback(fh: FileHandle | number, offset = 0, length = 0):
   if (!n) return Promise.resolve(null);
   const fd = typeof fh === 'number' ? fh : fh.fd;
   return new Promise((resolve) => n.startWriteback(fd, offset, length, resolve));
+}
+
+/** startWriteback on this thread, for code that writes with synchronous calls (the restore's writer thread): 0 or an errno. */
+export function startWritebackSync(fd: number, offset = 0, length = 0): number {
+  const n = load();
+  return n ? n.startWritebackSync(fd, offset, length) : 0;
 }

@@ -93,9 +93,34 @@ static napi_value start_writeback(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// startWritebackSync(fd, offset, length): the same, on the calling thread
+// (a worker thread that writes with synchronous calls); returns 0 or the errno.
+static napi_value start_writeback_sync(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], result;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd;
+  int64_t offset, length;
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &offset) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &length) != napi_ok || fd < 0 || offset < 0 || length < 0) {
+    napi_throw_type_error(env, NULL, "startWritebackSync(fd, offset, length)");
+    return NULL;
+  }
+  int err = 0;
+#ifdef __linux__
+  if (sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0) err = errno;
+#else
+  err = ENOSYS;
+#endif
+  napi_create_int32(env, err, &result);
+  return result;
+}
+
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "startWriteback", NAPI_AUTO_LENGTH, start_writeback, NULL, &fn);
   napi_set_named_property(env, exports, "startWriteback", fn);
+  napi_create_function(env, "startWritebackSync", NAPI_AUTO_LENGTH, start_writeback_sync, NULL, &fn);
+  napi_set_named_property(env, exports, "startWritebackSync", fn);
   return exports;
 }

@@ -16,6 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { formatSetfattr } from '../source/setfattr.js';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
+import { startWritebackSync } from '../format/writeback.js';
 
 /** One regular file to create at `tmp` and rename onto `dst` (or, `direct`, to create at `dst`). */
 export interface WriteJob {
@@ -170,6 +171,13 @@ export function nonZeroRuns(offset: number, data: Buffer): { offset: number; dat
  * writer has written N bytes, so that tests can stop a restore in the middle
  * of a file at a known point. Unset in normal use.
  */
+/**
+ * Files from this size on (and every part of a large one) start going to the
+ * disk as soon as written (startWritebackSync): the disk writes while the
+ * next files are unsealed, and the sync after a restore is short. Per small
+ * file it cost more system time than it saved (docs/PERFORMANCE.md).
+ */
+const WRITEBACK_MIN = 1024 * 1024;
 const KILL_AFTER = /^[0-9]+$/.test(process.env.FERRY_TEST_KILL_AFTER_BYTES ?? '') ? Number(process.env.FERRY_TEST_KILL_AFTER_BYTES) : null;
 let written = 0;
 
@@ -314,6 +322,7 @@ export function writeJob(j: WriteJob, held?: HeldFile[]): WriteResult {
         }
       }
     }
+    if (j.pieces.length > 0 && (j.part || j.size >= WRITEBACK_MIN)) startWritebackSync(fd);
     if (last) {
       if (j.part) openParts.delete(j.part.key);
       if (j.sparse) ftruncateSync(fd, j.size); // the holes of a sparse file stay holes

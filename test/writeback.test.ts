@@ -3,7 +3,7 @@
 import test from 'ava';
 import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { startWriteback, writebackAvailable } from '../format/writeback.js';
+import { startWriteback, startWritebackSync, writebackAvailable } from '../format/writeback.js';
 import { withTmp } from './helpers/exec.js';
 
 const linux = process.platform === 'linux';
@@ -20,9 +20,11 @@ const linux = process.platform === 'linux';
     await fh.write(data, 0, data.length, 0);
     t.is(await startWriteback(fh), null);
     t.is(await startWriteback(fh, 4096, 8192), null);
+    t.is(startWritebackSync(fh.fd), 0);
     const fd = fh.fd;
     await fh.close();
     t.is(await startWriteback(fd), 9 /* EBADF: the kernel saw the descriptor */);
+    t.is(startWritebackSync(fd), 9);
     t.deepEqual(await readFile(path), data);
   });
 });
