@@ -7,8 +7,8 @@
 // disk's own pace (vhd create, export): there the reads and the writes share
 // the disk either way, and writing back early measured no faster.
 //
-// Node has no sync_file_range; native/ferry_native.c gives it, built by npm
-// (binding.gyp) as the local package ferry-native. Without it (not built, not
+// Node has no sync_file_range; native/ferry_native.c gives it, built by
+// scripts/build-native.mjs (npm install runs it). Without it (not built, not
 // Linux, FERRY_WRITEBACK=0) every call here does nothing: it is a hint, and
 // durability still comes from the fsyncs the callers make.
 import { createRequire } from 'node:module';
@@ -26,7 +26,7 @@ function load(): Native | null {
     native = null;
     if (process.platform === 'linux' && process.env.FERRY_WRITEBACK !== '0') {
       try {
-        native = createRequire(import.meta.url)('ferry-native') as Native;
+        native = createRequire(import.meta.url)('../../native/index.cjs') as Native;
       } catch {
         // not built: write-back starts at the fsync, as it would without us
       }

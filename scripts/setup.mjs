@@ -37,9 +37,10 @@ if (missing.length > 0) {
 }
 
 const needNpm =
-  ['better-sqlite3', 'zstd-napi', 'commander', 'ava', 'typescript', 'ferry-native'].some((m) => !existsSync(join(root, 'node_modules', m, 'package.json'))) ||
-  !existsSync(join(root, 'native', 'build', 'Release', 'ferry_native.node')); // ferry's own addon, built by npm (node-gyp)
+  ['better-sqlite3', 'zstd-napi', 'commander', 'ava', 'typescript'].some((m) => !existsSync(join(root, 'node_modules', m, 'package.json')));
 if (needNpm) {
   console.error('setup: installing npm packages');
   run(existsSync(join(root, 'package-lock.json')) ? 'npm ci --no-fund --no-audit' : 'npm install --no-fund --no-audit');
 }
+// ferry's own addon (early write-back); npm's install script builds it, this covers a node_modules made before it
+if (!existsSync(join(root, 'native', 'build', 'Release', 'ferry_native.node'))) run('node scripts/build-native.mjs');
