@@ -10,8 +10,12 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const run = (cmd) => execSync(cmd, { stdio: 'inherit', cwd: root });
 const has = (bin) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0;
+/** Whether Debian's /usr/bin/python3 imports `module` (pyenv's python3 on PATH is another one). */
+const imports = (module) => spawnSync('/usr/bin/python3', ['-c', `import ${module}`], { stdio: 'ignore' }).status === 0;
+const present = (probe) =>
+  probe.startsWith('python3:') ? imports(probe.slice('python3:'.length)) : probe.startsWith('/') ? existsSync(probe) : has(probe);
 
-// Debian package -> a command (or file) that proves it is there.
+// Debian package -> a command, a file, or `python3:MODULE` (imported by /usr/bin/python3) that proves it is there.
 const debs = [
   ['qemu-utils', 'qemu-img'],
   ['libvhdi-utils', 'vhdimount'],
@@ -27,8 +31,11 @@ const debs = [
   ['bsdutils', 'script'], // a terminal for the passphrase prompt test
   ['exfatprogs', 'mkfs.exfat'], // a seed disk as USB drives come: exFAT, no hard links
   ['exfat-fuse', 'mount.exfat-fuse'],
+  // tools/ferry_read.py, the independent reader test/independent-reader.test.ts runs
+  ['python3-cryptography', 'python3:cryptography.hazmat.primitives.ciphers.aead'],
+  ['python3-zstandard', 'python3:zstandard'],
 ];
-const missing = debs.filter(([, probe]) => (probe.startsWith('/') ? !existsSync(probe) : !has(probe))).map(([p]) => p);
+const missing = debs.filter(([, probe]) => !present(probe)).map(([p]) => p);
 if (missing.length > 0) {
   const sudo = process.getuid && process.getuid() === 0 ? '' : 'sudo ';
   console.error(`setup: installing Debian packages: ${missing.join(' ')}`);
