@@ -182,6 +182,9 @@ test('vault.json parsing names what is wrong', (t) => {
     [JSON.stringify({ ...unchecked, keys: [] }), /no key slot/],
     [JSON.stringify({ ...unchecked, chek: 'x' }), /unknown field "chek"/],
     [plain.replace('"zstd"', '"lz4"'), /defaults/],
+    // names every object inherits are no codec (they passed an `in` test)
+    [plain.replace('"zstd"', '"toString"'), /defaults/],
+    [plain.replace('"zstd"', '"constructor"'), /defaults/],
   ];
   for (const [text, want] of cases) {
     const err = t.throws(() => parseVaultConfig(Buffer.from(text), '/v')) as FerryError;

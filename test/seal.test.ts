@@ -77,6 +77,13 @@ test('round trip with every codec and awkward sizes', (t) => {
   }
 });
 
+test('a codec name every object inherits (toString, constructor) is refused, not used', (t) => {
+  for (const codec of ['toString', 'constructor', '__proto__']) {
+    t.throws(() => new Sealer(randomBytes(32), { codec: codec as 'zstd' }), { message: /codec/ });
+    t.throws(() => new Sealer(randomBytes(32)).seal('a', Buffer.from('x'), { codec: codec as 'zstd' }), { message: /codec/ });
+  }
+});
+
 test('codec chosen per object: compressible data is compressed, random data stored raw', (t) => {
   const s = new Sealer(randomBytes(32));
   const text = textish(100_000);

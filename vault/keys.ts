@@ -293,7 +293,7 @@ export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
   const unknown = Object.keys(body).find((k) => !CONFIG_FIELDS.includes(k));
   if (unknown !== undefined) throw bad(`unknown field ${JSON.stringify(unknown)}`);
   if (typeof c.id !== 'string' || !/^[0-9a-f]{32}$/.test(c.id)) throw bad('"id" is not 32 hex digits');
-  if (!c.defaults || !(c.defaults.codec in CODECS) || !Number.isInteger(c.defaults.level)) throw bad('"defaults" needs a codec (none, zstd, deflate) and an integer level');
+  if (!c.defaults || !(typeof c.defaults.codec === 'string' && Object.hasOwn(CODECS, c.defaults.codec)) || !Number.isInteger(c.defaults.level)) throw bad('"defaults" needs a codec (none, zstd, deflate) and an integer level');
   if (!Array.isArray(c.keys) || c.keys.length === 0) throw bad('"keys" holds no key slot');
   for (const [i, s] of c.keys.entries()) {
     const k = s?.kdf;

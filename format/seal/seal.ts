@@ -59,7 +59,7 @@ function checkName(name: unknown): asserts name is string {
 }
 
 function checkOptions(o: SealOptions, codec = o.codec): void {
-  if (o.codec !== undefined) checkArg(o.codec in CODECS, 'codec', 'one of none, zstd, deflate', o.codec);
+  if (o.codec !== undefined) checkArg(typeof o.codec === 'string' && Object.hasOwn(CODECS, o.codec), 'codec', 'one of none, zstd, deflate', o.codec);
   if (o.level !== undefined) {
     const max = codec === 'deflate' ? 9 : 22;
     checkArg(Number.isInteger(o.level) && o.level >= 1 && o.level <= max, 'level', `an integer from 1 to ${max}`, o.level);
