@@ -97,7 +97,8 @@ export const COLUMNS = [
   'ino', 'dev', 'nlink', 'rdev', 'target', 'xattrs', 'link_group', 'implicit', 'extents', 'chunks',
 ] as const;
 
-export const INSERT_SQL = `INSERT INTO entries (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map((c) => '@' + c).join(', ')})`;
+/** Values bound by position, in COLUMNS order (toRow): a named binding looks 21 names up per row, 40 % slower over a seed's catalog. */
+export const INSERT_SQL = `INSERT INTO entries (${COLUMNS.join(', ')}) VALUES (${COLUMNS.map(() => '?').join(', ')})`;
 
 const EXTENT_BYTES = 24;
 
@@ -157,30 +158,31 @@ export function parentPath(path: Buffer): Buffer | null {
 export function toRow(
   e: EntryMeta,
   extra: { parent: number | null; linkGroup: number | null; extents: FileExtent[]; chunks: Buffer | null },
-): Record<(typeof COLUMNS)[number], unknown> {
-  return {
-    parent: extra.parent,
-    path: e.path,
-    name: baseName(e.path),
-    type: e.type,
-    mode: e.mode,
-    uid: e.uid,
-    gid: e.gid,
-    atime_ns: e.atimeNs,
-    mtime_ns: e.mtimeNs,
-    ctime_ns: e.ctimeNs,
-    size: e.size,
-    ino: s64(e.ino),
-    dev: s64(e.dev),
-    nlink: e.nlink,
-    rdev: s64(e.rdev),
-    target: e.target,
-    xattrs: encodeXattrs(e.xattrs),
-    link_group: extra.linkGroup,
-    implicit: e.implicit ? 1 : 0,
-    extents: encodeExtents(extra.extents),
-    chunks: extra.chunks && extra.chunks.length ? extra.chunks : null,
-  };
+): unknown[] {
+  // in COLUMNS order
+  return [
+    extra.parent,
+    e.path,
+    baseName(e.path),
+    e.type,
+    e.mode,
+    e.uid,
+    e.gid,
+    e.atimeNs,
+    e.mtimeNs,
+    e.ctimeNs,
+    e.size,
+    s64(e.ino),
+    s64(e.dev),
+    e.nlink,
+    s64(e.rdev),
+    e.target,
+    encodeXattrs(e.xattrs),
+    extra.linkGroup,
+    e.implicit ? 1 : 0,
+    encodeExtents(extra.extents),
+    extra.chunks && extra.chunks.length ? extra.chunks : null,
+  ];
 }
 
 /** The columns every entry query selects, in the order fromRaw() reads them. */
