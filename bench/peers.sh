@@ -81,12 +81,14 @@ else
     mkdir -p "$FROOT"
     git -C "$ROOT" archive HEAD | tar -x -C "$FROOT"
     ln -s "$ROOT/node_modules" "$FROOT/node_modules"
-    (cd "$FROOT" && "$ROOT/node_modules/.bin/tsc" -p .)
+    (cd "$FROOT" && "$ROOT/node_modules/.bin/tsc" -p . && node scripts/build-native.mjs)
     echo "$rev" > "$FROOT/.rev"
   fi
   FERRY_REV="commit ${rev:0:12}"
 fi
 FERRY=(node "$FROOT/bin/ferry")
+WB=$(node --input-type=module -e "import('$FROOT/dist/format/writeback.js').then((m) => console.log(m.writebackAvailable() ? 'on' : 'off'))" 2>/dev/null || echo unknown)
+say "ferry's early write-back (native/): $WB"
 
 # ---------------------------------------------------------------- source tree
 if [ ! -f "$WORK/src.info" ]; then
