@@ -20,8 +20,20 @@ function nodeGyp() {
   return existsSync(p) ? p : null;
 }
 
+/** Node's own headers: npm's setting (set for the scripts npm runs), else beside this node (/usr/include/node). */
+function nodeDir() {
+  if (process.env.npm_config_nodedir) return process.env.npm_config_nodedir;
+  const r = spawnSync('npm', ['config', 'get', 'nodedir'], { encoding: 'utf8' });
+  const set = r.status === 0 ? r.stdout.trim() : '';
+  if (set && set !== 'undefined' && set !== 'null') return set;
+  const prefix = join(dirname(process.execPath), '..');
+  return existsSync(join(prefix, 'include', 'node', 'node_api.h')) ? prefix : null;
+}
+
 const gyp = nodeGyp();
-const r = gyp ? spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] }) : { status: 1 };
+const nodedir = nodeDir();
+const args = [gyp, 'rebuild', ...(nodedir ? [`--nodedir=${nodedir}`] : [])]; // (without headers node-gyp would download them)
+const r = gyp ? spawnSync(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] }) : { status: 1 };
 if (r.status !== 0 || !existsSync(join(dir, 'build', 'Release', 'ferry_native.node'))) {
   console.error(`ferry: native/ (early write-back) did not build${gyp ? '' : ': no node-gyp found'}; ferry works without it, only slower to write`);
 }
