@@ -33,7 +33,8 @@ function nodeDir() {
 const gyp = nodeGyp();
 const nodedir = nodeDir();
 const args = [gyp, 'rebuild', ...(nodedir ? [`--nodedir=${nodedir}`] : [])]; // (without headers node-gyp would download them)
-const r = gyp ? spawnSync(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'inherit'] }) : { status: 1 };
+const r = gyp ? spawnSync(process.execPath, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' }) : { status: 1, stderr: '' };
 if (r.status !== 0 || !existsSync(join(dir, 'build', 'Release', 'ferry_native.node'))) {
+  process.stderr.write(r.stderr.split('\n').filter((l) => /ERR!|error/i.test(l)).slice(0, 20).join('\n') + '\n');
   console.error(`ferry: native/ (early write-back) did not build${gyp ? '' : ': no node-gyp found'}; ferry works without it, only slower to write`);
 }
