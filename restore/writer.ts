@@ -167,17 +167,18 @@ export function nonZeroRuns(offset: number, data: Buffer): { offset: number; dat
 }
 
 /**
- * Test hook: FERRY_TEST_KILL_AFTER_BYTES=N kills the whole process once the
- * writer has written N bytes, so that tests can stop a restore in the middle
- * of a file at a known point. Unset in normal use.
- */
-/**
  * Files from this size on (and every part of a large one) start going to the
  * disk as soon as written (startWritebackSync): the disk writes while the
  * next files are unsealed, and the sync after a restore is short. Per small
  * file it cost more system time than it saved (docs/PERFORMANCE.md).
  */
 const WRITEBACK_MIN = 1024 * 1024;
+
+/**
+ * Test hook: FERRY_TEST_KILL_AFTER_BYTES=N kills the whole process once the
+ * writer has written N bytes, so that tests can stop a restore in the middle
+ * of a file at a known point. Unset in normal use.
+ */
 const KILL_AFTER = /^[0-9]+$/.test(process.env.FERRY_TEST_KILL_AFTER_BYTES ?? '') ? Number(process.env.FERRY_TEST_KILL_AFTER_BYTES) : null;
 let written = 0;
 

@@ -96,9 +96,9 @@ export function decodeHead(name: string, buf: Buffer): Head {
 
 /** Block index of each file position that starts a block, from the BAT inside the prefix. */
 function batFromPrefix(prefix: Buffer, footer: Buffer | undefined): { bat: Uint32Array; span: number } | undefined {
-  // The dynamic header is where the footer says (offset 512 in what qemu,
-  // Hyper-V and ferry write, not always elsewhere): the footer at the end,
-  // else its copy at 0. storeVhdFile kept the header and BAT in the prefix.
+  // The dynamic header is where the footer's Data Offset says (512 in what
+  // qemu, Hyper-V and ferry write; the format allows more): the footer at the
+  // end, else its copy at 0. storeVhdFile keeps the header and BAT in the prefix.
   const at = footer && footer.length >= 24 ? footer.readBigUInt64BE(16) : prefix.length >= 24 ? prefix.readBigUInt64BE(16) : -1n;
   if (at < 0n || at + 1024n > BigInt(prefix.length)) return undefined;
   const h = HeaderStruct.decode(prefix, Number(at));
