@@ -16,6 +16,7 @@ import type { BigIntStats } from 'node:fs';
 import { chmod, lchown, link, lstat, mkdir, open, readFile, readdir, readlink, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ROOT, ferry, must, run, withTmp } from './helpers/exec.js';
+import { typeOf } from './helpers/tree.js';
 
 const PYTHON = '/usr/bin/python3';
 const READER = join(ROOT, 'tools', 'ferry_read.py');
@@ -98,15 +99,9 @@ async function buildTree(root: string): Promise<void> {
   await must('touch', ['-h', '-d', '@1200000000.000000004', join(root, 'sub', 'deeper')]);
 }
 
-function typeChar(st: BigIntStats): string {
-  if (st.isFile()) return 'f';
-  if (st.isDirectory()) return 'd';
-  if (st.isSymbolicLink()) return 'l';
-  if (st.isFIFO()) return 'p';
-  if (st.isCharacterDevice()) return 'c';
-  if (st.isBlockDevice()) return 'b';
-  return 's';
-}
+/** find -printf's %y letter of an entry's type. */
+const TYPE_CHAR: Record<string, string> = { file: 'f', dir: 'd', symlink: 'l', fifo: 'p', chardev: 'c', blockdev: 'b', socket: 's' };
+const typeChar = (st: BigIntStats): string => TYPE_CHAR[typeOf(st)];
 
 /**
  * One line per entry under `root` (not `root` itself), sorted by path:

@@ -236,7 +236,7 @@ export interface EntryInfo {
 
 export type Snapshot = Map<string, EntryInfo>;
 
-function typeOf(st: BigIntStats): string {
+export function typeOf(st: BigIntStats): string {
   if (st.isFile()) return 'file';
   if (st.isDirectory()) return 'dir';
   if (st.isSymbolicLink()) return 'symlink';
