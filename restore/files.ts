@@ -36,7 +36,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
-  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readlinkSync, renameSync, statSync,
+  constants as C, lchownSync, linkSync, lstatSync, lutimesSync, mkdirSync, readdirSync, readlinkSync, renameSync, statSync,
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
@@ -46,7 +46,7 @@ import { parentPath, baseName } from '../format/volume/catalog.js';
 import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FolderJournal } from './journal.js';
-import { FerryError, checkArg, formatSize } from '../format/errors.js';
+import { FerryError, checkArg, counted, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
@@ -474,6 +474,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       throw err;
     }
   };
+  let linksCopied = 0;
   const warn = (w: EntryWarning) => {
     w = { ...w, message: anchored.display(w.message), ...(w.path ? { path: anchored.displayPath(w.path) } : {}) };
     if (w.code === 'RESTORE_FAILED') result.failed++;
@@ -904,6 +905,39 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const existing = (p: Buffer): Stats | null => lstatAt(p) ?? null;
 
   /**
+   * Whether the entry found at `dst` is under another name: on a file system
+   * that does not tell letter case apart (FAT, exFAT, NTFS) `readme` finds
+   * README, another entry's file, which must be neither replaced nor taken
+   * for this one. Each folder's names are read once, and again before
+   * saying yes (names made since).
+   */
+  const listings = new Map<string, Set<string>>();
+  const heldByAnother = (dst: Buffer): boolean => {
+    const dir = parentPath(dst)!;
+    const key = dir.toString('latin1');
+    const name = baseName(dst).toString('latin1');
+    for (const fresh of [false, true]) {
+      let names = fresh ? undefined : listings.get(key);
+      if (!names) {
+        try {
+          names = new Set(readdirSync(A(dir), { encoding: 'buffer' }).map((n) => n.toString('latin1')));
+        } catch {
+          return false;
+        }
+        listings.set(key, names);
+      }
+      if (names.has(name)) return false;
+    }
+    return true;
+  };
+  const caseClash = (e: VolumeEntry) =>
+    warn({
+      code: 'RESTORE_FAILED',
+      message: `cannot restore ${printable(e.path)}: the file system there does not tell letter case apart, and another entry already holds the name in another case (restore it elsewhere with --path and --to)`,
+      path: e.path,
+    });
+
+  /**
    * `overwrite` and a directory where a file goes: it is renamed aside
    * (`.ferry-replaced-N` beside it) and removed only once the file is in
    * place; if the file never gets there (full disk, a failed read), it is
@@ -957,6 +991,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     settleAside(dst, e.id);
     const st = existing(dst);
     if (!st) return { dst, copy: false };
+    if (heldByAnother(dst)) {
+      caseClash(e);
+      return 'skipped';
+    }
     // the temporary name of a run stopped while it wrote this entry: never left behind
     const partial = join(parentPath(dst)!, Buffer.from(`.ferry-partial-${e.id}`));
     if (existing(partial)) clear(A(partial));
@@ -1199,6 +1237,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         await ensureParent(e.path, dst);
         if (!inFresh(dst)) settleAside(dst, e.id);
         const st = inFresh(dst) ? null : existing(dst);
+        if (st && heldByAnother(dst)) {
+          caseClash(e);
+          continue;
+        }
         const fst = st ? existing(firstDst) : null;
         if (st && fst && st.ino === fst.ino && st.dev === fst.dev) {
           result.skipped++;
@@ -1232,10 +1274,21 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         }
         result.restored++;
       } catch (err) {
-        warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK' || code === 'EXDEV') {
+          // no hard links on this file system (FAT, exFAT), or no more for this
+          // file: the name gets a copy of the data instead of being missing
+          linksCopied++;
+          await restoreOne({ ...e, type: 'file', linkGroup: null, extents: first.extents, chunks: first.chunks, size: first.size }, first);
+        } else {
+          warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+        }
       }
       progress();
       await trim();
+    }
+    if (linksCopied > 0) {
+      warn({ code: 'RESTORE_LINKS_COPIED', message: `${counted(linksCopied, 'hard link')} restored as separate copies of the data: the file system there has no hard links (FAT, exFAT) or no more for a file` });
     }
     await drainWriter();
     putBackAsides();

@@ -25,8 +25,13 @@
 // restore of another volume: its marker stays, for that restore to finish.
 //
 // Only a regular file owned by the restoring user counts as a marker, so
-// nobody else can make ferry treat a shared folder's files as its own.
+// nobody else can make ferry treat a shared folder's files as its own. On a
+// file system that keeps no owners (FAT, exFAT, NTFS through ntfs-3g,
+// mounted with uid=1000 as desktops do) every file shows the mount's owner:
+// there a marker of that owner counts, as any file ferry makes there would
+// show the same (nobody else's files can be told apart on it anyway).
 import { constants as C, closeSync, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { mkdirpSync } from '../format/fsio.js';
 
@@ -59,6 +64,32 @@ function writeMarker(path: Buffer, volume: string): boolean {
   }
 }
 
+/**
+ * The owner a file this process makes in `dir` gets: not ours where the file
+ * system keeps no owners (FAT, exFAT, ntfs-3g mounted with uid=). Null when
+ * nothing can be made there.
+ */
+function ownerGiven(dir: Buffer): number | null {
+  const probe = Buffer.concat([dir, Buffer.from(`/.ferry-owner-probe-${process.pid}-${randomBytes(4).toString('hex')}`)]);
+  try {
+    const fd = openSync(probe, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+    try {
+      return fstatSync(fd).uid;
+    } finally {
+      closeSync(fd);
+      unlinkSync(probe);
+    }
+  } catch {
+    return null;
+  }
+}
+
+/** Whether `uid` owns what the restoring user makes in `dir`: the user, or where owners are not kept the mount's owner. */
+function isOurs(uid: number, dir: Buffer): boolean {
+  const me = process.geteuid?.() ?? uid;
+  return uid === me || ownerGiven(dir) === uid;
+}
+
 function readMarker(path: Buffer): { ok: boolean; volume: string | null } {
   let fd: number;
   try {
@@ -68,8 +99,7 @@ function readMarker(path: Buffer): { ok: boolean; volume: string | null } {
   }
   try {
     const st = fstatSync(fd);
-    const uid = process.geteuid?.() ?? st.uid;
-    if (!st.isFile() || st.uid !== uid || st.size > 4096) return { ok: false, volume: null };
+    if (!st.isFile() || st.size > 4096 || !isOurs(st.uid, Buffer.from(dirname(path.toString('latin1')), 'latin1'))) return { ok: false, volume: null };
     const buf = Buffer.alloc(Number(st.size));
     let got = 0;
     while (got < buf.length) {
@@ -112,7 +142,7 @@ export function prepareTarget(to: Buffer, volume: string): MarkerState {
     return { ...INACTIVE, other: true };
   }
   // empty and the restoring user's (a run killed between making it and marking it): taken as new
-  if (st.uid === (process.geteuid?.() ?? st.uid) && readdirSync(to).length === 0) return fresh();
+  if (readdirSync(to).length === 0 && isOurs(st.uid, to)) return fresh();
   return INACTIVE;
 }
 

@@ -101,7 +101,7 @@ export class DirBackend implements Backend {
           // its own below, so what was there is never lost to a power cut.
           await startWriteback(fh);
           try {
-            await fs.link(tmp, path);
+            await fs.link(tmp, path).catch(noHardLinks(this.location));
             this.#batch.files.add(path);
             this.#batch.dirs.add(dir);
             await fs.unlink(tmp);
@@ -119,7 +119,7 @@ export class DirBackend implements Backend {
         // link() fails if the name exists, atomically: an exclusive create
         // that still never shows a partial file.
         try {
-          await fs.link(tmp, path);
+          await fs.link(tmp, path).catch(noHardLinks(this.location));
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw objectExists(this.location, name);
           throw err;
@@ -282,8 +282,32 @@ export class DirBackend implements Backend {
   }
 }
 
-function fsyncDir(dir: string): Promise<void> {
-  return fsyncPath(dir, fsc.O_DIRECTORY);
+/**
+ * link() of the temporary this process just made fails with EPERM (or
+ * ENOTSUP, EMLINK) only where the file system has no hard links: FAT and
+ * exFAT. Said so, not as "permission denied".
+ */
+function noHardLinks(location: string): (err: NodeJS.ErrnoException) => never {
+  return (err) => {
+    if (err.code === 'EPERM' || err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP' || err.code === 'EMLINK') {
+      throw new FerryError(
+        'VAULT_NO_HARDLINKS',
+        `${location} is on a file system without hard links (FAT, exFAT): a vault writes every object atomically through them; put the vault on ext4, xfs, btrfs or NTFS (seed disks and restore targets may be exFAT)`,
+        { location, errno: err.code },
+      );
+    }
+    throw err;
+  };
+}
+
+/** fsync of a folder; file systems that cannot (EINVAL, ENOTSUP: some FUSE ones) are taken at their word, as git and SQLite do. */
+async function fsyncDir(dir: string): Promise<void> {
+  try {
+    await fsyncPath(dir, fsc.O_DIRECTORY);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw err;
+  }
 }
 
 async function fsyncPath(path: string, flags = 0): Promise<void> {
@@ -316,7 +340,8 @@ export async function dirState(dir: string): Promise<'missing' | 'empty' | 'nonE
     if (code === 'ENOTDIR') return 'notADirectory'; // a file above it
     throw denied(err);
   }
-  // a freshly made ext4 file system holds only lost+found: empty for a vault
-  const names = (await fs.readdir(dir).catch((err) => Promise.reject(denied(err)))).filter((n) => n !== 'lost+found');
+  // a freshly made ext4 file system holds only lost+found, a drive formatted
+  // by Windows only System Volume Information: empty for a vault
+  const names = (await fs.readdir(dir).catch((err) => Promise.reject(denied(err)))).filter((n) => n !== 'lost+found' && n !== 'System Volume Information');
   return names.length === 0 ? 'empty' : 'nonEmpty';
 }
