@@ -32,13 +32,22 @@ export function isNoRoom(err: unknown): boolean {
 }
 
 /**
- * A full disk while writing `path`, said as such (an OS error names no path
- * for a write through a descriptor); `after` says what state things are in
- * and what to do. Other errors come back as they are.
+ * A failed write of `path` said as such: an OS error names no path for a
+ * write through a descriptor, and names ferry's temporary rather than `path`
+ * for its open. A full disk, a file too large for the file system (FAT32
+ * stops at 4 GiB - 1 byte), a read-only one, no permission; `after` says what
+ * state things are in and what to do (`other`, when not a full disk). Other
+ * errors come back as they are.
  */
-export function noRoom(err: unknown, path: string, after: string): unknown {
-  if (!isNoRoom(err)) return err;
-  return new FerryError('DISK_FULL', `no room left on the disk of ${path}: ${after}`, { path, errno: (err as NodeJS.ErrnoException).code });
+export function noRoom(err: unknown, path: string, after: string, other = after): unknown {
+  const errno = (err as NodeJS.ErrnoException)?.code;
+  if (isNoRoom(err)) return new FerryError('DISK_FULL', `no room left on the disk of ${path}: ${after}`, { path, errno });
+  if (errno === 'EFBIG') {
+    return new FerryError('FILE_TOO_LARGE', `${path}: the file system there cannot hold a file this large (FAT32 stops at 4 GiB - 1 byte; write it to exFAT, NTFS, ext4 or xfs): ${other}`, { path, errno });
+  }
+  if (errno === 'EROFS') return new FerryError('READ_ONLY', `${path}: the file system there is read-only: ${other}`, { path, errno });
+  if (errno === 'EACCES' || errno === 'EPERM') return new FerryError('NO_ACCESS', `cannot write ${path}: permission denied (run as a user who may write there): ${other}`, { path, errno });
+  return err;
 }
 
 /** Whether process `pid` exists on this host (EPERM: it does, under another user). */

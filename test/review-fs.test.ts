@@ -121,3 +121,36 @@ rootTest('on exFAT mounted with uid=1000 (as desktops mount USB drives), a resto
     });
   });
 });
+
+test('a write too large for the file system (FAT32: 4 GiB) is named in one line with --to, not a bare "write: EFBIG"', async (t) => {
+  const { FERRY } = await import('./helpers/exec.js');
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(3 * MiB));
+    const vhd = join(dir, 'a.vhd');
+    await ok(['vhd', 'create', vhd, '--from', raw]);
+    // a file size limit gives EFBIG as FAT32 does past 4 GiB (node ignores SIGXFSZ)
+    for (const args of [['vhd', 'export', vhd, '--to', join(dir, 'out.raw')], ['vhd', 'export', vhd, '--type', 'fixed', '--to', join(dir, 'out.vhd')]]) {
+      const r = await run('bash', ['-c', 'ulimit -f 1024; exec "$@"', 'bash', process.execPath, FERRY, ...args]);
+      t.is(r.code, 1, r.stderr.toString());
+      t.regex(r.stderr.toString(), /^ferry: .*\/out\.(raw|vhd): the file system there cannot hold a file this large \(FAT32 stops at 4 GiB - 1 byte; .*nothing was written at .*\n$/);
+      t.deepEqual((await readdir(dir)).sort(), ['a.raw', 'a.vhd'], 'no temporary left');
+    }
+  });
+});
+
+rootTest('vhd export --to a read-only file system names --to and says read-only', async (t) => {
+  const { withTmpfs } = await import('./helpers/mounts.js');
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'a.raw');
+    await writeFile(raw, randomBytes(MiB));
+    const vhd = join(dir, 'a.vhd');
+    await ok(['vhd', 'create', vhd, '--from', raw]);
+    await withTmpfs(join(dir, 'ro'), '8M', async (mnt) => {
+      await must('mount', ['-o', 'remount,ro', mnt]);
+      const r = await ferry(['vhd', 'export', vhd, '--to', join(mnt, 'back.vhd')]);
+      t.is(r.code, 1, r.stderr);
+      t.is(r.stderr, `ferry: ${join(mnt, 'back.vhd')}: the file system there is read-only: nothing was written at ${join(mnt, 'back.vhd')}\n`);
+    });
+  });
+});

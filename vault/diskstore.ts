@@ -613,7 +613,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
   const storage = new StoredVhdStorage(to, id, head, objects, 12);
   // under a temporary name until whole: a damaged object leaves no partial VHD at `to`
   const tmp = tempBeside(to);
-  const fh = await fsOpen(tmp, 'w');
+  const fh = await fsOpen(tmp, 'w').catch((err: unknown) => Promise.reject(noRoom(err, to, `nothing was written at ${to}`)));
   try {
     const chunk = 8 * 1024 * 1024;
     for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
@@ -627,7 +627,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
   } catch (err) {
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`);
+    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);
   }
 }
 
