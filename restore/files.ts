@@ -103,6 +103,8 @@ export interface RestoreResult {
 
 const SLASH = 0x2f;
 const NAME_MAX = 255;
+/** RESTORE_META warnings shown one by one; the rest are counted in one line. */
+const META_WARNINGS_SHOWN = 20;
 /** Regular files go to the writer thread in parts of about this size (smaller files whole). */
 const PART_BYTES = 4 * 1024 * 1024;
 /**
@@ -475,6 +477,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
   };
   let linksCopied = 0;
+  // Metadata a file system does not keep (owners on FAT and exFAT) would
+  // give a warning per file: the first ones are shown, the rest counted.
+  let metaWarnings = 0;
   const warn = (w: EntryWarning) => {
     w = { ...w, message: anchored.display(w.message), ...(w.path ? { path: anchored.displayPath(w.path) } : {}) };
     if (w.code === 'RESTORE_FAILED') result.failed++;
@@ -484,6 +489,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       return;
     }
     result.warnings++;
+    if (w.code === 'RESTORE_META' && ++metaWarnings > META_WARNINGS_SHOWN) return;
     opts.onWarning?.(w);
   };
   for (const p of unmatched) warn({ code: 'RESTORE_NO_SUCH_PATH', message: `nothing in this backup matches --path ${JSON.stringify(p)}` });
@@ -1306,6 +1312,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       await trim();
     }
     await times.drain();
+    if (metaWarnings > META_WARNINGS_SHOWN) {
+      opts.onWarning?.({
+        code: 'RESTORE_META',
+        message: `${counted(metaWarnings - META_WARNINGS_SHOWN, 'more warning')} like those above about owners, modes, times or extended attributes not shown: the file system there may not keep them`,
+      });
+    }
     if (full) throw diskFull(full, to, result);
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an

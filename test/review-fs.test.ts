@@ -154,3 +154,25 @@ rootTest('vhd export --to a read-only file system names --to and says read-only'
     });
   });
 });
+
+rootTest('on exFAT (no owners) a restore of many files warns about owners 20 times and counts the rest in one line', async (t) => {
+  const { chown } = await import('node:fs/promises');
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    for (let i = 0; i < 40; i++) {
+      await writeFile(join(src, `f${i}`), `file ${i}\n`);
+      await chown(join(src, `f${i}`), 1234, 1234);
+    }
+    const restore = await backedUp(dir, src);
+    await withExfat(dir, [], async (mnt) => {
+      const r = await ferry([...restore, '--to', join(mnt, 'out')], { env });
+      t.is(r.code, 3, r.stderr);
+      const lines = r.stderr.split('\n').filter((l) => l.includes('warning'));
+      const owner = lines.filter((l) => /cannot set the owner/.test(l));
+      t.is(owner.length, 20, r.stderr);
+      t.regex(r.stderr, /\d+ more warnings like those above about owners, modes, times or extended attributes not shown: the file system there may not keep them/);
+      for (let i = 0; i < 40; i++) t.is(await readFile(join(mnt, 'out', src, `f${i}`), 'utf8'), `file ${i}\n`);
+    });
+  });
+});
