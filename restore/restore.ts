@@ -106,7 +106,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         }
         throw err;
       }
-      return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: lost };
+      const open = (await isDevice(to)) ? 0 : await warnIfOthersRead(to, 'the volume, every byte of it', o.onWarning);
+      return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: lost + open };
     }
     const reader = await VolumeReader.open(disk);
     try {
@@ -140,6 +141,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
           // ferry's marker of an unfinished restore is the staging folder's, not the backup's
           await rm(join(staging, MARKER_NAME), { force: true });
           await tarDir(staging, to);
+          warnings += await warnIfOthersRead(to, "the machine's system state (/etc/shadow among it)", o.onWarning);
           return { point, to, format, restored: r.restored, skipped: r.skipped, failed: r.failed, bytes: r.bytes, warnings };
         } finally {
           await rm(staging, { recursive: true, force: true });
@@ -269,6 +271,19 @@ async function fileTarget(
  * the umask; chmod widens it when that is wanted.
  */
 const PRIVATE = 0o600;
+
+/**
+ * Images and archives are made readable by their owner alone (PRIVATE); a
+ * file system that keeps no modes (FAT, exFAT, NTFS through ntfs-3g) shows
+ * them readable by all: said once, as what it holds is then open. Returns
+ * the number of warnings given (0 or 1).
+ */
+async function warnIfOthersRead(path: string, holds: string, onWarning?: RestoreOptions['onWarning']): Promise<number> {
+  const st = await stat(path).catch(() => null);
+  if (!st || (st.mode & 0o077) === 0) return 0;
+  onWarning?.({ path, message: `${path} is readable by other users (mode ${(st.mode & 0o777).toString(8)}): the file system there keeps no file modes (FAT, exFAT, NTFS), and it holds ${holds}; keep the drive safe, or restore it to a Linux file system` });
+  return 1;
+}
 
 async function restoreVolume(
   disk: Disk,

@@ -176,3 +176,25 @@ rootTest('on exFAT (no owners) a restore of many files warns about owners 20 tim
     });
   });
 });
+
+rootTest('a volume image restored to exFAT (no file modes) is written, and the user is told it is readable by all', async (t) => {
+  await withTmp(async (dir) => {
+    const img = join(dir, 'vol.img');
+    await writeFile(img, randomBytes(2 * MiB));
+    const vault = join(dir, 'vault');
+    await ok(['init', vault, '--kdf-log-n', '12', '--quiet']);
+    await ok(['seed', '--vault', vault, '--item', 'vol', '--kind', 'volume', '--disk', join(dir, 'disk'), img, '--quiet']);
+    await ok(['import', '--vault', vault, join(dir, 'disk'), '--quiet']);
+    await withExfat(dir, [], async (mnt) => {
+      const out = join(mnt, 'vol.img');
+      const r = await ferry(['restore', '--vault', vault, '--item', 'vol', '--format', 'raw', '--to', out], { env });
+      t.is(r.code, 3, r.stderr);
+      t.regex(r.stderr, /vol\.img is readable by other users \(mode 7\d\d\): the file system there keeps no file modes .*every byte of it/);
+      t.true((await readFile(out)).equals(await readFile(img)));
+    });
+    // on a file system with modes: mode 600, no warning
+    const r = await ferry(['restore', '--vault', vault, '--item', 'vol', '--format', 'raw', '--to', join(dir, 'back.img')], { env });
+    t.is(r.code, 0, r.stderr);
+    t.notRegex(r.stderr, /readable by other users/);
+  });
+});
