@@ -800,7 +800,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       for (const w of r.warnings ?? []) warn({ code: 'RESTORE_META', message: `${printable(dst)}: ${w}`, path: dst });
       if (!r.ok) {
-        if (!failed) warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${r.error}`, path: e.path, errno: r.errno });
+        if (!failed) warn({ code: 'RESTORE_FAILED', message: `cannot restore ${printable(e.path)}: ${nameRefused(r.errno, dst) ?? r.error}`, path: e.path, errno: r.errno });
         failed = true;
         return;
       }
@@ -935,6 +935,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       if (names.has(name)) return false;
     }
     return true;
+  };
+  /**
+   * A create refused for the name itself, said so: FAT, exFAT and NTFS
+   * refuse : ? * " < > | \\ and control characters (ENOENT, EINVAL), and
+   * bytes that are not UTF-8 (EILSEQ). Null for any other failure.
+   */
+  const nameRefused = (errno: string | undefined, dst: Buffer): string | null => {
+    const refused = errno === 'EINVAL' || errno === 'EILSEQ' || (errno === 'ENOENT' && existing(parentPath(dst)!)?.isDirectory());
+    return refused ? `the file system there cannot hold its name (${errno}: FAT, exFAT and NTFS refuse : ? * " < > | \\, control characters and names that are not UTF-8); restore it to a Linux file system` : null;
   };
   const caseClash = (e: VolumeEntry) =>
     warn({

@@ -198,3 +198,23 @@ rootTest('a volume image restored to exFAT (no file modes) is written, and the u
     t.notRegex(r.stderr, /readable by other users/);
   });
 });
+
+rootTest('names exFAT cannot hold (: ? and not UTF-8) are said to be the reason, not "no such file or directory"', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'co:lon'), 'a\n');
+    await writeFile(join(src, 'ask?'), 'b\n');
+    await writeFile(Buffer.from(`${src}/caf\xe9`, 'latin1'), 'c\n');
+    await writeFile(join(src, 'plain'), 'd\n');
+    const restore = await backedUp(dir, src);
+    await withExfat(dir, [], async (mnt) => {
+      const r = await ferry([...restore, '--to', join(mnt, 'out')], { env });
+      t.is(r.code, 3, r.stderr);
+      const refused = r.stderr.split('\n').filter((l) => /the file system there cannot hold its name \((ENOENT|EINVAL|EILSEQ): FAT, exFAT and NTFS refuse/.test(l));
+      t.is(refused.length, 3, r.stderr);
+      t.notRegex(r.stderr, /no such file or directory/);
+      t.is(await readFile(join(mnt, 'out', src, 'plain'), 'utf8'), 'd\n');
+    });
+  });
+});
