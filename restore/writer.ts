@@ -137,7 +137,13 @@ export function setMetaNoFollow(p: Buffer, kind: 'dir' | 'node', mode: number, o
           apply(`/proc/self/fd/${fd}`, false); // the magic link leads to this very inode
           return;
         } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err; // no /proc: by path below
+          const e = err as NodeJS.ErrnoException;
+          if (e.code !== 'ENOENT') {
+            // (the magic link's name means nothing to the user: the caller names the entry)
+            e.message = e.message.replace(/, \w+ '\/proc\/self\/fd\/\d+'$/, '');
+            throw e;
+          }
+          // no /proc: by path below
         }
       } finally {
         closeSync(fd);
