@@ -103,6 +103,8 @@ export interface RestoreResult {
 
 const SLASH = 0x2f;
 const NAME_MAX = 255;
+/** Folder listings kept for telling a name from one in another letter case (heldByAnother). */
+const LISTINGS_KEPT = 256;
 /** RESTORE_META warnings shown one by one; the rest are counted in one line. */
 const META_WARNINGS_SHOWN = 20;
 /** Regular files go to the writer thread in parts of about this size (smaller files whole). */
@@ -642,6 +644,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     const key = pdst.toString('latin1');
     if (knownDirs.has(key)) return;
     const st = lstatAt(pdst);
+    if (st && heldByAnother(pdst)) {
+      throw new Error(`${printable(pdst)} is another entry's, under a name in another letter case: the file system there does not tell case apart`);
+    }
     if (st?.isDirectory() || (st?.isSymbolicLink() && anchored.trustedLink(pdst))) {
       // Its ancestors up to `to` must be directories too, not symlinks: one
       // would lead what is restored (with --path, whose parents are not
@@ -917,9 +922,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
    * for this one. Each folder's names are read once, and again before
    * saying yes (names made since).
    */
-  const listings = new Map<string, Set<string>>();
+  const listings = new Map<string, Set<string>>(); // the last LISTINGS_KEPT folders' (a miss only reads again)
   const heldByAnother = (dst: Buffer): boolean => {
-    const dir = parentPath(dst)!;
+    const dir = parentPath(dst);
+    if (!dir) return false; // (/ itself)
     const key = dir.toString('latin1');
     const name = baseName(dst).toString('latin1');
     for (const fresh of [false, true]) {
@@ -930,7 +936,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         } catch {
           return false;
         }
+        listings.delete(key);
         listings.set(key, names);
+        if (listings.size > LISTINGS_KEPT) listings.delete(listings.keys().next().value!);
       }
       if (names.has(name)) return false;
     }
@@ -1064,6 +1072,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       return;
     }
     const st = inFresh(dst) ? null : existing(dst);
+    if (st && heldByAnother(dst)) {
+      // another entry's folder (Docs for docs): nothing of this one goes into it
+      dirDst.set(e.id, null);
+      caseClash(e);
+      return;
+    }
     if (st?.isDirectory()) {
       const key = dst.toString('latin1');
       dirDst.set(e.id, dst);
@@ -1279,31 +1293,44 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           }
           if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);
         }
+        // A file system without hard links (FAT, exFAT) refuses link() with
+        // EPERM or ENOTSUP; a file with all the links it may have, EMLINK; a
+        // file system mounted inside the target, EXDEV.
+        // Then the name gets a copy of the data instead of being missing.
+        const linked = (from: Buffer, at: Buffer): boolean => {
+          try {
+            linkSync(A(from), A(at));
+            return true;
+          } catch (err) {
+            const code = (err as NodeJS.ErrnoException).code;
+            if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK' || code === 'EXDEV') return false;
+            throw err;
+          }
+        };
+        let copied = false;
         if (inFresh(place)) {
-          linkSync(A(firstDst), A(place)); // a link appears whole, and nothing is in the way
+          copied = !linked(firstDst, place); // a link appears whole, and nothing is in the way
         } else {
           const tmp = join(parentPath(place)!, Buffer.from(`.ferry-partial-${e.id}`));
           clear(A(tmp));
-          linkSync(A(firstDst), A(tmp));
-          renameSync(A(tmp), A(place));
+          if (linked(firstDst, tmp)) renameSync(A(tmp), A(place));
+          else copied = true;
         }
-        result.restored++;
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK' || code === 'EXDEV') {
-          // no hard links on this file system (FAT, exFAT), or no more for this
-          // file: the name gets a copy of the data instead of being missing
+        if (copied) {
           linksCopied++;
+          if (place !== dst) result.copies--; // (restoreOne decides and counts where it goes)
           await restoreOne({ ...e, type: 'file', linkGroup: null, extents: first.extents, chunks: first.chunks, size: first.size }, first);
         } else {
-          warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
+          result.restored++;
         }
+      } catch (err) {
+        warn({ code: 'RESTORE_FAILED', message: `cannot restore the hard link ${printable(e.path)}: ${(err as Error).message}`, path: e.path });
       }
       progress();
       await trim();
     }
     if (linksCopied > 0) {
-      warn({ code: 'RESTORE_LINKS_COPIED', message: `${counted(linksCopied, 'hard link')} restored as separate copies of the data: the file system there has no hard links (FAT, exFAT) or no more for a file` });
+      warn({ code: 'RESTORE_LINKS_COPIED', message: `${counted(linksCopied, 'hard link')} restored as separate copies of the data: the file system there refused them (it has no hard links, as FAT and exFAT, or a file had all it may have)` });
     }
     await drainWriter();
     putBackAsides();
