@@ -16,7 +16,7 @@ import type { BigIntStats } from 'node:fs';
 import { chmod, lchown, link, lstat, mkdir, open, readFile, readdir, readlink, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ROOT, ferry, must, run, withTmp } from './helpers/exec.js';
-import { typeOf } from './helpers/tree.js';
+import { typeOf, writeAt } from './helpers/tree.js';
 
 const PYTHON = '/usr/bin/python3';
 const READER = join(ROOT, 'tools', 'ferry_read.py');
@@ -44,17 +44,6 @@ const J = (...parts: Array<string | Buffer>) => Buffer.concat(parts.flatMap((p, 
 const B2 = (p: string | Buffer) => (Buffer.isBuffer(p) ? p : B(p));
 const CAFE = Buffer.from([0x63, 0x61, 0x66, 0xe9]); // "caf\xe9": not UTF-8
 
-/** A file of `size` bytes holding only `pieces` (the rest holes). */
-async function sparse(path: Buffer, size: number, pieces: Array<{ at: number; data: Buffer }>): Promise<void> {
-  const fh = await open(path, 'w');
-  try {
-    for (const p of pieces) await fh.write(p.data, 0, p.data.length, p.at);
-    await fh.truncate(size);
-  } finally {
-    await fh.close();
-  }
-}
-
 /**
  * The tree of tools/ferry_read_e2e.sh and more: a hard link, symlinks (one
  * owned by 1234:5678, one dangling), sparse files (one ending in a short
@@ -73,8 +62,8 @@ async function buildTree(root: string): Promise<void> {
   await writeFile(J(S, 'rand.bin'), randomBytes(3 * MiB)); // does not compress: stored raw
   // a page of zeros written between two of data: stored (its grain is not all zero), restored as a hole
   const pages = Buffer.concat([Buffer.alloc(4096, 'A'), Buffer.alloc(4096), Buffer.alloc(4096, 'B')]);
-  await sparse(J(S, 'sparse.img'), 10 * MiB, [{ at: MiB, data: pages }, { at: 5_000_000, data: B('middle') }]);
-  await sparse(J(S, 'sparse-tail.img'), 10 * MiB + 100, [{ at: 0, data: B('head') }]); // its last chunk: 100 bytes of hole
+  await writeAt(J(S, 'sparse.img'), [{ at: MiB, data: pages }, { at: 5_000_000, data: B('middle') }], 10 * MiB);
+  await writeAt(J(S, 'sparse-tail.img'), [{ at: 0, data: B('head') }], 10 * MiB + 100); // its last chunk: 100 bytes of hole
   // zeros written, in a file with no holes: stored, and restored as written
   await writeFile(J(S, 'zeros-inside.bin'), Buffer.concat([Buffer.alloc(4096, 'A'), Buffer.alloc(128 * 1024), Buffer.alloc(4096, 'B')]));
   await symlink('hello.txt', J(S, 'link'));

@@ -82,7 +82,8 @@ export function pseudoRandom(n: number, seed: number): Buffer {
   return out;
 }
 
-async function writeAt(path: Buffer, pieces: { at: number; data: Buffer }[], size: number): Promise<void> {
+/** A file of `size` bytes holding only `pieces` (the rest holes). */
+export async function writeAt(path: Buffer, pieces: { at: number; data: Buffer }[], size: number): Promise<void> {
   const fh = await open(path, 'w');
   try {
     for (const p of pieces) await fh.write(p.data, 0, p.data.length, p.at);
