@@ -25,6 +25,16 @@ export async function writeAll(fh: FileHandle, buf: Buffer, pos?: number): Promi
   }
 }
 
+/**
+ * Whether link() of a file this process owns failed for the file system's
+ * sake: none at all (FAT, exFAT: EPERM, ENOTSUP) or no more for that file
+ * (EMLINK).
+ */
+export function linkRefused(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK';
+}
+
 /** Whether `err` says the file system is full (or the user's quota is). */
 export function isNoRoom(err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException)?.code;
@@ -39,7 +49,7 @@ export function isNoRoom(err: unknown): boolean {
  * state things are in and what to do (`other`, when not a full disk). Other
  * errors come back as they are.
  */
-export function noRoom(err: unknown, path: string, after: string, other = after): unknown {
+export function writeError(err: unknown, path: string, after: string, other = after): unknown {
   const errno = (err as NodeJS.ErrnoException)?.code;
   if (isNoRoom(err)) return new FerryError('DISK_FULL', `no room left on the disk of ${path}: ${after}`, { path, errno });
   if (errno === 'EFBIG') {
@@ -278,7 +288,7 @@ export function lockFile(path: string, task: string): () => void {
     if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
       throw new FerryError('NO_ACCESS', `cannot take the lock ${path} for ${task}: ${dirname(path)} cannot be written (${code === 'EROFS' ? 'a read-only file system' : 'permission denied'}); run ferry as a user who may write there`, { path });
     }
-    throw noRoom(err, path, `free some space in ${dirname(path)} and run it again`);
+    throw writeError(err, path, `free some space in ${dirname(path)} and run it again`);
   }
   try {
     for (let tries = 0; ; tries++) {
@@ -287,7 +297,7 @@ export function lockFile(path: string, task: string): () => void {
         break;
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
-        if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK') {
+        if (linkRefused(err)) {
           // a file system without hard links (FAT, exFAT: USB drives): an
           // exclusive create instead (a reader may see it a moment empty: it tries again)
           try {

@@ -50,7 +50,7 @@ import { FerryError, checkArg, counted, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
-import { mkdirpSync } from '../format/fsio.js';
+import { linkRefused, mkdirpSync } from '../format/fsio.js';
 
 /** Bytes of one file read between two progress reports within it. */
 const PROGRESS_STEP = 16 * 1024 * 1024;
@@ -953,6 +953,20 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     const refused = errno === 'EINVAL' || errno === 'EILSEQ' || (errno === 'ENOENT' && existing(parentPath(dst)!)?.isDirectory());
     return refused ? `the file system there cannot hold its name (${errno}: FAT, exFAT and NTFS refuse : ? * " < > | \\, control characters and names that are not UTF-8); restore it to a Linux file system` : null;
   };
+  /**
+   * link(), or false where the file system refuses it (no hard links, as FAT
+   * and exFAT; all the links a file may have; EXDEV: a file system mounted
+   * inside the target): the name then gets a copy of the data instead.
+   */
+  const linked = (from: Buffer, at: Buffer): boolean => {
+    try {
+      linkSync(A(from), A(at));
+      return true;
+    } catch (err) {
+      if (linkRefused(err) || (err as NodeJS.ErrnoException).code === 'EXDEV') return false;
+      throw err;
+    }
+  };
   const caseClash = (e: VolumeEntry) =>
     warn({
       code: 'RESTORE_FAILED',
@@ -1293,20 +1307,6 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           }
           if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);
         }
-        // A file system without hard links (FAT, exFAT) refuses link() with
-        // EPERM or ENOTSUP; a file with all the links it may have, EMLINK; a
-        // file system mounted inside the target, EXDEV.
-        // Then the name gets a copy of the data instead of being missing.
-        const linked = (from: Buffer, at: Buffer): boolean => {
-          try {
-            linkSync(A(from), A(at));
-            return true;
-          } catch (err) {
-            const code = (err as NodeJS.ErrnoException).code;
-            if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EMLINK' || code === 'EXDEV') return false;
-            throw err;
-          }
-        };
         let copied = false;
         if (inFresh(place)) {
           copied = !linked(firstDst, place); // a link appears whole, and nothing is in the way

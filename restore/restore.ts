@@ -79,7 +79,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       if (target === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
       if (typeof target !== 'string') return unchanged(target.equal);
       const to = target;
-      if (await isDevice(to)) {
+      const device = await isDevice(to);
+      if (device) {
         if (o.ifExists === 'skip') throw new UsageError(`${to} is a block device, which always exists: --if-exists skip would leave it as it is; leave --if-exists out to write the volume onto it`);
         await checkBlocksThere(vault, point);
       }
@@ -101,12 +102,12 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         }
         if (!o.salvage && err instanceof FerryError && err.data.object) {
           // an image or VHD is renamed into place only when whole; a device is written as it goes
-          const what = (await isDevice(to)) ? `${to} holds the volume only up to there` : 'nothing was restored';
+          const what = device ? `${to} holds the volume only up to there` : 'nothing was restored';
           throw new FerryError(err.code, `${err.message}; ${what} (--salvage restores the rest, with zeros where this data was)`, err.data, err.exitCode);
         }
         throw err;
       }
-      const open = (await isDevice(to)) ? 0 : await warnIfOthersRead(to, 'the volume, every byte of it', o.onWarning);
+      const open = device ? 0 : await warnIfOthersRead(to, 'the volume, every byte of it', o.onWarning);
       return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: lost + open };
     }
     const reader = await VolumeReader.open(disk);

@@ -11,7 +11,7 @@ import { constants as fsc, promises as fs, Dirent } from 'node:fs';
 import { dirname, join, resolve, sep } from 'node:path';
 import { FerryError } from '../format/errors.js';
 import { Backend, checkObjectName, checkPrefix, IoFaults, ObjectStat, objectExists, objectMissing } from './backend.js';
-import { HOST_TAG, mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
+import { HOST_TAG, linkRefused, mkdirp, sweepLeftovers, writeAll } from '../format/fsio.js';
 import { startWriteback } from '../format/writeback.js';
 
 export interface DirBackendOptions {
@@ -289,7 +289,7 @@ export class DirBackend implements Backend {
  */
 function noHardLinks(location: string): (err: NodeJS.ErrnoException) => never {
   return (err) => {
-    if (err.code === 'EPERM' || err.code === 'ENOTSUP' || err.code === 'EOPNOTSUPP' || err.code === 'EMLINK') {
+    if (linkRefused(err)) {
       throw new FerryError(
         'VAULT_NO_HARDLINKS',
         `${location} is on a file system without hard links (FAT, exFAT): a vault writes every object atomically through them; put the vault on ext4, xfs, btrfs or NTFS (seed disks and restore targets may be exFAT)`,

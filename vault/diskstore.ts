@@ -29,7 +29,7 @@ import { type Problem, VhdError } from '../format/vhd/problems.js';
 import { openChain } from '../format/vhd/chain.js';
 import { VhdDisk, notAFile, openError, type VhdStorage } from '../format/vhd/vhd.js';
 import { isZero, readAhead } from '../format/vhd/create.js';
-import { fileEquals, noRoom, tempBeside, writeAll } from '../format/fsio.js';
+import { fileEquals, writeError, tempBeside, writeAll } from '../format/fsio.js';
 
 const MAGIC = Buffer.from('FRRYHEAD', 'latin1');
 const FIXED_CHUNK = 2 * 1024 * 1024;
@@ -613,7 +613,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
   const storage = new StoredVhdStorage(to, id, head, objects, 12);
   // under a temporary name until whole: a damaged object leaves no partial VHD at `to`
   const tmp = tempBeside(to);
-  const fh = await fsOpen(tmp, 'w').catch((err: unknown) => Promise.reject(noRoom(err, to, `nothing was written at ${to}`)));
+  const fh = await fsOpen(tmp, 'w').catch((err: unknown) => Promise.reject(writeError(err, to, `nothing was written at ${to}`)));
   try {
     const chunk = 8 * 1024 * 1024;
     for (let pos = 0; pos < head.meta.fileSize; pos += chunk) {
@@ -627,7 +627,7 @@ export async function exportStoredVhd(objects: ObjectGetter, id: string, to: str
   } catch (err) {
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);
+    throw writeError(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);
   }
 }
 

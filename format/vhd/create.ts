@@ -25,7 +25,7 @@ import {
   vhdTimestamp,
 } from './layout.js';
 import { VhdDisk } from './vhd.js';
-import { noRoom, tempBeside, writeAll } from '../fsio.js';
+import { writeError, tempBeside, writeAll } from '../fsio.js';
 
 export const CREATOR_APP = 'frry';
 export const CREATOR_VERSION = 0x00010000;
@@ -174,7 +174,7 @@ export async function writeVhd(
   checkArg(blockSize >= SECTOR && (blockSize & (blockSize - 1)) === 0, 'blockSize', 'a power of two of at least 512', blockSize);
   const footer = encodeFooter(makeFooter({ size: opts.size, type, date: opts.date, uniqueId: opts.uniqueId }));
   const tmp = tempBeside(path);
-  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666).catch((err: unknown) => Promise.reject(noRoom(err, path, `nothing was written at ${path}`)));
+  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666).catch((err: unknown) => Promise.reject(writeError(err, path, `nothing was written at ${path}`)));
   const writes = new WriteQueue();
   const recycle = opts.recycle ?? (() => {});
   try {
@@ -226,7 +226,7 @@ export async function writeVhd(
     await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw noRoom(err, path, `free space there or write it elsewhere; nothing was written at ${path}`, `nothing was written at ${path}`);
+    throw writeError(err, path, `free space there or write it elsewhere; nothing was written at ${path}`, `nothing was written at ${path}`);
   }
 }
 

@@ -2,7 +2,7 @@
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
 import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
-import { noRoom, tempBeside, writeAll } from '../fsio.js';
+import { writeError, tempBeside, writeAll } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -59,7 +59,7 @@ export async function exportDisk(disk: Disk, to: string, type: ExportType, opts:
     return;
   }
   const tmp = tempBeside(to);
-  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666).catch((err: unknown) => Promise.reject(noRoom(err, to, `nothing was written at ${to}`)));
+  const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666).catch((err: unknown) => Promise.reject(writeError(err, to, `nothing was written at ${to}`)));
   const writes = new WriteQueue();
   const writeAt = (b: Buffer, pos: number) => writeAll(fh, b, pos);
   try {
@@ -81,7 +81,7 @@ export async function exportDisk(disk: Disk, to: string, type: ExportType, opts:
     await writes.settle();
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
-    throw noRoom(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);
+    throw writeError(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);
   }
 }
 

@@ -9,7 +9,7 @@ import type { Disk } from '../disk.js';
 import { VhdError } from './problems.js';
 import { openChain } from './chain.js';
 import { VhdDisk } from './vhd.js';
-import { isNoRoom, lockFile, noRoom } from '../fsio.js';
+import { isNoRoom, lockFile, writeError } from '../fsio.js';
 
 export interface MergeResult {
   child: string;
@@ -129,7 +129,7 @@ export async function mergeVhd(childPath: string, opts: { onProgress?: (done: nu
     // the parent grows by what the child holds; half-merged, it reads right again once the merge is finished
     // (a full disk only: other errors may be the journal's, beside the child, and name their file themselves)
     if (!isNoRoom(err)) throw err;
-    throw noRoom(err, parent?.name ?? childPath, `the merge of ${childPath} into it stopped part way; free space there and run ferry vhd merge ${childPath} again to finish it (until then the parent is half-merged)`);
+    throw writeError(err, parent?.name ?? childPath, `the merge of ${childPath} into it stopped part way; free space there and run ferry vhd merge ${childPath} again to finish it (until then the parent is half-merged)`);
   } finally {
     await child.closeLayer();
     if (parent) await parent.close();
