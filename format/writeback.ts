@@ -7,32 +7,15 @@
 // disk's own pace (vhd create, export): there the reads and the writes share
 // the disk either way, and writing back early measured no faster.
 //
-// Node has no sync_file_range; native/ferry_native.c gives it, built by
-// scripts/build-native.mjs (npm install runs it). Without it (not built, not
-// Linux, FERRY_WRITEBACK=0) every call here does nothing: it is a hint, and
-// durability still comes from the fsyncs the callers make.
-import { createRequire } from 'node:module';
+// Node has no sync_file_range; native/ferry_native.c gives it (format/native.ts).
+// Without it (not built, not Linux, FERRY_WRITEBACK=0 or FERRY_NATIVE=0) every
+// call here does nothing: it is a hint, and durability still comes from the
+// fsyncs the callers make.
 import type { FileHandle } from 'node:fs/promises';
-
-interface Native {
-  startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
-  startWritebackSync(fd: number, offset: number, length: number): number;
-}
-
-let native: Native | null | undefined;
+import { nativeAddon, Native } from './native.js';
 
 function load(): Native | null {
-  if (native === undefined) {
-    native = null;
-    if (process.platform === 'linux' && process.env.FERRY_WRITEBACK !== '0') {
-      try {
-        native = createRequire(import.meta.url)('../../native/index.cjs') as Native;
-      } catch {
-        // not built: write-back starts at the fsync, as it would without us
-      }
-    }
-  }
-  return native;
+  return process.env.FERRY_WRITEBACK === '0' ? null : nativeAddon();
 }
 
 /** Whether early write-back is in effect (the native helper is built and not switched off). */

@@ -3,7 +3,7 @@
     {
       "target_name": "ferry_native",
       "sources": ["ferry_native.c"],
-      "cflags": ["-O2", "-Wall"]
+      "cflags": ["-O3", "-Wall"]
     }
   ]
 }

@@ -17,9 +17,12 @@
 // wrong passphrase or used. A vault.json without "check" (made before) is read.
 // Slot AAD = "ferry-key-slot-v1" 00 vault-id 00 slot-id 00 N 00 r 00 p 00 salt(base64):
 // a slot cannot be moved to another vault or have its cost edited unnoticed.
-import { createCipheriv, createDecipheriv, createHash, randomBytes, scrypt as scryptCb, ScryptOptions } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { EXIT, FerryError, UsageError } from '../format/errors.js';
 import { CODECS, CodecName } from '../format/seal/layout.js';
+import { scrypt, ScryptCost } from './scrypt.js';
+
+export type { ScryptCost };
 
 export const VAULT_FORMAT = 'ferry-vault';
 export const VAULT_VERSION = 1;
@@ -27,17 +30,13 @@ export const VAULT_CONFIG_NAME = 'vault.json';
 export const MIN_PASSPHRASE_CHARS = 16;
 const MASTER_KEY_SIZE = 32;
 
-export interface ScryptCost {
-  N: number;
-  r: number;
-  p: number;
-}
-
 /**
- * About 0.44 s and 32 MiB on the machine this was tuned on (AMD EPYC, Node
- * 20). N = 2^15, r = 8 with p = 6 costs the time of N = 2^17, r = 8, p = 1
+ * About 0.44 s of one core's work on the machine this was tuned on (AMD EPYC,
+ * Node 20), which is what each guess costs an attacker; ferry itself runs the
+ * six lanes on all the cores (vault/scrypt.ts) and waits about half that on
+ * two, with one 32 MiB table per lane in flight. N = 2^15, r = 8 with p = 6 costs the time of N = 2^17, r = 8, p = 1
  * (0.36-0.45 s) in a quarter of the memory: opening a vault peaked at 173 MiB
- * with 2^17 and peaks at 75 MiB with this. OWASP's password storage sheet
+ * with 2^17 and at 75 MiB with this on one core. OWASP's password storage sheet
  * counts N = 2^15, r = 8, p = 3 as the equal of N = 2^17, r = 8, p = 1; this
  * is twice that work (restic uses the same shape: N = 2^15, r = 8, p tuned).
  * Slots made before keep their own cost (it is in the slot).
@@ -107,11 +106,7 @@ export function checkCost(c: ScryptCost, where = 'scrypt parameters'): void {
 }
 
 function deriveKek(passphrase: string, salt: Buffer, c: ScryptCost): Promise<Buffer> {
-  // Node refuses above maxmem (32 MiB by default); the need is 128*N*r*p plus a little.
-  const opts: ScryptOptions = { N: c.N, r: c.r, p: c.p, maxmem: 128 * c.N * c.r * c.p + 2 ** 20 };
-  return new Promise((resolve, reject) => {
-    scryptCb(Buffer.from(passphrase.normalize('NFC'), 'utf8'), salt, 32, opts, (err, key) => (err ? reject(err) : resolve(key)));
-  });
+  return scrypt(Buffer.from(passphrase.normalize('NFC'), 'utf8'), salt, c, 32);
 }
 
 function slotAad(vaultId: string, slotId: string, kdf: KdfParams): Buffer {

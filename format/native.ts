@@ -1,0 +1,30 @@
+// ferry's own addon (native/ferry_native.c), loaded once for every user of
+// it: early write-back (format/writeback.ts) and scrypt's lanes on all cores
+// (vault/scrypt.ts). It is built by scripts/build-native.mjs (npm install runs
+// it); without it (not built, not Linux, FERRY_NATIVE=0) each user falls back
+// to plain Node and ferry only runs slower.
+import { createRequire } from 'node:module';
+
+export interface Native {
+  startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
+  startWritebackSync(fd: number, offset: number, length: number): number;
+  /** scrypt's ROMix on one 128*r-byte lane, in place, on libuv's pool. */
+  scryptRomix(lane: Uint8Array, N: number, r: number, cb: (errno: number | null) => void): void;
+}
+
+let native: Native | null | undefined;
+
+/** The addon, or null when it is not built or switched off. */
+export function nativeAddon(): Native | null {
+  if (native === undefined) {
+    native = null;
+    if (process.platform === 'linux' && process.env.FERRY_NATIVE !== '0') {
+      try {
+        native = createRequire(import.meta.url)('../../native/index.cjs') as Native;
+      } catch {
+        // not built: every user has a plain-Node way
+      }
+    }
+  }
+  return native;
+}
