@@ -8,7 +8,7 @@ import { createRequire } from 'node:module';
 export interface Native {
   startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
   startWritebackSync(fd: number, offset: number, length: number): number;
-  /** scrypt's ROMix on one 128*r-byte lane, in place, on libuv's pool. */
+  /** scrypt's ROMix on each 128*r-byte lane of `lanes`, in place, one after the other on a thread of libuv's pool. */
   scryptRomix(lane: Uint8Array, N: number, r: number, cb: (errno: number | null) => void): void;
 }
 

@@ -9,8 +9,8 @@
 // their data already on the disk, and the disk writes while ferry computes.
 // It is a hint; durability still comes from fsync.
 //
-// scryptRomix(block, N, r, callback): scrypt's ROMix (RFC 7914, section 5)
-// on one 128*r-byte lane, in place, on a thread of libuv's pool. Node's
+// scryptRomix(lanes, N, r, callback): scrypt's ROMix (RFC 7914, section 5)
+// on each 128*r-byte lane of `lanes`, in place, on a thread of libuv's pool. Node's
 // crypto.scrypt computes the p lanes of a derivation one after the other on
 // one thread; with this, vault/kdf.ts runs them on all the cores and does the
 // two PBKDF2 steps around them itself. Same parameters, same result, same
@@ -22,6 +22,7 @@
 #include <string.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <sys/mman.h>
 #include <node_api.h>
 
 /* ---- scrypt's ROMix (RFC 7914): Salsa20/8, BlockMix, ROMix ---- */
@@ -31,10 +32,54 @@
 static inline uint32_t le32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
 static inline void put_le32(uint8_t *p, uint32_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24); }
 
-/* B = B + Salsa20/8(B), 16 words */
+/*
+ * Inside ROMix every 64-byte block is kept with its 16 words in the order
+ * 0 5 10 15, 4 9 14 3, 8 13 2 7, 12 1 6 11 (the diagonals of Salsa20's 4x4
+ * matrix): Salsa20's column quarter-rounds then work on four words at once in
+ * 128-bit vectors, and a lane rotation of three of the vectors turns rows into
+ * columns. XOR, copy and add are word by word, so they do not mind the order,
+ * and Integerify's word 0 stays at 0. The lane is put in this order on the way
+ * in and back on the way out.
+ */
+static const uint8_t ORDER[16] = {0, 5, 10, 15, 4, 9, 14, 3, 8, 13, 2, 7, 12, 1, 6, 11};
+
+#if defined(__GNUC__) && !defined(__clang__)
+typedef uint32_t v4u __attribute__((vector_size(16)));
+#define VROTL(a, b) (((a) << (b)) | ((a) >> (32 - (b))))
+/* B = B + Salsa20/8(B), B in diagonal order */
+static void salsa20_8(uint32_t B[16]) {
+  v4u X0, X1, X2, X3;
+  memcpy(&X0, B, 16); memcpy(&X1, B + 4, 16); memcpy(&X2, B + 8, 16); memcpy(&X3, B + 12, 16);
+  const v4u s0 = X0, s1 = X1, s2 = X2, s3 = X3;
+  const v4u left1 = {1, 2, 3, 0}, half = {2, 3, 0, 1}, right1 = {3, 0, 1, 2};
+  for (int i = 8; i > 0; i -= 2) {
+    /* columns: X0 = (0 5 10 15), X1 = (4 9 14 3), X2 = (8 13 2 7), X3 = (12 1 6 11) */
+    X1 ^= VROTL(X0 + X3, 7);
+    X2 ^= VROTL(X1 + X0, 9);
+    X3 ^= VROTL(X2 + X1, 13);
+    X0 ^= VROTL(X3 + X2, 18);
+    /* rows: X3 -> (1 6 11 12), X2 -> (2 7 8 13), X1 -> (3 4 9 14) */
+    X3 = __builtin_shuffle(X3, left1);
+    X2 = __builtin_shuffle(X2, half);
+    X1 = __builtin_shuffle(X1, right1);
+    X3 ^= VROTL(X0 + X1, 7);
+    X2 ^= VROTL(X3 + X0, 9);
+    X1 ^= VROTL(X2 + X3, 13);
+    X0 ^= VROTL(X1 + X2, 18);
+    X3 = __builtin_shuffle(X3, right1);
+    X2 = __builtin_shuffle(X2, half);
+    X1 = __builtin_shuffle(X1, left1);
+  }
+  X0 += s0; X1 += s1; X2 += s2; X3 += s3;
+  memcpy(B, &X0, 16); memcpy(B + 4, &X1, 16); memcpy(B + 8, &X2, 16); memcpy(B + 12, &X3, 16);
+}
+#else
+/* B = B + Salsa20/8(B), B in diagonal order (plain C: each word by name) */
 static void salsa20_8(uint32_t B[16]) {
   uint32_t x[16];
-  memcpy(x, B, sizeof x);
+  for (int k = 0; k < 16; k++) x[ORDER[k]] = B[k];
+  uint32_t in[16];
+  memcpy(in, x, sizeof in);
   for (int i = 8; i > 0; i -= 2) {
     x[4] ^= ROTL(x[0] + x[12], 7);   x[8] ^= ROTL(x[4] + x[0], 9);
     x[12] ^= ROTL(x[8] + x[4], 13);  x[0] ^= ROTL(x[12] + x[8], 18);
@@ -53,8 +98,9 @@ static void salsa20_8(uint32_t B[16]) {
     x[12] ^= ROTL(x[15] + x[14], 7); x[13] ^= ROTL(x[12] + x[15], 9);
     x[14] ^= ROTL(x[13] + x[12], 13); x[15] ^= ROTL(x[14] + x[13], 18);
   }
-  for (int i = 0; i < 16; i++) B[i] += x[i];
+  for (int k = 0; k < 16; k++) B[k] = x[ORDER[k]] + in[ORDER[k]];
 }
+#endif
 
 /* Y = BlockMix(B): 2r 64-byte blocks; even results first, then odd. */
 static void block_mix(const uint32_t *B, uint32_t *Y, uint32_t r) {
@@ -76,16 +122,10 @@ static void wipe(void *p, size_t n) {
 #endif
 }
 
-/* The lane in place: 128*r bytes. Returns 0, or ENOMEM. */
-static int romix(uint8_t *lane, uint64_t N, uint32_t r) {
+/* One lane in place (128*r bytes), with the table V (128*r*N bytes) and two blocks X, Y of 128*r bytes as scratch. */
+static void romix(uint8_t *lane, uint64_t N, uint32_t r, uint32_t *V, uint32_t *X, uint32_t *Y) {
   size_t words = 32 * (size_t)r;
-  uint32_t *V = malloc(words * sizeof(uint32_t) * N);
-  uint32_t *X = malloc(words * sizeof(uint32_t)), *Y = malloc(words * sizeof(uint32_t));
-  if (!V || !X || !Y) {
-    free(V); free(X); free(Y);
-    return ENOMEM;
-  }
-  for (size_t k = 0; k < words; k++) X[k] = le32(lane + 4 * k);
+  for (size_t k = 0; k < words; k++) X[k] = le32(lane + 4 * ((k & ~(size_t)15) + ORDER[k & 15]));
   for (uint64_t i = 0; i < N; i++) {
     memcpy(&V[i * words], X, words * sizeof(uint32_t));
     block_mix(X, Y, r);
@@ -98,12 +138,29 @@ static int romix(uint8_t *lane, uint64_t N, uint32_t r) {
     block_mix(X, Y, r);
     uint32_t *t = X; X = Y; Y = t;
   }
-  for (size_t k = 0; k < words; k++) put_le32(lane + 4 * k, X[k]);
-  /* what the lane's memory held derives from the passphrase: wipe it */
-  wipe(V, words * sizeof(uint32_t) * N);
-  wipe(X, words * sizeof(uint32_t));
-  wipe(Y, words * sizeof(uint32_t));
-  free(V); free(X); free(Y);
+  for (size_t k = 0; k < words; k++) put_le32(lane + 4 * ((k & ~(size_t)15) + ORDER[k & 15]), X[k]);
+}
+
+/*
+ * `count` lanes one after the other with one table: a fresh 32 MiB costs as
+ * much to fault in as a third of a lane's work, so a thread reuses its table
+ * (huge pages where the kernel gives them) and wipes it once at the end, as
+ * what it held derives from the passphrase. 0, or ENOMEM.
+ */
+static int romix_lanes(uint8_t *lanes, uint32_t count, uint64_t N, uint32_t r) {
+  size_t laneBytes = 128 * (size_t)r;
+  if (N > (SIZE_MAX - 2 * laneBytes) / laneBytes) return ENOMEM;
+  size_t tableBytes = laneBytes * N;
+  size_t mapped = tableBytes + 2 * laneBytes;
+  void *mem = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) return ENOMEM;
+#ifdef MADV_HUGEPAGE
+  if (tableBytes >= (4u << 20)) madvise(mem, mapped, MADV_HUGEPAGE); /* a hint: fewer faults and TLB misses */
+#endif
+  uint32_t *V = mem, *X = (uint32_t *)((uint8_t *)mem + tableBytes), *Y = X + laneBytes / 4;
+  for (uint32_t i = 0; i < count; i++) romix(lanes + i * laneBytes, N, r, V, X, Y);
+  wipe(mem, mapped);
+  munmap(mem, mapped);
   return 0;
 }
 
@@ -214,13 +271,14 @@ typedef struct {
   uint8_t *data;
   uint64_t N;
   uint32_t r;
+  uint32_t count;
   int err;
 } RomixJob;
 
 static void romix_run(napi_env env, void *data) {
   (void)env;
   RomixJob *job = data;
-  job->err = romix(job->data, job->N, job->r);
+  job->err = romix_lanes(job->data, job->count, job->N, job->r);
 }
 
 static void romix_done(napi_env env, napi_status status, void *data) {
@@ -237,7 +295,8 @@ static void romix_done(napi_env env, napi_status status, void *data) {
   free(job);
 }
 
-// scryptRomix(lane: Uint8Array of 128*r bytes, N: power of two >= 2, r >= 1, callback(errno|null))
+// scryptRomix(lanes: Uint8Array of k*128*r bytes, N: power of two >= 2, r >= 1, callback(errno|null)):
+// ROMix on each of the k lanes in place, one after the other, on one pool thread.
 static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4], name;
@@ -257,8 +316,9 @@ static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   if (argc < 4 || cbType != napi_function || !isTyped ||
       napi_get_typedarray_info(env, argv[0], &type, &length, &base, &arraybuffer, &byteOffset) != napi_ok || type != napi_uint8_array ||
       napi_get_value_int64(env, argv[1], &N) != napi_ok || napi_get_value_uint32(env, argv[2], &r) != napi_ok ||
-      N < 2 || (N & (N - 1)) != 0 || r < 1 || r > (1u << 24) || length != 128 * (size_t)r || base == NULL) {
-    napi_throw_type_error(env, NULL, "scryptRomix(lane of 128*r bytes, N a power of two, r, callback)");
+      N < 2 || (N & (N - 1)) != 0 || r < 1 || r > (1u << 24) || length == 0 || length % (128 * (size_t)r) != 0 ||
+      length / (128 * (size_t)r) > UINT32_MAX || base == NULL) {
+    napi_throw_type_error(env, NULL, "scryptRomix(lanes of 128*r bytes each, N a power of two, r, callback)");
     return NULL;
   }
   RomixJob *job = calloc(1, sizeof *job);
@@ -269,6 +329,7 @@ static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   job->data = base;
   job->N = (uint64_t)N;
   job->r = r;
+  job->count = (uint32_t)(length / (128 * (size_t)r));
   if (napi_create_reference(env, argv[3], 1, &job->callback) != napi_ok) {
     free(job);
     napi_throw_error(env, NULL, "scryptRomix: cannot hold the callback");

@@ -52,10 +52,11 @@ test('FERRY_NATIVE=0: the same key from Node alone', (t) => {
   t.is(out.trim(), `null ${VECTORS[1].dk}`);
 });
 
-(linux ? test : test.skip)('scryptRomix refuses a lane of the wrong size, an N not a power of two, a missing callback', (t) => {
+(linux ? test : test.skip)('scryptRomix refuses lanes of the wrong size, an N not a power of two, a missing callback', (t) => {
   const n = nativeAddon()!;
   const cb = () => {};
   t.throws(() => n.scryptRomix(Buffer.alloc(1000), 16, 8, cb), { instanceOf: TypeError });
+  t.throws(() => n.scryptRomix(Buffer.alloc(0), 16, 8, cb), { instanceOf: TypeError });
   t.throws(() => n.scryptRomix(Buffer.alloc(1024), 15, 8, cb), { instanceOf: TypeError });
   t.throws(() => n.scryptRomix(Buffer.alloc(1024), 16, 0, cb), { instanceOf: TypeError });
   t.throws(() => (n.scryptRomix as unknown as (a: unknown, b: number, c: number) => void)(Buffer.alloc(1024), 16, 8), { instanceOf: TypeError });

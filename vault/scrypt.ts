@@ -6,11 +6,11 @@
 // the lanes one after the other on one thread: with ferry's default p = 6 a
 // vault took 0.45-0.7 s to open here while the second core sat idle. With the
 // native addon the lanes run on libuv's pool, as many at once as there are
-// cores: the same parameters, the same key (tests compare it with Node's and
-// RFC 7914's vectors) and the same work for anyone trying passphrases, in
-// about half the wait on two cores. Memory: one 128*N*r table per lane in
-// flight (32 MiB each with the default cost). Without the addon, or for p = 1,
-// it is Node's crypto.scrypt.
+// cores, each thread taking its share of the lanes with one table: the same
+// parameters, the same key (tests compare it with Node's and RFC 7914's
+// vectors) and the same work for anyone trying passphrases, in about half the
+// wait on two cores. Memory: one 128*N*r table per thread (32 MiB with the
+// default cost). Without the addon, or for p = 1, it is Node's crypto.scrypt.
 import { pbkdf2Sync, scrypt as nodeScrypt, ScryptOptions } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { nativeAddon, Native } from '../format/native.js';
@@ -25,7 +25,7 @@ const cores = Math.max(1, availableParallelism());
 let running = 0;
 const waiting: (() => void)[] = [];
 
-/** Runs fn when fewer than `cores` lanes run in the process (two slots unlocked at once share the cores). */
+/** Runs fn when fewer than `cores` threads compute lanes in the process (slots unlocked at once share the cores). */
 async function onACore<T>(fn: () => Promise<T>): Promise<T> {
   if (running >= cores) await new Promise<void>((resolve) => waiting.push(resolve));
   else running++;
@@ -38,9 +38,9 @@ async function onACore<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
-function romix(n: Native, lane: Buffer, N: number, r: number): Promise<void> {
+function romix(n: Native, lanes: Buffer, N: number, r: number): Promise<void> {
   return new Promise((resolve, reject) =>
-    n.scryptRomix(lane, N, r, (errno) => (errno === null ? resolve() : reject(new Error(`scrypt: ${errno === 12 ? 'out of memory' : `error ${errno}`} (N=${N} r=${r})`)))),
+    n.scryptRomix(lanes, N, r, (errno) => (errno === null ? resolve() : reject(new Error(`scrypt: ${errno === 12 ? 'out of memory' : `error ${errno}`} (N=${N} r=${r})`)))),
   );
 }
 
@@ -55,7 +55,10 @@ export async function scrypt(password: Buffer, salt: Buffer, c: ScryptCost, dkLe
   const laneBytes = 128 * c.r;
   const lanes = pbkdf2Sync(password, salt, 1, c.p * laneBytes, 'sha256');
   try {
-    await Promise.all(Array.from({ length: c.p }, (_, i) => onACore(() => romix(n, lanes.subarray(i * laneBytes, (i + 1) * laneBytes), c.N, c.r))));
+    // p lanes in `cores` shares as even as can be (6 on 2 cores: 3 and 3)
+    const shares = Math.min(cores, c.p);
+    const bounds = Array.from({ length: shares + 1 }, (_, i) => Math.round((i * c.p) / shares));
+    await Promise.all(bounds.slice(1).map((end, i) => onACore(() => romix(n, lanes.subarray(bounds[i] * laneBytes, end * laneBytes), c.N, c.r))));
     return pbkdf2Sync(password, lanes, 1, dkLen, 'sha256');
   } finally {
     lanes.fill(0);
