@@ -1,8 +1,9 @@
 // ferry's own addon (native/ferry_native.c), loaded once for every user of
-// it: early write-back (format/writeback.ts) and scrypt's lanes on all cores
-// (vault/scrypt.ts). It is built by scripts/build-native.mjs (npm install runs
-// it); without it (not built, not Linux, FERRY_NATIVE=0) each user falls back
-// to plain Node and ferry only runs slower.
+// it: early write-back (format/writeback.ts), scrypt's lanes on all cores
+// (vault/scrypt.ts), and file ranges read where the page cache holds them
+// (format/filerange.ts). It is built by scripts/build-native.mjs (npm install
+// runs it); without it (not built, not Linux, FERRY_NATIVE=0) each user falls
+// back to plain Node and ferry only runs slower.
 import { createRequire } from 'node:module';
 
 export interface Native {
@@ -10,6 +11,12 @@ export interface Native {
   startWritebackSync(fd: number, offset: number, length: number): number;
   /** scrypt's ROMix on each 128*r-byte lane of `lanes`, in place, one after the other on a thread of libuv's pool. */
   scryptRomix(lane: Uint8Array, N: number, r: number, cb: (errno: number | null) => void): void;
+  /** A read-only Buffer over `length` bytes of the file from `offset` (mmap), or the errno when it cannot be mapped. */
+  mapRange(fd: number, offset: number, length: number, file: string): Buffer | number;
+  /** Empties a mapRange buffer (every view of it too) and unmaps it now. */
+  unmapRange(b: Buffer): void;
+  /** posix_fadvise(WILLNEED) on libuv's pool; calls back when queued. */
+  prefetch(fd: number, offset: number, length: number, cb: () => void): void;
 }
 
 let native: Native | null | undefined;

@@ -21,6 +21,7 @@ import { open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
+import { type FileRange, mappingAvailable, prefetchRange } from '../format/filerange.js';
 import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.js';
 import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
 import type { EmptyImage } from '../format/vhd/create.js';
@@ -44,6 +45,10 @@ export interface ObjectGetter {
 export interface ObjectPutter {
   /** With `give`, the putter may take `data`'s memory: the caller must not use it again. */
   put(name: string, data: Buffer, give?: boolean): Promise<void>;
+  /** Puts bytes of an open file (the putter's sealing thread maps them); the file stays open until idle() resolves. */
+  putRange?(name: string, range: FileRange): Promise<void>;
+  /** Resolves when nothing put is still being read (never rejects). */
+  idle?(): Promise<void>;
   /** Everything put so far is stored and durable before anything put after (a putter that batches durability needs it). */
   barrier?(): Promise<void>;
 }
@@ -465,6 +470,7 @@ export async function storeVhdFile(
   const fh = await fsOpen(path, 'r').catch((err: NodeJS.ErrnoException) => {
     throw openError(path, err);
   });
+  let rangesOut: (() => Promise<void>) | undefined;
   try {
     const fileSize = (await fh.stat()).size;
     const src: ByteSource = {
@@ -552,13 +558,29 @@ export async function storeVhdFile(
     unstorableLayout(path, d, firstBlock);
     const used: number[] = [];
     for (let i = 0; i < bat.length; i++) if (bat[i] !== UNUSED) used.push(i);
-    const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
-    for (const i of used) {
-      const b = await next();
-      bytes += b.length;
-      await out.put(blockName(id, i), b, true);
-      blocks++;
-      onProgress?.(i + 1, bat.length);
+    if (out.putRange && out.idle && mappingAvailable()) {
+      // The sealing threads map each block where the page cache holds it
+      // (no copy through this thread); the kernel reads ahead of them.
+      const putRange = out.putRange.bind(out);
+      rangesOut = out.idle.bind(out);
+      for (const i of used) {
+        // (within the file: a BAT entry past its end was refused above)
+        const range = { fd: fh.fd, offset: bat[i] * SECTOR, length: Math.min(span, fileSize - bat[i] * SECTOR), file: path };
+        void prefetchRange(range);
+        bytes += range.length;
+        await putRange(blockName(id, i), range);
+        blocks++;
+        onProgress?.(i + 1, bat.length);
+      }
+    } else {
+      const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
+      for (const i of used) {
+        const b = await next();
+        bytes += b.length;
+        await out.put(blockName(id, i), b, true);
+        blocks++;
+        onProgress?.(i + 1, bat.length);
+      }
     }
     const prefix = await src.read(0, firstBlock);
     const tailLen = fileSize - d.footerOffset!;
@@ -570,6 +592,7 @@ export async function storeVhdFile(
     );
     return { id, blocks, bytes, problems: d.problems.filter((p) => p.severity === 'error') };
   } finally {
+    await rangesOut?.(); // (the sealing threads read through fh)
     await fh.close();
   }
 }

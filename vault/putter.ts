@@ -3,6 +3,7 @@
 // nor the disk's fsync latency sets the pace alone. Failures surface at the
 // next put or at flush().
 import type { VaultReader, VaultWriter } from './vault.js';
+import type { FileRange } from '../format/filerange.js';
 
 export class VaultPutter {
   private readonly window = new Set<Promise<void>>();
@@ -15,6 +16,20 @@ export class VaultPutter {
   ) {}
 
   async put(name: string, data: Buffer, give = false): Promise<void> {
+    return this.#put(name, data, give);
+  }
+
+  /** Puts bytes of an open file, which the sealing thread maps or reads itself; the file stays open until idle(). */
+  async putRange(name: string, range: FileRange): Promise<void> {
+    return this.#put(name, range, false);
+  }
+
+  /** Resolves when no put is in flight (never rejects: failures stay for flush()). */
+  async idle(): Promise<void> {
+    await Promise.allSettled(this.window);
+  }
+
+  async #put(name: string, data: Buffer | FileRange, give: boolean): Promise<void> {
     if (this.failure) throw this.failure;
     while (this.window.size >= this.depth) await Promise.race(this.window);
     if (this.failure) throw this.failure;

@@ -7,6 +7,7 @@ import { FerryError, EXIT, UsageError } from '../format/errors.js';
 import { CodecName } from '../format/seal/layout.js';
 import { Sealer, SealOptions } from '../format/seal/seal.js';
 import { SealPool, freeBuffer } from '../format/seal/pool.js';
+import { FileRange, isFileRange } from '../format/filerange.js';
 import { Backend, ObjectStat, readOnlyBackend } from './backend.js';
 import { DirBackend, dirState } from './dir.js';
 import {
@@ -212,15 +213,27 @@ export class VaultWriter extends VaultReader {
     await this.backend.commitBatch?.();
   }
 
-  /** Seals `data` (AAD = name) on the pool and stores it atomically; checks the stored size. */
-  async putSealed(name: string, data: Buffer, opts: PutOptions = {}): Promise<{ size: number; codec: CodecName }> {
+  /**
+   * Seals `data` (AAD = name) on the pool and stores it atomically; checks the
+   * stored size. `data` may be a range of an open file, which the sealing
+   * thread maps or reads itself (not with `verify`).
+   */
+  async putSealed(name: string, data: Buffer | FileRange, opts: PutOptions = {}): Promise<{ size: number; codec: CodecName }> {
     this.lock.assertHeld();
     const { verify, give, exclusive, ...sealOpts } = opts;
+    if (isFileRange(data)) {
+      if (verify) throw new Error('putSealed: verify needs the bytes, not a file range');
+      return this.#store(name, await this.pool.sealRange(name, data, sealOpts), exclusive);
+    }
     const sealed = await this.pool.seal(name, data, sealOpts, give && !verify);
     if (verify) {
       const back = await this.pool.unseal(name, sealed);
       if (!back.equals(data)) throw new Error(`sealing ${name} did not round-trip`);
     }
+    return this.#store(name, sealed, exclusive);
+  }
+
+  async #store(name: string, sealed: Buffer, exclusive: boolean | undefined): Promise<{ size: number; codec: CodecName }> {
     await this.#lockRecheck();
     await (exclusive ? this.backend.putNew(name, sealed) : this.backend.put(name, sealed));
     const st = await this.backend.stat(name);

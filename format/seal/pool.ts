@@ -9,6 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
+import { FileRange, openRange } from '../filerange.js';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -17,6 +18,8 @@ export interface TaskMessage {
   op: Op;
   name: string;
   data: Uint8Array;
+  /** Seal these bytes of a file instead of `data` (empty): the worker maps or reads them itself. */
+  range?: FileRange;
   opts?: SealOptions;
   /** Also return the SHA-256 digest (hex) of the output (sealed bytes, or for verify the input). */
   hash?: boolean;
@@ -50,6 +53,7 @@ interface Task {
   op: Op;
   name: string;
   data: Uint8Array;
+  range?: FileRange;
   opts?: SealOptions;
   hash?: boolean;
   resolve: (b: Buffer, hashes?: ResultHashes) => void;
@@ -104,6 +108,15 @@ export class SealPool {
     return this.#submit('seal', name, data, opts, false, undefined, give);
   }
 
+  /**
+   * Seals bytes of a file: the worker maps them (or reads them) itself, so
+   * they are not copied through this thread. `range.fd` must stay open until
+   * the promise settles.
+   */
+  sealRange(name: string, range: FileRange, opts?: SealOptions): Promise<Buffer> {
+    return this.#submit('seal', name, range, opts);
+  }
+
   unseal(name: string, sealed: Uint8Array): Promise<Buffer> {
     return this.#submit('unseal', name, sealed);
   }
@@ -152,11 +165,21 @@ export class SealPool {
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
   }
 
-  #submit(op: Op, name: string, data: Uint8Array, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
+  #submit(op: Op, name: string, input: Uint8Array | FileRange, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
     if (this.#closed) return Promise.reject(new Error('SealPool is closed'));
+    const range = input instanceof Uint8Array ? undefined : input;
+    const data = input instanceof Uint8Array ? input : new Uint8Array(0);
     if (this.size === 0) {
       // In-thread: still asynchronous, so callers behave the same either way.
       return Promise.resolve().then(() => {
+        if (range) {
+          const r = openRange(range);
+          try {
+            return this.#sealer.seal(name, r.data, opts);
+          } finally {
+            r.release();
+          }
+        }
         if (op === 'seal') return this.#sealer.seal(name, data, opts);
         if (op === 'verify') {
           this.#sealer.verify(name, data);
@@ -167,7 +190,7 @@ export class SealPool {
     }
     // Argument errors belong to the caller's stack, not a worker's.
     checkArg(typeof name === 'string' && name.length > 0, 'name', 'a non-empty string', name);
-    checkArg(data instanceof Uint8Array, op === 'seal' ? 'data' : 'sealed', 'a Buffer', data);
+    checkArg(input instanceof Uint8Array || (op === 'seal' && Number.isInteger(range?.fd) && range!.length > 0), op === 'seal' ? 'data' : 'sealed', 'a Buffer', input);
     // Our own copy, transferred to the worker: the caller keeps its buffer, and
     // a view into a large buffer never clones the whole of it. A caller that
     // hands its buffer over (`give`) saves the copy when the buffer is whole.
@@ -184,6 +207,7 @@ export class SealPool {
         op,
         name,
         data: copy,
+        range,
         opts,
         hash,
         resolve: (b, h) => {
@@ -207,7 +231,7 @@ export class SealPool {
       slot.tasks.set(task.id, task);
       this.#running++;
       slot.worker.ref();
-      const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, opts: task.opts, hash: task.hash };
+      const msg: TaskMessage = { id: task.id, op: task.op, name: task.name, data: task.data, range: task.range, opts: task.opts, hash: task.hash };
       slot.worker.postMessage(msg, [task.data.buffer as ArrayBuffer]);
     }
     if (this.#queue.length < this.maxQueue && this.#readyWaiters.length > 0) {

@@ -5,6 +5,7 @@ import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
 import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
 import { freeBuffer } from './free.js';
+import { openRange } from '../filerange.js';
 import { createHash } from 'node:crypto';
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -16,8 +17,11 @@ const port = parentPort!;
 port.on('message', (m: TaskMessage) => {
   let reply: ResultMessage;
   let transfer: ArrayBuffer[] = [];
+  let range: ReturnType<typeof openRange> | undefined;
   try {
-    const input = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    // a file range is mapped (or read) here, and unmapped once sealed
+    if (m.range) range = openRange(m.range);
+    const input = range ? range.data : Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
     let out: Buffer;
     let hashes: ResultHashes | undefined;
     if (m.op === 'verify') {
@@ -38,7 +42,7 @@ port.on('message', (m: TaskMessage) => {
     }
     // The input was transferred to this thread and is done with: free it now
     // rather than at this thread's next collection (fewer fresh pages to fault in).
-    if (out.buffer !== input.buffer) freeBuffer(input);
+    if (!range && out.buffer !== input.buffer) freeBuffer(input);
     reply = { id: m.id, ok: true, data: out, hashes };
   } catch (err) {
     if (err instanceof FerryError) {
@@ -48,5 +52,6 @@ port.on('message', (m: TaskMessage) => {
       reply = { id: m.id, ok: false, internal: { message: e?.message ?? String(err), stack: e?.stack } };
     }
   }
+  range?.release();
   port.postMessage(reply, transfer);
 });

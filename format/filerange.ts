@@ -1,0 +1,62 @@
+// A range of a file handed to a seal worker instead of its bytes: the worker
+// maps the range (native/, mmap) and compresses it where the page cache holds
+// it, so the bytes are neither copied into a buffer first nor land in fresh
+// pages (measured on a store: docs/PERFORMANCE.md). Without the addon, or when
+// the file cannot be mapped, the worker reads the range itself.
+import { fstatSync, readSync } from 'node:fs';
+import { FerryError } from './errors.js';
+import { nativeAddon } from './native.js';
+
+export interface FileRange {
+  /** An open descriptor; the caller keeps it open until the range is done with. */
+  fd: number;
+  offset: number;
+  length: number;
+  /** For messages. */
+  file: string;
+}
+
+export function isFileRange(x: unknown): x is FileRange {
+  return typeof x === 'object' && x !== null && !(x instanceof Uint8Array) && typeof (x as FileRange).fd === 'number';
+}
+
+/** Whether ranges are mapped (else read): the addon is built and not switched off. */
+export function mappingAvailable(): boolean {
+  return nativeAddon()?.mapRange !== undefined;
+}
+
+function shorter(r: FileRange, size: number): FerryError {
+  return new FerryError(
+    'SOURCE_CHANGED',
+    `${r.file} changed while ferry was reading it: it holds ${size} bytes, and the block at offset ${r.offset} needs ${r.offset + r.length}; nothing of this run was committed: run again when nothing writes to it`,
+    { file: r.file, size, offset: r.offset, length: r.length },
+  );
+}
+
+/**
+ * The range's bytes: mapped when it can be, else read. release() when done
+ * with them; the buffer and every view of it are empty after. A file that
+ * has become shorter than the range is SOURCE_CHANGED.
+ */
+export function openRange(r: FileRange): { data: Buffer; release: () => void } {
+  const size = fstatSync(r.fd).size;
+  if (size < r.offset + r.length) throw shorter(r, size);
+  const n = nativeAddon();
+  const mapped = n?.mapRange ? n.mapRange(r.fd, r.offset, r.length, r.file) : null;
+  if (mapped instanceof Uint8Array) return { data: mapped, release: () => n!.unmapRange(mapped) };
+  const data = Buffer.allocUnsafeSlow(r.length);
+  let done = 0;
+  while (done < r.length) {
+    const got = readSync(r.fd, data, done, r.length - done, r.offset + done);
+    if (got === 0) throw shorter(r, r.offset + done);
+    done += got;
+  }
+  return { data, release: () => {} };
+}
+
+/** Starts reading the range into the page cache (a hint; resolves once queued, never rejects). */
+export function prefetchRange(r: FileRange): Promise<void> {
+  const n = nativeAddon();
+  if (!n?.prefetch) return Promise.resolve();
+  return new Promise((resolve) => n.prefetch(r.fd, r.offset, r.length, resolve));
+}
