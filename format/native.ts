@@ -1,7 +1,7 @@
 // ferry's own addon (native/ferry_native.c), loaded once for every user of
 // it: early write-back (format/writeback.ts), scrypt's lanes on all cores
-// (vault/scrypt.ts), and file ranges read where the page cache holds them
-// (format/filerange.ts). It is built by scripts/build-native.mjs (npm install
+// (vault/scrypt.ts), file ranges read where the page cache holds them
+// (format/filerange.ts), and AES-GCM into ferry's own buffers (format/seal). It is built by scripts/build-native.mjs (npm install
 // runs it); without it (not built, not Linux, FERRY_NATIVE=0) each user falls
 // back to plain Node and ferry only runs slower.
 import { createRequire } from 'node:module';
@@ -17,6 +17,12 @@ export interface Native {
   unmapRange(b: Buffer): void;
   /** posix_fadvise(WILLNEED) on libuv's pool; calls back when queued. */
   prefetch(fd: number, offset: number, length: number, cb: () => void): void;
+  /**
+   * AES-256-GCM into `out` (at least input's length; in place allowed) with
+   * the OpenSSL inside Node; false when a decryption's tag does not match
+   * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.
+   */
+  gcm?(encrypt: boolean, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, input: Uint8Array, out: Uint8Array, tag: Uint8Array): boolean;
 }
 
 let native: Native | null | undefined;

@@ -384,3 +384,27 @@ test('pool of size 0 seals in the calling thread, with the injected random sourc
   t.is((await pool.unseal('kat/ferry', x)).toString(), 'ferry sealed object');
   await pool.close();
 });
+
+test('the native AES-GCM (native/) and node:crypto seal and open each other\'s objects', async (t) => {
+  const { nativeAddon } = await import('../format/native.js');
+  if (process.platform === 'linux') t.is(typeof nativeAddon()?.gcm, 'function', 'native/ has no gcm: Node\'s OpenSSL symbols were not found');
+  const key = Buffer.alloc(32, 7);
+  const data = Buffer.concat([Buffer.alloc(300_000, 'abc'), Buffer.from(Array.from({ length: 70_001 }, (_, i) => (i * 31) & 255))]);
+  const url = new URL('../format/seal/seal.js', import.meta.url).href;
+  // sealed by a process without the addon, opened here with it, and the other way round
+  const other = (script: string, input: Buffer) =>
+    execFileSync(process.execPath, ['--input-type=module', '-e', `import(${JSON.stringify(url)}).then((m) => { const chunks = []; process.stdin.on('data', (d) => chunks.push(d)).on('end', () => { const i = Buffer.concat(chunks); process.stdout.write(${script}); }); })`], {
+      env: { ...process.env, FERRY_NATIVE: '0' },
+      input,
+      maxBuffer: 1 << 24,
+    });
+  const sealedElsewhere = other(`m.seal(Buffer.alloc(32, 7), 'blocks/1', i)`, data);
+  t.deepEqual(unseal(key, 'blocks/1', sealedElsewhere), data);
+  const sealedHere = seal(key, 'blocks/2', data);
+  t.deepEqual(other(`m.unseal(Buffer.alloc(32, 7), 'blocks/2', i)`, sealedHere), data);
+  for (const codec of ['none', 'zstd', 'deflate'] as const) t.deepEqual(unseal(key, 'x', seal(key, 'x', data, { codec })), data, codec);
+  const bad = Buffer.from(sealedHere);
+  bad[bad.length - 20] ^= 1;
+  t.throws(() => unseal(key, 'blocks/2', bad), { message: /blocks\/2: authentication failed/ });
+  t.throws(() => unseal(key, 'blocks/3', sealedHere), { message: /blocks\/3: authentication failed/ });
+});
