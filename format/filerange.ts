@@ -58,5 +58,5 @@ export function openRange(r: FileRange): { data: Buffer; release: () => void } {
 export function prefetchRange(r: FileRange): Promise<void> {
   const n = nativeAddon();
   if (!n?.prefetch) return Promise.resolve();
-  return new Promise((resolve) => n.prefetch(r.fd, r.offset, r.length, resolve));
+  return new Promise((resolve) => n.prefetch(r.fd, r.offset, r.length, () => resolve()));
 }

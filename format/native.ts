@@ -16,7 +16,7 @@ export interface Native {
   /** Empties a mapRange buffer (every view of it too) and unmaps it now. */
   unmapRange(b: Buffer): void;
   /** posix_fadvise(WILLNEED) on libuv's pool; calls back when queued. */
-  prefetch(fd: number, offset: number, length: number, cb: () => void): void;
+  prefetch(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
   /**
    * AES-256-GCM into `out` (at least input's length; in place allowed) with
    * the OpenSSL inside Node; false when a decryption's tag does not match

@@ -1,4 +1,4 @@
-// ferry's few Linux system calls that Node does not offer.
+// ferry's few Linux system calls and CPU loops that Node does not offer.
 //
 // startWriteback(fd, offset, length, callback): sync_file_range(fd, offset,
 // length, SYNC_FILE_RANGE_WRITE) on a thread of libuv's pool (length 0: to the
@@ -12,7 +12,7 @@
 // scryptRomix(lanes, N, r, callback): scrypt's ROMix (RFC 7914, section 5)
 // on each 128*r-byte lane of `lanes`, in place, on a thread of libuv's pool. Node's
 // crypto.scrypt computes the p lanes of a derivation one after the other on
-// one thread; with this, vault/kdf.ts runs them on all the cores and does the
+// one thread; with this, vault/scrypt.ts runs them on all the cores and does the
 // two PBKDF2 steps around them itself. Same parameters, same result, same
 // work for anyone guessing passphrases; less waiting for the one who knows it.
 //
@@ -185,28 +185,26 @@ static int romix_lanes(uint8_t *lanes, uint32_t count, uint64_t N, uint32_t r) {
   return 0;
 }
 
-typedef struct {
+/* ---- calls that run on libuv's pool and call back with null or an errno ---- */
+
+typedef struct PoolJob PoolJob;
+struct PoolJob {
   napi_async_work work;
   napi_ref callback;
-  int fd;
-  int64_t offset;
-  int64_t length;
+  napi_ref hold;             /* a value kept alive while a pool thread uses its memory, or NULL */
+  void (*execute)(PoolJob *); /* on the pool thread: does the work, sets err */
   int err;
-} Job;
+};
 
-static void run(napi_env env, void *data) {
+static void pool_execute(napi_env env, void *data) {
   (void)env;
-  Job *job = data;
+  PoolJob *job = data;
   job->err = 0;
-#ifdef __linux__
-  if (sync_file_range(job->fd, job->offset, job->length, SYNC_FILE_RANGE_WRITE) != 0) job->err = errno;
-#else
-  job->err = ENOSYS;
-#endif
+  job->execute(job);
 }
 
-static void done(napi_env env, napi_status status, void *data) {
-  Job *job = data;
+static void pool_complete(napi_env env, napi_status status, void *data) {
+  PoolJob *job = data;
   napi_value cb, undef, arg, ignored;
   if (status != napi_ok) job->err = ECANCELED;
   if (napi_get_reference_value(env, job->callback, &cb) == napi_ok && cb != NULL && napi_get_undefined(env, &undef) == napi_ok &&
@@ -214,52 +212,84 @@ static void done(napi_env env, napi_status status, void *data) {
     napi_call_function(env, undef, cb, 1, &arg, &ignored);
   }
   napi_delete_reference(env, job->callback);
+  if (job->hold) napi_delete_reference(env, job->hold);
   napi_delete_async_work(env, job->work);
   free(job);
 }
 
-static napi_value start_writeback(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], name;
+/* Queues `job` (calloc'd, its PoolJob first); on failure throws and frees it. */
+static void queue_job(napi_env env, const char *name, PoolJob *job, void (*execute)(PoolJob *), napi_value callback, napi_value hold) {
+  napi_value resource;
+  job->execute = execute;
+  if (napi_create_reference(env, callback, 1, &job->callback) != napi_ok) {
+    free(job);
+    napi_throw_error(env, NULL, "ferry native: cannot hold the callback");
+    return;
+  }
+  if ((hold && napi_create_reference(env, hold, 1, &job->hold) != napi_ok) ||
+      napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource) != napi_ok ||
+      napi_create_async_work(env, NULL, resource, pool_execute, pool_complete, job, &job->work) != napi_ok ||
+      napi_queue_async_work(env, job->work) != napi_ok) {
+    if (job->work) napi_delete_async_work(env, job->work);
+    if (job->hold) napi_delete_reference(env, job->hold);
+    napi_delete_reference(env, job->callback);
+    free(job);
+    napi_throw_error(env, NULL, "ferry native: cannot queue the work");
+  }
+}
+
+/* Reads (fd, offset, length[, callback]) as the file calls take them; false after throwing `usage`. */
+static bool file_args(napi_env env, napi_value *argv, size_t argc, size_t want, int32_t *fd, int64_t *offset, int64_t *length, const char *usage) {
   napi_valuetype cbType = napi_undefined;
+  if (argc >= want && want == 4) napi_typeof(env, argv[3], &cbType);
+  if (argc < want || (want == 4 && cbType != napi_function) || napi_get_value_int32(env, argv[0], fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], offset) != napi_ok || napi_get_value_int64(env, argv[2], length) != napi_ok || *fd < 0 || *offset < 0 ||
+      *length < 0) {
+    napi_throw_type_error(env, NULL, usage);
+    return false;
+  }
+  return true;
+}
+
+/* ---- early write-back ---- */
+
+typedef struct {
+  PoolJob base;
+  int fd;
+  int64_t offset, length;
+} FileJob;
+
+static void writeback_execute(PoolJob *j) {
+  FileJob *job = (FileJob *)j;
+#ifdef __linux__
+  if (sync_file_range(job->fd, job->offset, job->length, SYNC_FILE_RANGE_WRITE) != 0) j->err = errno;
+#else
+  j->err = ENOSYS;
+#endif
+}
+
+/* A FileJob from (fd, offset, length, callback), queued; NULL after throwing. */
+static napi_value queue_file_job(napi_env env, napi_callback_info info, const char *name, void (*execute)(PoolJob *), const char *usage) {
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc == 4) napi_typeof(env, argv[3], &cbType);
   int32_t fd;
   int64_t offset, length;
-  if (argc < 4 || cbType != napi_function || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_value_int64(env, argv[1], &offset) != napi_ok || napi_get_value_int64(env, argv[2], &length) != napi_ok ||
-      fd < 0 || offset < 0 || length < 0) {
-    napi_throw_type_error(env, NULL, "startWriteback(fd, offset, length, callback)");
-    return NULL;
-  }
-  Job *job = calloc(1, sizeof *job);
+  if (!file_args(env, argv, argc, 4, &fd, &offset, &length, usage)) return NULL;
+  FileJob *job = calloc(1, sizeof *job);
   if (!job) {
-    napi_throw_error(env, NULL, "startWriteback: out of memory");
+    napi_throw_error(env, NULL, "ferry native: out of memory");
     return NULL;
   }
   job->fd = fd;
   job->offset = offset;
   job->length = length;
-  if (napi_create_reference(env, argv[3], 1, &job->callback) != napi_ok) {
-    free(job);
-    napi_throw_error(env, NULL, "startWriteback: cannot hold the callback");
-    return NULL;
-  }
-  if (napi_create_string_utf8(env, "ferry:startWriteback", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, run, done, job, &job->work) != napi_ok) {
-    napi_delete_reference(env, job->callback);
-    free(job);
-    napi_throw_error(env, NULL, "startWriteback: cannot queue the work");
-    return NULL;
-  }
-  if (napi_queue_async_work(env, job->work) != napi_ok) {
-    napi_delete_async_work(env, job->work);
-    napi_delete_reference(env, job->callback);
-    free(job);
-    napi_throw_error(env, NULL, "startWriteback: cannot queue the work");
-    return NULL;
-  }
+  queue_job(env, name, &job->base, execute, argv[3], NULL);
   return NULL;
+}
+
+static napi_value start_writeback(napi_env env, napi_callback_info info) {
+  return queue_file_job(env, info, "ferry:startWriteback", writeback_execute, "startWriteback(fd, offset, length, callback)");
 }
 
 // startWritebackSync(fd, offset, length): the same, on the calling thread
@@ -270,11 +300,7 @@ static napi_value start_writeback_sync(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
   int64_t offset, length;
-  if (argc < 3 || napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_int64(env, argv[1], &offset) != napi_ok ||
-      napi_get_value_int64(env, argv[2], &length) != napi_ok || fd < 0 || offset < 0 || length < 0) {
-    napi_throw_type_error(env, NULL, "startWritebackSync(fd, offset, length)");
-    return NULL;
-  }
+  if (!file_args(env, argv, argc, 3, &fd, &offset, &length, "startWritebackSync(fd, offset, length)")) return NULL;
   int err = 0;
 #ifdef __linux__
   if (sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) != 0) err = errno;
@@ -286,41 +312,23 @@ static napi_value start_writeback_sync(napi_env env, napi_callback_info info) {
 }
 
 typedef struct {
-  napi_async_work work;
-  napi_ref callback;
-  napi_ref lane; /* keeps the buffer alive while a pool thread writes into it */
+  PoolJob base;
   uint8_t *data;
   uint64_t N;
   uint32_t r;
   uint32_t count;
-  int err;
 } RomixJob;
 
-static void romix_run(napi_env env, void *data) {
-  (void)env;
-  RomixJob *job = data;
-  job->err = romix_lanes(job->data, job->count, job->N, job->r);
-}
-
-static void romix_done(napi_env env, napi_status status, void *data) {
-  RomixJob *job = data;
-  napi_value cb, undef, arg, ignored;
-  if (status != napi_ok) job->err = ECANCELED;
-  if (napi_get_reference_value(env, job->callback, &cb) == napi_ok && cb != NULL && napi_get_undefined(env, &undef) == napi_ok &&
-      (job->err ? napi_create_int32(env, job->err, &arg) : napi_get_null(env, &arg)) == napi_ok) {
-    napi_call_function(env, undef, cb, 1, &arg, &ignored);
-  }
-  napi_delete_reference(env, job->callback);
-  napi_delete_reference(env, job->lane);
-  napi_delete_async_work(env, job->work);
-  free(job);
+static void romix_execute(PoolJob *j) {
+  RomixJob *job = (RomixJob *)j;
+  j->err = romix_lanes(job->data, job->count, job->N, job->r);
 }
 
 // scryptRomix(lanes: Uint8Array of k*128*r bytes, N: power of two >= 2, r >= 1, callback(errno|null)):
 // ROMix on each of the k lanes in place, one after the other, on one pool thread.
 static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   size_t argc = 4;
-  napi_value argv[4], name;
+  napi_value argv[4];
   napi_valuetype cbType = napi_undefined;
   bool isTyped = false;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
@@ -351,27 +359,7 @@ static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   job->N = (uint64_t)N;
   job->r = r;
   job->count = (uint32_t)(length / (128 * (size_t)r));
-  if (napi_create_reference(env, argv[3], 1, &job->callback) != napi_ok) {
-    free(job);
-    napi_throw_error(env, NULL, "scryptRomix: cannot hold the callback");
-    return NULL;
-  }
-  if (napi_create_reference(env, argv[0], 1, &job->lane) != napi_ok) {
-    napi_delete_reference(env, job->callback);
-    free(job);
-    napi_throw_error(env, NULL, "scryptRomix: cannot hold the lane");
-    return NULL;
-  }
-  if (napi_create_string_utf8(env, "ferry:scryptRomix", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, romix_run, romix_done, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
-    if (job->work) napi_delete_async_work(env, job->work);
-    napi_delete_reference(env, job->callback);
-    napi_delete_reference(env, job->lane);
-    free(job);
-    napi_throw_error(env, NULL, "scryptRomix: cannot queue the work");
-    return NULL;
-  }
+  queue_job(env, "ferry:scryptRomix", &job->base, romix_execute, argv[3], argv[0]); /* (the lanes stay alive: a pool thread writes them) */
   return NULL;
 }
 
@@ -545,64 +533,16 @@ static napi_value unmap_range(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-typedef struct {
-  napi_async_work work;
-  napi_ref callback;
-  int fd;
-  int64_t offset, length;
-} PrefetchJob;
-
-static void prefetch_run(napi_env env, void *data) {
-  (void)env;
-  PrefetchJob *job = data;
-  posix_fadvise(job->fd, job->offset, job->length, POSIX_FADV_WILLNEED);
-}
-
-static void prefetch_done(napi_env env, napi_status status, void *data) {
-  (void)status;
-  PrefetchJob *job = data;
-  napi_value cb, undef, ignored;
-  if (napi_get_reference_value(env, job->callback, &cb) == napi_ok && cb != NULL && napi_get_undefined(env, &undef) == napi_ok) {
-    napi_call_function(env, undef, cb, 0, NULL, &ignored);
-  }
-  napi_delete_reference(env, job->callback);
-  napi_delete_async_work(env, job->work);
-  free(job);
+static void prefetch_execute(PoolJob *j) {
+  FileJob *job = (FileJob *)j;
+  int err = posix_fadvise(job->fd, job->offset, job->length, POSIX_FADV_WILLNEED);
+  j->err = err;
 }
 
 // prefetch(fd, offset, length, callback): starts reading those bytes into the page cache
 // (posix_fadvise WILLNEED, on libuv's pool: it may wait to queue the reads); a hint.
 static napi_value prefetch(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], name;
-  napi_valuetype cbType = napi_undefined;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc == 4) napi_typeof(env, argv[3], &cbType);
-  int32_t fd;
-  int64_t offset, length;
-  if (argc < 4 || cbType != napi_function || napi_get_value_int32(env, argv[0], &fd) != napi_ok ||
-      napi_get_value_int64(env, argv[1], &offset) != napi_ok || napi_get_value_int64(env, argv[2], &length) != napi_ok || fd < 0 ||
-      offset < 0 || length < 0) {
-    napi_throw_type_error(env, NULL, "prefetch(fd, offset, length, callback)");
-    return NULL;
-  }
-  PrefetchJob *job = calloc(1, sizeof *job);
-  if (!job) return NULL; /* a hint: nothing lost */
-  job->fd = fd;
-  job->offset = offset;
-  job->length = length;
-  if (napi_create_reference(env, argv[3], 1, &job->callback) != napi_ok) {
-    free(job);
-    return NULL;
-  }
-  if (napi_create_string_utf8(env, "ferry:prefetch", NAPI_AUTO_LENGTH, &name) != napi_ok ||
-      napi_create_async_work(env, NULL, name, prefetch_run, prefetch_done, job, &job->work) != napi_ok ||
-      napi_queue_async_work(env, job->work) != napi_ok) {
-    if (job->work) napi_delete_async_work(env, job->work);
-    napi_delete_reference(env, job->callback);
-    free(job);
-  }
-  return NULL;
+  return queue_file_job(env, info, "ferry:prefetch", prefetch_execute, "prefetch(fd, offset, length, callback)");
 }
 
 /* ---- AES-256-GCM through the OpenSSL Node carries ---- */
