@@ -36,14 +36,22 @@ function shorter(r: FileRange, size: number): FerryError {
 /**
  * The range's bytes: mapped when it can be, else read. release() when done
  * with them; the buffer and every view of it are empty after. A file that
- * has become shorter than the range is SOURCE_CHANGED.
+ * has become shorter than the range is SOURCE_CHANGED: here, and at check(),
+ * which a caller makes once it has used the bytes. A mapping reads zeros,
+ * not SIGBUS, where the file was cut inside the range's last page.
  */
-export function openRange(r: FileRange): { data: Buffer; release: () => void } {
+export function openRange(r: FileRange): { data: Buffer; release: () => void; check: () => void } {
   const size = fstatSync(r.fd).size;
   if (size < r.offset + r.length) throw shorter(r, size);
   const n = nativeAddon();
-  const mapped = n?.mapRange ? n.mapRange(r.fd, r.offset, r.length, r.file) : null;
-  if (mapped instanceof Uint8Array) return { data: mapped, release: () => n!.unmapRange(mapped) };
+  const mapped = n?.mapRange && r.length > 0 ? n.mapRange(r.fd, r.offset, r.length, r.file) : null;
+  if (mapped instanceof Uint8Array) {
+    const check = () => {
+      const now = fstatSync(r.fd).size;
+      if (now < r.offset + r.length) throw shorter(r, now);
+    };
+    return { data: mapped, release: () => n!.unmapRange(mapped), check };
+  }
   const data = Buffer.allocUnsafeSlow(r.length);
   let done = 0;
   while (done < r.length) {
@@ -51,7 +59,7 @@ export function openRange(r: FileRange): { data: Buffer; release: () => void } {
     if (got === 0) throw shorter(r, r.offset + done);
     done += got;
   }
-  return { data, release: () => {} };
+  return { data, release: () => {}, check: () => {} };
 }
 
 /** Starts reading the range into the page cache (a hint; resolves once queued, never rejects). */

@@ -345,7 +345,7 @@ static napi_value scrypt_romix(napi_env env, napi_callback_info info) {
   if (argc < 4 || cbType != napi_function || !isTyped ||
       napi_get_typedarray_info(env, argv[0], &type, &length, &base, &arraybuffer, &byteOffset) != napi_ok || type != napi_uint8_array ||
       napi_get_value_int64(env, argv[1], &N) != napi_ok || napi_get_value_uint32(env, argv[2], &r) != napi_ok ||
-      N < 2 || (N & (N - 1)) != 0 || r < 1 || r > (1u << 24) || length == 0 || length % (128 * (size_t)r) != 0 ||
+      N < 2 || (N & (N - 1)) != 0 || r < 1 || r > (1u << 24) || (r < 4 && ((uint64_t)N >> (16 * r)) != 0) /* RFC 7914: N < 2^(16r) */ || length == 0 || length % (128 * (size_t)r) != 0 ||
       length / (128 * (size_t)r) > UINT32_MAX || base == NULL) {
     napi_throw_type_error(env, NULL, "scryptRomix(lanes of 128*r bytes each, N a power of two, r, callback)");
     return NULL;
@@ -373,6 +373,7 @@ typedef struct {
 } Mapping;
 
 #define MAX_MAPPINGS 256
+#define MAX_MAP_BYTES ((int64_t)1 << 30)
 #define NAME_MAX_BYTES 512
 /* What the SIGBUS handler reads: written under the lock, read without it. */
 static struct {
@@ -388,7 +389,7 @@ static void on_bus(int sig, siginfo_t *si, void *ctx) {
   uintptr_t at = (uintptr_t)si->si_addr;
   for (int i = 0; i < MAX_MAPPINGS; i++) {
     if (live[i].start != 0 && at >= live[i].start && at < live[i].end) {
-      static const char a[] = "ferry: ", b[] = " changed while ferry was reading it (another program made it shorter); stopped, nothing of this run was committed: run again when nothing writes to it\n";
+      static const char a[] = "ferry: ", b[] = " could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again\n";
       ssize_t ignored = write(2, a, sizeof a - 1);
       ignored = write(2, live[i].name, strnlen(live[i].name, NAME_MAX_BYTES));
       ignored = write(2, b, sizeof b - 1);
@@ -473,6 +474,12 @@ static napi_value map_range(napi_env env, napi_callback_info info) {
       fd < 0 || offset < 0 || length <= 0) {
     napi_throw_type_error(env, NULL, "mapRange(fd, offset, length > 0, file)");
     return NULL;
+  }
+  if (length > MAX_MAP_BYTES) {
+    /* (far below what a Buffer may hold on any Node: node::Buffer::New, refusing one
+       too long, would call the finalizer before returning) the caller reads instead */
+    napi_create_int32(env, EFBIG, &result);
+    return result;
   }
   long page = sysconf(_SC_PAGESIZE);
   int64_t start = offset - offset % page;
@@ -632,6 +639,7 @@ static int gcm_run(bool encrypt, const uint8_t *key, const uint8_t *nonce, const
   return ok;
 fail:
   ossl.ctx_free(ctx);
+  if (!encrypt) memset(out, 0, len); /* (nothing half-decrypted is left either) */
   return -1;
 }
 

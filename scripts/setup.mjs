@@ -3,7 +3,7 @@
 // then the Debian packages the interop tests and benches need. Only node
 // built-ins here: this runs before node_modules exists.
 import { execSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -49,5 +49,8 @@ if (needNpm) {
   console.error('setup: installing npm packages');
   run(existsSync(join(root, 'package-lock.json')) ? 'npm ci --no-fund --no-audit' : 'npm install --no-fund --no-audit');
 }
-// ferry's own addon (early write-back); npm's install script builds it, this covers a node_modules made before it
-if (!existsSync(join(root, 'native', 'build', 'Release', 'ferry_native.node'))) run('node scripts/build-native.mjs');
+// ferry's own addon; npm's install script builds it, this covers a node_modules made before it and an
+// addon built from older sources (a git pull): built again when its source is newer than it
+const addon = join(root, 'native', 'build', 'Release', 'ferry_native.node');
+const addonStale = () => ['ferry_native.c', 'binding.gyp'].some((f) => statSync(join(root, 'native', f)).mtimeMs > statSync(addon).mtimeMs);
+if (!existsSync(addon) || addonStale()) run('node scripts/build-native.mjs');

@@ -112,7 +112,7 @@ for (const size of [0, 2]) {
     const r = await run(process.execPath, ['-e', script]);
     t.is(r.code, 1);
     t.is(r.stdout.toString(), '');
-    t.is(r.stderr, `ferry: ${f} changed while ferry was reading it (another program made it shorter); stopped, nothing of this run was committed: run again when nothing writes to it\n`);
+    t.is(r.stderr, `ferry: ${f} could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again\n`);
   });
 });
 
@@ -137,6 +137,27 @@ test('vhd import through mapped ranges and through reads (FERRY_NATIVE=0) store 
       const e = await ferry(['vhd', 'export', '--vault', v, '--disk', id, '--to', back, '--quiet'], { env });
       t.is(e.code, 0, e.stderr);
       t.true(readFileSync(back).equals(readFileSync(vhd)), `FERRY_NATIVE=${native}`);
+    }
+  });
+});
+
+(linux ? test : test.skip)('mapRange refuses a range over 1 GiB with EFBIG (the caller reads instead), and a 0-byte range is read', async (t) => {
+  await withTmp(async (dir) => {
+    const f = join(dir, 'sparse');
+    await writeFile(f, '');
+    await truncate(f, 2 ** 31);
+    const fd = openSync(f, 'r');
+    try {
+      const { nativeAddon } = await import('../format/native.js');
+      t.is(nativeAddon()!.mapRange(fd, 0, 2 ** 30 + 1, f), 27 /* EFBIG */);
+      const m = nativeAddon()!.mapRange(fd, 2 ** 30, 2 ** 30, f);
+      t.true(m instanceof Uint8Array && m.length === 2 ** 30 && m[2 ** 30 - 1] === 0);
+      nativeAddon()!.unmapRange(m as Buffer);
+      const empty = openRange({ fd, offset: 5, length: 0, file: f });
+      t.is(empty.data.length, 0);
+      empty.release();
+    } finally {
+      closeSync(fd);
     }
   });
 });

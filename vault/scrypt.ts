@@ -47,18 +47,25 @@ function romix(n: Native, lanes: Buffer, N: number, r: number): Promise<void> {
 /** The scrypt key of `password`; the cost must have been checked (checkCost) for size. */
 export async function scrypt(password: Buffer, salt: Buffer, c: ScryptCost, dkLen: number): Promise<Buffer> {
   const n = nativeAddon();
-  if (!n || c.p < 2) {
+  if (!n?.scryptRomix || c.p < 2) {
+    // (also an addon built from older sources, without scryptRomix)
     // Node refuses above maxmem (32 MiB by default); the need is 128*N*r*p plus a little.
     const opts: ScryptOptions = { N: c.N, r: c.r, p: c.p, maxmem: 128 * c.N * c.r * c.p + 2 ** 20 };
     return new Promise((resolve, reject) => nodeScrypt(password, salt, dkLen, opts, (err, key) => (err ? reject(err) : resolve(key))));
   }
+  // RFC 7914 (section 2) wants N < 2^(128 r / 8); Node refuses the others, so a
+  // key derived here would not open without the addon (FERRY_NATIVE=0)
+  if (16 * c.r < 53 && c.N >= 2 ** (16 * c.r)) throw new RangeError(`Invalid scrypt params: N=${c.N} must be less than 2^(16 r) = 2^${16 * c.r}`);
   const laneBytes = 128 * c.r;
   const lanes = pbkdf2Sync(password, salt, 1, c.p * laneBytes, 'sha256');
   try {
     // p lanes in `cores` shares as even as can be (6 on 2 cores: 3 and 3)
     const shares = Math.min(cores, c.p);
     const bounds = Array.from({ length: shares + 1 }, (_, i) => Math.round((i * c.p) / shares));
-    await Promise.all(bounds.slice(1).map((end, i) => onACore(() => romix(n, lanes.subarray(bounds[i] * laneBytes, end * laneBytes), c.N, c.r))));
+    // every share settled before the lanes are wiped (a failed one must not leave others writing after it)
+    const done = await Promise.allSettled(bounds.slice(1).map((end, i) => onACore(() => romix(n, lanes.subarray(bounds[i] * laneBytes, end * laneBytes), c.N, c.r))));
+    const failed = done.find((d): d is PromiseRejectedResult => d.status === 'rejected');
+    if (failed) throw failed.reason;
     return pbkdf2Sync(password, lanes, 1, dkLen, 'sha256');
   } finally {
     lanes.fill(0);

@@ -175,7 +175,9 @@ export class SealPool {
         if (range) {
           const r = openRange(range);
           try {
-            return this.#sealer.seal(name, r.data, opts);
+            const sealed = this.#sealer.seal(name, r.data, opts);
+            r.check();
+            return sealed;
           } finally {
             r.release();
           }
