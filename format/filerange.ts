@@ -62,6 +62,18 @@ export function openRange(r: FileRange): { data: Buffer; release: () => void; ch
   return { data, release: () => {}, check: () => {} };
 }
 
+/** fn's result on the range's bytes (openRange), released after, and checked once fn has read them. */
+export function withRange<T>(r: FileRange, fn: (bytes: Buffer) => T): T {
+  const o = openRange(r);
+  try {
+    const result = fn(o.data);
+    o.check(); // (a mapping reads zeros where the file was cut inside its last page)
+    return result;
+  } finally {
+    o.release();
+  }
+}
+
 /** Starts reading the range into the page cache (a hint; resolves once queued, never rejects). */
 export function prefetchRange(r: FileRange): Promise<void> {
   const n = nativeAddon();

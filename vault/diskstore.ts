@@ -561,33 +561,33 @@ export async function storeVhdFile(
     unstorableLayout(path, d, firstBlock);
     const used: number[] = [];
     for (let i = 0; i < bat.length; i++) if (bat[i] !== UNUSED) used.push(i);
-    if (out.putRange && out.idle && mappingAvailable()) {
-      // The sealing threads map each block where the page cache holds it
-      // (no copy through this thread); the kernel reads ahead of them.
-      const putRange = out.putRange.bind(out);
-      rangesOut = out.idle.bind(out);
-      // (within the file: a BAT entry past its end was refused above)
-      const rangeOf = (k: number) => ({ fd: fh.fd, offset: bat[used[k]] * SECTOR, length: Math.min(span, fileSize - bat[used[k]] * SECTOR), file: path });
-      let prefetched = 0;
-      for (let k = 0; k < used.length; k++) {
-        const i = used[k];
-        const range = rangeOf(k);
-        // the disk reads PREFETCH_BLOCKS ahead of the sealing threads
-        for (; prefetched < Math.min(used.length, k + PREFETCH_BLOCKS); prefetched++) void prefetchRange(rangeOf(prefetched));
-        bytes += range.length;
-        await putRange(blockName(id, i), range);
-        blocks++;
-        onProgress?.(i + 1, bat.length);
-      }
-    } else {
-      const next = readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
-      for (const i of used) {
+    // With a putter that can, the sealing threads map each block where the
+    // page cache holds it (no copy through this thread), and the disk reads
+    // PREFETCH_BLOCKS ahead of them; else this thread reads each block.
+    const viaRanges = out.putRange !== undefined && out.idle !== undefined && mappingAvailable();
+    // (within the file: a BAT entry past its end was refused above)
+    const rangeOf = (k: number): FileRange => ({ fd: fh.fd, offset: bat[used[k]] * SECTOR, length: Math.min(span, fileSize - bat[used[k]] * SECTOR), file: path });
+    const prefetching = new Set<Promise<void>>();
+    if (viaRanges) rangesOut = async () => void (await Promise.all([out.idle!(), ...prefetching]));
+    const next = viaRanges ? null : readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
+    let prefetched = 0;
+    for (let k = 0; k < used.length; k++) {
+      const i = used[k];
+      if (next) {
         const b = await next();
         bytes += b.length;
         await out.put(blockName(id, i), b, true);
-        blocks++;
-        onProgress?.(i + 1, bat.length);
+      } else {
+        for (; prefetched < Math.min(used.length, k + PREFETCH_BLOCKS); prefetched++) {
+          const p = prefetchRange(rangeOf(prefetched)).then(() => void prefetching.delete(p));
+          prefetching.add(p);
+        }
+        const range = rangeOf(k);
+        bytes += range.length;
+        await out.putRange!(blockName(id, i), range);
       }
+      blocks++;
+      onProgress?.(i + 1, bat.length);
     }
     const prefix = await src.read(0, firstBlock);
     const tailLen = fileSize - d.footerOffset!;
@@ -599,7 +599,7 @@ export async function storeVhdFile(
     );
     return { id, blocks, bytes, problems: d.problems.filter((p) => p.severity === 'error') };
   } finally {
-    await rangesOut?.(); // (the sealing threads read through fh)
+    await rangesOut?.(); // (the sealing threads and the prefetches use fh)
     await fh.close();
   }
 }

@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
-import { FileRange, openRange } from '../filerange.js';
+import { FileRange, withRange } from '../filerange.js';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -172,16 +172,7 @@ export class SealPool {
     if (this.size === 0) {
       // In-thread: still asynchronous, so callers behave the same either way.
       return Promise.resolve().then(() => {
-        if (range) {
-          const r = openRange(range);
-          try {
-            const sealed = this.#sealer.seal(name, r.data, opts);
-            r.check();
-            return sealed;
-          } finally {
-            r.release();
-          }
-        }
+        if (range) return withRange(range, (bytes) => this.#sealer.seal(name, bytes, opts));
         if (op === 'seal') return this.#sealer.seal(name, data, opts);
         if (op === 'verify') {
           this.#sealer.verify(name, data);

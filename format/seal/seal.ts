@@ -70,10 +70,11 @@ function checkOptions(o: SealOptions, codec = o.codec): void {
 // Already-compressed data (archives, media, encrypted files) does not shrink:
 // a few small samples tell, at a fraction of the cost of compressing it all.
 const PROBE_MIN = 256 * 1024;
-const CIPHER_SLICE = 64 * 1024;
 const PROBE_SIZE = 16 * 1024;
 const PROBE_COUNT = 4;
 let probeOut: Buffer | undefined;
+/** node:crypto's update() in slices of this (see seal()). */
+const CIPHER_SLICE = 64 * 1024;
 
 function incompressible(ctx: zstd.CCtx, data: Buffer): boolean {
   probeOut ??= Buffer.allocUnsafe(zstd.compressBound(PROBE_SIZE));

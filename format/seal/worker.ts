@@ -5,7 +5,7 @@ import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
 import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
 import { freeBuffer } from './free.js';
-import { openRange } from '../filerange.js';
+import { withRange } from '../filerange.js';
 import { createHash } from 'node:crypto';
 
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -17,11 +17,8 @@ const port = parentPort!;
 port.on('message', (m: TaskMessage) => {
   let reply: ResultMessage;
   let transfer: ArrayBuffer[] = [];
-  let range: ReturnType<typeof openRange> | undefined;
   try {
-    // a file range is mapped (or read) here, and unmapped once sealed
-    if (m.range) range = openRange(m.range);
-    const input = range ? range.data : Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
+    const input = Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength);
     let out: Buffer;
     let hashes: ResultHashes | undefined;
     if (m.op === 'verify') {
@@ -29,8 +26,8 @@ port.on('message', (m: TaskMessage) => {
       out = Buffer.alloc(0);
       if (m.hash) hashes = { sealed: sha256(input) };
     } else if (m.op === 'seal') {
-      out = sealer.seal(m.name, input, m.opts);
-      range?.check(); // (a mapping reads zeros where the file was cut inside its last page)
+      // a file range is mapped (or read) here, and released once sealed
+      out = m.range ? withRange(m.range, (bytes) => sealer.seal(m.name, bytes, m.opts)) : sealer.seal(m.name, input, m.opts);
       // Hashing here keeps it off the producer's thread.
       if (m.hash) hashes = { sealed: sha256(out) };
     } else {
@@ -43,7 +40,7 @@ port.on('message', (m: TaskMessage) => {
     }
     // The input was transferred to this thread and is done with: free it now
     // rather than at this thread's next collection (fewer fresh pages to fault in).
-    if (!range && out.buffer !== input.buffer) freeBuffer(input);
+    if (out.buffer !== input.buffer) freeBuffer(input);
     reply = { id: m.id, ok: true, data: out, hashes };
   } catch (err) {
     if (err instanceof FerryError) {
@@ -53,6 +50,5 @@ port.on('message', (m: TaskMessage) => {
       reply = { id: m.id, ok: false, internal: { message: e?.message ?? String(err), stack: e?.stack } };
     }
   }
-  range?.release();
   port.postMessage(reply, transfer);
 });
