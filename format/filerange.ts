@@ -25,7 +25,8 @@ export function mappingAvailable(): boolean {
   return nativeAddon()?.mapRange !== undefined;
 }
 
-function shorter(r: FileRange, size: number): FerryError {
+/** SOURCE_CHANGED: the file now ends at `size`, before the end of the range ferry reads. */
+export function sourceChanged(r: Omit<FileRange, 'fd'>, size: number): FerryError {
   return new FerryError(
     'SOURCE_CHANGED',
     `${r.file} changed while ferry was reading it: it holds ${size} bytes, and the block at offset ${r.offset} needs ${r.offset + r.length}; nothing of this run was committed: run again when nothing writes to it`,
@@ -42,13 +43,13 @@ function shorter(r: FileRange, size: number): FerryError {
  */
 export function openRange(r: FileRange): { data: Buffer; release: () => void; check: () => void } {
   const size = fstatSync(r.fd).size;
-  if (size < r.offset + r.length) throw shorter(r, size);
+  if (size < r.offset + r.length) throw sourceChanged(r, size);
   const n = nativeAddon();
   const mapped = n?.mapRange && r.length > 0 ? n.mapRange(r.fd, r.offset, r.length, r.file) : null;
   if (mapped instanceof Uint8Array) {
     const check = () => {
       const now = fstatSync(r.fd).size;
-      if (now < r.offset + r.length) throw shorter(r, now);
+      if (now < r.offset + r.length) throw sourceChanged(r, now);
     };
     return { data: mapped, release: () => n!.unmapRange(mapped), check };
   }
@@ -56,7 +57,7 @@ export function openRange(r: FileRange): { data: Buffer; release: () => void; ch
   let done = 0;
   while (done < r.length) {
     const got = readSync(r.fd, data, done, r.length - done, r.offset + done);
-    if (got === 0) throw shorter(r, r.offset + done);
+    if (got === 0) throw sourceChanged(r, r.offset + done);
     done += got;
   }
   return { data, release: () => {}, check: () => {} };

@@ -60,3 +60,29 @@ test('openRange: check() after the file was cut inside the last page of the rang
     }
   });
 });
+
+test('a VHD made shorter while it is stored through reads (no mapping: a putter without putRange) is SOURCE_CHANGED, not blocks stored short', async (t) => {
+  const { createVhd, VhdDisk } = await import('../format/vhd/index.js');
+  const { storeVhdFile } = await import('../vault/diskstore.js');
+  const { stat } = await import('node:fs/promises');
+  await withTmp(async (dir) => {
+    const f = join(dir, 'disk.vhd');
+    await createVhd(f, { size: 64 << 20 });
+    const d = await VhdDisk.open(f, { writable: true });
+    await d.write(0, randomBytes(60 << 20));
+    await d.close();
+    const half = Math.floor((await stat(f)).size / 2);
+    let puts = 0;
+    const stored = new Map<string, Buffer>();
+    const putter = {
+      async put(name: string, data: Buffer) {
+        if (puts++ === 0) truncateSync(f, half); // (the blocks read ahead are whole; later ones are not)
+        stored.set(name, Buffer.from(data));
+      },
+    };
+    const err = (await t.throwsAsync(storeVhdFile(f, putter))) as FerryError;
+    t.is(err.code, 'SOURCE_CHANGED', err.message);
+    t.regex(err.message, /disk\.vhd changed while ferry was reading it/);
+    t.false([...stored.keys()].some((k) => k.endsWith('/head')), 'no head: the disk is not stored');
+  });
+});

@@ -21,7 +21,7 @@ import { open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
 import { freeBuffer } from '../format/seal/free.js';
-import { type FileRange, mappingAvailable, prefetchRange } from '../format/filerange.js';
+import { type FileRange, mappingAvailable, prefetchRange, sourceChanged } from '../format/filerange.js';
 import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.js';
 import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
 import type { EmptyImage } from '../format/vhd/create.js';
@@ -491,6 +491,13 @@ export async function storeVhdFile(
         return done === b.length ? b : b.subarray(0, done);
       },
     };
+    // What the store reads must be there: a file that ends sooner now than when
+    // it was opened changed under us (else a block would be stored short).
+    const readWhole = async (pos: number, len: number): Promise<Buffer> => {
+      const b = await src.read(pos, len);
+      if (b.length < Math.max(0, Math.min(len, fileSize - pos))) throw sourceChanged({ file: path, offset: pos, length: len }, pos + b.length);
+      return b;
+    };
     const d = await decodeVhd(src);
     const fatal = d.problems.find((p) => p.severity === 'fatal' || p.code === 'VHD_BAT_PAST_END' || p.code === 'VHD_BAT_OVERLAP' || p.code === 'VHD_NO_FOOTER');
     if (fatal) {
@@ -538,7 +545,7 @@ export async function storeVhdFile(
       const fixedBlocks: number[] = [];
       const size = d.size!;
       const count = Math.ceil(size / FIXED_CHUNK);
-      const next = readAhead(count, (i) => src.read(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK)));
+      const next = readAhead(count, (i) => readWhole(i * FIXED_CHUNK, Math.min(FIXED_CHUNK, size - i * FIXED_CHUNK)));
       for (let i = 0; i < count; i++) {
         const b = await next();
         if (!isZero(b)) {
@@ -549,7 +556,7 @@ export async function storeVhdFile(
         }
         onProgress?.(Math.min((i + 1) * FIXED_CHUNK, size), size);
       }
-      const footer = await src.read(fileSize - SECTOR, SECTOR);
+      const footer = await readWhole(fileSize - SECTOR, SECTOR);
       await out.barrier?.(); // the blocks are durable before the head that makes them a disk
       await out.put(headName(id), encodeHead({ v: 1, fileSize, type: 'fixed', regions: [{ offset: fileSize - SECTOR, length: SECTOR }], fixedBlocks }, [footer]));
       return { id, blocks, bytes, problems: d.problems.filter((p) => p.severity === 'error') };
@@ -569,7 +576,7 @@ export async function storeVhdFile(
     const rangeOf = (k: number): FileRange => ({ fd: fh.fd, offset: bat[used[k]] * SECTOR, length: Math.min(span, fileSize - bat[used[k]] * SECTOR), file: path });
     const prefetching = new Set<Promise<void>>();
     if (viaRanges) rangesOut = async () => void (await Promise.all([out.idle!(), ...prefetching]));
-    const next = viaRanges ? null : readAhead(used.length, (k) => src.read(bat[used[k]] * SECTOR, span));
+    const next = viaRanges ? null : readAhead(used.length, (k) => readWhole(bat[used[k]] * SECTOR, span));
     let prefetched = 0;
     for (let k = 0; k < used.length; k++) {
       const i = used[k];
@@ -589,9 +596,9 @@ export async function storeVhdFile(
       blocks++;
       onProgress?.(i + 1, bat.length);
     }
-    const prefix = await src.read(0, firstBlock);
+    const prefix = await readWhole(0, firstBlock);
     const tailLen = fileSize - d.footerOffset!;
-    const tail = await src.read(d.footerOffset!, tailLen);
+    const tail = await readWhole(d.footerOffset!, tailLen);
     await out.barrier?.(); // the blocks are durable before the head that makes them a disk
     await out.put(
       headName(id),
