@@ -1,9 +1,11 @@
 // ferry's own addon (native/ferry_native.c), loaded once for every user of
 // it: early write-back (format/writeback.ts), scrypt's lanes on all cores
 // (vault/scrypt.ts), file ranges read where the page cache holds them
-// (format/filerange.ts), and AES-GCM into ferry's own buffers (format/seal). It is built by scripts/build-native.mjs (npm install
-// runs it); without it (not built, not Linux, FERRY_NATIVE=0) each user falls
-// back to plain Node and ferry only runs slower.
+// (format/filerange.ts), and AES-GCM into ferry's own buffers (format/seal).
+// It is built by scripts/build-native.mjs (npm install runs it); without it
+// (not built, not Linux, FERRY_NATIVE=0) each user falls back to plain Node
+// and ferry only runs slower. An addon built from older sources may lack
+// the later calls, so each user checks that its own is there.
 import { createRequire } from 'node:module';
 
 export interface Native {

@@ -20,7 +20,7 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
 import { EXIT, FerryError, UsageError } from '../format/errors.js';
 import { CODECS, CodecName } from '../format/seal/layout.js';
-import { scrypt, ScryptCost } from './scrypt.js';
+import { nTooLarge, scrypt, ScryptCost } from './scrypt.js';
 
 export type { ScryptCost };
 
@@ -99,8 +99,7 @@ export function checkCost(c: ScryptCost, where = 'scrypt parameters'): void {
   const pow2 = Number.isSafeInteger(c.N) && c.N >= 2 && (c.N & (c.N - 1)) === 0;
   const ok = pow2 && Number.isInteger(c.r) && c.r >= 1 && c.r <= 64 && Number.isInteger(c.p) && c.p >= 1 && c.p <= 64;
   if (!ok) throw new FerryError('KDF_BAD_PARAMS', `${where}: N must be a power of two, r and p from 1 to 64 (got N=${c.N} r=${c.r} p=${c.p})`, { ...c });
-  // RFC 7914: N < 2^(16 r); Node refuses the others, so such a slot would open only with the addon
-  if (16 * c.r < 53 && c.N >= 2 ** (16 * c.r)) throw new FerryError('KDF_BAD_PARAMS', `${where}: N=${c.N} must be less than 2^(16·r) = 2^${16 * c.r} (RFC 7914)`, { ...c });
+  if (nTooLarge(c)) throw new FerryError('KDF_BAD_PARAMS', `${where}: N=${c.N} must be less than 2^(16·r) = 2^${16 * c.r} (RFC 7914)`, { ...c });
   const mem = 128 * c.N * c.r * c.p;
   if (mem > MAX_SCRYPT_MEMORY) {
     throw new FerryError('KDF_BAD_PARAMS', `${where}: N=${c.N} r=${c.r} p=${c.p} would need ${Math.round(mem / 2 ** 20)} MiB; refusing more than ${MAX_SCRYPT_MEMORY / 2 ** 20} MiB`, { ...c });

@@ -21,6 +21,14 @@ export interface ScryptCost {
   p: number;
 }
 
+/**
+ * RFC 7914 (section 2) wants N < 2^(128 r / 8); Node refuses the others, so a
+ * key the lanes derived from them would not open without the addon.
+ */
+export function nTooLarge(c: ScryptCost): boolean {
+  return 16 * c.r < 53 && c.N >= 2 ** (16 * c.r);
+}
+
 const cores = Math.max(1, availableParallelism());
 let running = 0;
 const waiting: (() => void)[] = [];
@@ -53,9 +61,7 @@ export async function scrypt(password: Buffer, salt: Buffer, c: ScryptCost, dkLe
     const opts: ScryptOptions = { N: c.N, r: c.r, p: c.p, maxmem: 128 * c.N * c.r * c.p + 2 ** 20 };
     return new Promise((resolve, reject) => nodeScrypt(password, salt, dkLen, opts, (err, key) => (err ? reject(err) : resolve(key))));
   }
-  // RFC 7914 (section 2) wants N < 2^(128 r / 8); Node refuses the others, so a
-  // key derived here would not open without the addon (FERRY_NATIVE=0)
-  if (16 * c.r < 53 && c.N >= 2 ** (16 * c.r)) throw new RangeError(`Invalid scrypt params: N=${c.N} must be less than 2^(16 r) = 2^${16 * c.r}`);
+  if (nTooLarge(c)) throw new RangeError(`Invalid scrypt params: N=${c.N} must be less than 2^(16 r) = 2^${16 * c.r}`);
   const laneBytes = 128 * c.r;
   const lanes = pbkdf2Sync(password, salt, 1, c.p * laneBytes, 'sha256');
   try {
