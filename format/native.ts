@@ -1,7 +1,8 @@
 // ferry's own addon (native/ferry_native.c), loaded once for every user of
 // it: early write-back (format/writeback.ts), scrypt's lanes on all cores
 // (vault/scrypt.ts), file ranges read where the page cache holds them
-// (format/filerange.ts), and AES-GCM into ferry's own buffers (format/seal).
+// (format/filerange.ts), AES-GCM into ferry's own buffers (format/seal), and
+// folders listed with their entries' lstat in one call (source/dirscan.ts).
 // It is built by scripts/build-native.mjs (npm install runs it); without it
 // (not built, not Linux, FERRY_NATIVE=0) each user falls back to plain Node
 // and ferry only runs slower. An addon built from older sources may lack
@@ -19,6 +20,11 @@ export interface Native {
   unmapRange(b: Buffer): void;
   /** posix_fadvise(WILLNEED) on libuv's pool; calls back when queued. */
   prefetch(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
+  /**
+   * Lists a folder and lstats its entries (relative to it) on libuv's pool:
+   * errno, or null and the packed reply that source/dirscan.ts reads.
+   */
+  scanDir(path: Uint8Array, cb: (errno: number | null, reply?: Buffer) => void): void;
   /**
    * AES-256-GCM into `out` (at least input's length; in place allowed) with
    * the OpenSSL inside Node; false when a decryption's tag does not match

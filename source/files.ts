@@ -12,11 +12,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
 import { posix } from 'node:path';
-import type { BigIntStats } from 'node:fs';
+import { constants as C, type BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
+import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
@@ -240,30 +241,32 @@ export async function getXattrs(paths: Buffer[]): Promise<{ map: Map<string, Xat
 
 // ---------------------------------------------------------------- the walk
 
-function typeOf(st: BigIntStats): EntryType {
-  if (st.isFile()) return 'file';
-  if (st.isDirectory()) return 'dir';
-  if (st.isSymbolicLink()) return 'symlink';
-  if (st.isCharacterDevice()) return 'chardev';
-  if (st.isBlockDevice()) return 'blockdev';
-  if (st.isFIFO()) return 'fifo';
-  return 'socket';
+function typeOf(st: WalkStat): EntryType {
+  switch (st.mode & C.S_IFMT) {
+    case C.S_IFREG: return 'file';
+    case C.S_IFDIR: return 'dir';
+    case C.S_IFLNK: return 'symlink';
+    case C.S_IFCHR: return 'chardev';
+    case C.S_IFBLK: return 'blockdev';
+    case C.S_IFIFO: return 'fifo';
+    default: return 'socket';
+  }
 }
 
-function metaOf(path: Buffer, st: BigIntStats, implicit = false): Entry {
+function metaOf(path: Buffer, st: WalkStat, implicit = false): Entry {
   return {
     path,
     type: typeOf(st),
-    mode: Number(st.mode) & 0o7777,
-    uid: Number(st.uid),
-    gid: Number(st.gid),
+    mode: st.mode & 0o7777,
+    uid: st.uid,
+    gid: st.gid,
     atimeNs: st.atimeNs,
     mtimeNs: st.mtimeNs,
     ctimeNs: st.ctimeNs,
-    size: Number(st.size),
+    size: st.size,
     ino: st.ino,
     dev: st.dev,
-    nlink: Number(st.nlink),
+    nlink: st.nlink,
     rdev: st.rdev,
     target: null,
     xattrs: [],
@@ -346,7 +349,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
   const links = new Map<string, { path: Buffer; left: number }>();
   const emittedAncestors = new Set<string>();
 
-  const finish = async (e: Entry, st: BigIntStats): Promise<Entry | null> => {
+  const finish = async (e: Entry, st: WalkStat): Promise<Entry | null> => {
     if (e.type === 'symlink') {
       try {
         e.target = await readlink(realOf(e), { encoding: 'buffer' });
@@ -369,7 +372,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     return e;
   };
 
-  async function* visit(path: Buffer, st: BigIntStats, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
+  async function* visit(path: Buffer, st: WalkStat, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
     const stored = root.real === root.as ? path : asStored(root, path);
     const m = metaOf(stored, st);
     if (stored !== path) realPaths.set(m, path);
@@ -378,6 +381,26 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     yield e;
     if (e.type !== 'dir') return;
     if (opts.oneFileSystem && st.dev !== rootDev) return;
+    const asOf = (p: Buffer) => (root.real === root.as ? p : asStored(root, p));
+    const child = async function* (p: Buffer, s: WalkStat | Error): AsyncGenerator<Entry> {
+      if (s instanceof Error) {
+        warn({ code: 'SOURCE_VANISHED', message: `${printable(p)} cannot be read: ${errText(s)}`, path: p });
+        return;
+      }
+      if (opts.skipDirs?.size && isDir(s) && opts.skipDirs.has(`${s.dev}:${s.ino}`)) return;
+      yield* visit(p, s, rootDev, root);
+    };
+    const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
+    // the folder listed and its entries lstat'd in one call of the addon
+    const scanned = await scanDir(path);
+    if (scanned) {
+      for (let i = 0; i < scanned.count; i++) {
+        const p = join(path, scanned.name(i));
+        if (excluded(asOf(p))) continue;
+        yield* child(p, scanned.stat(i) ?? (await lstatOf(p)));
+      }
+      return;
+    }
     let names: Buffer[];
     try {
       names = await readdir(path, { encoding: 'buffer' });
@@ -386,21 +409,12 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       return;
     }
     names.sort(Buffer.compare);
-    const asOf = (p: Buffer) => (root.real === root.as ? p : asStored(root, p));
     const children = names.map((n) => join(path, n)).filter((p) => !excluded(asOf(p)));
     // lstat a window of children at a time, then descend in order
     for (let i = 0; i < children.length; i += concurrency) {
       const slice = children.slice(i, i + concurrency);
-      const stats = await Promise.all(slice.map((p) => lstat(p, { bigint: true }).catch((err: unknown) => err as Error)));
-      for (let j = 0; j < slice.length; j++) {
-        const s = stats[j];
-        if (s instanceof Error) {
-          warn({ code: 'SOURCE_VANISHED', message: `${printable(slice[j])} cannot be read: ${errText(s)}`, path: slice[j] });
-          continue;
-        }
-        if (opts.skipDirs?.size && s.isDirectory() && opts.skipDirs.has(`${s.dev}:${s.ino}`)) continue;
-        yield* visit(slice[j], s, rootDev, root);
-      }
+      const stats = await Promise.all(slice.map(lstatOf));
+      for (let j = 0; j < slice.length; j++) yield* child(slice[j], stats[j]);
     }
   }
 
@@ -423,7 +437,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
         /* a virtual folder's parent: made up below */
       }
       if (st?.isDirectory()) {
-        const e = metaOf(Buffer.from(a), st, true);
+        const e = metaOf(Buffer.from(a), walkStat(st), true);
         yield e;
       } else {
         const now = BigInt(Date.now()) * 1_000_000n;
@@ -450,7 +464,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       continue;
     }
     emittedAncestors.add(root.as.toString('latin1'));
-    yield* visit(from.real, st, st.dev, from);
+    yield* visit(from.real, walkStat(st), st.dev, from);
   }
 }
 
