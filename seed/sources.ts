@@ -1,6 +1,7 @@
 // What a seed or backup reads, by item kind: the file-tree walker for files
 // and system state, the block reader for volumes.
 import type { SourceEntry } from '../format/volume/index.js';
+import { DEFAULT_CHUNK_SIZE } from '../format/volume/layout.js';
 import { walk } from '../source/files.js';
 import { readVolume } from '../source/volume.js';
 import type { ItemKind } from '../vault/registry.js';
@@ -26,13 +27,13 @@ export async function* sourceEntries(kind: ItemKind, sources: string[], o: Sourc
     const { collectSystemState } = await import('../source/system-state.js');
     const state = await collectSystemState({ onWarning });
     try {
-      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD });
+      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
     } finally {
       await state.cleanup();
     }
     return;
   }
-  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD });
+  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
 }
 
 export function volumeChunks(source: string): AsyncIterable<{ offset: number; data: Buffer }> {

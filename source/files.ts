@@ -44,6 +44,8 @@ export interface WalkOptions {
   readAhead?: number;
   /** Threads that read small files with synchronous calls (default 2; 0 reads them through the libuv pool). */
   readerThreads?: number;
+  /** The reader threads hash each small file in chunks of this size as they read it (DataPiece.hashed). */
+  hashChunk?: number;
   onWarning?: (w: EntryWarning) => void;
   onProgress?: (p: WalkProgress) => void;
 }
@@ -726,6 +728,8 @@ interface ReadState {
   slabs: Slabs;
   /** Reader threads for small files (without them, small files are read here into slabs). */
   reader: SmallFileReader | null;
+  /** Chunk size the reader threads hash small files in, if any. */
+  hashChunk?: number;
   warn: (w: EntryWarning) => void;
 }
 
@@ -772,12 +776,14 @@ const NO_POOL = new ReadBuffers(0);
 async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadState): Promise<DataPiece[]> {
   if (state.reader?.open) {
     // reader threads read one file after another, so no limit here
-    const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino, e.mtimeNs);
+    const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino, e.mtimeNs, state.hashChunk);
     if (r.data) {
       if (r.changed) changedAfterListing(e, state);
       const lease = new Lease(r.data, NO_POOL);
       try {
-        return smallPieces(e, sparse, state, r.data, r.data.length, lease, (r.size ?? 0) < e.size);
+        const pieces = smallPieces(e, sparse, state, r.data, r.data.length, lease, (r.size ?? 0) < e.size);
+        if (r.hashes && pieces.length) pieces[0].hashed = { chunk: state.hashChunk!, size: r.data.length, hashes: r.hashes };
+        return pieces;
       } finally {
         lease.drop();
       }
@@ -1073,12 +1079,11 @@ export async function* walk(sources: (string | Buffer | MappedSource)[], opts: W
   const limit = new Limit(Math.max(1, opts.concurrency ?? 8));
   const mapper = new DataMapper();
   const budget = opts.readAhead ?? 64 * 1024 * 1024;
-  // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
   const threads = Math.max(0, opts.readerThreads ?? 2);
   const reader = threads > 0 ? new SmallFileReader(threads) : null;
   // Enough buffers for the read-ahead window, the large file being read and what the consumer holds.
   const buffers = new ReadBuffers(Math.ceil(budget / READ_SIZE) + 8);
-  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers), reader, warn };
+  const state: ReadState = { bytes: 0, buffers, slabs: new Slabs(buffers), reader, hashChunk: opts.hashChunk, warn };
   let yielded = 0;
   const progress = () => opts.onProgress?.({ files: yielded, bytes: state.bytes });
 

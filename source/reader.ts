@@ -7,6 +7,7 @@
 // back to the main thread without a copy (transferred, not shared: a shared
 // buffer would stay alive until the reader thread's next garbage collection,
 // which an idle reader does not run).
+import { createHash } from 'node:crypto';
 import { closeSync, constants as C, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import { startWorker } from '../format/threads.js';
@@ -20,6 +21,8 @@ export interface ReadRequest {
   ino: bigint;
   /** Its modification time then: another one (or a larger size) means it was written since. */
   mtimeNs?: bigint;
+  /** When given: the SHA-256 of each `chunk` bytes of what was read (the volume's chunk checksums), taken here. */
+  chunk?: number;
 }
 
 /** Where the file's bytes are in the batch buffer and how many were read, or the error (message and errno code) that stopped it. */
@@ -31,6 +34,8 @@ export interface ReadReply {
   /** The file's size when it was opened, and whether it changed since the walk listed it. */
   size?: number;
   changed?: boolean;
+  /** Where the chunk hashes of what was read are in the batch buffer (32 bytes each, as many chunks as `got` spans). */
+  hashAt?: number;
 }
 
 export interface ReadBatch {
@@ -137,17 +142,33 @@ export function readInto(path: Buffer, into: Uint8Array, dev?: bigint, ino?: big
   }
 }
 
-/** Reads a batch into one new buffer (each file at an 8-byte aligned offset). */
+/** Bytes a request takes in its batch buffer: its data, then room for its chunk hashes, 8-byte aligned. */
+function room(r: ReadRequest): number {
+  const hashes = r.chunk ? Math.ceil(r.length / r.chunk) * 32 : 0;
+  return (r.length + hashes + 7) & ~7;
+}
+
+/** Reads a batch into one new buffer (each file at an 8-byte aligned offset, its chunk hashes after it). */
 export function readBatch(m: ReadBatch): ReadBatchResult {
   let total = 0;
-  for (const r of m.reqs) total += (r.length + 7) & ~7;
+  for (const r of m.reqs) total += room(r);
   const buffer = new ArrayBuffer(total);
+  const bytes = new Uint8Array(buffer);
   let at = 0;
   const replies = m.reqs.map((r) => {
     const path = Buffer.from(r.path.buffer, r.path.byteOffset, r.path.byteLength);
-    const reply = readInto(path, new Uint8Array(buffer, at, r.length), r.dev, r.ino, r.mtimeNs);
-    if (reply.got !== undefined) reply.offset = at;
-    at += (r.length + 7) & ~7;
+    const data = new Uint8Array(buffer, at, r.length);
+    const reply = readInto(path, data, r.dev, r.ino, r.mtimeNs);
+    if (reply.got !== undefined) {
+      reply.offset = at;
+      if (r.chunk) {
+        reply.hashAt = at + r.length;
+        for (let c = 0, h = reply.hashAt; c < reply.got; c += r.chunk, h += 32) {
+          bytes.set(createHash('sha256').update(data.subarray(c, Math.min(reply.got, c + r.chunk))).digest(), h);
+        }
+      }
+    }
+    at += room(r);
     return reply;
   });
   return { id: m.id, buffer, replies };
@@ -165,11 +186,13 @@ export interface SmallRead {
   code?: string;
   size?: number;
   changed?: boolean;
+  /** The chunk hashes of `data`, when asked for. */
+  hashes?: Buffer;
 }
 
 interface Slot {
   worker: Worker;
-  waiting: Map<number, { resolve: (r: SmallRead) => void }[]>;
+  waiting: Map<number, { resolve: (r: SmallRead) => void; chunk?: number }[]>;
   queued: number;
 }
 
@@ -194,7 +217,9 @@ export class SmallFileReader {
         slot.queued -= w.length;
         w.forEach((x, k) => {
           const r = m.replies[k];
-          x.resolve(r.got !== undefined ? { data: Buffer.from(m.buffer, r.offset!, r.got), size: r.size, changed: r.changed } : { error: r.error, code: r.code });
+          if (r.got === undefined) return x.resolve({ error: r.error, code: r.code });
+          const hashes = r.hashAt !== undefined ? Buffer.from(m.buffer, r.hashAt, Math.ceil(r.got / x.chunk!) * 32) : undefined;
+          x.resolve({ data: Buffer.from(m.buffer, r.offset!, r.got), size: r.size, changed: r.changed, hashes });
         });
       });
       worker.on('error', (err) => this.fail(slot, err));
@@ -210,11 +235,14 @@ export class SmallFileReader {
     slot.queued = 0;
   }
 
-  /** Reads up to `length` bytes from the start of the file at `path`, if it is still the regular file `dev`/`ino`. */
-  read(path: Buffer, length: number, dev: bigint, ino: bigint, mtimeNs?: bigint): Promise<SmallRead> {
+  /**
+   * Reads up to `length` bytes from the start of the file at `path`, if it is
+   * still the regular file `dev`/`ino`; with `chunk`, hashes each chunk of it too.
+   */
+  read(path: Buffer, length: number, dev: bigint, ino: bigint, mtimeNs?: bigint, chunk?: number): Promise<SmallRead> {
     if (this.failure) return Promise.resolve({ error: this.failure.message });
     return new Promise((resolve) => {
-      this.batch.push({ req: { path, length, dev, ino, mtimeNs }, resolve });
+      this.batch.push({ req: { path, length, dev, ino, mtimeNs, chunk }, resolve });
       this.batchBytes += length;
       if (this.batch.length >= BATCH || this.batchBytes >= BATCH_BYTES) this.flush();
       else if (!this.scheduled) {
@@ -240,7 +268,7 @@ export class SmallFileReader {
     let slot = this.slots[0];
     for (const s of this.slots) if (s.queued < slot.queued) slot = s;
     const id = this.nextId++;
-    slot.waiting.set(id, b.map((x) => ({ resolve: x.resolve })));
+    slot.waiting.set(id, b.map((x) => ({ resolve: x.resolve, chunk: x.req.chunk })));
     slot.queued += b.length;
     const msg: ReadBatch = { id, reqs: b.map((x) => x.req) };
     slot.worker.postMessage(msg);

@@ -239,31 +239,41 @@ test('walk: small files read on reader threads equal the same files read without
   });
 });
 
-test('walk into a volume: the chunk sums of every file are those of its bytes', async (t) => {
-  await withTmp(async (dir) => {
-    const root = join(dir, 't');
-    await mkdir(root, { recursive: true });
-    const sizes = [1, 4096, 100_000, MiB - 1, MiB, MiB + 1, 2 * MiB + 5];
-    for (let i = 0; i < 40; i++) await writeFile(join(root, `f${i}`), pseudoRandom(sizes[i % sizes.length], i));
-    const fh = await open(join(root, 'sparse-small'), 'w');
-    await fh.write(Buffer.from('tail'), 0, 4, 512 * 1024);
-    await fh.close();
-    const disk = new MemDisk(64 * MiB * 16);
-    await writeVolume(disk, walk([root], { readerThreads: 2, xattrs: false }));
-    const reader = await VolumeReader.open(disk);
-    let files = 0;
-    for (const e of reader.entries()) {
-      if (e.type !== 'file') continue;
-      files++;
-      const data = await readFile(e.path.toString());
-      const want: Buffer[] = [];
-      for (let off = 0; off < data.length; off += MiB) want.push(createHash('sha256').update(data.subarray(off, off + MiB)).digest());
-      t.true(e.chunks.equals(Buffer.concat(want)), e.path.toString());
-    }
-    t.is(files, 41);
-    reader.close();
+// hashChunk: the reader threads hash small files as they read them, and the
+// writer takes those sums when their chunk size is its own (else it hashes).
+for (const [label, chunkSize, hashChunk] of [
+  ['hashed by the writer', MiB, undefined],
+  ['hashed by the reader threads', MiB, MiB],
+  ['reader threads hashing 64 KiB chunks, several per small file', 64 * 1024, 64 * 1024],
+  ['reader threads hashing another chunk size than the volume: not taken', MiB, 4096],
+] as const) {
+  test(`walk into a volume: the chunk sums of every file are those of its bytes (${label})`, async (t) => {
+    await withTmp(async (dir) => {
+      const root = join(dir, 't');
+      await mkdir(root, { recursive: true });
+      const sizes = [1, 4096, 100_000, MiB - 1, MiB, MiB + 1, 2 * MiB + 5];
+      for (let i = 0; i < 40; i++) await writeFile(join(root, `f${i}`), pseudoRandom(sizes[i % sizes.length], i));
+      const fh = await open(join(root, 'sparse-small'), 'w');
+      await fh.write(Buffer.from('tail'), 0, 4, 512 * 1024);
+      await fh.close();
+      await writeFile(join(root, 'empty'), '');
+      const disk = new MemDisk(64 * MiB * 16);
+      await writeVolume(disk, walk([root], { readerThreads: 2, xattrs: false, hashChunk }), { chunkSize });
+      const reader = await VolumeReader.open(disk);
+      let files = 0;
+      for (const e of reader.entries()) {
+        if (e.type !== 'file') continue;
+        files++;
+        const data = await readFile(e.path.toString());
+        const want: Buffer[] = [];
+        for (let off = 0; off < data.length; off += chunkSize) want.push(createHash('sha256').update(data.subarray(off, off + chunkSize)).digest());
+        t.true(e.chunks.equals(Buffer.concat(want)), e.path.toString());
+      }
+      t.is(files, 42);
+      reader.close();
+    });
   });
-});
+}
 
 test('walk: a file that shrinks while read is stored as it is', async (t) => {
   await withTmp(async (dir) => {

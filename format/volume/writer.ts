@@ -34,6 +34,13 @@ export interface DataPiece {
   offset: number;
   data: Buffer;
   release?: () => void;
+  /**
+   * On a file's first piece: the SHA-256 of each `chunk` bytes of the whole
+   * file (holes as zeros), `size` bytes in all, taken by the source as it
+   * read them. The writer then does not hash the pieces again when its
+   * chunk size is `chunk`.
+   */
+  hashed?: { chunk: number; size: number; hashes: Buffer };
 }
 
 /** A file's content: pieces (gaps between them are holes) or plain buffers (read one after another). */
@@ -178,12 +185,19 @@ export class ChunkHasher {
   private pending = 0;
   private last: Promise<Buffer> | null = null;
   private readonly zeros: Buffer;
+  private taken: DataPiece['hashed'] | null = null;
 
   constructor(private readonly chunkSize: number) {
     this.zeros = zeroChunk(chunkSize);
   }
 
+  /** Takes the source's hashes of the whole file, if they are of this chunk size and nothing was fed yet; then feed() does nothing. */
+  take(hashed: DataPiece['hashed']): void {
+    if (hashed && hashed.chunk === this.chunkSize && this.pos === 0 && !this.cur) this.taken = hashed;
+  }
+
   feed(offset: number, data: Buffer): void {
+    if (this.taken) return;
     if (offset > this.pos) this.fillZeros(offset);
     let off = 0;
     while (off < data.length) {
@@ -218,6 +232,10 @@ export class ChunkHasher {
   }
 
   async end(size: number): Promise<Buffer> {
+    if (this.taken) {
+      if (size !== this.taken.size) throw new Error(`the source hashed ${this.taken.size} bytes of a file that ends at ${size}`);
+      return this.taken.hashes;
+    }
     if (size > this.pos) this.fillZeros(size);
     if (this.cur) this.endChunk();
     return Buffer.concat(await Promise.all(this.out));
@@ -363,6 +381,7 @@ export class VolumeWriter {
           extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
         }
         // feed() is done with the data when it returns (whole chunks are copied for hashing).
+        if (piece.hashed && stored === 0) hasher.take(piece.hashed);
         hasher.feed(piece.offset, piece.data);
         await hasher.backpressure();
         await this.seq.append(piece.data, piece.release);
