@@ -25,6 +25,8 @@ export interface Native {
    * errno, or null and the packed reply that source/dirscan.ts reads.
    */
   scanDir(path: Uint8Array, cb: (errno: number | null, reply?: Buffer) => void): void;
+  /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */
+  sha256Chunks?(input: Uint8Array, chunk: number, out: Uint8Array): void;
   /**
    * AES-256-GCM into `out` (at least input's length; in place allowed) with
    * the OpenSSL inside Node; false when a decryption's tag does not match

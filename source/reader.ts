@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 import { closeSync, constants as C, fstatSync, openSync, readSync, type BigIntStats } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
+import { nativeAddon } from '../format/native.js';
 import { startWorker } from '../format/threads.js';
 
 export interface ReadRequest {
@@ -163,8 +164,13 @@ export function readBatch(m: ReadBatch): ReadBatchResult {
       reply.offset = at;
       if (r.chunk) {
         reply.hashAt = at + r.length;
-        for (let c = 0, h = reply.hashAt; c < reply.got; c += r.chunk, h += 32) {
-          bytes.set(createHash('sha256').update(data.subarray(c, Math.min(reply.got, c + r.chunk))).digest(), h);
+        const got = data.subarray(0, reply.got);
+        const sha256Chunks = nativeAddon()?.sha256Chunks;
+        if (sha256Chunks) sha256Chunks(got, r.chunk, bytes.subarray(reply.hashAt));
+        else {
+          for (let c = 0, h = reply.hashAt; c < got.length; c += r.chunk, h += 32) {
+            bytes.set(createHash('sha256').update(got.subarray(c, c + r.chunk)).digest(), h);
+          }
         }
       }
     }

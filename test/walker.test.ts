@@ -11,6 +11,8 @@ import { collectSystemState, STATE_FOLDER } from '../source/system-state.js';
 import { MemDisk } from '../format/memdisk.js';
 import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { makeTree, NAMES, pseudoRandom } from './helpers/tree.js';
+import { readBatch, type ReadBatchResult } from '../source/reader.js';
+import { ROOT, run } from './helpers/exec.js';
 
 const MiB = 1024 * 1024;
 
@@ -358,5 +360,37 @@ test('collectSystemState: files in place, command outputs under the virtual fold
     } finally {
       await state.cleanup();
     }
+  });
+});
+
+test('reader threads: chunk sums through the addon equal those of node:crypto (FERRY_NATIVE=0)', async (t) => {
+  await withTmp(async (dir) => {
+    const sizes = [0, 1, 4095, 4096, 4097, 3 * 4096 + 17];
+    const reqs = [];
+    for (const [i, n] of sizes.entries()) {
+      const p = join(dir, `f${i}`);
+      await writeFile(p, pseudoRandom(n, i + 7));
+      const st = await lstat(p, { bigint: true });
+      reqs.push({ path: Buffer.from(p), length: n, dev: st.dev, ino: st.ino, chunk: 4096 });
+    }
+    const sums = (res: ReadBatchResult) => res.replies.map((r, i) => Buffer.from(res.buffer, r.hashAt!, Math.ceil(sizes[i] / 4096) * 32).toString('hex'));
+    const here = sums(readBatch({ id: 1, reqs }));
+    const want = sizes.map((n, i) => {
+      const data = pseudoRandom(n, i + 7);
+      const hs: Buffer[] = [];
+      for (let o = 0; o < n; o += 4096) hs.push(createHash('sha256').update(data.subarray(o, o + 4096)).digest());
+      return Buffer.concat(hs).toString('hex');
+    });
+    t.deepEqual(here, want);
+    const script = `
+      const { readBatch } = await import(${JSON.stringify(join(ROOT, 'dist', 'source', 'reader.js'))});
+      const reqs = JSON.parse(process.argv[1]).map((r) => ({ ...r, path: Buffer.from(r.path), dev: BigInt(r.dev), ino: BigInt(r.ino) }));
+      const res = readBatch({ id: 1, reqs });
+      process.stdout.write(JSON.stringify(res.replies.map((r, i) => Buffer.from(res.buffer, r.hashAt, Math.ceil(reqs[i].length / 4096) * 32).toString('hex'))));
+    `;
+    const arg = JSON.stringify(reqs.map((r) => ({ ...r, path: r.path.toString(), dev: String(r.dev), ino: String(r.ino) })));
+    const r = await run(process.execPath, ['--input-type=module', '-e', script, arg], { env: { FERRY_NATIVE: '0' } });
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual(JSON.parse(r.stdout.toString()), want);
   });
 });
