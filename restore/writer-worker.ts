@@ -3,7 +3,7 @@
 // here, so blocking is what we want). It takes batches of jobs and answers
 // each batch with one result per job. See FileWriter in writer.ts.
 import { parentPort } from 'node:worker_threads';
-import { freeBuffer } from '../format/seal/free.js';
+import { freeBuffer } from '../format/buffers.js';
 import { writeBatch, type WriteBatch, type WriteBatchResult } from './writer.js';
 
 const port = parentPort!;

@@ -20,7 +20,7 @@
 import { open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
-import { freeBuffer } from '../format/seal/free.js';
+import { freeBuffer } from '../format/buffers.js';
 import { type FileRange, mappingAvailable, prefetchRange, sourceChanged } from '../format/filerange.js';
 import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.js';
 import { inspectDecoded, type Inspection } from '../format/vhd/check.js';

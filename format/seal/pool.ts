@@ -10,6 +10,7 @@ import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
 import { FileRange, withRange } from '../filerange.js';
+import { recycleBuffer } from '../buffers.js';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -37,7 +38,7 @@ export interface SealedWithHashes {
 }
 
 export type ResultMessage =
-  | { id: number; ok: true; data: Uint8Array; hashes?: ResultHashes }
+  | { id: number; ok: true; data: Uint8Array; hashes?: ResultHashes; input?: Uint8Array }
   | { id: number; ok: false; ferry: { code: string; message: string; data: ErrorData; exitCode: number } }
   | { id: number; ok: false; internal: { message: string; stack?: string } };
 
@@ -71,7 +72,7 @@ const PER_WORKER = 2;
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
 
-export { freeBuffer } from './free.js';
+export { freeBuffer } from '../buffers.js';
 
 export class SealPool {
   readonly size: number;
@@ -241,7 +242,11 @@ export class SealPool {
       const task = slot.tasks.get(m.id);
       if (!task) return;
       slot.tasks.delete(m.id);
-      if (m.ok) task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), m.hashes);
+      if (m.ok) {
+        // a sealed block's memory, back from the worker: the task's input was ours (a copy, or handed over)
+        if (m.input) recycleBuffer(m.input);
+        task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), m.hashes);
+      }
       else if ('ferry' in m) task.reject(new FerryError(m.ferry.code, m.ferry.message, m.ferry.data, m.ferry.exitCode));
       else task.reject(Object.assign(new Error(`seal worker: ${m.internal.message}`), { workerStack: m.internal.stack }));
       this.#finish(slot);

@@ -1,7 +1,7 @@
 // Sealing in the calling thread: compress, then AES-256-GCM with the header
 // and the object's name as associated data. The pool (pool.ts) runs the same
 // code in worker threads.
-import { freeBuffer } from './free.js';
+import { freeBuffer } from '../buffers.js';
 import { createCipheriv, createDecipheriv, createSecretKey, KeyObject, randomFillSync } from 'node:crypto';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';

@@ -4,7 +4,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
 import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
-import { freeBuffer } from './free.js';
+import { freeBuffer } from '../buffers.js';
 import { withRange } from '../filerange.js';
 import { createHash } from 'node:crypto';
 
@@ -38,10 +38,18 @@ port.on('message', (m: TaskMessage) => {
     if (out.byteOffset === 0 && out.buffer.byteLength === out.length && out.buffer instanceof ArrayBuffer) {
       transfer = [out.buffer];
     }
-    // The input was transferred to this thread and is done with: free it now
-    // rather than at this thread's next collection (fewer fresh pages to fault in).
-    if (out.buffer !== input.buffer) freeBuffer(input);
-    reply = { id: m.id, ok: true, data: out, hashes };
+    // The input was transferred to this thread and is done with. A sealed
+    // block's memory goes back to the pool's thread to be used again (see
+    // recycleBuffer); anything else is freed now rather than at this
+    // thread's next collection (fewer fresh pages to fault in).
+    let input_: Uint8Array | undefined;
+    if (out.buffer !== input.buffer) {
+      if (m.op === 'seal' && input.byteLength >= 1024 * 1024 && input.byteOffset === 0 && input.buffer.byteLength === input.byteLength && input.buffer instanceof ArrayBuffer) {
+        input_ = input;
+        transfer.push(input.buffer);
+      } else freeBuffer(input);
+    }
+    reply = { id: m.id, ok: true, data: out, hashes, input: input_ };
   } catch (err) {
     if (err instanceof FerryError) {
       reply = { id: m.id, ok: false, ferry: { code: err.code, message: err.message, data: err.data, exitCode: err.exitCode } };

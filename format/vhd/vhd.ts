@@ -4,6 +4,7 @@
 // that a write torn at any instant leaves a file that still opens.
 import { open as fsOpen, stat, type FileHandle } from 'node:fs/promises';
 import type { Disk, Extent } from '../disk.js';
+import { takeZeroed } from '../buffers.js';
 import { checkArg } from '../errors.js';
 import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
 import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
@@ -488,7 +489,7 @@ export class VhdDisk implements Disk {
   /** Writes a new block with `buf` at `inBlock` (4 KiB-aligned), the rest zero and absent. */
   private async allocate(bi: number, inBlock: number, buf: Buffer): Promise<void> {
     const bs = this.blockSize;
-    const block = Buffer.alloc(this.bitmapBytes + bs);
+    const block = takeZeroed(this.bitmapBytes + bs);
     const bm = block.subarray(0, this.bitmapBytes);
     if (this.type === 'dynamic') {
       // qemu ignores dynamic bitmaps, libvhdi honours them: mark every sector
