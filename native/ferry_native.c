@@ -568,23 +568,30 @@ static napi_value prefetch(napi_env env, napi_callback_info info) {
 /* ---- a folder listed and its entries lstat'd, in one call on the pool ---- */
 
 /*
- * scanDir(path, callback): callback(errno) when the folder cannot be opened
- * or read, else callback(null, buffer) with its entries sorted by name bytes
- * (as Buffer.compare sorts), each lstat'd relative to the folder:
- *   f64 count, then count records of SCAN_NUM doubles (name offset, name
- *   length, errno of its lstat or 0 (-1: a time beyond int64 nanoseconds),
- *   mode, uid, gid, nlink, size), then count records of SCAN_BIG int64s
- *   (blocks, ino, dev, rdev, atime, mtime and ctime in nanoseconds; ino, dev
- *   and rdev unsigned), then the names.
+ * scanDir(path, mode, names, callback): callback(errno) when the folder
+ * cannot be opened or read, else callback(null, buffer). The folder is
+ * opened with O_NOFOLLOW (a folder swapped for a symlink since it was listed
+ * gives ELOOP: it is not followed) and its entries are lstat'd relative to
+ * it (fstatat). mode SCAN_ALL lists it and stats every entry; SCAN_LIST
+ * only lists (the caller leaves some out: an excluded mount that hangs is
+ * never touched); SCAN_GIVEN stats `names` (NUL-terminated, packed) alone.
+ * The reply:
+ *   f64 count, i64 the folder's dev, i64 its ino (as opened), then count
+ *   records of SCAN_NUM doubles (name offset, name length, errno of its
+ *   lstat or 0 (-1: a time beyond int64 nanoseconds; -2: not stat'd), mode,
+ *   uid, gid, nlink, size), then count records of SCAN_BIG int64s (blocks,
+ *   ino, dev, rdev, atime, mtime and ctime in nanoseconds), then the names.
+ * Listed names are sorted by their bytes, as Buffer.compare sorts them.
  * One pool round trip per folder instead of one per entry, and no stat
- * object per entry on the main thread. The folder is opened with O_NOFOLLOW:
- * a folder swapped for a symlink since it was listed is not followed (ELOOP).
+ * object per entry on the main thread.
  */
-enum { SCAN_NUM = 8, SCAN_BIG = 7 };
+enum { SCAN_NUM = 8, SCAN_BIG = 7, SCAN_HEAD = 24 };
+enum { SCAN_ALL = 0, SCAN_LIST = 1, SCAN_GIVEN = 2 };
 
 typedef struct {
   PoolJob base;
   char *path;
+  int mode;
   char *names;     /* NUL-terminated names, packed */
   size_t namesLen, namesCap;
   size_t *offsets; /* where each name starts in names */
@@ -604,61 +611,84 @@ static bool ns_of(struct timespec t, int64_t *ns) {
   return !__builtin_mul_overflow((int64_t)t.tv_sec, (int64_t)1000000000, &s) && !__builtin_add_overflow(s, (int64_t)t.tv_nsec, ns);
 }
 
-static void scan_execute(PoolJob *j) {
-  ScanJob *job = (ScanJob *)j;
-  int dfd = open(job->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (dfd < 0) {
-    j->err = errno;
-    return;
+/* Adds a name (with its NUL) to the job's list; false when out of memory. */
+static bool scan_add(ScanJob *job, const char *name, size_t len) {
+  if (job->namesLen + len > job->namesCap) {
+    size_t cap = job->namesCap ? job->namesCap * 2 : 4096;
+    while (cap < job->namesLen + len) cap *= 2;
+    char *n = realloc(job->names, cap);
+    if (!n) return false;
+    job->names = n, job->namesCap = cap;
   }
-  DIR *dir = fdopendir(dfd);
+  if (job->count == job->cap) {
+    size_t cap = job->cap ? job->cap * 2 : 64;
+    size_t *o = realloc(job->offsets, cap * sizeof *o);
+    if (!o) return false;
+    job->offsets = o, job->cap = cap;
+  }
+  memcpy(job->names + job->namesLen, name, len);
+  job->offsets[job->count++] = job->namesLen;
+  job->namesLen += len;
+  return true;
+}
+
+/* Lists the folder open at dfd into the job; 0 or an errno. closedir() closes dfd too, so it is dup'd. */
+static int scan_list(ScanJob *job, int dfd) {
+  int fd2 = dup(dfd);
+  if (fd2 < 0) return errno;
+  DIR *dir = fdopendir(fd2);
   if (!dir) {
-    j->err = errno;
-    close(dfd);
-    return;
+    int e = errno;
+    close(fd2);
+    return e;
   }
+  int err = 0;
   for (;;) {
     errno = 0;
     struct dirent *d = readdir(dir);
     if (!d) {
-      if (errno) j->err = errno;
+      err = errno;
       break;
     }
     if (d->d_name[0] == '.' && (d->d_name[1] == 0 || (d->d_name[1] == '.' && d->d_name[2] == 0))) continue;
-    size_t len = strlen(d->d_name) + 1;
-    if (job->namesLen + len > job->namesCap || job->count == job->cap) {
-      size_t ncap = job->namesCap ? job->namesCap * 2 : 4096, ocap = job->cap ? job->cap * 2 : 64;
-      while (ncap < job->namesLen + len) ncap *= 2;
-      char *n = realloc(job->names, ncap);
-      if (n) job->names = n, job->namesCap = ncap;
-      size_t *o = realloc(job->offsets, ocap * sizeof *o);
-      if (o) job->offsets = o, job->cap = ocap;
-      if (!n || !o) {
-        j->err = ENOMEM;
-        break;
-      }
+    if (!scan_add(job, d->d_name, strlen(d->d_name) + 1)) {
+      err = ENOMEM;
+      break;
     }
-    memcpy(job->names + job->namesLen, d->d_name, len);
-    job->offsets[job->count++] = job->namesLen;
-    job->namesLen += len;
   }
-  if (!j->err && job->count > 1) qsort_r(job->offsets, job->count, sizeof *job->offsets, by_name, job->names);
-  size_t n = job->count, numBytes = 8 + n * SCAN_NUM * 8, bigBytes = n * SCAN_BIG * 8;
+  closedir(dir);
+  if (!err && job->count > 1) qsort_r(job->offsets, job->count, sizeof *job->offsets, by_name, job->names);
+  return err;
+}
+
+static void scan_execute(PoolJob *j) {
+  ScanJob *job = (ScanJob *)j;
+  int dfd = open(job->path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  struct stat self;
+  if (dfd < 0) {
+    j->err = errno;
+    return;
+  }
+  if (fstat(dfd, &self) != 0) j->err = errno;
+  if (!j->err && job->mode != SCAN_GIVEN) j->err = scan_list(job, dfd);
+  size_t n = job->count, numBytes = SCAN_HEAD + n * SCAN_NUM * 8, bigBytes = n * SCAN_BIG * 8;
   if (!j->err) {
     job->outLen = numBytes + bigBytes + job->namesLen;
-    job->out = malloc(job->outLen ? job->outLen : 1);
+    job->out = malloc(job->outLen);
     if (!job->out) j->err = ENOMEM;
   }
   if (!j->err) {
-    double *num = (double *)job->out;
+    double *num = (double *)(job->out + SCAN_HEAD);
     int64_t *big = (int64_t *)(job->out + numBytes);
     char *names = (char *)job->out + numBytes + bigBytes;
     size_t at = 0;
-    num[0] = (double)n;
+    ((double *)job->out)[0] = (double)n;
+    ((int64_t *)job->out)[1] = (int64_t)self.st_dev;
+    ((int64_t *)job->out)[2] = (int64_t)self.st_ino;
     for (size_t i = 0; i < n; i++) {
       const char *name = job->names + job->offsets[i];
       size_t len = strlen(name);
-      double *r = num + 1 + i * SCAN_NUM;
+      double *r = num + i * SCAN_NUM;
       int64_t *b = big + i * SCAN_BIG;
       memcpy(names + at, name, len);
       r[0] = (double)at;
@@ -666,9 +696,13 @@ static void scan_execute(PoolJob *j) {
       at += len;
       struct stat st;
       memset(b, 0, SCAN_BIG * 8);
+      for (int k = 3; k < SCAN_NUM; k++) r[k] = 0;
+      if (job->mode == SCAN_LIST) {
+        r[2] = -2;
+        continue;
+      }
       if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
         r[2] = errno;
-        for (int k = 3; k < SCAN_NUM; k++) r[k] = 0;
         continue;
       }
       r[2] = 0;
@@ -678,14 +712,15 @@ static void scan_execute(PoolJob *j) {
       r[6] = (double)st.st_nlink;
       r[7] = (double)st.st_size;
       b[0] = (int64_t)st.st_blocks;
-      b[1] = (int64_t)(uint64_t)st.st_ino;
-      b[2] = (int64_t)(uint64_t)st.st_dev;
-      b[3] = (int64_t)(uint64_t)st.st_rdev;
+      /* as Node gives them: 64-bit signed */
+      b[1] = (int64_t)st.st_ino;
+      b[2] = (int64_t)st.st_dev;
+      b[3] = (int64_t)st.st_rdev;
       if (!ns_of(st.st_atim, &b[4]) || !ns_of(st.st_mtim, &b[5]) || !ns_of(st.st_ctim, &b[6])) r[2] = -1;
     }
     job->outLen = numBytes + bigBytes + at;
   }
-  closedir(dir);
+  close(dfd);
 }
 
 static napi_value scan_result(napi_env env, PoolJob *j) {
@@ -705,15 +740,18 @@ static void scan_release(PoolJob *j) {
 }
 
 static napi_value scan_dir(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_valuetype cbType = napi_undefined;
-  uint8_t *path;
-  size_t pathLen;
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_valuetype cbType = napi_undefined, namesType = napi_undefined;
+  uint8_t *path, *given = NULL;
+  size_t pathLen, givenLen = 0;
+  int32_t mode = -1;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc >= 2) napi_typeof(env, argv[1], &cbType);
-  if (argc < 2 || cbType != napi_function || !bytes_of(env, argv[0], &path, &pathLen) || memchr(path, 0, pathLen)) {
-    napi_throw_type_error(env, NULL, "scanDir(path: Buffer, callback)");
+  if (argc >= 4) napi_typeof(env, argv[3], &cbType), napi_typeof(env, argv[2], &namesType);
+  if (argc < 4 || cbType != napi_function || !bytes_of(env, argv[0], &path, &pathLen) || memchr(path, 0, pathLen) ||
+      napi_get_value_int32(env, argv[1], &mode) != napi_ok || mode < SCAN_ALL || mode > SCAN_GIVEN ||
+      (mode == SCAN_GIVEN ? !bytes_of(env, argv[2], &given, &givenLen) || (givenLen && given[givenLen - 1] != 0) : namesType != napi_null)) {
+    napi_throw_type_error(env, NULL, "scanDir(path: Buffer, mode: 0 | 1 | 2, names: Buffer (mode 2) or null, callback)");
     return NULL;
   }
   ScanJob *job = calloc(1, sizeof *job);
@@ -725,9 +763,21 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
   }
   memcpy(job->path, path, pathLen);
   job->path[pathLen] = 0;
+  job->mode = mode;
   job->base.result = scan_result;
   job->base.release = scan_release;
-  queue_job(env, "ferry:scanDir", &job->base, scan_execute, argv[1], NULL);
+  /* the names to stat, copied now: the pool thread must not read JS memory */
+  for (size_t at = 0; at < givenLen;) {
+    size_t len = strlen((const char *)given + at) + 1;
+    if (!scan_add(job, (const char *)given + at, len)) {
+      scan_release(&job->base);
+      free(job);
+      napi_throw_error(env, NULL, "ferry native: out of memory");
+      return NULL;
+    }
+    at += len;
+  }
+  queue_job(env, "ferry:scanDir", &job->base, scan_execute, argv[3], NULL);
   return NULL;
 }
 

@@ -8,6 +8,8 @@
 // readdir and lstat (and so reports an error in Node's own words).
 import type { BigIntStats } from 'node:fs';
 import { constants as C } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import { getSystemErrorMap } from 'node:util';
 import { nativeAddon } from '../format/native.js';
 
 /** What the walk takes of an lstat. */
@@ -35,29 +37,39 @@ export function walkStat(st: BigIntStats): WalkStat {
 
 export const isDir = (st: WalkStat): boolean => (st.mode & C.S_IFMT) === C.S_IFDIR;
 
-/** Record sizes of the reply, in 8-byte words (SCAN_NUM, SCAN_BIG in native/ferry_native.c). */
+/** Record sizes of the reply, in 8-byte words, and its header in bytes (SCAN_* in native/ferry_native.c). */
 const NUM = 8;
 const BIG = 7;
+const HEAD = 24;
+const SCAN_ALL = 0;
+const SCAN_LIST = 1;
+const SCAN_GIVEN = 2;
 
 /** A folder's entries, sorted by name bytes. */
 export interface Scanned {
   count: number;
+  /** The folder as it was opened. */
+  dev: bigint;
+  ino: bigint;
   name(i: number): Buffer;
   /** The entry's lstat, or null when it failed (or a time does not fit): the caller lstats it again itself. */
   stat(i: number): WalkStat | null;
 }
 
-function decode(reply: Buffer): Scanned {
+/** Reads a reply of the addon's scanDir (exported for tests). */
+export function decodeScan(reply: Buffer): Scanned {
   // an 8-byte aligned copy, should the buffer not start on one
   const b = reply.byteOffset % 8 === 0 ? reply : Buffer.from(reply);
   const count = new Float64Array(b.buffer, b.byteOffset, 1)[0];
-  const num = new Float64Array(b.buffer, b.byteOffset + 8, count * NUM);
-  const bigAt = b.byteOffset + 8 + count * NUM * 8;
-  const big = new BigInt64Array(b.buffer, bigAt, count * BIG);
-  const ubig = new BigUint64Array(b.buffer, bigAt, count * BIG);
-  const names = b.subarray(8 + count * (NUM + BIG) * 8);
+  const self = new BigInt64Array(b.buffer, b.byteOffset + 8, 2);
+  const num = new Float64Array(b.buffer, b.byteOffset + HEAD, count * NUM);
+  // ino, dev and rdev signed, as Node's bigint stats give them: the walk compares them with fstat's
+  const big = new BigInt64Array(b.buffer, b.byteOffset + HEAD + count * NUM * 8, count * BIG);
+  const names = b.subarray(HEAD + count * (NUM + BIG) * 8);
   return {
     count,
+    dev: self[0],
+    ino: self[1],
     name: (i) => names.subarray(num[i * NUM], num[i * NUM] + num[i * NUM + 1]),
     stat: (i) => {
       const r = i * NUM;
@@ -65,17 +77,49 @@ function decode(reply: Buffer): Scanned {
       const k = i * BIG;
       return {
         mode: num[r + 3], uid: num[r + 4], gid: num[r + 5], nlink: num[r + 6], size: num[r + 7],
-        blocks: big[k], ino: ubig[k + 1], dev: ubig[k + 2], rdev: ubig[k + 3], atimeNs: big[k + 4], mtimeNs: big[k + 5], ctimeNs: big[k + 6],
+        blocks: big[k], ino: big[k + 1], dev: big[k + 2], rdev: big[k + 3], atimeNs: big[k + 4], mtimeNs: big[k + 5], ctimeNs: big[k + 6],
       };
     },
   };
 }
 
-/** The folder's entries through the addon, or null without it or when the folder cannot be listed so. */
-export function scanDir(path: Buffer): Promise<Scanned | null> {
-  const native = nativeAddon();
-  if (!native?.scanDir) return Promise.resolve(null);
+/** Why a folder could not be scanned: the errno of its open or listing. */
+export interface ScanFailure {
+  errno: number;
+}
+
+function call(path: Buffer, mode: number, names: Buffer | null): Promise<Scanned | ScanFailure> {
   return new Promise((resolve) => {
-    native.scanDir(path, (errno, reply) => resolve(errno === null && reply ? decode(reply) : null));
+    nativeAddon()!.scanDir(path, mode, names, (errno, reply) => resolve(errno === null && reply ? decodeScan(reply) : { errno: errno ?? 0 }));
   });
+}
+
+/**
+ * The folder's entries through the addon, or null without it. With `keep`,
+ * only the names it keeps are lstat'd (an excluded entry is never touched:
+ * a hung mount there would hang the walk), in a second call that checks it
+ * is still the folder first listed.
+ */
+export async function scanDir(path: Buffer, keep?: (name: Buffer) => boolean): Promise<Scanned | ScanFailure | null> {
+  if (!nativeAddon()?.scanDir) return null;
+  if (!keep) return call(path, SCAN_ALL, null);
+  const listed = await call(path, SCAN_LIST, null);
+  if ('errno' in listed) return listed;
+  const kept: Buffer[] = [];
+  for (let i = 0; i < listed.count; i++) {
+    const name = listed.name(i);
+    if (keep(name)) kept.push(name, NUL);
+  }
+  const stated = await call(path, SCAN_GIVEN, Buffer.concat(kept));
+  if ('errno' in stated) return stated;
+  if (stated.dev !== listed.dev || stated.ino !== listed.ino) return { errno: osConstants.errno.ESTALE };
+  return stated;
+}
+
+const NUL = Buffer.alloc(1);
+
+/** Node's words for an errno, as its own fs errors put them: "EACCES: permission denied, scandir '/x'". */
+export function errnoText(errno: number, syscall: string, path: string): string {
+  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
+  return `${code}: ${text}, ${syscall} '${path}'`;
 }

@@ -11,13 +11,14 @@
 // Paths are bytes (Buffers) throughout: names need not be UTF-8.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { lstat, open, readdir, readlink, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { posix } from 'node:path';
 import { constants as C, type BigIntStats } from 'node:fs';
 import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
-import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
+import { errnoText, isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
@@ -345,8 +346,24 @@ function errText(err: unknown): string {
   return (err as Error)?.message ?? String(err);
 }
 
+/**
+ * A folder the walk listed that could not be read when it came to it: gone
+ * (ENOENT), turned into a symlink or something else (ELOOP, ENOTDIR: the
+ * link is not followed), another folder between listing and stat (ESTALE),
+ * or unreadable. Its entry is stored; what it holds is not.
+ */
+function folderLost(path: Buffer, errno: number): EntryWarning {
+  const { ENOENT, ELOOP, ENOTDIR, ESTALE } = osConstants.errno;
+  if (errno === ENOENT) return { code: 'SOURCE_VANISHED', message: `${printable(path)} was removed while it was read; what it held is left out`, path };
+  if (errno === ELOOP || errno === ENOTDIR || errno === ESTALE) {
+    return { code: SOURCE_CHANGED, message: `${printable(path)} was replaced since it was listed; what it holds now is left out (back it up again)`, path };
+  }
+  return { code: 'SOURCE_READ', message: `cannot list ${printable(path)}: ${errnoText(errno, 'scandir', printable(path))}`, path };
+}
+
 async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarning) => void): AsyncGenerator<Entry> {
   const excluded = compileGlobs(opts.excludes ?? []);
+  const hasExcludes = (opts.excludes ?? []).length > 0;
   const concurrency = Math.max(1, opts.concurrency ?? 8) * 4;
   const links = new Map<string, { path: Buffer; left: number }>();
   const emittedAncestors = new Set<string>();
@@ -393,12 +410,16 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       yield* visit(p, s, rootDev, root);
     };
     const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
-    // the folder listed and its entries lstat'd in one call of the addon
-    const scanned = await scanDir(path);
+    // the folder listed and its entries lstat'd in one call of the addon (two with excludes: one to list, one to stat what is kept)
+    const scanned = await scanDir(path, hasExcludes ? (name) => !excluded(asOf(join(path, name))) : undefined);
+    if (scanned && 'errno' in scanned) {
+      warn(folderLost(path, scanned.errno));
+      return;
+    }
     if (scanned) {
+      // (not checked against the folder's lstat: an automount point lstats as itself and opens as what is mounted there)
       for (let i = 0; i < scanned.count; i++) {
         const p = join(path, scanned.name(i));
-        if (excluded(asOf(p))) continue;
         yield* child(p, scanned.stat(i) ?? (await lstatOf(p)));
       }
       return;

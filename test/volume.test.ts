@@ -11,6 +11,7 @@ import {
 } from '../format/volume/index.js';
 import { FerryError } from '../format/errors.js';
 import { checkChunks } from '../format/volume/reader.js';
+import { ChunkHasher } from '../format/volume/writer.js';
 import { pseudoRandom } from './helpers/tree.js';
 import { backup } from './helpers/volume.js';
 import { restoreFiles } from '../restore/files.js';
@@ -291,4 +292,26 @@ test('restore progress moves while one large file is read, not only when it ends
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('ChunkHasher: the sums a source took are kept when of its chunk size; else it hashes the bytes', async (t) => {
+  const data = pseudoRandom(5000, 3);
+  const real = Buffer.concat([createHash('sha256').update(data.subarray(0, 4096)).digest(), createHash('sha256').update(data.subarray(4096)).digest()]);
+  const given = Buffer.alloc(64, 7); // not the real sums: proves which ones come out
+  const taken = new ChunkHasher(4096);
+  taken.take({ chunk: 4096, size: 5000, hashes: given });
+  taken.feed(0, data);
+  t.is(await taken.end(5000), given);
+  const other = new ChunkHasher(4096);
+  other.take({ chunk: 8192, size: 5000, hashes: given });
+  other.feed(0, data);
+  t.true((await other.end(5000)).equals(real), 'another chunk size: hashed here');
+  const late = new ChunkHasher(4096);
+  late.feed(0, data.subarray(0, 100));
+  late.take({ chunk: 4096, size: 5000, hashes: given });
+  late.feed(100, data.subarray(100));
+  t.true((await late.end(5000)).equals(real), 'after bytes were fed: hashed here');
+  const wrong = new ChunkHasher(4096);
+  wrong.take({ chunk: 4096, size: 4000, hashes: given });
+  await t.throwsAsync(wrong.end(5000), { message: /hashed 4000 bytes of a file that ends at 5000/ });
 });
