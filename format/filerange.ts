@@ -25,6 +25,15 @@ export function mappingAvailable(): boolean {
   return nativeAddon()?.mapRange !== undefined;
 }
 
+/**
+ * Under --json: a file cut short under a mapping (SIGBUS, which ends the
+ * process in the addon's handler) is also reported as the error document
+ * on stdout, as every other error is.
+ */
+export function mappingErrorsAsJson(): void {
+  nativeAddon()?.errorsAsJson?.(true);
+}
+
 /** SOURCE_CHANGED: the file now ends at `size`, before the end of the range ferry reads. */
 export function sourceChanged(r: Omit<FileRange, 'fd'>, size: number): FerryError {
   return new FerryError(

@@ -398,11 +398,36 @@ static pthread_mutex_t liveLock = PTHREAD_MUTEX_INITIALIZER;
 static struct sigaction previousBus;
 static bool busInstalled = false;
 
+/* Set by errorsAsJson(): the SIGBUS handler also writes the error document --json promises on stdout. */
+static volatile sig_atomic_t busJson = 0;
+
+#define BUS_WHY " could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again"
+
+/* The document report() writes for an error under --json, for SOURCE_CHANGED on `name` (async-signal-safe: no allocation). */
+static void bus_json(const char *name) {
+  static const char head[] = "{\n  \"error\": {\n    \"code\": \"SOURCE_CHANGED\",\n    \"message\": \"", tail[] = BUS_WHY "\"\n  }\n}\n";
+  char buf[NAME_MAX_BYTES * 6];
+  size_t n = 0;
+  for (size_t i = 0; i < NAME_MAX_BYTES && name[i]; i++) {
+    unsigned char c = (unsigned char)name[i];
+    if (c == '"' || c == '\\') buf[n++] = '\\', buf[n++] = (char)c;
+    else if (c < 0x20) {
+      static const char hex[] = "0123456789abcdef";
+      buf[n++] = '\\', buf[n++] = 'u', buf[n++] = '0', buf[n++] = '0', buf[n++] = hex[c >> 4], buf[n++] = hex[c & 15];
+    } else buf[n++] = (char)c;
+  }
+  ssize_t ignored = write(1, head, sizeof head - 1);
+  ignored = write(1, buf, n);
+  ignored = write(1, tail, sizeof tail - 1);
+  (void)ignored;
+}
+
 static void on_bus(int sig, siginfo_t *si, void *ctx) {
   uintptr_t at = (uintptr_t)si->si_addr;
   for (int i = 0; i < MAX_MAPPINGS; i++) {
     if (live[i].start != 0 && at >= live[i].start && at < live[i].end) {
-      static const char a[] = "ferry: ", b[] = " could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again\n";
+      static const char a[] = "ferry: ", b[] = BUS_WHY "\n";
+      if (busJson) bus_json(live[i].name);
       ssize_t ignored = write(2, a, sizeof a - 1);
       ignored = write(2, live[i].name, strnlen(live[i].name, NAME_MAX_BYTES));
       ignored = write(2, b, sizeof b - 1);
@@ -529,6 +554,20 @@ static napi_value map_range(napi_env env, napi_callback_info info) {
 }
 
 // unmapRange(buffer from mapRange): empties the buffer (and every view of it) and unmaps it now.
+// errorsAsJson(on): a file cut short under a mapping is also reported as --json's error document on stdout.
+static napi_value errors_as_json(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  bool on = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || napi_get_value_bool(env, argv[0], &on) != napi_ok) {
+    napi_throw_type_error(env, NULL, "errorsAsJson(on: boolean)");
+    return NULL;
+  }
+  busJson = on;
+  return NULL;
+}
+
 static napi_value unmap_range(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1], arraybuffer;
@@ -941,6 +980,8 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "mapRange", fn);
   napi_create_function(env, "unmapRange", NAPI_AUTO_LENGTH, unmap_range, NULL, &fn);
   napi_set_named_property(env, exports, "unmapRange", fn);
+  napi_create_function(env, "errorsAsJson", NAPI_AUTO_LENGTH, errors_as_json, NULL, &fn);
+  napi_set_named_property(env, exports, "errorsAsJson", fn);
   napi_create_function(env, "prefetch", NAPI_AUTO_LENGTH, prefetch, NULL, &fn);
   napi_set_named_property(env, exports, "prefetch", fn);
   napi_create_function(env, "scanDir", NAPI_AUTO_LENGTH, scan_dir, NULL, &fn);

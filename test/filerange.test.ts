@@ -96,25 +96,30 @@ for (const size of [0, 2]) {
   });
 }
 
-(linux ? test : test.skip)('a file made shorter under a live mapping: one line naming it, exit 1, not a crash', async (t) => {
-  await withTmp(async (dir) => {
-    const f = join(dir, 'shrinks.vhd');
-    await writeFile(f, randomBytes(4 << 20));
-    const url = new URL('../format/filerange.js', import.meta.url).href;
-    // maps the whole file, then (told by its parent) reads past where it now ends
-    const script = `import(${JSON.stringify(url)}).then((m) => {
-      const fs = require('node:fs'); const fd = fs.openSync(${JSON.stringify(f)}, 'r');
-      const r = m.openRange({ fd, offset: 0, length: 4 << 20, file: ${JSON.stringify(f)} });
-      fs.truncateSync(${JSON.stringify(f)}, 4096);
-      let sum = 0; for (let i = 0; i < r.data.length; i += 4096) sum += r.data[i];
-      console.log('read it all', sum);
-    })`;
-    const r = await run(process.execPath, ['-e', script]);
-    t.is(r.code, 1);
-    t.is(r.stdout.toString(), '');
-    t.is(r.stderr, `ferry: ${f} could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again\n`);
+for (const json of [false, true]) {
+  (linux ? test : test.skip)(`a file made shorter under a live mapping: one line naming it, exit 1, not a crash${json ? ' (and under --json, the error document on stdout)' : ''}`, async (t) => {
+    await withTmp(async (dir) => {
+      const f = join(dir, 'shrinks "q".vhd');
+      await writeFile(f, randomBytes(4 << 20));
+      const url = new URL('../format/filerange.js', import.meta.url).href;
+      // maps the whole file, then (told by its parent) reads past where it now ends
+      const script = `import(${JSON.stringify(url)}).then((m) => {
+        if (${json}) m.mappingErrorsAsJson();
+        const fs = require('node:fs'); const fd = fs.openSync(${JSON.stringify(f)}, 'r');
+        const r = m.openRange({ fd, offset: 0, length: 4 << 20, file: ${JSON.stringify(f)} });
+        fs.truncateSync(${JSON.stringify(f)}, 4096);
+        let sum = 0; for (let i = 0; i < r.data.length; i += 4096) sum += r.data[i];
+        console.log('read it all', sum);
+      })`;
+      const r = await run(process.execPath, ['-e', script]);
+      const why = `${f} could not be read where ferry had it mapped (another program made it shorter, or the disk failed to read it); stopped, nothing of this run was committed: run again when nothing writes to it, and check the disk if it happens again`;
+      t.is(r.code, 1);
+      t.is(r.stderr, `ferry: ${why}\n`);
+      if (json) t.deepEqual(JSON.parse(r.stdout.toString()), { error: { code: 'SOURCE_CHANGED', message: why } });
+      else t.is(r.stdout.toString(), '');
+    });
   });
-});
+}
 
 test('vhd import through mapped ranges and through reads (FERRY_NATIVE=0) store the same disk, and both export back byte for byte', async (t) => {
   await withTmp(async (dir) => {

@@ -207,6 +207,7 @@ export function register(program: Command): void {
     .requiredOption('--vault <vault>', 'the vault')
     .action(action(async (out: Output, file: string, o: CliOpenOptions) => {
       const vault = await openVaultFromCli(out, o, { writable: true, command: 'vhd import' });
+      if (out.opts.json) (await import('../../format/filerange.js')).mappingErrorsAsJson();
       const bar = progressBar(out.opts, 'store');
       try {
         const { VaultPutter, vaultObjects } = await putterModule();
