@@ -16,7 +16,7 @@ import { MARKER_NAME } from './marker.js';
 import { volumeSize } from '../source/volume.js';
 import { fileEquals, sweepBeside, tempBeside, tempDirIn, writeAll } from '../format/fsio.js';
 import { openChain } from '../format/vhd/chain.js';
-import { diskPrefix, storedBlocks } from '../vault/diskstore.js';
+import { diskPrefix, eachBlock, readStoredBlock, storedBlocks } from '../vault/diskstore.js';
 import { vaultObjects } from '../vault/putter.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
@@ -35,6 +35,8 @@ export interface RestoreOptions {
   onNote?: (message: string) => void;
   /** Volumes: write zeros where stored data cannot be read, and warn, instead of stopping. */
   salvage?: boolean;
+  /** Volumes: read and authenticate every block object before writing any (a device is written as the restore goes). */
+  verifyFirst?: boolean;
 }
 
 export interface RestoreResult {
@@ -80,10 +82,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       if (typeof target !== 'string') return unchanged(target.equal);
       const to = target;
       const device = await isDevice(to);
-      if (device) {
-        if (o.ifExists === 'skip') throw new UsageError(`${to} is a block device, which always exists: --if-exists skip would leave it as it is; leave --if-exists out to write the volume onto it`);
-        await checkBlocksThere(vault, point);
-      }
+      if (device && o.ifExists === 'skip') throw new UsageError(`${to} is a block device, which always exists: --if-exists skip would leave it as it is; leave --if-exists out to write the volume onto it`);
+      if (device || o.verifyFirst) await checkBlocksThere(vault, point, !!o.verifyFirst && !o.salvage);
       // --salvage: what cannot be read becomes zeros, each range named; else the first one stops the restore
       let lost = 0;
       const onUnreadable = o.salvage
@@ -203,18 +203,34 @@ const isDevice = (p: string) => stat(p).then((st) => st.isBlockDevice(), () => f
 /**
  * A device is written as the restore goes: every block object the point
  * reads is looked for first, so that a missing one stops the restore before
- * the device is touched. (A damaged one is found only when it is read.)
+ * the device is touched. A damaged one is found only when it is read: with
+ * `readData` (--verify-first), every one is read and authenticated here
+ * first, at the cost of reading the point twice.
  */
-async function checkBlocksThere(vault: VaultReader, point: PointManifest): Promise<void> {
+async function checkBlocksThere(vault: VaultReader, point: PointManifest, readData: boolean): Promise<void> {
   const objects = vaultObjects(vault);
+  const whose = `point ${point.seq} of ${point.machine}/${point.item}`;
   for (const id of point.chain) {
     const there = new Set<string>();
     for await (const n of vault.list(`${diskPrefix(id)}blocks/`)) there.add(n); // one listing, not a lookup per block
-    for (const b of await storedBlocks(objects, id)) {
+    const blocks = await storedBlocks(objects, id);
+    for (const b of blocks) {
       if (!there.has(b.name)) {
-        throw new FerryError('OBJECT_MISSING', `object ${b.name} is missing from ${vault.location}, so point ${point.seq} of ${point.machine}/${point.item} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check lists every missing object)`, { object: b.name });
+        throw new FerryError('OBJECT_MISSING', `object ${b.name} is missing from ${vault.location}, so ${whose} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check lists every missing object)`, { object: b.name });
       }
     }
+    if (!readData) continue;
+    let failed = false; // (the other readers then stop)
+    await eachBlock(blocks, async (b) => {
+      if (failed) return;
+      try {
+        await readStoredBlock(objects, b);
+      } catch (err) {
+        failed = true;
+        const code = err instanceof FerryError ? err.code : 'OBJECT_DAMAGED';
+        throw new FerryError(code, `object ${b.name} cannot be read (${(err as Error).message}), so ${whose} cannot be read whole; nothing was written (--salvage restores the rest, with zeros where it was; ferry check --read-data lists every damaged object)`, { object: b.name });
+      }
+    });
   }
 }
 

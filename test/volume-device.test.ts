@@ -36,10 +36,10 @@ test('a volume restores onto a large enough device; a small or mounted one is re
     await ok(['import', '--vault', vault, join(dir, 'd1')]);
     const restore = (to: string) => ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', '--to', to, '--format', 'raw'], { env });
 
-    // large enough: the volume, then what the device held after it
+    // large enough: the volume, then what the device held after it (read and authenticated first: nothing is damaged)
     const old = randomBytes(8 * MiB);
     await withNewLoop(join(dir, 'big.img'), old, async (dev) => {
-      const r = await restore(dev);
+      const r = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'vol', '--to', dev, '--format', 'raw', '--verify-first'], { env });
       t.is(r.code, 0, r.stderr);
     });
     const big = await readFile(join(dir, 'big.img'));
@@ -177,6 +177,16 @@ test('a damaged volume block stops the restore and names the object; --salvage w
     t.is(r.code, 3, r.stderr);
     await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', join(dir, 'out.vhd'), join(dir, 'vhd.raw')]);
     t.true((await readFile(join(dir, 'vhd.raw'))).equals(expected));
+
+    // --verify-first: the damage is found before the device is touched
+    const before = randomBytes(6 * MiB);
+    await withNewLoop(join(dir, 'first.img'), before, async (dev) => {
+      r = await restore(dev, '--verify-first');
+      t.is(r.code, 1);
+      t.regex(r.stderr, new RegExp(`^ferry: object disks/${id}/blocks/1 cannot be read \\(.*\\), so point 1 of m/vol cannot be read whole; nothing was written`));
+      t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    });
+    t.true((await readFile(join(dir, 'first.img'))).equals(before), 'the device is untouched');
 
     await withNewLoop(join(dir, 'dev.img'), randomBytes(6 * MiB), async (dev) => {
       r = await restore(dev);

@@ -16,6 +16,7 @@ interface RestoreOpts extends CliOpenOptions {
   ifExists: string;
   format?: string;
   salvage?: boolean;
+  verifyFirst?: boolean;
 }
 
 // (no default: commander would show `(default: [])` in the help)
@@ -33,6 +34,7 @@ export function register(program: Command): void {
     .option('--if-exists <policy>', 'for files that exist (and an image, VHD or tar at --to): copy (keep both), overwrite or skip', 'copy')
     .option('--format <f>', 'dir or tar (files, system state); raw or vhd (volume)')
     .option('--salvage', 'volume: write zeros where stored data cannot be read, name those ranges, and go on (exit 3); files always go on past damage')
+    .option('--verify-first', 'volume: read and authenticate every stored block before writing any, so that a damaged one leaves a device untouched (reads the point twice)')
     .action(
       action(async (out: Output, o: RestoreOpts) => {
         o.path ??= [];
@@ -53,6 +55,7 @@ export function register(program: Command): void {
             ifExists: o.ifExists as 'copy' | 'overwrite' | 'skip',
             format: o.format as RestoreFormat | undefined,
             salvage: o.salvage,
+            verifyFirst: o.verifyFirst,
             onNote: (m) => out.verbose(`ferry: ${m}`),
             onProgress: (d, t) => bar.update(d, t),
             onWarning: (w) => {
