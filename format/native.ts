@@ -27,7 +27,7 @@ export interface Native {
    * or only lists it (mode 1), or only lstats `names` in it (mode 2): errno,
    * or null and the packed reply that source/dirscan.ts reads.
    */
-  scanDir(path: Uint8Array, mode: number, names: Uint8Array | null, cb: (errno: number | null, reply?: Buffer) => void): void;
+  scanFolder?(path: Uint8Array, mode: number, names: Uint8Array | null, cb: (errno: number | null, reply?: Buffer) => void): void;
   /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */
   sha256Chunks?(input: Uint8Array, chunk: number, out: Uint8Array): void;
   /**

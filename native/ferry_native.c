@@ -607,7 +607,7 @@ static napi_value prefetch(napi_env env, napi_callback_info info) {
 /* ---- a folder listed and its entries lstat'd, in one call on the pool ---- */
 
 /*
- * scanDir(path, mode, names, callback): callback(errno) when the folder
+ * scanFolder(path, mode, names, callback): callback(errno) when the folder
  * cannot be opened or read, else callback(null, buffer). The folder is
  * opened with O_NOFOLLOW (a folder swapped for a symlink since it was listed
  * gives ELOOP: it is not followed) and its entries are lstat'd relative to
@@ -790,7 +790,7 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
   if (argc < 4 || cbType != napi_function || !bytes_of(env, argv[0], &path, &pathLen) || memchr(path, 0, pathLen) ||
       napi_get_value_int32(env, argv[1], &mode) != napi_ok || mode < SCAN_ALL || mode > SCAN_GIVEN ||
       (mode == SCAN_GIVEN ? !bytes_of(env, argv[2], &given, &givenLen) || (givenLen && given[givenLen - 1] != 0) : namesType != napi_null)) {
-    napi_throw_type_error(env, NULL, "scanDir(path: Buffer, mode: 0 | 1 | 2, names: Buffer (mode 2) or null, callback)");
+    napi_throw_type_error(env, NULL, "scanFolder(path: Buffer, mode: 0 | 1 | 2, names: Buffer (mode 2) or null, callback)");
     return NULL;
   }
   ScanJob *job = calloc(1, sizeof *job);
@@ -816,7 +816,7 @@ static napi_value scan_dir(napi_env env, napi_callback_info info) {
     }
     at += len;
   }
-  queue_job(env, "ferry:scanDir", &job->base, scan_execute, argv[3], NULL);
+  queue_job(env, "ferry:scanFolder", &job->base, scan_execute, argv[3], NULL);
   return NULL;
 }
 
@@ -984,8 +984,9 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "errorsAsJson", fn);
   napi_create_function(env, "prefetch", NAPI_AUTO_LENGTH, prefetch, NULL, &fn);
   napi_set_named_property(env, exports, "prefetch", fn);
-  napi_create_function(env, "scanDir", NAPI_AUTO_LENGTH, scan_dir, NULL, &fn);
-  napi_set_named_property(env, exports, "scanDir", fn);
+  /* (named anew when its arguments or reply change: an addon built from older sources lacks it, and its user falls back) */
+  napi_create_function(env, "scanFolder", NAPI_AUTO_LENGTH, scan_dir, NULL, &fn);
+  napi_set_named_property(env, exports, "scanFolder", fn);
   pthread_once(&opensslOnce, load_openssl); /* (each worker thread loads this module too) */
   if (opensslLoaded) {
     napi_create_function(env, "gcm", NAPI_AUTO_LENGTH, gcm, NULL, &fn);

@@ -2,10 +2,13 @@
 //
 // The walk of a source spent a seventh of its main thread on one fs/promises
 // lstat per entry (a pool round trip, a promise, a BigIntStats of 18 BigInts)
-// and one readdir per folder. The addon's scanDir does both for a whole
+// and one readdir per folder. The addon's scanFolder does both for a whole
 // folder on libuv's pool and hands back one packed buffer; this reads it.
-// Without the addon, or for a folder it cannot open, the walk goes on with
-// readdir and lstat (and so reports an error in Node's own words).
+// Without the addon (or with one built from older sources, which lacks
+// scanFolder or refuses its arguments) the walk goes on with readdir and
+// lstat. A folder the addon cannot open is warned about in Node's words
+// (errnoText) and not listed through Node, which would follow a symlink
+// swapped in for it.
 import type { BigIntStats } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { constants as osConstants } from 'node:os';
@@ -56,7 +59,7 @@ export interface Scanned {
   stat(i: number): WalkStat | null;
 }
 
-/** Reads a reply of the addon's scanDir (exported for tests). */
+/** Reads a reply of the addon's scanFolder (exported for tests). */
 export function decodeScan(reply: Buffer): Scanned {
   // an 8-byte aligned copy, should the buffer not start on one
   const b = reply.byteOffset % 8 === 0 ? reply : Buffer.from(reply);
@@ -88,9 +91,13 @@ export interface ScanFailure {
   errno: number;
 }
 
-function call(path: Buffer, mode: number, names: Buffer | null): Promise<Scanned | ScanFailure> {
+function call(path: Buffer, mode: number, names: Buffer | null): Promise<Scanned | ScanFailure | null> {
   return new Promise((resolve) => {
-    nativeAddon()!.scanDir(path, mode, names, (errno, reply) => resolve(errno === null && reply ? decodeScan(reply) : { errno: errno ?? 0 }));
+    try {
+      nativeAddon()!.scanFolder!(path, mode, names, (errno, reply) => resolve(errno === null && reply ? decodeScan(reply) : { errno: errno ?? 0 }));
+    } catch {
+      resolve(null); // an addon that does not take these arguments: Node's calls instead
+    }
   });
 }
 
@@ -101,17 +108,17 @@ function call(path: Buffer, mode: number, names: Buffer | null): Promise<Scanned
  * is still the folder first listed.
  */
 export async function scanDir(path: Buffer, keep?: (name: Buffer) => boolean): Promise<Scanned | ScanFailure | null> {
-  if (!nativeAddon()?.scanDir) return null;
+  if (!nativeAddon()?.scanFolder) return null;
   if (!keep) return call(path, SCAN_ALL, null);
   const listed = await call(path, SCAN_LIST, null);
-  if ('errno' in listed) return listed;
+  if (!listed || 'errno' in listed) return listed;
   const kept: Buffer[] = [];
   for (let i = 0; i < listed.count; i++) {
     const name = listed.name(i);
     if (keep(name)) kept.push(name, NUL);
   }
   const stated = await call(path, SCAN_GIVEN, Buffer.concat(kept));
-  if ('errno' in stated) return stated;
+  if (!stated || 'errno' in stated) return stated;
   if (stated.dev !== listed.dev || stated.ino !== listed.ino) return { errno: osConstants.errno.ESTALE };
   return stated;
 }
