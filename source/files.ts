@@ -93,6 +93,25 @@ export function compileGlobs(patterns: string[]): (path: Buffer) => boolean {
   };
 }
 
+/**
+ * For a walk: whether some pattern could match an entry right inside the
+ * folder at `path` (and so the folder's entries must be filtered before
+ * they are lstat'd). Conservative: an unanchored pattern or one with "**"
+ * can match at any depth; an anchored one of k components only at depth k.
+ */
+export function compileChildExcluder(patterns: string[]): (folder: Buffer) => boolean {
+  const depths = new Set<number>();
+  let anywhere = false;
+  for (const p of patterns) {
+    if (p === '') continue;
+    const latin = Buffer.from(p).toString('latin1');
+    const parts = latin.split('/').filter((c) => c !== '');
+    if (!latin.startsWith('/') || parts.includes('**')) anywhere = true;
+    else depths.add(parts.length);
+  }
+  return (folder) => anywhere || depths.has(splitPath(folder).length + 1);
+}
+
 export function globMatch(pattern: string, path: Buffer | string): boolean {
   return compileGlob(pattern)(splitPath(Buffer.isBuffer(path) ? path : Buffer.from(path)));
 }
@@ -363,7 +382,7 @@ function folderLost(path: Buffer, errno: number): EntryWarning {
 
 async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarning) => void): AsyncGenerator<Entry> {
   const excluded = compileGlobs(opts.excludes ?? []);
-  const hasExcludes = (opts.excludes ?? []).length > 0;
+  const mayExcludeIn = compileChildExcluder(opts.excludes ?? []);
   const concurrency = Math.max(1, opts.concurrency ?? 8) * 4;
   const links = new Map<string, { path: Buffer; left: number }>();
   const emittedAncestors = new Set<string>();
@@ -410,8 +429,8 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       yield* visit(p, s, rootDev, root);
     };
     const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
-    // the folder listed and its entries lstat'd in one call of the addon (two with excludes: one to list, one to stat what is kept)
-    const scanned = await scanDir(path, hasExcludes ? (name) => !excluded(asOf(join(path, name))) : undefined);
+    // the folder listed and its entries lstat'd in one call of the addon (two where an exclude could match an entry: one to list, one to stat what is kept)
+    const scanned = await scanDir(path, mayExcludeIn(asOf(path)) ? (name) => !excluded(asOf(join(path, name))) : undefined);
     if (scanned && 'errno' in scanned) {
       warn(folderLost(path, scanned.errno));
       return;

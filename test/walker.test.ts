@@ -5,7 +5,7 @@ import { mkdtemp, rm, unlink, writeFile, mkdir, lstat, readFile, open } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { globMatch, compileGlobs, compileSelectors, walk, parseGetfattr, formatSetfattr, escapeOctal, type Entry } from '../source/files.js';
+import { globMatch, compileChildExcluder, compileGlobs, compileSelectors, walk, parseGetfattr, formatSetfattr, escapeOctal, type Entry } from '../source/files.js';
 import { readVolume, volumeSize } from '../source/volume.js';
 import { collectSystemState, STATE_FOLDER } from '../source/system-state.js';
 import { MemDisk } from '../format/memdisk.js';
@@ -401,4 +401,26 @@ test('reader threads: chunk sums through the addon equal those of node:crypto (F
     t.is(r.code, 0, r.stderr);
     t.deepEqual(JSON.parse(r.stdout.toString()), want);
   });
+});
+
+test('compileChildExcluder: which folders need their entries filtered before they are lstat', (t) => {
+  const none = compileChildExcluder([]);
+  t.false(none(Buffer.from('/etc')));
+  const anchored = compileChildExcluder(['/etc/mtab', '/home/*/.cache']);
+  t.true(anchored(Buffer.from('/etc')), '/etc/mtab is a child of a depth-1 folder');
+  t.true(anchored(Buffer.from('/usr')), '(any depth-1 folder: the check is by depth alone)');
+  t.true(anchored(Buffer.from('/home/ann')));
+  t.false(anchored(Buffer.from('/')), 'no pattern of depth 1');
+  t.true(anchored(Buffer.from('/etc/ssh')), '(depth 2: /home/*/.cache is of depth 3)');
+  t.false(anchored(Buffer.from('/etc/ssh/x')));
+  t.false(anchored(Buffer.from('/home/ann/.cache')));
+  for (const p of ['*.tmp', 'cache', '/home/**/x', 'lib/cache']) t.true(compileChildExcluder([p])(Buffer.from('/a/b/c/d')), p);
+  // the property the walk relies on: where it says false, no pattern matches any child
+  const pats = ['/etc/mtab', '/home/*/.cache', '/x/y/z/w'];
+  const may = compileChildExcluder(pats);
+  const ex = compileGlobs(pats);
+  for (const folder of ['/', '/etc', '/etc/ssh', '/home', '/home/ann', '/x/y', '/x/y/z']) {
+    if (may(Buffer.from(folder))) continue;
+    for (const name of ['mtab', '.cache', 'w', 'z', 'y', 'ann']) t.false(ex(Buffer.from(`${folder === '/' ? '' : folder}/${name}`)), `${folder}/${name}`);
+  }
 });
