@@ -1,7 +1,6 @@
 // One error base for all of ferry. A FerryError is a user-facing problem:
 // bin/ prints its message on one line and exits with its exitCode. Anything
 // else that reaches bin/ is a bug and is reported as such.
-import { getSystemErrorMap } from 'node:util';
 
 export const EXIT = {
   ok: 0,
@@ -79,9 +78,4 @@ export function formatSize(n: number): string {
     i++;
   }
   return i === 0 ? `${Math.round(n)} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
-}
-
-/** An errno's name and Node's words for it: [ENOENT, no such file or directory]. */
-export function errnoWords(errno: number): [string, string] {
-  return getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
 }

@@ -16,8 +16,6 @@ export interface Native {
   scryptRomix(lane: Uint8Array, N: number, r: number, cb: (errno: number | null) => void): void;
   /** A read-only Buffer over `length` bytes of the file from `offset` (mmap), or the errno when it cannot be mapped. */
   mapRange(fd: number, offset: number, length: number, file: string): Buffer | number;
-  /** An entry's times to the nanosecond (utimensat, not following a symlink), on this thread: 0 or the errno. */
-  utimens?(path: Uint8Array, atimeSec: bigint, atimeNsec: number, mtimeSec: bigint, mtimeNsec: number): number;
   /** From now on, a file cut short under a mapping is also reported on stdout as --json's error document. */
   errorsAsJson?(on: boolean): void;
   /** Empties a mapRange buffer (every view of it too) and unmaps it now. */

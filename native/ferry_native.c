@@ -968,41 +968,6 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/*
- * utimens(path, atimeSec, atimeNsec, mtimeSec, mtimeNsec): the entry's times
- * to the nanosecond, not following a symlink (utimensat AT_SYMLINK_NOFOLLOW),
- * on the calling thread; 0 or the errno. Seconds are bigints. Node's own
- * calls take times as doubles of seconds, which cannot hold nanoseconds.
- */
-static napi_value utimens(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5], result;
-  uint8_t *path;
-  size_t pathLen;
-  int64_t as, ms;
-  int32_t an, mn;
-  bool lossless = true;
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5 || !bytes_of(env, argv[0], &path, &pathLen) || memchr(path, 0, pathLen) ||
-      napi_get_value_bigint_int64(env, argv[1], &as, &lossless) != napi_ok || !lossless || napi_get_value_int32(env, argv[2], &an) != napi_ok ||
-      napi_get_value_bigint_int64(env, argv[3], &ms, &lossless) != napi_ok || !lossless || napi_get_value_int32(env, argv[4], &mn) != napi_ok ||
-      an < 0 || an > 999999999 || mn < 0 || mn > 999999999) {
-    napi_throw_type_error(env, NULL, "utimens(path: Buffer, atimeSec: bigint, atimeNsec: 0..999999999, mtimeSec: bigint, mtimeNsec)");
-    return NULL;
-  }
-  if (pathLen >= PATH_MAX) {
-    napi_create_int32(env, ENAMETOOLONG, &result);
-    return result;
-  }
-  char p[PATH_MAX];
-  memcpy(p, path, pathLen);
-  p[pathLen] = 0;
-  struct timespec ts[2] = {{.tv_sec = (time_t)as, .tv_nsec = an}, {.tv_sec = (time_t)ms, .tv_nsec = mn}};
-  int err = utimensat(AT_FDCWD, p, ts, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : errno;
-  napi_create_int32(env, err, &result);
-  return result;
-}
-
 NAPI_MODULE_INIT() {
   napi_value fn;
   napi_create_function(env, "startWriteback", NAPI_AUTO_LENGTH, start_writeback, NULL, &fn);
@@ -1015,8 +980,6 @@ NAPI_MODULE_INIT() {
   napi_set_named_property(env, exports, "mapRange", fn);
   napi_create_function(env, "unmapRange", NAPI_AUTO_LENGTH, unmap_range, NULL, &fn);
   napi_set_named_property(env, exports, "unmapRange", fn);
-  napi_create_function(env, "utimens", NAPI_AUTO_LENGTH, utimens, NULL, &fn);
-  napi_set_named_property(env, exports, "utimens", fn);
   napi_create_function(env, "errorsAsJson", NAPI_AUTO_LENGTH, errors_as_json, NULL, &fn);
   napi_set_named_property(env, exports, "errorsAsJson", fn);
   napi_create_function(env, "prefetch", NAPI_AUTO_LENGTH, prefetch, NULL, &fn);

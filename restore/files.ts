@@ -47,7 +47,6 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FolderJournal } from './journal.js';
 import { FerryError, checkArg, counted, formatSize } from '../format/errors.js';
-import { nativeAddon } from '../format/native.js';
 import { compileSelectors, formatSetfattr, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
@@ -344,14 +343,6 @@ class TimeSetter {
   constructor(private readonly helper: SyscallHelper | null, private readonly warn: (w: EntryWarning) => void) {}
 
   async set(path: Buffer, atimeNs: bigint, mtimeNs: bigint): Promise<void> {
-    const utimens = nativeAddon()?.utimens;
-    if (utimens) {
-      // the addon: utimensat here, to the nanosecond, without a round trip to the helper
-      // (when it fails, the ways below try, and say why)
-      const [as, an] = nsToParts(atimeNs);
-      const [ms, mn] = nsToParts(mtimeNs);
-      if (utimens(path, as, Number(an), ms, Number(mn)) === 0) return;
-    }
     const exactUs = microExact(atimeNs, mtimeNs);
     if (exactUs || !this.helper) {
       // in process: exact to the microsecond (Node takes no finer times)

@@ -12,7 +12,7 @@
 import type { BigIntStats } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { errnoWords } from '../format/errors.js';
+import { getSystemErrorMap } from 'node:util';
 import { nativeAddon } from '../format/native.js';
 
 /** What the walk takes of an lstat. */
@@ -127,6 +127,6 @@ const NUL = Buffer.alloc(1);
 
 /** Node's words for an errno, as its own fs errors put them: "EACCES: permission denied, scandir '/x'". */
 export function errnoText(errno: number, syscall: string, path: string): string {
-  const [code, text] = errnoWords(errno);
+  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
   return `${code}: ${text}, ${syscall} '${path}'`;
 }
