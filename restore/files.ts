@@ -40,6 +40,7 @@ import {
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { posix } from 'node:path';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
@@ -120,6 +121,12 @@ function maxOpenFolders(): number {
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
+}
+
+/** `p` made absolute from the working folder, "." and ".." resolved in the text, no trailing "/" (bytes kept as they are). */
+function absolutePath(p: Buffer): Buffer {
+  const full = p[0] === SLASH ? p : Buffer.concat([Buffer.from(process.cwd()), Buffer.from('/'), p]);
+  return Buffer.from(posix.resolve(full.toString('latin1')), 'latin1');
 }
 
 function join(dir: Buffer, name: Buffer): Buffer {
@@ -446,15 +453,18 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   checkArg(['copy', 'overwrite', 'skip'].includes(ifExists), 'ifExists', 'copy, overwrite or skip', ifExists);
   let to = opts.to === undefined ? null : Buffer.isBuffer(opts.to) ? opts.to : Buffer.from(opts.to);
   if (to) checkArg(to.length > 0, 'to', 'a directory', opts.to);
-  // one spelling of the target: `--to out/` and `--to out` are the same place
-  while (to && to.length > 1 && to[to.length - 1] === SLASH) to = to.subarray(0, to.length - 1);
+  // one spelling of the target: `--to out/` and `--to out` are the same place, and a relative
+  // one is taken from where ferry runs (the walk of the target goes by absolute paths)
+  if (to) to = absolutePath(to);
   const owners = opts.owners ?? process.getuid?.() === 0;
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
   // A --path that names nothing in the backup (a typo, a path spelled
   // relative to where the backup ran): said before anything is made; when
   // none of them names anything, the restore stops.
-  const unmatched = unmatchedPaths(reader, opts.paths ?? []);
-  if (unmatched.length > 0 && unmatched.length === opts.paths!.length) {
+  // a --path that names an entry exactly is that path, glob characters and all (`Photos [2019]`)
+  const paths = (opts.paths ?? []).map((p) => (typeof p === 'string' && p.startsWith('/') && hasGlob(p) && reader.stat(Buffer.from(p)) !== null ? Buffer.from(p) : p));
+  const unmatched = unmatchedPaths(reader, paths);
+  if (unmatched.length > 0 && unmatched.length === paths.length) {
     throw new FerryError(
       'RESTORE_NO_SUCH_PATH',
       `nothing in this backup matches --path ${unmatched.map((p) => JSON.stringify(p)).join(', ')}: name paths as they were backed up (absolute, like /home/ann/docs) or as globs (*.conf, /etc/**/ssh*)`,
@@ -905,12 +915,26 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     anchored.close();
   };
 
-  /** A name beside `dst` for a copy; stays within NAME_MAX bytes. */
-  const copyName = (dst: Buffer): Buffer => {
-    const suffix = Buffer.from(`.ferry-restored-${pointLabel}`);
+  /** The n-th name beside `dst` for a copy (`.ferry-restored-<point>`, then `.2`, `.3` ... after it); stays within NAME_MAX bytes. */
+  const copyName = (dst: Buffer, n = 1): Buffer => {
+    const suffix = Buffer.from(`.ferry-restored-${pointLabel}${n > 1 ? `.${n}` : ''}`);
     let name = baseName(dst);
     if (name.length + suffix.length > NAME_MAX) name = name.subarray(0, Math.max(1, NAME_MAX - suffix.length));
     return join(parentPath(dst)!, Buffer.concat([name, suffix]));
+  };
+  /**
+   * Where the copy of `dst` goes under --if-exists copy: the first copy name
+   * where nothing is, or 'unchanged' when one holds this very entry already
+   * (`ours`: a run before wrote it). Whatever else is there (a file of the
+   * user's that happens to bear the name) is never written over.
+   */
+  const copyPlace = async (dst: Buffer, ours: (c: Buffer, st: Stats) => boolean | Promise<boolean>): Promise<Buffer | 'unchanged'> => {
+    for (let n = 1; ; n++) {
+      const c = copyName(dst, n);
+      const cst = existing(c);
+      if (!cst) return c;
+      if (await ours(c, cst)) return 'unchanged';
+    }
   };
 
   const existing = (p: Buffer): Stats | null => lstatAt(p) ?? null;
@@ -1063,13 +1087,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       return 'skipped';
     }
     if (ifExists === 'copy' && !inLeftover(dst)) {
-      const c = copyName(dst);
-      opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: the backup's is written beside it as ${printable(baseName(c))}` });
-      const cst = existing(c);
-      if (cst?.isDirectory()) {
-        anchored.forget(c);
-        removeTree(A(c));
+      const c = await copyPlace(dst, (at, cst) => !cst.isDirectory() && sameAsBackup(compared, at, cst));
+      if (c === 'unchanged') {
+        result.skipped++;
+        result.unchanged++;
+        return 'unchanged';
       }
+      opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: the backup's is written beside it as ${printable(baseName(c))}` });
       return { dst: c, copy: true };
     }
     if (st.isDirectory()) removeDirInTheWay(dst, e.id);
@@ -1132,12 +1156,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         return;
       }
       if (ifExists === 'copy') {
-        place = copyName(dst);
-        const cst = existing(place);
-        if (cst && !cst.isDirectory()) removeTree(A(place));
-        if (!cst || !cst.isDirectory()) {
-          makeDir(place, e);
-        }
+        // a folder at a copy name is taken for a run before's copy and filled again; anything else there is left alone
+        let n = 1;
+        while (existing(copyName(dst, n)) && !existing(copyName(dst, n))!.isDirectory()) n++;
+        place = copyName(dst, n);
+        if (!existing(place)) makeDir(place, e);
         result.copies++;
       } else {
         anchored.forget(dst);
@@ -1197,18 +1220,18 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
 
   // ---- selection
-  const patterns = (opts.paths ?? []).map((p) => (Buffer.isBuffer(p) ? p.toString('latin1') : p));
   let sources: Iterable<VolumeEntry>[];
   let selected: (e: VolumeEntry) => boolean = () => true;
-  if (patterns.length === 0) sources = [reader.entries()];
-  else if (opts.paths!.every((p) => (Buffer.isBuffer(p) ? p[0] === SLASH : p.startsWith('/') && !hasGlob(p)))) {
+  if (paths.length === 0) sources = [reader.entries()];
+  else if (paths.every((p) => (Buffer.isBuffer(p) ? p[0] === SLASH : p.startsWith('/') && !hasGlob(p)))) {
     // exact absolute paths: read just those subtrees
     const seen = new Set<number>();
-    const roots = opts.paths!.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)));
+    const roots = paths.map((p) => (Buffer.isBuffer(p) ? p : Buffer.from(p)));
     sources = roots.map((r) => reader.entries({ under: r }));
     selected = (e) => (seen.has(e.id) ? false : (seen.add(e.id), true));
   } else {
-    const sel = compileSelectors(opts.paths!.map((p) => (Buffer.isBuffer(p) ? p.toString('utf8') : p)));
+    // (an exact path among globs: its glob characters escaped)
+    const sel = compileSelectors(paths.map((p) => (Buffer.isBuffer(p) ? p.toString('utf8').replace(/[*?[\\]/g, '\\$&') : p)));
     sources = [reader.entries()];
     selected = (e) => sel(e.path);
   }
@@ -1302,7 +1325,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             result.skipped++;
             continue;
           } else if (ifExists === 'copy' && !inLeftover(dst)) {
-            place = copyName(dst);
+            // (a copy name that is already a link of this group's first file: done before)
+            const c = await copyPlace(dst, (_at, cst) => fst !== null && cst.ino === fst.ino && cst.dev === fst.dev);
+            if (c === 'unchanged') {
+              result.skipped++;
+              result.unchanged++;
+              continue;
+            }
+            place = c;
             result.copies++;
           }
           if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);
@@ -1358,8 +1388,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
-    if (result.failed === 0) journal?.finish(patterns.length === 0);
-    if (to && marker.active && result.failed === 0 && (!inherited || patterns.length === 0)) {
+    if (result.failed === 0) journal?.finish(paths.length === 0);
+    if (to && marker.active && result.failed === 0 && (!inherited || paths.length === 0)) {
       removeMarker(to);
     } else if (to && (marker.active || marker.other)) {
       const where = printable(join(to, Buffer.from(MARKER_NAME)));

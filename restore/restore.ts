@@ -139,6 +139,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
             }
             throw err;
           }
+          // nothing put together (every entry failed, each named): no archive, not even an empty one
+          if (r.restored === 0 && r.failed > 0) return { point, to, format, restored: 0, skipped: r.skipped, failed: r.failed, bytes: 0, warnings };
           // ferry's marker of an unfinished restore is the staging folder's, not the backup's
           await rm(join(staging, MARKER_NAME), { force: true });
           await tarDir(staging, to);

@@ -68,7 +68,7 @@ export function register(program: Command): void {
           const nothing = r.failed > 0 && r.restored === 0 && r.skipped === 0;
           out.result({ ...r, warningList }, () => {
             if (nothing) return; // (the one line below says it)
-            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq})` : ''}${r.skipped ? `, ${r.skipped} skipped${r.unchanged ? ` (${r.unchanged} already equal)` : ''}` : ''}`);
+            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq}, or .2, .3 ... after it where that name was taken)` : ''}${r.skipped ? `, ${r.skipped} skipped${r.unchanged ? ` (${r.unchanged} already equal)` : ''}` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);

@@ -1,0 +1,89 @@
+// Found by an administrator's walk through the CLI (2026-12-07): a relative
+// --to with a folder in it, --if-exists copy over a file of the user's that
+// bears the copy's name, and --path naming a file with glob characters.
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ferry, must, withTmp } from './helpers/exec.js';
+
+const env = { FERRY_PASSPHRASE: 'ux review passphrase, long enough' };
+
+/** A vault holding `src` (seeded and imported) as item "it". */
+async function backedUp(dir: string, fill: (src: string) => Promise<void>): Promise<{ vault: string; src: string }> {
+  const vault = join(dir, 'vault');
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await fill(src);
+  for (const args of [
+    ['init', vault, '--kdf-log-n', '12'],
+    ['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src],
+    ['import', '--vault', vault, join(dir, 'd1')],
+  ]) {
+    const r = await ferry(args, { env });
+    if (r.code !== 0) throw new Error(`ferry ${args.join(' ')}: ${r.stderr}`);
+  }
+  return { vault, src };
+}
+
+test('a relative --to with folders in it is taken from the working folder (files and tar)', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => {
+      await mkdir(join(s, 'd'));
+      await writeFile(join(s, 'd', 'f'), 'hello');
+    });
+    const work = join(dir, 'work');
+    await mkdir(join(work, 'r1'), { recursive: true });
+    await mkdir(join(work, 'tt'));
+    for (const to of ['r1/x', './r2', 'r1/../r3']) {
+      const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', to], { env, cwd: work });
+      t.is(r.code, 0, `${to}: ${r.stderr}`);
+      t.is(await readFile(join(work, to, src, 'd', 'f'), 'utf8'), 'hello', to);
+    }
+    const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', 'tt/a.tar'], { env, cwd: work });
+    t.is(r.code, 0, r.stderr);
+    const listing = (await must('tar', ['tf', join(work, 'tt', 'a.tar')])).toString();
+    t.true(listing.includes(`.${src}/d/f`), listing);
+  });
+});
+
+test('--if-exists copy never writes over a file of the user that bears the copy name: .2, .3 ... instead; run again, nothing more', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => writeFile(join(s, 'b.conf'), 'from the backup'));
+    const out = join(dir, 'out');
+    const restore = () => ferry(['restore', '--vault', vault, '--item', 'it', '--to', out, '--if-exists', 'copy'], { env });
+    t.is((await restore()).code, 0);
+    const here = join(out, src);
+    await writeFile(join(here, 'b.conf'), 'edited here');
+    await writeFile(join(here, 'b.conf.ferry-restored-1'), 'my own notes');
+    await mkdir(join(here, 'b.conf.ferry-restored-1.2'));
+    const r = await restore();
+    t.is(r.code, 0, r.stderr);
+    t.is(await readFile(join(here, 'b.conf'), 'utf8'), 'edited here');
+    t.is(await readFile(join(here, 'b.conf.ferry-restored-1'), 'utf8'), 'my own notes', 'the user file is kept');
+    t.deepEqual(await readdir(join(here, 'b.conf.ferry-restored-1.2')), [], 'and so is the folder');
+    t.is(await readFile(join(here, 'b.conf.ferry-restored-1.3'), 'utf8'), 'from the backup');
+    const again = await restore();
+    t.is(again.code, 0, again.stderr);
+    t.false(existsSync(join(here, 'b.conf.ferry-restored-1.4')), 'the copy made before is found, not made again');
+    t.regex(again.stdout.toString() + again.stderr, /already equal/);
+  });
+});
+
+test('--path naming a file whose name holds glob characters restores that file alone', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => {
+      await writeFile(join(s, '[br]acket'), 'the one');
+      await writeFile(join(s, 'racket'), 'not this');
+    });
+    const out = join(dir, 'out');
+    const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', out, '--path', join(src, '[br]acket')], { env });
+    t.is(r.code, 0, r.stderr);
+    t.deepEqual((await readdir(join(out, src))).sort(), ['[br]acket']);
+    // a pattern that names no entry stays a glob
+    const out2 = join(dir, 'out2');
+    const g = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', out2, '--path', join(src, '[xr]acket')], { env });
+    t.is(g.code, 0, g.stderr);
+    t.deepEqual(await readdir(join(out2, src)), ['racket']);
+  });
+});
