@@ -2,7 +2,7 @@
 // reader, volumes as raw bytes or a VHD. Reads only; a rerun finishes an
 // interrupted restore.
 import { spawn } from 'node:child_process';
-import { constants as fsc } from 'node:fs';
+import { constants as fsc, existsSync } from 'node:fs';
 import { chmod, open as fsOpen, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Disk } from '../format/disk.js';
@@ -76,6 +76,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         sweepBeside(at); // a killed run's partial copy beside it goes all the same
         return { point, to: at, format, restored: 0, skipped: 1, unchanged: 1, failed: 0, bytes: 0, warnings: 0 };
       };
+      sweepBeside(o.to); // a killed run's partial image there goes, even when this run writes a copy beside it
       if (await same(o.to)) return unchanged(o.to);
       const target = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq, same);
       if (target === null) return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
@@ -121,6 +122,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       };
       if (format === 'tar') {
         if (!o.to) throw new UsageError('--format tar needs --to FILE.tar');
+        sweepBeside(o.to); // a killed run's partial archive there goes, even when this run writes a copy beside it
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
         if (typeof to !== 'string') return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
         // the tree is put together beside the archive; one left by a run that was killed goes first
@@ -365,6 +367,13 @@ async function restoreVolume(
 }
 
 /** Archives `dir` into `to`, under a temporary name until it is whole. */
+let setprivThere: boolean | undefined;
+/** Whether util-linux's setpriv is on the PATH (it is on every Debian; a trimmed container may lack it). */
+function hasSetpriv(): boolean {
+  setprivThere ??= (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => d !== '' && existsSync(join(d, 'setpriv')));
+  return setprivThere;
+}
+
 async function tarDir(dir: string, to: string): Promise<void> {
   const tmp = tempBeside(to);
   // made here, private: tar keeps the mode of a file it writes over (an archive of /etc holds shadow)
@@ -379,7 +388,10 @@ async function tarDir(dir: string, to: string): Promise<void> {
   if (!utf8) await chmod(dir, 0o755);
   try {
     await new Promise<void>((resolve, reject) => {
-      const p = spawn('tar', ['--force-local', '--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, ...names], { stdio: ['ignore', 'ignore', 'pipe'] });
+      // tar dies with ferry (setpriv --pdeathsig, util-linux): a kill -9 of ferry must not leave it writing an archive nobody will rename
+      const tarArgs = ['tar', '--force-local', '--xattrs', '--acls', '--numeric-owner', '-cpf', tmp, '-C', dir, ...names];
+      const [cmd, ...args] = hasSetpriv() ? ['setpriv', '--pdeathsig', 'KILL', '--', ...tarArgs] : tarArgs;
+      const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       p.stderr.on('data', (d) => (err += d));
       p.on('error', reject);

@@ -3,7 +3,9 @@
 // bears the copy's name, and --path naming a file with glob characters.
 import test from 'ava';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises';
+import { HOST_TAG } from '../format/fsio.js';
 import { join } from 'node:path';
 import { ferry, must, withTmp } from './helpers/exec.js';
 
@@ -85,5 +87,25 @@ test('--path naming a file whose name holds glob characters restores that file a
     const g = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', out2, '--path', join(src, '[xr]acket')], { env });
     t.is(g.code, 0, g.stderr);
     t.deepEqual(await readdir(join(out2, src)), ['racket']);
+  });
+});
+
+test('a killed tar restore: its partial archive beside --to goes at the next run, also when that run writes a copy beside it', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'data'));
+    const out = join(dir, 'out');
+    await mkdir(out);
+    await writeFile(join(out, 'a.tar'), 'not this backup'); // so the run writes a.tar.ferry-restored-1
+    // what a run killed while tar wrote leaves: its temporary archive, its pid gone, untouched for a minute
+    const dead = spawnSync('true').pid!;
+    const partial = join(out, `a.tar.ferry-tmp-${HOST_TAG}-${dead}`);
+    await writeFile(partial, Buffer.alloc(1 << 20));
+    const old = new Date(Date.now() - 60_000);
+    await utimes(partial, old, old);
+    const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', join(out, 'a.tar')], { env });
+    t.is(r.code, 0, r.stderr);
+    t.false(existsSync(partial), 'the dead run\'s partial archive is gone');
+    t.true(existsSync(join(out, 'a.tar.ferry-restored-1')));
+    t.is(await readFile(join(out, 'a.tar'), 'utf8'), 'not this backup');
   });
 });
