@@ -1,6 +1,11 @@
 // Buffers freed at once instead of at some later garbage collection, and block buffers used again.
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
 
+/** Whether `b` is the whole of a (not shared) ArrayBuffer: only then can its memory be handed over, freed or used again. */
+export function ownsWhole(b: Uint8Array): b is Uint8Array<ArrayBuffer> {
+  return b.byteOffset === 0 && b.buffer instanceof ArrayBuffer && b.byteLength === b.buffer.byteLength;
+}
+
 /** A closed port: a buffer posted to it is detached and dropped on the spot. */
 let sink: MessagePort | undefined;
 
@@ -12,7 +17,7 @@ let sink: MessagePort | undefined;
  * the buffer's last user: it and every view of its memory are empty after.
  */
 export function freeBuffer(b: Uint8Array): void {
-  if (b.byteLength < 64 * 1024 || b.byteOffset !== 0 || !(b.buffer instanceof ArrayBuffer) || b.byteLength !== b.buffer.byteLength) return;
+  if (b.byteLength < 64 * 1024 || !ownsWhole(b)) return;
   if (!sink) {
     sink = new MessageChannel().port1;
     sink.close();
@@ -49,7 +54,7 @@ export function takeZeroed(size: number): Buffer {
  */
 export function recycleBuffer(b: Uint8Array): void {
   const list = spare.get(b.byteLength);
-  if (!list || list.length >= SPARE_MAX || b.byteOffset !== 0 || !(b.buffer instanceof ArrayBuffer) || b.byteLength !== b.buffer.byteLength) {
+  if (!list || list.length >= SPARE_MAX || !ownsWhole(b)) {
     freeBuffer(b);
     return;
   }

@@ -40,7 +40,6 @@ import {
   symlinkSync, type Stats,
 } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { posix } from 'node:path';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { VolumeEntry, Xattr } from '../format/volume/catalog.js';
 import { parentPath, baseName } from '../format/volume/catalog.js';
@@ -48,7 +47,7 @@ import type { VolumeReader } from '../format/volume/reader.js';
 import { MARKER_NAME, prepareTarget, removeMarker } from './marker.js';
 import { FolderJournal } from './journal.js';
 import { FerryError, checkArg, counted, formatSize } from '../format/errors.js';
-import { compileSelectors, formatSetfattr, run } from '../source/files.js';
+import { compileSelectors, formatSetfattr, normalizeSource, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 import { linkRefused, mkdirpSync } from '../format/fsio.js';
@@ -121,12 +120,6 @@ function maxOpenFolders(): number {
 
 function printable(p: Buffer): string {
   return p.toString('utf8');
-}
-
-/** `p` made absolute from the working folder, "." and ".." resolved in the text, no trailing "/" (bytes kept as they are). */
-function absolutePath(p: Buffer): Buffer {
-  const full = p[0] === SLASH ? p : Buffer.concat([Buffer.from(process.cwd()), Buffer.from('/'), p]);
-  return Buffer.from(posix.resolve(full.toString('latin1')), 'latin1');
 }
 
 function join(dir: Buffer, name: Buffer): Buffer {
@@ -455,7 +448,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   if (to) checkArg(to.length > 0, 'to', 'a directory', opts.to);
   // one spelling of the target: `--to out/` and `--to out` are the same place, and a relative
   // one is taken from where ferry runs (the walk of the target goes by absolute paths)
-  if (to) to = absolutePath(to);
+  if (to) to = normalizeSource(to);
   const owners = opts.owners ?? process.getuid?.() === 0;
   const pointLabel = (opts.point ?? defaultPointLabel(reader)).replace(/[/\0]/g, '_');
   // A --path that names nothing in the backup (a typo, a path spelled
@@ -924,16 +917,16 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   };
   /**
    * Where the copy of `dst` goes under --if-exists copy: the first copy name
-   * where nothing is, or 'unchanged' when one holds this very entry already
-   * (`ours`: a run before wrote it). Whatever else is there (a file of the
+   * where nothing is, or one that holds this very entry already (`ours`: a
+   * run before made it; then `made`). Whatever else is there (a file of the
    * user's that happens to bear the name) is never written over.
    */
-  const copyPlace = async (dst: Buffer, ours: (c: Buffer, st: Stats) => boolean | Promise<boolean>): Promise<Buffer | 'unchanged'> => {
+  const copyPlace = async (dst: Buffer, ours: (c: Buffer, st: Stats) => boolean | Promise<boolean>): Promise<{ at: Buffer; made: boolean }> => {
     for (let n = 1; ; n++) {
-      const c = copyName(dst, n);
-      const cst = existing(c);
-      if (!cst) return c;
-      if (await ours(c, cst)) return 'unchanged';
+      const at = copyName(dst, n);
+      const cst = existing(at);
+      if (!cst) return { at, made: false };
+      if (await ours(at, cst)) return { at, made: true };
     }
   };
 
@@ -1087,8 +1080,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       return 'skipped';
     }
     if (ifExists === 'copy' && !inLeftover(dst)) {
-      const c = await copyPlace(dst, (at, cst) => !cst.isDirectory() && sameAsBackup(compared, at, cst));
-      if (c === 'unchanged') {
+      const { at: c, made } = await copyPlace(dst, (at, cst) => !cst.isDirectory() && sameAsBackup(compared, at, cst));
+      if (made) {
         result.skipped++;
         result.unchanged++;
         return 'unchanged';
@@ -1157,10 +1150,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       }
       if (ifExists === 'copy') {
         // a folder at a copy name is taken for a run before's copy and filled again; anything else there is left alone
-        let n = 1;
-        while (existing(copyName(dst, n)) && !existing(copyName(dst, n))!.isDirectory()) n++;
-        place = copyName(dst, n);
-        if (!existing(place)) makeDir(place, e);
+        const c = await copyPlace(dst, (_at, cst) => cst.isDirectory());
+        place = c.at;
+        if (!c.made) makeDir(place, e);
         result.copies++;
       } else {
         anchored.forget(dst);
@@ -1327,12 +1319,12 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
           } else if (ifExists === 'copy' && !inLeftover(dst)) {
             // (a copy name that is already a link of this group's first file: done before)
             const c = await copyPlace(dst, (_at, cst) => fst !== null && cst.ino === fst.ino && cst.dev === fst.dev);
-            if (c === 'unchanged') {
+            if (c.made) {
               result.skipped++;
               result.unchanged++;
               continue;
             }
-            place = c;
+            place = c.at;
             result.copies++;
           }
           if (place === dst && st.isDirectory()) removeDirInTheWay(dst, e.id);

@@ -10,7 +10,7 @@ import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
 import { Sealer, SealerOptions, SealOptions } from './seal.js';
 import { FileRange, withRange } from '../filerange.js';
-import { recycleBuffer } from '../buffers.js';
+import { ownsWhole, recycleBuffer } from '../buffers.js';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -188,7 +188,7 @@ export class SealPool {
     // Our own copy, transferred to the worker: the caller keeps its buffer, and
     // a view into a large buffer never clones the whole of it. A caller that
     // hands its buffer over (`give`) saves the copy when the buffer is whole.
-    const whole = data.byteOffset === 0 && data.byteLength === data.buffer.byteLength && data.buffer instanceof ArrayBuffer;
+    const whole = ownsWhole(data);
     let copy: Uint8Array;
     if (give && whole) copy = data;
     else {

@@ -4,7 +4,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { FerryError } from '../errors.js';
 import { Sealer, SealerOptions } from './seal.js';
 import type { TaskMessage, ResultMessage, ResultHashes } from './pool.js';
-import { freeBuffer } from '../buffers.js';
+import { freeBuffer, ownsWhole } from '../buffers.js';
 import { withRange } from '../filerange.js';
 import { createHash } from 'node:crypto';
 
@@ -35,7 +35,7 @@ port.on('message', (m: TaskMessage) => {
     }
     // Hand the result's memory over instead of copying it, but only when the
     // Buffer owns its whole ArrayBuffer (small Buffers share Node's pool).
-    if (out.byteOffset === 0 && out.buffer.byteLength === out.length && out.buffer instanceof ArrayBuffer) {
+    if (ownsWhole(out)) {
       transfer = [out.buffer];
     }
     // The input was transferred to this thread and is done with. A sealed
@@ -44,7 +44,7 @@ port.on('message', (m: TaskMessage) => {
     // thread's next collection (fewer fresh pages to fault in).
     let input_: Uint8Array | undefined;
     if (out.buffer !== input.buffer) {
-      if (m.op === 'seal' && input.byteLength >= 1024 * 1024 && input.byteOffset === 0 && input.buffer.byteLength === input.byteLength && input.buffer instanceof ArrayBuffer) {
+      if (m.op === 'seal' && input.byteLength >= 1024 * 1024 && ownsWhole(input)) {
         input_ = input;
         transfer.push(input.buffer);
       } else freeBuffer(input);
