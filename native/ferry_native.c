@@ -968,33 +968,26 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* Exports `fn` as `name` when `present`. */
+static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn, bool present) {
+  napi_value f;
+  if (present && napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f) == napi_ok) napi_set_named_property(env, exports, name, f);
+}
+
 NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "startWriteback", NAPI_AUTO_LENGTH, start_writeback, NULL, &fn);
-  napi_set_named_property(env, exports, "startWriteback", fn);
-  napi_create_function(env, "startWritebackSync", NAPI_AUTO_LENGTH, start_writeback_sync, NULL, &fn);
-  napi_set_named_property(env, exports, "startWritebackSync", fn);
-  napi_create_function(env, "scryptRomix", NAPI_AUTO_LENGTH, scrypt_romix, NULL, &fn);
-  napi_set_named_property(env, exports, "scryptRomix", fn);
-  napi_create_function(env, "mapRange", NAPI_AUTO_LENGTH, map_range, NULL, &fn);
-  napi_set_named_property(env, exports, "mapRange", fn);
-  napi_create_function(env, "unmapRange", NAPI_AUTO_LENGTH, unmap_range, NULL, &fn);
-  napi_set_named_property(env, exports, "unmapRange", fn);
-  napi_create_function(env, "errorsAsJson", NAPI_AUTO_LENGTH, errors_as_json, NULL, &fn);
-  napi_set_named_property(env, exports, "errorsAsJson", fn);
-  napi_create_function(env, "prefetch", NAPI_AUTO_LENGTH, prefetch, NULL, &fn);
-  napi_set_named_property(env, exports, "prefetch", fn);
-  /* (named anew when its arguments or reply change: an addon built from older sources lacks it, and its user falls back) */
-  napi_create_function(env, "scanFolder", NAPI_AUTO_LENGTH, scan_dir, NULL, &fn);
-  napi_set_named_property(env, exports, "scanFolder", fn);
   pthread_once(&opensslOnce, load_openssl); /* (each worker thread loads this module too) */
-  if (opensslLoaded) {
-    napi_create_function(env, "gcm", NAPI_AUTO_LENGTH, gcm, NULL, &fn);
-    napi_set_named_property(env, exports, "gcm", fn);
-  }
-  if (ossl.digest && ossl.sha256) {
-    napi_create_function(env, "sha256Chunks", NAPI_AUTO_LENGTH, sha256_chunks, NULL, &fn);
-    napi_set_named_property(env, exports, "sha256Chunks", fn);
-  }
+  static const struct {
+    const char *name;
+    napi_callback fn;
+  } always[] = {
+      {"startWriteback", start_writeback}, {"startWritebackSync", start_writeback_sync}, {"scryptRomix", scrypt_romix},
+      {"mapRange", map_range}, {"unmapRange", unmap_range}, {"errorsAsJson", errors_as_json}, {"prefetch", prefetch},
+      /* (named anew when its arguments or reply change: an addon built from older sources lacks it, and its user falls back) */
+      {"scanFolder", scan_dir},
+  };
+  for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) export_fn(env, exports, always[i].name, always[i].fn, true);
+  /* through the OpenSSL inside Node, when its symbols are found */
+  export_fn(env, exports, "gcm", gcm, opensslLoaded);
+  export_fn(env, exports, "sha256Chunks", sha256_chunks, ossl.digest && ossl.sha256);
   return exports;
 }
