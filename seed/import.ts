@@ -193,7 +193,7 @@ async function importDisk(
       file,
       o.size,
       damaged,
-      () => new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); the disk was not imported`, { disk: dir, object: o.name }),
+      () => new FerryError('SEED_OBJECT_MISSING', `object ${o.name} is missing from seed disk ${dir} (disk ${m.disk} of ${m.of}); the disk was not imported: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`, { disk: dir, object: o.name }),
       () => new FerryError('SEED_NO_ACCESS', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) cannot be read (permission denied): run ferry as a user who may read the seed disk; the disk was not imported`, { disk: dir, object: o.name }),
     );
     // Hash and authenticate on the seal pool, off this thread; no need to decompress.

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { lstat, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { resolve, sep } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
 import { emptyImage } from '../format/vhd/create.js';
@@ -334,12 +334,41 @@ async function alreadyComplete(
   }
   checkSame(m);
   const disks = [...held].sort((a, b) => a.m.disk - b.m.disk);
+  for (const h of disks) await checkObjectsThere(h.dir, h.m);
   const rec = await openSeedRecord(vault.pool, m.seedId, m.point);
   const objects = disks.reduce((n, h) => n + h.m.objects.length, 0);
   return {
     seedId: m.seedId, machine, item: m.item, kind: m.kind as ItemKind, disks: disks.map((h) => h.dir), diskCount: m.of,
     objects, kept: objects, sealedBytes: 0, files: rec.point.stats.files ?? 0, bytes: rec.point.size, warnings: 0, resumed: true, already: true,
   };
+}
+
+/**
+ * A complete seed run again: each disk still holds its objects, at their
+ * sizes (a stat each; import reads and verifies them). A disk that lost one
+ * after the seed finished cannot be mended from here: its data was built
+ * from the source as it was then.
+ */
+async function checkObjectsThere(dir: string, m: SeedManifest): Promise<void> {
+  for (const o of m.objects) {
+    const st = await lstat(join(dir, m.prefix + o.name)).catch((err: NodeJS.ErrnoException) => err);
+    const why =
+      st instanceof Error
+        ? st.code === 'ENOENT' || st.code === 'ENOTDIR'
+          ? 'is missing'
+          : `cannot be read (${st.code ?? st.message})`
+        : !st.isFile()
+          ? 'is not a regular file'
+          : st.size !== o.size
+            ? `holds ${st.size} bytes, not ${o.size}`
+            : null;
+    if (!why) continue;
+    throw new FerryError(
+      st instanceof Error && why === 'is missing' ? 'SEED_OBJECT_MISSING' : 'SEED_OBJECT_CORRUPT',
+      `seed ${m.seedId} is complete, but object ${o.name} on ${dir} (disk ${m.disk} of ${m.of}) ${why} since: if this disk is a copy, copy it again from the original; if not, seed again onto empty disks`,
+      { disk: dir, object: o.name },
+    );
+  }
 }
 
 /**

@@ -381,3 +381,33 @@ test('a point whose import stopped before its marker keeps its objects: a disk o
     t.is(await treeHash(join(d('out'), src)), await treeHash(d('srcA')));
   });
 });
+
+test('a complete seed whose disk lost or shortened an object since: the seed run again and the import both name it and say what to do', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = await initVault(dir);
+    const { src, disks } = await threeDisks(dir, vault);
+    const targets = ['a', 'b', 'c', 'd'].map((n) => join(dir, `x-${n}`));
+    const seedAgain = () => ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk-capacity', '6M', ...targets.flatMap((d) => ['--disk', d]), src], { env });
+    const m = await readManifest(disks[1]);
+    const victim = m.objects[0].name as string;
+    const file = join(disks[1], m.prefix + victim);
+    const keep = await readFile(file);
+    await writeFile(file, keep.subarray(0, keep.length - 1));
+    const short = await seedAgain();
+    t.is(short.code, 1, short.stderr);
+    t.regex(short.stderr, new RegExp(`object ${victim} on ${disks[1]} \\(disk 2 of 3\\) holds ${keep.length - 1} bytes, not ${keep.length} since: if this disk is a copy, copy it again`));
+    await unlink(file);
+    const gone = await seedAgain();
+    t.is(gone.code, 1, gone.stderr);
+    t.regex(gone.stderr, new RegExp(`object ${victim} on ${disks[1]} \\(disk 2 of 3\\) is missing since: .*seed again onto empty disks`));
+    const imp = await ferry(['import', '--vault', vault, ...disks], { env });
+    t.not(imp.code, 0);
+    t.regex(imp.stderr, new RegExp(`object ${victim} is missing from seed disk ${disks[1]} .*copy it again from the original`));
+    t.deepEqual(await points(vault), []);
+    // the object back: both go on
+    await writeFile(file, keep);
+    t.is((await seedAgain()).code, 0);
+    await ok(['import', '--vault', vault, ...disks]);
+    t.is((await points(vault)).length, 1);
+  });
+});
