@@ -36,6 +36,8 @@ export interface SeedOptions {
   databox?: string;
   onProgress?: (p: SeedProgress) => void;
   onWarning?: (w: { path?: string; message: string }) => void;
+  /** What the walk left out by design (a /proc mount's contents): no warning. */
+  onNote?: (w: { path?: string; message: string }) => void;
 }
 
 export interface SeedProgress {
@@ -199,7 +201,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   let files = 0;
   let bytes = 0;
   // Files: count what there is beside the seed, for a total and an ETA.
-  const scan = o.kind === 'files' && o.onProgress ? scanTotals(o.sources, o.excludes ?? []) : undefined;
+  const scan = o.kind === 'files' && o.onProgress ? scanTotals(o.sources, o.excludes ?? [], o.oneFileSystem) : undefined;
   const report = (phase: SeedProgress['phase']) =>
     o.onProgress?.({
       phase,
@@ -256,6 +258,7 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
         oneFileSystem: o.oneFileSystem ?? false,
         skipDirs,
         onWarning: warn,
+        onNote: o.onNote,
       });
       const r = await writeVolume(disk, entries, {
         uuid: Buffer.from(params.volumeUuid, 'hex'),

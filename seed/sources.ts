@@ -19,21 +19,24 @@ export interface SourceOptions {
   /** Folders never backed up, by identity ("dev:ino"): the seed disks, the vault. */
   skipDirs?: Set<string>;
   onWarning: (w: { path?: string; message: string }) => void;
+  /** What the walk left out by design (a /proc mount's contents). */
+  onNote?: (w: { path?: string; message: string }) => void;
 }
 
 export async function* sourceEntries(kind: ItemKind, sources: string[], o: SourceOptions): AsyncGenerator<SourceEntry> {
   const onWarning = (w: { path?: Buffer; message: string }) => o.onWarning({ path: w.path?.toString(), message: w.message });
+  const onNote = (w: { path?: Buffer; message: string }) => o.onNote?.({ path: w.path?.toString(), message: w.message });
   if (kind === 'system-state') {
     const { collectSystemState } = await import('../source/system-state.js');
     const state = await collectSystemState({ onWarning });
     try {
-      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
+      yield* walk(state.sources, { excludes: [...state.excludes, ...o.excludes], oneFileSystem: false, skipDirs: o.skipDirs, onWarning, onNote, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
     } finally {
       await state.cleanup();
     }
     return;
   }
-  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, skipDirs: o.skipDirs, onWarning, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
+  yield* walk(sources, { excludes: o.excludes, oneFileSystem: o.oneFileSystem, skipDirs: o.skipDirs, onWarning, onNote, readAhead: READ_AHEAD, hashChunk: DEFAULT_CHUNK_SIZE });
 }
 
 export function volumeChunks(source: string): AsyncIterable<{ offset: number; data: Buffer }> {

@@ -19,6 +19,7 @@ import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writ
 import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
 import { errnoText, isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
+import { pseudoFilesystems } from './pseudofs.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
@@ -48,6 +49,8 @@ export interface WalkOptions {
   /** The reader threads hash each small file in chunks of this size as they read it (DataPiece.hashed). */
   hashChunk?: number;
   onWarning?: (w: EntryWarning) => void;
+  /** What was left out by design, not by failure (a /proc or /sys mount's contents): no warning. */
+  onNote?: (w: EntryWarning) => void;
   onProgress?: (p: WalkProgress) => void;
 }
 
@@ -410,7 +413,9 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     return e;
   };
 
-  async function* visit(path: Buffer, st: WalkStat, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
+  const pseudoOf = pseudoFilesystems();
+
+  async function* visit(path: Buffer, st: WalkStat, rootDev: bigint, root: Root, parentDev?: bigint): AsyncGenerator<Entry> {
     const stored = root.real === root.as ? path : asStored(root, path);
     const m = metaOf(stored, st);
     if (stored !== path) realPaths.set(m, path);
@@ -419,6 +424,12 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     yield e;
     if (e.type !== 'dir') return;
     if (opts.oneFileSystem && st.dev !== rootDev) return;
+    // a mount point met on the way: is it /proc, /sys or their kind? (a source named is walked as asked)
+    const pseudo = parentDev !== undefined && st.dev !== parentDev ? await pseudoOf(path, st.dev) : null;
+    if (pseudo) {
+      opts.onNote?.({ code: 'SOURCE_PSEUDO_FS', message: `${printable(stored)} is a ${pseudo} filesystem (the kernel's live state, not files): kept as an empty folder`, path: stored });
+      return;
+    }
     const asOf = (p: Buffer) => (root.real === root.as ? p : asStored(root, p));
     const child = async function* (p: Buffer, s: WalkStat | Error): AsyncGenerator<Entry> {
       if (s instanceof Error) {
@@ -426,7 +437,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
         return;
       }
       if (opts.skipDirs?.size && isDir(s) && opts.skipDirs.has(`${s.dev}:${s.ino}`)) return;
-      yield* visit(p, s, rootDev, root);
+      yield* visit(p, s, rootDev, root, st.dev);
     };
     const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
     // the folder listed and its entries lstat'd in one call of the addon (two where an exclude could match an entry: one to list, one to stat what is kept)

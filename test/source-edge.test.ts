@@ -373,3 +373,43 @@ test('a link to / given as link/ stores its tree under link/; a link/ source ins
     t.is(await readFile(join(r2.out, src, 'plain', 'p'), 'utf8'), 'p\n');
   });
 });
+
+test('a proc or sysfs mount met inside a source is kept as an empty folder with a note, not a warning (a source named in /sys is still read: see above)', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(join(src, 'data'), { recursive: true });
+    await mkdir(join(src, 'p'));
+    await mkdir(join(src, 's'));
+    await writeFile(join(src, 'data', 'f'), 'kept\n');
+    await must('mount', ['-t', 'proc', 'proc', join(src, 'p')]);
+    try {
+      await must('mount', ['-t', 'sysfs', 'sysfs', join(src, 's')]);
+      try {
+        const vault = join(dir, 'vault');
+        await ok(['init', vault, '--kdf-log-n', '12']);
+        const disk = join(dir, 'disk');
+        const seed = await ferryWithin(120, ['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk', disk, '--json', src], {});
+        t.false(seed.timedOut);
+        t.is(seed.code, 0, seed.stderr);
+        const r = JSON.parse(seed.stdout.toString());
+        t.deepEqual(r.warningList, []);
+        t.deepEqual(r.notes.map((n: { path: string }) => n.path).sort(), [join(src, 'p'), join(src, 's')]);
+        t.regex(r.notes[0].message, /is a (proc|sysfs) filesystem \(the kernel's live state, not files\): kept as an empty folder/);
+        await ok(['import', '--vault', vault, disk]);
+        const out = join(dir, 'out');
+        await ok(['restore', '--vault', vault, '--machine', 'm', '--item', 'x', '--to', out]);
+        t.deepEqual(readdirSync(join(out, src, 'p')), []);
+        t.deepEqual(readdirSync(join(out, src, 's')), []);
+        t.is(await readFile(join(out, src, 'data', 'f'), 'utf8'), 'kept\n');
+        // without --json: one line each, after the summary's start
+        const human = await ferryWithin(120, ['seed', '--vault', vault, '--item', 'y', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'disk2'), src], {});
+        t.is(human.code, 0, human.stderr);
+        t.regex(human.stderr + human.stdout.toString(), /left out: .*\/src\/p is a proc filesystem/);
+      } finally {
+        await must('umount', ['-l', join(src, 's')]);
+      }
+    } finally {
+      await must('umount', ['-l', join(src, 'p')]);
+    }
+  });
+});

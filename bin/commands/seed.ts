@@ -49,6 +49,7 @@ export function register(program: Command): void {
         const vault = await openVaultFromCli(out, o);
         const bar = progressBar(out.opts, 'seed');
         const warnings: Array<{ path?: string; message: string }> = [];
+        const notes: Array<{ path?: string; message: string }> = [];
         try {
           const r = await seed({
             vault,
@@ -68,9 +69,11 @@ export function register(program: Command): void {
               warnings.push(w);
               out.warn(w.message);
             },
+            onNote: (w) => notes.push(w),
           });
           bar.stop();
-          out.result({ ...r, warningList: warnings }, () => {
+          out.result({ ...r, warningList: warnings, notes }, () => {
+            for (const n of notes) out.info(`left out: ${n.message}`);
             if (r.already) out.info(`seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) is already complete on ${r.disks.join(', ')}: nothing to do (a new seed of this item needs empty disks)`);
             else out.info(
               `seed ${r.seedId} of ${r.machine}/${r.item} (${r.kind}) written${r.resumed ? ' (resumed)' : ''}: ${r.files ? `${counted(r.files, 'file')}, ` : ''}${formatSize(r.bytes)} on ${counted(r.ofDisks ?? r.diskCount, 'disk')} (${counted(r.objects, 'object')}, ${formatSize(r.sealedBytes)} written${r.kept ? `, ${r.kept} kept from before` : ''})`,
