@@ -31,6 +31,12 @@ export interface Native {
   /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */
   sha256Chunks?(input: Uint8Array, chunk: number, out: Uint8Array): void;
   /**
+   * Small files read whole (and their chunks hashed) on libuv's pool, as
+   * source/reader.ts packs the requests; the buffers are the pool thread's
+   * until the callback. Absent without the OpenSSL inside Node.
+   */
+  readFiles?(reqs: Uint8Array, paths: Uint8Array, out: Uint8Array, replies: Uint8Array, cb: (errno: number | null) => void): void;
+  /**
    * AES-256-GCM into `out` (at least input's length; in place allowed) with
    * the OpenSSL inside Node; false when a decryption's tag does not match
    * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.

@@ -968,6 +968,137 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * readFiles(reqs, paths, out, replies, callback): small files read whole on
+ * a thread of libuv's pool, each one checked to be the file the walk listed
+ * and its chunks hashed, where two reader threads (each a Node isolate of
+ * about 10 MiB, fed by messages) did it before (source/reader.ts).
+ *   reqs: 8 int64 per file: path offset in `paths` (NUL-terminated there),
+ *     bytes to read, dev, ino, modification time in ns (INT64_MIN: none),
+ *     chunk size to hash in (0: none), offset in `out` of its data (its
+ *     chunk hashes follow the data);
+ *   replies: 4 doubles per file: status (0 read; > 0 the errno; -1 not a
+ *     regular file now, its st_mode in the third; -2 another file now; -3
+ *     a symlink now), bytes read, size at open, written since (1) / the
+ *     call that failed (1 open, 2 fstat, 3 read).
+ * The callback gets null, or an errno when the work could not run at all.
+ */
+enum { READ_REQ = 8, READ_REPLY = 4 };
+
+typedef struct {
+  PoolJob base;
+  const int64_t *reqs;
+  size_t count;
+  const char *paths;
+  size_t pathsLen;
+  uint8_t *out;
+  size_t outLen;
+  double *replies;
+} ReadJob;
+
+static void read_one(const int64_t *q, const char *path, uint8_t *data, double *r) {
+  int64_t length = q[1], mtime = q[4], chunk = q[5];
+  int fd = open(path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  /* O_NOATIME is refused on other users' files unless root */
+  if (fd < 0 && errno == EPERM) fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    r[0] = errno == ELOOP ? -3 : errno;
+    r[3] = 1;
+    return;
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    r[0] = errno;
+    r[3] = 2;
+  } else if (!S_ISREG(st.st_mode)) {
+    r[0] = -1;
+    r[2] = st.st_mode;
+  } else if ((int64_t)st.st_dev != q[2] || (int64_t)st.st_ino != q[3]) {
+    r[0] = -2;
+  } else {
+    int64_t mt;
+    r[2] = (double)st.st_size;
+    r[3] = mtime != INT64_MIN && (!ns_of(st.st_mtim, &mt) || mt != mtime || st.st_size > length) ? 1 : 0;
+    int64_t got = 0;
+    while (got < length) {
+      ssize_t n = pread(fd, data + got, (size_t)(length - got), got);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        r[0] = errno;
+        r[3] = 3;
+        break;
+      }
+      if (n == 0) break;
+      got += n;
+    }
+    if (r[0] == 0) {
+      r[1] = (double)got;
+      for (int64_t at = 0; chunk > 0 && at < got; at += chunk) {
+        size_t n = (size_t)(got - at < chunk ? got - at : chunk);
+        unsigned int mdLen = 0;
+        if (!ossl.digest(data + at, n, data + length + at / chunk * 32, &mdLen, ossl.sha256(), NULL) || mdLen != 32) {
+          r[0] = EIO;
+          r[3] = 3;
+          break;
+        }
+      }
+    }
+  }
+  close(fd);
+}
+
+static void read_execute(PoolJob *j) {
+  ReadJob *job = (ReadJob *)j;
+  for (size_t i = 0; i < job->count; i++) {
+    const int64_t *q = job->reqs + i * READ_REQ;
+    double *r = job->replies + i * READ_REPLY;
+    r[0] = r[1] = r[2] = r[3] = 0;
+    read_one(q, job->paths + q[0], job->out + q[6], r);
+  }
+}
+
+static napi_value read_files(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], hold;
+  napi_valuetype cbType = napi_undefined;
+  uint8_t *reqs, *paths, *out, *replies;
+  size_t reqsLen, pathsLen, outLen, repliesLen;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc >= 5) napi_typeof(env, argv[4], &cbType);
+  bool ok = argc >= 5 && cbType == napi_function && bytes_of(env, argv[0], &reqs, &reqsLen) && bytes_of(env, argv[1], &paths, &pathsLen) &&
+            bytes_of(env, argv[2], &out, &outLen) && bytes_of(env, argv[3], &replies, &repliesLen) && reqsLen % (READ_REQ * 8) == 0 &&
+            (uintptr_t)reqs % 8 == 0 && (uintptr_t)replies % 8 == 0 && repliesLen == reqsLen / (READ_REQ * 8) * READ_REPLY * 8 &&
+            pathsLen > 0 && paths[pathsLen - 1] == 0;
+  /* every request inside its buffers, before a pool thread follows it */
+  for (size_t i = 0; ok && i < reqsLen / (READ_REQ * 8); i++) {
+    const int64_t *q = (const int64_t *)reqs + i * READ_REQ;
+    int64_t hashes = q[5] > 0 ? (q[1] + q[5] - 1) / q[5] * 32 : 0;
+    ok = q[0] >= 0 && (size_t)q[0] < pathsLen && q[1] >= 0 && q[5] >= 0 && q[6] >= 0 && (uint64_t)q[6] <= outLen &&
+         (uint64_t)q[1] + (uint64_t)hashes <= outLen - (uint64_t)q[6];
+  }
+  if (!ok) {
+    napi_throw_type_error(env, NULL, "readFiles(reqs, paths NUL-terminated, out, replies, callback): requests out of their buffers");
+    return NULL;
+  }
+  ReadJob *job = calloc(1, sizeof *job);
+  if (!job || napi_create_array_with_length(env, 4, &hold) != napi_ok) {
+    free(job);
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  for (uint32_t k = 0; k < 4; k++) napi_set_element(env, hold, k, argv[k]);
+  job->reqs = (const int64_t *)reqs;
+  job->count = reqsLen / (READ_REQ * 8);
+  job->paths = (const char *)paths;
+  job->pathsLen = pathsLen;
+  job->out = out;
+  job->outLen = outLen;
+  job->replies = (double *)replies;
+  /* the buffers are held until the callback: the pool thread reads and writes them */
+  queue_job(env, "ferry:readFiles", &job->base, read_execute, argv[4], hold);
+  return NULL;
+}
+
 /* Exports `fn` as `name` when `present`. */
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn, bool present) {
   napi_value f;
@@ -989,5 +1120,6 @@ NAPI_MODULE_INIT() {
   /* through the OpenSSL inside Node, when its symbols are found */
   export_fn(env, exports, "gcm", gcm, opensslLoaded);
   export_fn(env, exports, "sha256Chunks", sha256_chunks, ossl.digest && ossl.sha256);
+  export_fn(env, exports, "readFiles", read_files, ossl.digest && ossl.sha256);
   return exports;
 }

@@ -125,8 +125,13 @@ export async function scanDir(path: Buffer, keep?: (name: Buffer) => boolean): P
 
 const NUL = Buffer.alloc(1);
 
-/** Node's words for an errno, as its own fs errors put them: "EACCES: permission denied, scandir '/x'". */
-export function errnoText(errno: number, syscall: string, path: string): string {
+/** Node's words for an errno, as its own fs errors put them: "EACCES: permission denied, scandir '/x'" ("EIO: i/o error, read" without a path). */
+export function errnoText(errno: number, syscall: string, path?: string): string {
   const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
-  return `${code}: ${text}, ${syscall} '${path}'`;
+  return `${code}: ${text}, ${syscall}${path === undefined ? '' : ` '${path}'`}`;
+}
+
+/** Node's code for an errno ("ENOENT"), or undefined for one it does not know. */
+export function errnoCode(errno: number): string | undefined {
+  return getSystemErrorMap().get(-errno)?.[0];
 }

@@ -12,6 +12,7 @@ import { closeSync, constants as C, fstatSync, openSync, readSync, type BigIntSt
 import type { Worker } from 'node:worker_threads';
 import { nativeAddon } from '../format/native.js';
 import { startWorker } from '../format/threads.js';
+import { errnoCode, errnoText } from './dirscan.js';
 
 export interface ReadRequest {
   path: Uint8Array;
@@ -62,13 +63,18 @@ export const READ_FLAGS_ATIME = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
 /** The error code of a source file that is no longer what the walk listed (see changedSince). */
 export const SOURCE_CHANGED = 'SOURCE_CHANGED';
 
-function kindOf(st: BigIntStats): string {
-  if (st.isDirectory()) return 'a folder';
-  if (st.isFIFO()) return 'a fifo';
-  if (st.isSymbolicLink()) return 'a symlink';
-  if (st.isSocket()) return 'a socket';
+function kindOf(mode: number): string {
+  const t = mode & C.S_IFMT;
+  if (t === C.S_IFDIR) return 'a folder';
+  if (t === C.S_IFIFO) return 'a fifo';
+  if (t === C.S_IFLNK) return 'a symlink';
+  if (t === C.S_IFSOCK) return 'a socket';
   return 'a device';
 }
+
+const NOT_REGULAR = (mode: number) => `it is now ${kindOf(mode)}, not the regular file that was listed; left out`;
+const REPLACED = 'it was replaced by another file since it was listed; left out';
+const SYMLINK_NOW = 'it is now a symlink, not the regular file that was listed; left out';
 
 /**
  * Why a source file opened for reading is not the one the walk listed, or
@@ -78,8 +84,8 @@ function kindOf(st: BigIntStats): string {
  * file whose metadata is stored.
  */
 export function changedSince(st: BigIntStats, dev: bigint, ino: bigint): string | null {
-  if (!st.isFile()) return `it is now ${kindOf(st)}, not the regular file that was listed; left out`;
-  if (st.dev !== dev || st.ino !== ino) return 'it was replaced by another file since it was listed; left out';
+  if (!st.isFile()) return NOT_REGULAR(Number(st.mode));
+  if (st.dev !== dev || st.ino !== ino) return REPLACED;
   return null;
 }
 
@@ -91,7 +97,7 @@ export function writtenSince(st: BigIntStats, mtimeNs: bigint, size: number): bo
 /** The error of an open refused by O_NOFOLLOW: the path became a symlink since it was listed. */
 export function symlinkSince(err: unknown): Error | null {
   if ((err as NodeJS.ErrnoException)?.code !== 'ELOOP') return null;
-  return Object.assign(new Error('it is now a symlink, not the regular file that was listed; left out'), { code: SOURCE_CHANGED });
+  return Object.assign(new Error(SYMLINK_NOW), { code: SOURCE_CHANGED });
 }
 
 function openForReadSync(path: Buffer): number {
@@ -202,16 +208,36 @@ interface Slot {
   queued: number;
 }
 
-/** A few reader threads; `read` resolves with the file's bytes as one of them read them. */
+type Waiting = { req: ReadRequest; resolve: (r: SmallRead) => void };
+
+/** Words per request and per reply of the addon's readFiles (READ_REQ, READ_REPLY in native/ferry_native.c). */
+const REQ = 8;
+const REPLY = 4;
+const SYSCALLS = ['', 'open', 'fstat', 'read'];
+const NO_TIME = -(2n ** 63n);
+
+/**
+ * Reads small files off the main thread; `read` resolves with a file's bytes.
+ * With ferry's addon, batches run on libuv's pool (readFiles), `threads` at
+ * a time; without it, on as many reader threads of their own.
+ */
 export class SmallFileReader {
   private readonly slots: Slot[] = [];
-  private batch: { req: ReadRequest; resolve: (r: SmallRead) => void }[] = [];
+  private batch: Waiting[] = [];
   private batchBytes = 0;
   private nextId = 1;
   private scheduled = false;
   private failure: Error | null = null;
+  private readonly native: NonNullable<ReturnType<typeof nativeAddon>>['readFiles'];
+  private readonly maxInFlight: number;
+  private inFlight = 0;
+  private readonly queued: Waiting[][] = [];
 
-  constructor(threads = 2) {
+  /** `native: false`: reader threads even when the addon is there (tests compare the two). */
+  constructor(threads = 2, opts: { native?: boolean } = {}) {
+    this.maxInFlight = Math.max(1, threads);
+    this.native = opts.native === false ? undefined : nativeAddon()?.readFiles;
+    if (this.native) return;
     for (let i = 0; i < threads; i++) {
       const worker = startWorker(WORKER_URL);
       worker.unref();
@@ -270,6 +296,11 @@ export class SmallFileReader {
       for (const x of b) x.resolve({ error: this.failure.message });
       return;
     }
+    if (this.native) {
+      this.queued.push(b);
+      this.sendNative();
+      return;
+    }
     // the thread with the least queued work takes the batch
     let slot = this.slots[0];
     for (const s of this.slots) if (s.queued < slot.queued) slot = s;
@@ -280,6 +311,56 @@ export class SmallFileReader {
     slot.worker.postMessage(msg);
   }
 
+  /** Starts the next queued batches on libuv's pool, up to maxInFlight at a time. */
+  private sendNative(): void {
+    while (this.inFlight < this.maxInFlight && this.queued.length > 0) {
+      const b = this.queued.shift()!;
+      if (this.failure) {
+        for (const x of b) x.resolve({ error: this.failure.message });
+        continue;
+      }
+      const reqs = new BigInt64Array(b.length * REQ);
+      let pathBytes = 0;
+      for (const x of b) pathBytes += x.req.path.length + 1;
+      const paths = Buffer.allocUnsafe(pathBytes);
+      let pathAt = 0;
+      let total = 0;
+      b.forEach((x, i) => {
+        const r = x.req;
+        const q = i * REQ;
+        paths.set(r.path, pathAt);
+        paths[pathAt + r.path.length] = 0;
+        reqs[q] = BigInt(pathAt);
+        reqs[q + 1] = BigInt(r.length);
+        reqs[q + 2] = r.dev;
+        reqs[q + 3] = r.ino;
+        reqs[q + 4] = r.mtimeNs ?? NO_TIME;
+        reqs[q + 5] = BigInt(r.chunk ?? 0);
+        reqs[q + 6] = BigInt(total);
+        pathAt += r.path.length + 1;
+        total += room(r);
+      });
+      // its own memory, zeroed as a reader thread's: no stale bytes of this process beside what was read
+      const out = Buffer.from(new ArrayBuffer(Math.max(total, 8)));
+      const replies = new Float64Array(b.length * REPLY);
+      this.inFlight++;
+      const done = (errno: number | null) => {
+        this.inFlight--;
+        if (errno !== null) this.failure ??= new Error(`the addon's file reads failed (${errnoText(errno, 'readFiles')})`);
+        b.forEach((x, i) => x.resolve(this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
+        this.sendNative();
+      };
+      try {
+        this.native!(new Uint8Array(reqs.buffer), paths, out, new Uint8Array(replies.buffer), done);
+      } catch (err) {
+        // an addon that refuses these arguments: the callers read by themselves
+        this.inFlight--;
+        this.failure ??= err as Error;
+        for (const x of b) x.resolve({ error: this.failure.message });
+      }
+    }
+  }
+
   /** Whether reads can still go to the threads (after close(), callers read by themselves). */
   get open(): boolean {
     return this.failure === null;
@@ -287,8 +368,24 @@ export class SmallFileReader {
 
   async close(): Promise<void> {
     this.failure ??= new Error('the reader is closed');
+    for (const b of this.queued.splice(0)) for (const x of b) x.resolve({ error: this.failure.message });
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
   }
+}
+
+/** One file's result of the addon's readFiles: its reply words, its data at `at` in `out`. */
+function nativeReply(req: ReadRequest, replies: Float64Array, i: number, out: Buffer, at: number): SmallRead {
+  const [status, got, size, extra] = replies.subarray(i * REPLY, i * REPLY + REPLY);
+  if (status === 0) {
+    const hashes = req.chunk ? out.subarray(at + req.length, at + req.length + Math.ceil(got / req.chunk) * 32) : undefined;
+    return { data: out.subarray(at, at + got), size, changed: extra === 1, hashes };
+  }
+  if (status === -1) return { error: NOT_REGULAR(size), code: SOURCE_CHANGED };
+  if (status === -2) return { error: REPLACED, code: SOURCE_CHANGED };
+  if (status === -3) return { error: SYMLINK_NOW, code: SOURCE_CHANGED };
+  const syscall = SYSCALLS[extra] ?? 'read';
+  // Node names the path of a failed open, not of a failed fstat or read
+  return { error: errnoText(status, syscall, syscall === 'open' ? Buffer.from(req.path).toString() : undefined), code: errnoCode(status) ?? `errno ${status}` };
 }
 
 /** A Node-style error from a reader thread's reply. */

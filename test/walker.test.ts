@@ -424,3 +424,76 @@ test('compileChildExcluder: which folders need their entries filtered before the
     for (const name of ['mtab', '.cache', 'w', 'z', 'y', 'ann']) t.false(ex(Buffer.from(`${folder === '/' ? '' : folder}/${name}`)), `${folder}/${name}`);
   }
 });
+
+test('SmallFileReader: the addon on libuv\'s pool and the reader threads give the same data, sums, sizes, changes and errors', async (t) => {
+  if (!nativeAddon()?.readFiles) return t.fail('the addon lacks readFiles: npm test builds it');
+  const { SmallFileReader } = await import('../source/reader.js');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-reader-'));
+  try {
+    type Ask = { path: Buffer; length: number; dev: bigint; ino: bigint; mtimeNs?: bigint; chunk?: number };
+    const asks: Ask[] = [];
+    const listed = async (name: string, data: Buffer, length = data.length, chunk = 4096) => {
+      const p = join(dir, name);
+      await writeFile(p, data);
+      const st = await lstat(p, { bigint: true });
+      const a = { path: Buffer.from(p), length, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, chunk: chunk || undefined };
+      asks.push(a);
+      return a;
+    };
+    for (const [i, n] of [1, 4095, 4096, 4097, 100_000, MiB].entries()) await listed(`f${i}`, pseudoRandom(n, i));
+    await listed('nochunk', pseudoRandom(5000, 50), 5000, 0);
+    await listed('shrank', pseudoRandom(9000, 51), 9000).then(() => writeFile(join(dir, 'shrank'), pseudoRandom(3000, 51)));
+    const grew = await listed('grew', pseudoRandom(2000, 52));
+    await writeFile(join(dir, 'grew'), pseudoRandom(6000, 52));
+    grew.mtimeNs = grew.mtimeNs! - 1n; // (a write in the same tick keeps the time: the size tells too)
+    await listed('gone', Buffer.from('x')).then(() => unlink(join(dir, 'gone')));
+    const replaced = await listed('replaced', Buffer.from('old'));
+    await unlink(join(dir, 'replaced'));
+    await writeFile(join(dir, 'replaced'), 'new');
+    await listed('folder', Buffer.from('y')).then(async () => {
+      await unlink(join(dir, 'folder'));
+      await mkdir(join(dir, 'folder'));
+    });
+    await listed('link', Buffer.from('z')).then(async () => {
+      await unlink(join(dir, 'link'));
+      const { symlink } = await import('node:fs/promises');
+      await symlink(join(dir, 'f0'), join(dir, 'link'));
+    });
+    await listed('fifo', Buffer.from('w')).then(async () => {
+      await unlink(join(dir, 'fifo'));
+      await run('mkfifo', [join(dir, 'fifo')]);
+    });
+    asks.push({ path: Buffer.from(join(dir, 'no', 'such')), length: 5, dev: 0n, ino: 0n });
+    const readAll = async (native: boolean) => {
+      const reader = new SmallFileReader(2, { native });
+      try {
+        // the same asks many times over, so batches overlap
+        const all = await Promise.all(Array.from({ length: 5 }, () => asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk))).flat());
+        return all.map((r) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
+      } finally {
+        await reader.close();
+      }
+    };
+    const native = await readAll(true);
+    const threads = await readAll(false);
+    t.deepEqual(native, threads);
+    const one = native.slice(0, asks.length);
+    const by = (name: string) => one[asks.findIndex((a) => a.path.toString().endsWith(`/${name}`))];
+    t.is(by('f4').data, pseudoRandom(100_000, 4).toString('hex'));
+    t.is(by('f4').hashes!.length, Math.ceil(100_000 / 4096) * 64);
+    t.is(by('nochunk').hashes, undefined);
+    t.is(by('shrank').data, pseudoRandom(3000, 51).toString('hex'));
+    t.is(by('shrank').size, 3000);
+    t.is(by('grew').changed, true);
+    t.is(by('f0').changed, false);
+    t.is(by('gone').code, 'ENOENT');
+    t.regex(by('gone').error!, /^ENOENT: no such file or directory, open '.*\/gone'$/);
+    t.is(by('replaced').error, 'it was replaced by another file since it was listed; left out');
+    t.is(by('folder').error, 'it is now a folder, not the regular file that was listed; left out');
+    t.is(by('link').error, 'it is now a symlink, not the regular file that was listed; left out');
+    t.is(by('fifo').error, 'it is now a fifo, not the regular file that was listed; left out');
+    t.is(one[one.length - 1].code, 'ENOENT');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
