@@ -235,7 +235,8 @@ export class SmallFileReader {
 
   /** `native: false`: reader threads even when the addon is there (tests compare the two). */
   constructor(threads = 2, opts: { native?: boolean } = {}) {
-    this.maxInFlight = Math.max(1, threads);
+    // twice the threads: a batch waits on the pool while the busy main thread takes the last one's reply
+    this.maxInFlight = Math.max(1, threads) * 2;
     this.native = opts.native === false ? undefined : nativeAddon()?.readFiles;
     if (this.native) return;
     for (let i = 0; i < threads; i++) {
