@@ -1047,13 +1047,27 @@ static void read_one(const int64_t *q, const char *path, uint8_t *data, double *
   close(fd);
 }
 
+/* The bytes a request takes in `out`: its data, its chunk sums, 8-byte aligned (room() in source/reader.ts). */
+static uint64_t read_room(const int64_t *q) {
+  uint64_t hashes = q[5] > 0 ? ((uint64_t)q[1] + (uint64_t)q[5] - 1) / (uint64_t)q[5] * 32 : 0;
+  return ((uint64_t)q[1] + hashes + 7) & ~(uint64_t)7;
+}
+
 static void read_execute(PoolJob *j) {
   ReadJob *job = (ReadJob *)j;
   for (size_t i = 0; i < job->count; i++) {
     const int64_t *q = job->reqs + i * READ_REQ;
     double *r = job->replies + i * READ_REPLY;
+    uint8_t *data = job->out + q[6];
     r[0] = r[1] = r[2] = r[3] = 0;
-    read_one(q, job->paths + q[0], job->out + q[6], r);
+    read_one(q, job->paths + q[0], data, r);
+    /* `out` comes uninitialised (zeroing it cost the main thread its page
+       faults): what was not written is zeroed here, so no stale byte of the
+       process sits beside a file's data */
+    uint64_t got = r[0] == 0 ? (uint64_t)r[1] : 0;
+    uint64_t sums = r[0] == 0 && q[5] > 0 ? (got + (uint64_t)q[5] - 1) / (uint64_t)q[5] * 32 : 0;
+    memset(data + got, 0, (size_t)((uint64_t)q[1] - got));
+    memset(data + q[1] + sums, 0, (size_t)(read_room(q) - (uint64_t)q[1] - sums));
   }
 }
 
@@ -1072,9 +1086,9 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   /* every request inside its buffers, before a pool thread follows it */
   for (size_t i = 0; ok && i < reqsLen / (READ_REQ * 8); i++) {
     const int64_t *q = (const int64_t *)reqs + i * READ_REQ;
-    int64_t hashes = q[5] > 0 ? (q[1] + q[5] - 1) / q[5] * 32 : 0;
-    ok = q[0] >= 0 && (size_t)q[0] < pathsLen && q[1] >= 0 && q[5] >= 0 && q[6] >= 0 && (uint64_t)q[6] <= outLen &&
-         (uint64_t)q[1] + (uint64_t)hashes <= outLen - (uint64_t)q[6];
+    /* (lengths under 2^48: no sum below overflows) */
+    ok = q[0] >= 0 && (size_t)q[0] < pathsLen && q[1] >= 0 && q[1] < ((int64_t)1 << 48) && q[5] >= 0 && q[6] >= 0 && (uint64_t)q[6] <= outLen &&
+         read_room(q) <= outLen - (uint64_t)q[6];
   }
   if (!ok) {
     napi_throw_type_error(env, NULL, "readFiles(reqs, paths NUL-terminated, out, replies, callback): requests out of their buffers");

@@ -341,8 +341,8 @@ export class SmallFileReader {
         pathAt += r.path.length + 1;
         total += room(r);
       });
-      // its own memory, zeroed as a reader thread's: no stale bytes of this process beside what was read
-      const out = Buffer.from(new ArrayBuffer(Math.max(total, 8)));
+      // not zeroed here (its page faults would be the main thread's): the addon zeroes what it does not write
+      const out = Buffer.allocUnsafeSlow(Math.max(total, 8));
       const replies = new Float64Array(b.length * REPLY);
       this.inFlight++;
       const done = (errno: number | null) => {

@@ -447,9 +447,11 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
     await writeFile(join(dir, 'grew'), pseudoRandom(6000, 52));
     grew.mtimeNs = grew.mtimeNs! - 1n; // (a write in the same tick keeps the time: the size tells too)
     await listed('gone', Buffer.from('x')).then(() => unlink(join(dir, 'gone')));
-    const replaced = await listed('replaced', Buffer.from('old'));
-    await unlink(join(dir, 'replaced'));
-    await writeFile(join(dir, 'replaced'), 'new');
+    await listed('replaced', Buffer.from('old'));
+    // saved over by rename: the new inode exists while the old one does (an unlink first could free its number for the new file)
+    await writeFile(join(dir, 'replaced.new'), 'new');
+    const { rename } = await import('node:fs/promises');
+    await rename(join(dir, 'replaced.new'), join(dir, 'replaced'));
     await listed('folder', Buffer.from('y')).then(async () => {
       await unlink(join(dir, 'folder'));
       await mkdir(join(dir, 'folder'));
@@ -493,6 +495,42 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
     t.is(by('link').error, 'it is now a symlink, not the regular file that was listed; left out');
     t.is(by('fifo').error, 'it is now a fifo, not the regular file that was listed; left out');
     t.is(one[one.length - 1].code, 'ENOENT');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('readFiles (addon): what it does not write of its uninitialised buffer is zeroed; requests outside their buffers are refused', async (t) => {
+  const readFiles = nativeAddon()?.readFiles;
+  if (!readFiles) return t.fail('the addon lacks readFiles: npm test builds it');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-readfiles-'));
+  try {
+    const f = join(dir, 'f');
+    await writeFile(f, pseudoRandom(3000, 1));
+    const st = await lstat(f, { bigint: true });
+    const paths = Buffer.from(`${f}\0${join(dir, 'missing')}\0`);
+    // file 1: 5000 bytes asked, 3000 there, chunks of 1024 (5 sum slots, 3 used); file 2: missing
+    const room1 = (5000 + 5 * 32 + 7) & ~7;
+    const reqs = new BigInt64Array([
+      0n, 5000n, st.dev, st.ino, st.mtimeNs, 1024n, 0n, 0n,
+      BigInt(f.length + 1), 100n, 0n, 0n, -(2n ** 63n), 0n, BigInt(room1), 0n,
+    ]);
+    const out = Buffer.alloc(room1 + 104, 0xa5);
+    const replies = new Float64Array(8);
+    const call = (q: BigInt64Array, o: Buffer) =>
+      new Promise<number | null>((resolve) => readFiles(new Uint8Array(q.buffer), paths, o, new Uint8Array(replies.buffer), resolve));
+    t.is(await call(reqs, out), null);
+    t.deepEqual([...replies], [0, 3000, 3000, 0, 2, 0, 0, 1]);
+    t.true(out.subarray(0, 3000).equals(pseudoRandom(3000, 1)));
+    t.true(out.subarray(3000, 5000).equals(Buffer.alloc(2000)), 'the part of the file not read');
+    t.true(out.subarray(5000 + 3 * 32, room1).equals(Buffer.alloc(room1 - 5000 - 96)), 'the sums not taken and the padding');
+    t.true(out.subarray(room1).equals(Buffer.alloc(104)), 'a failed file\'s room');
+    // out of bounds: data past `out`, a path offset past `paths`, a negative length
+    for (const [k, v] of [[6, BigInt(out.length)], [0, BigInt(paths.length)], [1, -1n], [1, 2n ** 50n]] as const) {
+      const bad = BigInt64Array.from(reqs);
+      bad[k] = v;
+      t.throws(() => readFiles(new Uint8Array(bad.buffer), paths, out, new Uint8Array(replies.buffer), () => {}), { instanceOf: TypeError });
+    }
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
