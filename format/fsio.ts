@@ -158,9 +158,21 @@ export function tempDirPattern(prefix: string): RegExp {
  * still there; those of this user's processes that are gone, untouched for
  * `staleMs`, are removed first.
  */
-export function tempDirIn(parent: string, prefix: string, staleMs: number): string {
+export function tempDirIn(parent: string, prefix: string, staleMs: number, wayOut = 'point TMPDIR at a folder this user may write'): string {
   sweepLeftovers(parent, tempDirPattern(prefix), staleMs);
-  const dir = mkdtempSync(join(parent, `${prefix}${HOST_TAG}-${process.pid}-`));
+  let dir: string;
+  try {
+    dir = mkdtempSync(join(parent, `${prefix}${HOST_TAG}-${process.pid}-`));
+  } catch (err) {
+    // (a /tmp that is read-only, full, or not this user's to write in, as in some containers)
+    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    const full = code === 'ENOSPC' || code === 'EDQUOT';
+    throw new FerryError(
+      full ? 'TMP_FULL' : 'TMP_UNWRITABLE',
+      `cannot make a temporary folder in ${parent} (${code}): ferry keeps working files there; ${full ? 'free some space there, or ' : ''}${wayOut}, then run the same command again`,
+      { dir: parent },
+    );
+  }
   removeAtExit(dir);
   return dir;
 }

@@ -126,7 +126,8 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         const to = await fileTarget(o.to, format, o.ifExists ?? 'copy', point.seq);
         if (typeof to !== 'string') return { point, to: o.to, format, restored: 0, skipped: 1, failed: 0, bytes: 0, warnings: 0 };
         // the tree is put together beside the archive; one left by a run that was killed goes first
-        const staging = tempDirIn(dirname(to), '.ferry-restore-', 60 * 1000); // (a killed run's copy of /etc, shadow included: not kept long)
+        // (a killed run's copy of /etc, shadow included: not kept long)
+        const staging = tempDirIn(dirname(to), '.ferry-restore-', 60 * 1000, 'name a --to in a folder this user may write');
         try {
           let r;
           try {

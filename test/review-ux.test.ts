@@ -109,3 +109,23 @@ test('a killed tar restore: its partial archive beside --to goes at the next run
     t.is(await readFile(join(out, 'a.tar'), 'utf8'), 'not this backup');
   });
 });
+
+test('a TMPDIR that cannot hold a folder (missing, or a file) is one line naming it and TMPDIR, not a stack trace; the same command with a good one goes on', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'a'), 'a\n');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const notDir = join(dir, 'plain-file');
+    await writeFile(notDir, '');
+    for (const tmp of [join(dir, 'no-such-folder'), notDir]) {
+      const r = await ferry(['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src], { env: { ...env, TMPDIR: tmp } });
+      t.is(r.code, 1, r.stderr);
+      t.regex(r.stderr, new RegExp(`^ferry: cannot make a temporary folder in ${tmp} \\((ENOENT|ENOTDIR)\\): .*point TMPDIR at a folder this user may write, then run the same command again\\n$`));
+    }
+    const ok = await ferry(['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src], { env });
+    t.is(ok.code, 0, ok.stderr);
+    t.is((await ferry(['import', '--vault', vault, join(dir, 'd1')], { env })).code, 0);
+  });
+});
