@@ -315,3 +315,19 @@ test('ChunkHasher: the sums a source took are kept when of its chunk size; else 
   wrong.take({ chunk: 4096, size: 4000, hashes: given });
   await t.throwsAsync(wrong.end(5000), { message: /hashed 4000 bytes of a file that ends at 5000/ });
 });
+
+test('the finished catalog has its index on (parent, name), made at the end, and folders list through it', async (t) => {
+  const disk = new MemDisk(BIG);
+  const entries: SourceEntry[] = [meta('/', 'dir', { implicit: true }), meta('/d', 'dir'), ...Array.from({ length: 50 }, (_, i) => meta(`/d/f${49 - i}`, 'fifo'))];
+  await writeVolume(disk, entries, { meta: { kind: 'files' } });
+  const reader = await VolumeReader.open(disk);
+  try {
+    const db = (reader as unknown as { db: { prepare(sql: string): { all(...a: unknown[]): unknown[] } } }).db;
+    t.deepEqual(db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'entries_parent'").all(), [{ name: 'entries_parent' }]);
+    const plan = JSON.stringify(db.prepare('EXPLAIN QUERY PLAN SELECT id FROM entries WHERE parent = ? ORDER BY name').all(2));
+    t.regex(plan, /USING (COVERING )?INDEX entries_parent/);
+    t.deepEqual(reader.readdir('/d')!.map((e) => e.path.toString()), Array.from({ length: 50 }, (_, i) => `/d/f${i}`).sort());
+  } finally {
+    reader.close();
+  }
+});

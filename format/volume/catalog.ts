@@ -89,6 +89,14 @@ CREATE TABLE entries (
   extents    BLOB,
   chunks     BLOB
 );
+`;
+
+/**
+ * Made when the catalog is complete (finishCatalog): built from the rows at
+ * once, it costs a seed less than kept up row by row (the writer finds
+ * parents in a map of its own, never through it).
+ */
+export const INDEXES = `
 CREATE INDEX entries_parent ON entries (parent, name);
 `;
 

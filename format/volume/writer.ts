@@ -17,7 +17,7 @@ import {
   alignUp, decodeSuperblock, encodeSuperblock, type DiskRange,
 } from './layout.js';
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
-import { INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
+import { INDEXES, INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
 
 /** Bytes of one file copied between two progress reports within it. */
 const PROGRESS_STEP = 16 * 1024 * 1024;
@@ -485,6 +485,7 @@ export class VolumeWriter {
       };
       try {
         for (const [k, v] of Object.entries(facts)) meta.run(k, v);
+        this.db.exec(INDEXES);
         this.db.exec('COMMIT');
       } catch (err) {
         throw catalogSpaceError(err, this.tmp) ?? err;
