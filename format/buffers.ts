@@ -33,7 +33,7 @@ export function freeBuffer(b: Uint8Array): void {
 // 2 MiB buffer is 512 pages the kernel must fault in and zero one by one;
 // zeroing one already mapped costs a fifth of that (a seed makes one per
 // VHD block: about 0.2 s of its main thread per GiB).
-const spare = new Map<number, Buffer[]>();
+const spare = new Map<number, { b: Buffer; zeroed: boolean }[]>();
 const SPARE_MAX = 4;
 
 /**
@@ -44,21 +44,24 @@ const SPARE_MAX = 4;
 export function takeZeroed(size: number): Buffer {
   let list = spare.get(size);
   if (!list) spare.set(size, (list = []));
-  return list.pop()?.fill(0) ?? Buffer.alloc(size);
+  const s = list.pop();
+  if (!s) return Buffer.alloc(size);
+  return s.zeroed ? s.b : s.b.fill(0);
 }
 
 /**
  * Keeps a buffer nothing uses any more (its last user calls this) for
  * takeZeroed(), if that size is asked for and few are kept; frees it
- * otherwise. The memory must be the whole of its ArrayBuffer.
+ * otherwise. The memory must be the whole of its ArrayBuffer. `zeroed`: its
+ * last user zeroed it already (a seal worker, off the main thread).
  */
-export function recycleBuffer(b: Uint8Array): void {
+export function recycleBuffer(b: Uint8Array, zeroed = false): void {
   const list = spare.get(b.byteLength);
   if (!list || list.length >= SPARE_MAX || !ownsWhole(b)) {
     freeBuffer(b);
     return;
   }
-  list.push(Buffer.from(b.buffer, 0, b.byteLength));
+  list.push({ b: Buffer.from(b.buffer, 0, b.byteLength), zeroed });
 }
 
 /** How many buffers of `size` are kept for takeZeroed(). */

@@ -45,6 +45,19 @@ test('a block sealed by a worker comes back to be used again; the sealed bytes a
     t.is(spareCount(BLOCK), 4, 'the blocks came back (as many as are kept)');
     const again = takeZeroed(BLOCK);
     t.true(again.every((x) => x === 0), 'a block used again is zero');
+    // the worker zeroed them: taking one costs the main thread no fill
+    const filled: Buffer[] = [];
+    const fill0 = Buffer.prototype.fill;
+    Buffer.prototype.fill = function (this: Buffer, ...a: Parameters<Buffer['fill']>) {
+      filled.push(this);
+      return fill0.apply(this, a);
+    };
+    try {
+      takeZeroed(BLOCK);
+    } finally {
+      Buffer.prototype.fill = fill0;
+    }
+    t.is(filled.length, 0, 'not filled again on the taking thread');
     t.false(before.has(again.buffer), 'a new ArrayBuffer object (transferred back), not a view a caller kept');
     // it is sealed memory no result shares
     for (const s of sealed) t.not(s.buffer, again.buffer);

@@ -38,7 +38,7 @@ export interface SealedWithHashes {
 }
 
 export type ResultMessage =
-  | { id: number; ok: true; data: Uint8Array; hashes?: ResultHashes; input?: Uint8Array }
+  | { id: number; ok: true; data: Uint8Array; hashes?: ResultHashes; /** The sealed block's memory, zeroed, to be used again. */ input?: Uint8Array }
   | { id: number; ok: false; ferry: { code: string; message: string; data: ErrorData; exitCode: number } }
   | { id: number; ok: false; internal: { message: string; stack?: string } };
 
@@ -244,7 +244,7 @@ export class SealPool {
       slot.tasks.delete(m.id);
       if (m.ok) {
         // a sealed block's memory, back from the worker: the task's input was ours (a copy, or handed over)
-        if (m.input) recycleBuffer(m.input);
+        if (m.input) recycleBuffer(m.input, true);
         task.resolve(Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), m.hashes);
       }
       else if ('ferry' in m) task.reject(new FerryError(m.ferry.code, m.ferry.message, m.ferry.data, m.ferry.exitCode));

@@ -45,7 +45,8 @@ port.on('message', (m: TaskMessage) => {
     let input_: Uint8Array | undefined;
     if (out.buffer !== input.buffer) {
       if (m.op === 'seal' && input.byteLength >= 1024 * 1024 && ownsWhole(input)) {
-        input_ = input;
+        // zeroed here, as the block it becomes again must be: not on the busy thread that takes it
+        input_ = input.fill(0);
         transfer.push(input.buffer);
       } else freeBuffer(input);
     }
