@@ -974,9 +974,11 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
  * and its chunks hashed, where two reader threads (each a Node isolate of
  * about 10 MiB, fed by messages) did it before (source/reader.ts).
  *   reqs: 8 int64 per file: path offset in `paths` (NUL-terminated there),
- *     bytes to read, dev, ino, modification time in ns (INT64_MIN: none),
- *     chunk size to hash in (0: none), offset in `out` of its data (its
- *     chunk hashes follow the data);
+ *     bytes to read, dev, ino, modification time's seconds, chunk size to
+ *     hash in (0: none), offset in `out` of its data (its chunk hashes
+ *     follow the data), modification time's nanoseconds (-1: no time; the
+ *     two apart, as a time past 2262 does not fit 64-bit nanoseconds);
+ *     copied at the call: what the pool thread follows is what was checked;
  *   replies: 4 doubles per file: status (0 read; > 0 the errno; -1 not a
  *     regular file now, its st_mode in the third; -2 another file now; -3
  *     a symlink now), bytes read, size at open, written since (1) / the
@@ -987,7 +989,7 @@ enum { READ_REQ = 8, READ_REPLY = 4 };
 
 typedef struct {
   PoolJob base;
-  const int64_t *reqs;
+  int64_t *reqs; /* the job's own copy */
   size_t count;
   const char *paths;
   size_t pathsLen;
@@ -997,7 +999,7 @@ typedef struct {
 } ReadJob;
 
 static void read_one(const int64_t *q, const char *path, uint8_t *data, double *r) {
-  int64_t length = q[1], mtime = q[4], chunk = q[5];
+  int64_t length = q[1], chunk = q[5];
   int fd = open(path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
   /* O_NOATIME is refused on other users' files unless root */
   if (fd < 0 && errno == EPERM) fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -1016,9 +1018,8 @@ static void read_one(const int64_t *q, const char *path, uint8_t *data, double *
   } else if ((int64_t)st.st_dev != q[2] || (int64_t)st.st_ino != q[3]) {
     r[0] = -2;
   } else {
-    int64_t mt;
     r[2] = (double)st.st_size;
-    r[3] = mtime != INT64_MIN && (!ns_of(st.st_mtim, &mt) || mt != mtime || st.st_size > length) ? 1 : 0;
+    r[3] = q[7] >= 0 && ((int64_t)st.st_mtim.tv_sec != q[4] || (int64_t)st.st_mtim.tv_nsec != q[7] || st.st_size > length) ? 1 : 0;
     int64_t got = 0;
     while (got < length) {
       ssize_t n = pread(fd, data + got, (size_t)(length - got), got);
@@ -1071,6 +1072,10 @@ static void read_execute(PoolJob *j) {
   }
 }
 
+static void read_release(PoolJob *j) {
+  free(((ReadJob *)j)->reqs);
+}
+
 static napi_value read_files(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5], hold;
@@ -1083,26 +1088,37 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
             bytes_of(env, argv[2], &out, &outLen) && bytes_of(env, argv[3], &replies, &repliesLen) && reqsLen % (READ_REQ * 8) == 0 &&
             (uintptr_t)reqs % 8 == 0 && (uintptr_t)replies % 8 == 0 && repliesLen == reqsLen / (READ_REQ * 8) * READ_REPLY * 8 &&
             pathsLen > 0 && paths[pathsLen - 1] == 0;
+  /* the requests copied, then checked: the caller's memory may change after the call */
+  size_t count = ok ? reqsLen / (READ_REQ * 8) : 0;
+  int64_t *copy = ok && count ? malloc(reqsLen) : NULL;
+  if (ok && count && !copy) {
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  if (copy) memcpy(copy, reqs, reqsLen);
   /* every request inside its buffers, before a pool thread follows it */
-  for (size_t i = 0; ok && i < reqsLen / (READ_REQ * 8); i++) {
-    const int64_t *q = (const int64_t *)reqs + i * READ_REQ;
+  for (size_t i = 0; ok && i < count; i++) {
+    const int64_t *q = copy + i * READ_REQ;
     /* (lengths under 2^48: no sum below overflows) */
     ok = q[0] >= 0 && (size_t)q[0] < pathsLen && q[1] >= 0 && q[1] < ((int64_t)1 << 48) && q[5] >= 0 && q[6] >= 0 && (uint64_t)q[6] <= outLen &&
-         read_room(q) <= outLen - (uint64_t)q[6];
+         read_room(q) <= outLen - (uint64_t)q[6] && q[7] >= -1 && q[7] < 1000000000;
   }
   if (!ok) {
+    free(copy);
     napi_throw_type_error(env, NULL, "readFiles(reqs, paths NUL-terminated, out, replies, callback): requests out of their buffers");
     return NULL;
   }
   ReadJob *job = calloc(1, sizeof *job);
   if (!job || napi_create_array_with_length(env, 4, &hold) != napi_ok) {
     free(job);
+    free(copy);
     napi_throw_error(env, NULL, "ferry native: out of memory");
     return NULL;
   }
   for (uint32_t k = 0; k < 4; k++) napi_set_element(env, hold, k, argv[k]);
-  job->reqs = (const int64_t *)reqs;
-  job->count = reqsLen / (READ_REQ * 8);
+  job->reqs = copy;
+  job->count = count;
+  job->base.release = read_release;
   job->paths = (const char *)paths;
   job->pathsLen = pathsLen;
   job->out = out;

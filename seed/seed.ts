@@ -355,6 +355,10 @@ async function alreadyComplete(
 async function checkObjectsThere(dir: string, m: SeedManifest): Promise<void> {
   for (const o of m.objects) {
     const st = await lstat(join(dir, m.prefix + o.name)).catch((err: NodeJS.ErrnoException) => err);
+    // not damage: the disk is sound, this user may not read it (as import says)
+    if (st instanceof Error && (st.code === 'EACCES' || st.code === 'EPERM')) {
+      throw new FerryError('SEED_NO_ACCESS', `object ${o.name} on seed disk ${dir} (disk ${m.disk} of ${m.of}) cannot be read (permission denied): run ferry as a user who may read the seed disk`, { disk: dir, object: o.name });
+    }
     const why =
       st instanceof Error
         ? st.code === 'ENOENT' || st.code === 'ENOTDIR'

@@ -214,7 +214,7 @@ type Waiting = { req: ReadRequest; resolve: (r: SmallRead) => void };
 const REQ = 8;
 const REPLY = 4;
 const SYSCALLS = ['', 'open', 'fstat', 'read'];
-const NO_TIME = -(2n ** 63n);
+const NS = 1_000_000_000n;
 
 /**
  * Reads small files off the main thread; `read` resolves with a file's bytes.
@@ -335,9 +335,12 @@ export class SmallFileReader {
         reqs[q + 1] = BigInt(r.length);
         reqs[q + 2] = r.dev;
         reqs[q + 3] = r.ino;
-        reqs[q + 4] = r.mtimeNs ?? NO_TIME;
+        // the time as seconds and nanoseconds (floored): nanoseconds past 2262 do not fit 64 bits
+        const ns = r.mtimeNs === undefined ? -1n : ((r.mtimeNs % NS) + NS) % NS;
+        reqs[q + 4] = ns < 0n ? 0n : (r.mtimeNs! - ns) / NS;
         reqs[q + 5] = BigInt(r.chunk ?? 0);
         reqs[q + 6] = BigInt(total);
+        reqs[q + 7] = ns;
         pathAt += r.path.length + 1;
         total += room(r);
       });

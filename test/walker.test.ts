@@ -442,6 +442,12 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
     };
     for (const [i, n] of [1, 4095, 4096, 4097, 100_000, MiB].entries()) await listed(`f${i}`, pseudoRandom(n, i));
     await listed('nochunk', pseudoRandom(5000, 50), 5000, 0);
+    // a time past 2262: its nanoseconds do not fit 64 bits (ext4 keeps times to 2446)
+    await writeFile(join(dir, 'future'), 'later');
+    await run('touch', ['-m', '-d', '2300-01-01 00:00:00.123456789 UTC', join(dir, 'future')]);
+    const fst = await lstat(join(dir, 'future'), { bigint: true });
+    if (fst.mtimeNs <= 2n ** 63n) return t.fail(`the file system keeps no time past 2262 (${fst.mtimeNs})`);
+    asks.push({ path: Buffer.from(join(dir, 'future')), length: 5, dev: fst.dev, ino: fst.ino, mtimeNs: fst.mtimeNs, chunk: 4096 });
     await listed('shrank', pseudoRandom(9000, 51), 9000).then(() => writeFile(join(dir, 'shrank'), pseudoRandom(3000, 51)));
     const grew = await listed('grew', pseudoRandom(2000, 52));
     await writeFile(join(dir, 'grew'), pseudoRandom(6000, 52));
@@ -488,6 +494,8 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
     t.is(by('shrank').size, 3000);
     t.is(by('grew').changed, true);
     t.is(by('f0').changed, false);
+    t.is(by('future').changed, false, 'a time past 2262 compared whole');
+    t.is(by('future').data, Buffer.from('later').toString('hex'));
     t.is(by('gone').code, 'ENOENT');
     t.regex(by('gone').error!, /^ENOENT: no such file or directory, open '.*\/gone'$/);
     t.is(by('replaced').error, 'it was replaced by another file since it was listed; left out');
@@ -512,8 +520,8 @@ test('readFiles (addon): what it does not write of its uninitialised buffer is z
     // file 1: 5000 bytes asked, 3000 there, chunks of 1024 (5 sum slots, 3 used); file 2: missing
     const room1 = (5000 + 5 * 32 + 7) & ~7;
     const reqs = new BigInt64Array([
-      0n, 5000n, st.dev, st.ino, st.mtimeNs, 1024n, 0n, 0n,
-      BigInt(f.length + 1), 100n, 0n, 0n, -(2n ** 63n), 0n, BigInt(room1), 0n,
+      0n, 5000n, st.dev, st.ino, st.mtimeNs / 1_000_000_000n, 1024n, 0n, st.mtimeNs % 1_000_000_000n,
+      BigInt(f.length + 1), 100n, 0n, 0n, 0n, 0n, BigInt(room1), -1n,
     ]);
     const out = Buffer.alloc(room1 + 104, 0xa5);
     const replies = new Float64Array(8);
@@ -526,7 +534,7 @@ test('readFiles (addon): what it does not write of its uninitialised buffer is z
     t.true(out.subarray(5000 + 3 * 32, room1).equals(Buffer.alloc(room1 - 5000 - 96)), 'the sums not taken and the padding');
     t.true(out.subarray(room1).equals(Buffer.alloc(104)), 'a failed file\'s room');
     // out of bounds: data past `out`, a path offset past `paths`, a negative length
-    for (const [k, v] of [[6, BigInt(out.length)], [0, BigInt(paths.length)], [1, -1n], [1, 2n ** 50n]] as const) {
+    for (const [k, v] of [[6, BigInt(out.length)], [0, BigInt(paths.length)], [1, -1n], [1, 2n ** 50n], [7, 1_000_000_000n], [7, -2n]] as const) {
       const bad = BigInt64Array.from(reqs);
       bad[k] = v;
       t.throws(() => readFiles(new Uint8Array(bad.buffer), paths, out, new Uint8Array(replies.buffer), () => {}), { instanceOf: TypeError });
