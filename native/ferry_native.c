@@ -978,7 +978,7 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
  *     hash in (0: none), offset in `out` of its data (its chunk hashes
  *     follow the data), modification time's nanoseconds (-1: no time; the
  *     two apart, as a time past 2262 does not fit 64-bit nanoseconds);
- *     copied at the call: what the pool thread follows is what was checked;
+ *     copied at the call with the paths: what the pool thread follows is what was checked;
  *   replies: 4 doubles per file: status (0 read; > 0 the errno; -1 not a
  *     regular file now, its st_mode in the third; -2 another file now; -3
  *     a symlink now), bytes read, size at open, written since (1) / the
@@ -1074,6 +1074,7 @@ static void read_execute(PoolJob *j) {
 
 static void read_release(PoolJob *j) {
   free(((ReadJob *)j)->reqs);
+  free((char *)((ReadJob *)j)->paths);
 }
 
 static napi_value read_files(napi_env env, napi_callback_info info) {
@@ -1096,6 +1097,14 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
     return NULL;
   }
   if (copy) memcpy(copy, reqs, reqsLen);
+  /* the paths too: `out` may be the caller's memory beside them */
+  char *pathsCopy = ok ? malloc(pathsLen) : NULL;
+  if (ok && !pathsCopy) {
+    free(copy);
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  if (pathsCopy) memcpy(pathsCopy, paths, pathsLen);
   /* every request inside its buffers, before a pool thread follows it */
   for (size_t i = 0; ok && i < count; i++) {
     const int64_t *q = copy + i * READ_REQ;
@@ -1105,6 +1114,7 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   }
   if (!ok) {
     free(copy);
+    free(pathsCopy);
     napi_throw_type_error(env, NULL, "readFiles(reqs, paths NUL-terminated, out, replies, callback): requests out of their buffers");
     return NULL;
   }
@@ -1112,6 +1122,7 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   if (!job || napi_create_array_with_length(env, 4, &hold) != napi_ok) {
     free(job);
     free(copy);
+    free(pathsCopy);
     napi_throw_error(env, NULL, "ferry native: out of memory");
     return NULL;
   }
@@ -1119,7 +1130,7 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   job->reqs = copy;
   job->count = count;
   job->base.release = read_release;
-  job->paths = (const char *)paths;
+  job->paths = pathsCopy;
   job->pathsLen = pathsLen;
   job->out = out;
   job->outLen = outLen;

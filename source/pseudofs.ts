@@ -26,6 +26,7 @@ const PSEUDO = new Map<number, string>([
   [0x1cd1, 'devpts'],
   [0x19800202, 'mqueue'],
   [0x6e736673, 'nsfs'],
+  [0x67596969, 'rpc_pipefs'],
 ]);
 
 /**

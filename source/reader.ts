@@ -320,49 +320,53 @@ export class SmallFileReader {
         for (const x of b) x.resolve({ error: this.failure.message });
         continue;
       }
-      const reqs = new BigInt64Array(b.length * REQ);
-      let pathBytes = 0;
-      for (const x of b) pathBytes += x.req.path.length + 1;
-      const paths = Buffer.allocUnsafe(pathBytes);
-      let pathAt = 0;
-      let total = 0;
-      b.forEach((x, i) => {
-        const r = x.req;
-        const q = i * REQ;
-        paths.set(r.path, pathAt);
-        paths[pathAt + r.path.length] = 0;
-        reqs[q] = BigInt(pathAt);
-        reqs[q + 1] = BigInt(r.length);
-        reqs[q + 2] = r.dev;
-        reqs[q + 3] = r.ino;
-        // the time as seconds and nanoseconds (floored): nanoseconds past 2262 do not fit 64 bits
-        const ns = r.mtimeNs === undefined ? -1n : ((r.mtimeNs % NS) + NS) % NS;
-        reqs[q + 4] = ns < 0n ? 0n : (r.mtimeNs! - ns) / NS;
-        reqs[q + 5] = BigInt(r.chunk ?? 0);
-        reqs[q + 6] = BigInt(total);
-        reqs[q + 7] = ns;
-        pathAt += r.path.length + 1;
-        total += room(r);
-      });
-      // not zeroed here (its page faults would be the main thread's): the addon zeroes what it does not write
-      const out = Buffer.allocUnsafeSlow(Math.max(total, 8));
-      const replies = new Float64Array(b.length * REPLY);
-      this.inFlight++;
-      const done = (errno: number | null) => {
-        this.inFlight--;
-        if (errno !== null) this.failure ??= new Error(`the addon's file reads failed (${errnoText(errno, 'readFiles')})`);
-        b.forEach((x, i) => x.resolve(this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
-        this.sendNative();
-      };
       try {
-        this.native!(new Uint8Array(reqs.buffer), paths, out, new Uint8Array(replies.buffer), done);
+        this.sendBatch(b);
       } catch (err) {
-        // an addon that refuses these arguments: the callers read by themselves
-        this.inFlight--;
+        // an addon that refuses these arguments, or no memory for the batch: the callers read by themselves
         this.failure ??= err as Error;
         for (const x of b) x.resolve({ error: this.failure.message });
       }
     }
+  }
+
+  /** One batch to the addon's readFiles; throws (nothing in flight) when it cannot be sent. */
+  private sendBatch(b: Waiting[]): void {
+    const reqs = new BigInt64Array(b.length * REQ);
+    let pathBytes = 0;
+    for (const x of b) pathBytes += x.req.path.length + 1;
+    const paths = Buffer.allocUnsafe(pathBytes);
+    let pathAt = 0;
+    let total = 0;
+    b.forEach((x, i) => {
+      const r = x.req;
+      const q = i * REQ;
+      paths.set(r.path, pathAt);
+      paths[pathAt + r.path.length] = 0;
+      reqs[q] = BigInt(pathAt);
+      reqs[q + 1] = BigInt(r.length);
+      reqs[q + 2] = r.dev;
+      reqs[q + 3] = r.ino;
+      // the time as seconds and nanoseconds (floored): nanoseconds past 2262 do not fit 64 bits
+      const ns = r.mtimeNs === undefined ? -1n : ((r.mtimeNs % NS) + NS) % NS;
+      reqs[q + 4] = ns < 0n ? 0n : (r.mtimeNs! - ns) / NS;
+      reqs[q + 5] = BigInt(r.chunk ?? 0);
+      reqs[q + 6] = BigInt(total);
+      reqs[q + 7] = ns;
+      pathAt += r.path.length + 1;
+      total += room(r);
+    });
+    // not zeroed here (its page faults would be the main thread's): the addon zeroes what it does not write
+    const out = Buffer.allocUnsafeSlow(Math.max(total, 8));
+    const replies = new Float64Array(b.length * REPLY);
+    const done = (errno: number | null) => {
+      this.inFlight--;
+      if (errno !== null) this.failure ??= new Error(`the addon's file reads failed (${errnoText(errno, 'readFiles')})`);
+      b.forEach((x, i) => x.resolve(this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
+      this.sendNative();
+    };
+    this.native!(new Uint8Array(reqs.buffer), paths, out, new Uint8Array(replies.buffer), done);
+    this.inFlight++;
   }
 
   /** Whether reads can still go to the threads (after close(), callers read by themselves). */
