@@ -129,3 +129,22 @@ test('a TMPDIR that cannot hold a folder (missing, or a file) is one line naming
     t.is((await ferry(['import', '--vault', vault, join(dir, 'd1')], { env })).code, 0);
   });
 });
+
+test('files, links and folders dated after 2262 (ext4 keeps times to 2446) are seeded and restored with their times, not a crash', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => {
+      await mkdir(join(s, 'later'));
+      await writeFile(join(s, 'later', 'f'), 'from the future\n');
+      await must('ln', ['-s', 'f', join(s, 'later', 'l')]);
+      await must('touch', ['-h', '-d', '2300-01-01 00:00:00.123456789 UTC', join(s, 'later', 'f')]);
+      await must('touch', ['-h', '-d', '2446-05-01 12:00:00.000000007 UTC', join(s, 'later', 'l')]);
+      await must('touch', ['-h', '-d', '2262-04-11 23:47:16.854775808 UTC', join(s, 'later')]);
+    });
+    const out = join(dir, 'out');
+    const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', out], { env });
+    t.is(r.code, 0, r.stderr);
+    const times = async (root: string) => (await must('sh', ['-c', `cd "${root}" && stat -c '%n %y %s' later later/f later/l`])).toString();
+    t.is(await times(join(out, src)), await times(src));
+    t.regex(await times(src), /later\/f 2300-01-01 00:00:00\.123456789/);
+  });
+});

@@ -331,3 +331,26 @@ test('the finished catalog has its index on (parent, name), made at the end, and
     reader.close();
   }
 });
+
+test('times that 64-bit nanoseconds cannot hold (after 2262, before 1677) are kept to the nanosecond', async (t) => {
+  const disk = new MemDisk(BIG);
+  const NS = 1_000_000_000n;
+  const times = [
+    (13_569_465_600n) * NS + 123_456_789n, // 2400-01-01 and a bit
+    2n ** 63n, // the first nanosecond past the range
+    -(2n ** 63n) - 1n,
+    -9_000_000_000n * NS - 1n,
+    2n ** 63n - 1n, // the last that fits
+  ];
+  const entries: SourceEntry[] = [meta('/', 'dir', { implicit: true }), ...times.map((ns, i) => meta(`/f${i}`, 'fifo', { atimeNs: ns, mtimeNs: ns + 1n, ctimeNs: -ns }))];
+  await writeVolume(disk, entries, { meta: { kind: 'files' } });
+  const reader = await VolumeReader.open(disk);
+  try {
+    times.forEach((ns, i) => {
+      const e = reader.stat(`/f${i}`)!;
+      t.deepEqual([e.atimeNs, e.mtimeNs, e.ctimeNs], [ns, ns + 1n, -ns], `/f${i}`);
+    });
+  } finally {
+    reader.close();
+  }
+});

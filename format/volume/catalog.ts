@@ -147,6 +147,30 @@ export function decodeXattrs(b: Buffer | null): Xattr[] {
 }
 
 const s64 = (n: bigint) => BigInt.asIntN(64, n);
+
+const NS = 1_000_000_000n;
+const TIME_BLOB = 12;
+
+/**
+ * A time in nanoseconds as the catalog holds it: an INTEGER, or, when 64
+ * bits of nanoseconds cannot hold it (before 1677-09-21 or after
+ * 2262-04-11: ext4 keeps times to 2446, btrfs further), a 12-byte BLOB of
+ * seconds (signed 64-bit LE) and nanoseconds (unsigned 32-bit LE).
+ */
+export function encodeTime(ns: bigint): bigint | Buffer {
+  if (BigInt.asIntN(64, ns) === ns) return ns;
+  const sub = ((ns % NS) + NS) % NS;
+  const b = Buffer.alloc(TIME_BLOB);
+  b.writeBigInt64LE((ns - sub) / NS, 0);
+  b.writeUInt32LE(Number(sub), 8);
+  return b;
+}
+
+export function decodeTime(v: unknown): bigint {
+  if (typeof v === 'bigint') return v;
+  if (Buffer.isBuffer(v) && v.length === TIME_BLOB && v.readUInt32LE(8) < NS) return v.readBigInt64LE(0) * NS + BigInt(v.readUInt32LE(8));
+  throw new Error(`a catalog time is neither an integer nor a ${TIME_BLOB}-byte time`);
+}
 const u64 = (n: bigint) => BigInt.asUintN(64, n);
 
 /** Name of the last path component. */
@@ -176,9 +200,9 @@ export function toRow(
     e.mode,
     e.uid,
     e.gid,
-    e.atimeNs,
-    e.mtimeNs,
-    e.ctimeNs,
+    encodeTime(e.atimeNs),
+    encodeTime(e.mtimeNs),
+    encodeTime(e.ctimeNs),
     e.size,
     s64(e.ino),
     s64(e.dev),
@@ -212,9 +236,9 @@ export function fromRaw(r: unknown[]): VolumeEntry {
     mode: Number(r[4] as bigint),
     uid: Number(r[5] as bigint),
     gid: Number(r[6] as bigint),
-    atimeNs: r[7] as bigint,
-    mtimeNs: r[8] as bigint,
-    ctimeNs: r[9] as bigint,
+    atimeNs: decodeTime(r[7]),
+    mtimeNs: decodeTime(r[8]),
+    ctimeNs: decodeTime(r[9]),
     size: Number(r[10] as bigint),
     ino: u64(r[11] as bigint),
     dev: u64(r[12] as bigint),
