@@ -2,7 +2,8 @@
 // it: early write-back (format/writeback.ts), scrypt's lanes on all cores
 // (vault/scrypt.ts), file ranges read where the page cache holds them
 // (format/filerange.ts), AES-GCM into ferry's own buffers (format/seal), and
-// folders listed with their entries' lstat in one call (source/dirscan.ts).
+// folders listed with their entries' lstat in one call (source/dirscan.ts),
+// and small files read in batches on libuv's pool (source/reader.ts).
 // It is built by scripts/build-native.mjs (npm install runs it); without it
 // (not built, not Linux, FERRY_NATIVE=0) each user falls back to plain Node
 // and ferry only runs slower. An addon built from older sources may lack
