@@ -90,3 +90,41 @@ export function prefetchRange(r: FileRange): Promise<void> {
   if (!n?.prefetch) return Promise.resolve();
   return new Promise((resolve) => n.prefetch(r.fd, r.offset, r.length, () => resolve()));
 }
+
+/** How many blocks ahead of the one mapped are asked into the page cache. */
+const MAP_PREFETCH = 8;
+const mappedBlocks = new WeakSet<Buffer>();
+
+/**
+ * For a source read block by block in order (`vhd create --from`): a
+ * function that maps block `index` (`length` bytes at index * blockSize)
+ * and asks the kernel to read the next few ahead, or returns null for a
+ * block it cannot map (past the file's end at open, or refused), which the
+ * caller then reads. Null when nothing can be mapped: no addon, not a
+ * regular file (`fileSize` < 0). A file cut short under a mapping ends the
+ * process with one line (the addon's SIGBUS handler).
+ */
+export async function mapSourceBlock(fd: number, file: string, fileSize: number, blockSize: number): Promise<((index: number, length: number) => Buffer | null) | null> {
+  const n = nativeAddon();
+  if (!n?.mapRange || fileSize < 0) return null;
+  let asked = 0;
+  return (index, length) => {
+    const offset = index * blockSize;
+    if (offset + length > fileSize) return null;
+    for (asked = Math.max(asked, index); asked < index + MAP_PREFETCH && asked * blockSize < fileSize; asked++) {
+      void prefetchRange({ fd, offset: asked * blockSize, length: Math.min(blockSize, fileSize - asked * blockSize), file });
+    }
+    const m = n.mapRange(fd, offset, length, file);
+    if (!(m instanceof Uint8Array)) return null;
+    mappedBlocks.add(m);
+    return m;
+  };
+}
+
+/** Unmaps a block mapSourceBlock gave (true), or does nothing for any other buffer (false). */
+export function unmapSourceBlock(b: Buffer): boolean {
+  if (!mappedBlocks.has(b)) return false;
+  mappedBlocks.delete(b);
+  nativeAddon()!.unmapRange(b);
+  return true;
+}

@@ -321,3 +321,23 @@ test('import of three disks with the middle one damaged imports the other two, n
     t.regex(again.stdout.toString(), /registered point 1 of m\/x/);
   });
 });
+
+test('vhd create --from maps the image blocks: a ragged image, one shorter than --size, zero blocks, fixed and dynamic read as qemu-img reads them, as without the addon', async (t) => {
+  await withTmp(async (dir) => {
+    const raw = join(dir, 'img.raw');
+    // 5 MiB and 777 bytes: data, a zero block, data, a tail that ends inside a block and a sector
+    const data = Buffer.concat([randomBytes(2 * MiB), Buffer.alloc(2 * MiB), randomBytes(MiB + 777)]);
+    await writeFile(raw, data);
+    for (const [type, extra, size] of [['dynamic', [], 5 * MiB + 1024], ['fixed', [], 5 * MiB + 1024], ['dynamic', ['--size', '8M'], 8 * MiB], ['fixed', ['--size', '8M'], 8 * MiB]] as const) {
+      const want = Buffer.concat([data, Buffer.alloc(size - data.length)]);
+      for (const native of ['1', '0']) {
+        const vhd = join(dir, `${type}-${size}-${native}.vhd`);
+        const r = await ferry(['vhd', 'create', vhd, '--type', type, '--from', raw, ...extra], { env: { FERRY_NATIVE: native } });
+        t.is(r.code, 0, r.stderr);
+        const out = join(dir, 'out.raw');
+        await must('qemu-img', ['convert', '-f', 'vpc', '-O', 'raw', vhd, out]);
+        t.true((await readFile(out)).equals(want), `${type} ${size} native=${native}`);
+      }
+    }
+  });
+});
