@@ -105,8 +105,7 @@ const mappedBlocks = new WeakSet<Buffer>();
  * process with one line (the addon's SIGBUS handler).
  */
 export async function mapSourceBlock(fd: number, file: string, fileSize: number, blockSize: number): Promise<((index: number, length: number) => Buffer | null) | null> {
-  const n = nativeAddon();
-  if (!n?.mapRange || fileSize < 0) return null;
+  if (!mappingAvailable() || fileSize < 0) return null;
   let asked = 0;
   return (index, length) => {
     const offset = index * blockSize;
@@ -114,11 +113,20 @@ export async function mapSourceBlock(fd: number, file: string, fileSize: number,
     for (asked = Math.max(asked, index); asked < index + MAP_PREFETCH && asked * blockSize < fileSize; asked++) {
       void prefetchRange({ fd, offset: asked * blockSize, length: Math.min(blockSize, fileSize - asked * blockSize), file });
     }
-    const m = n.mapRange(fd, offset, length, file);
-    if (!(m instanceof Uint8Array)) return null;
-    mappedBlocks.add(m);
-    return m;
+    return mapBlock({ fd, offset, length, file });
   };
+}
+
+/**
+ * The range mapped (unmapSourceBlock frees it), or null when it cannot be:
+ * no addon, or refused. The caller makes sure it lies inside the file.
+ */
+function mapBlock(r: FileRange): Buffer | null {
+  const n = nativeAddon();
+  const m = n?.mapRange && r.length > 0 ? n.mapRange(r.fd, r.offset, r.length, r.file) : null;
+  if (!(m instanceof Uint8Array)) return null;
+  mappedBlocks.add(m);
+  return m;
 }
 
 /** Unmaps a block mapSourceBlock gave (true), or does nothing for any other buffer (false). */
