@@ -517,6 +517,16 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
       continue;
     }
     emittedAncestors.add(root.as.toString('latin1'));
+    // a source named inside /proc is walked as asked, but its files say 0 bytes and read as more: say so once
+    if ((await pseudoOf(from.real, st.dev)) === 'proc') {
+      warn({
+        code: 'SOURCE_PSEUDO_FS',
+        message: st.isDirectory()
+          ? `${printable(root.as)} is on a proc filesystem: its files say they hold 0 bytes and are stored empty; copy what you need out of it into files and back those up`
+          : `${printable(root.as)} is a file of a proc filesystem: it says it holds 0 bytes and is stored empty; copy it into a file and back that up`,
+        path: root.as,
+      });
+    }
     yield* visit(from.real, walkStat(st), st.dev, from);
   }
 }

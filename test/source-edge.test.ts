@@ -413,3 +413,16 @@ test('a proc or sysfs mount met inside a source is kept as an empty folder with 
     }
   });
 });
+
+test('a source named inside /proc is walked, with one warning that its files are stored empty', async (t) => {
+  await withTmp(async (dir) => {
+    const r = await seedAndRestore(dir, 'procsrc', ['/proc/sys/kernel/random', '/proc/self/limits']);
+    t.is(r.seed.code, 3, r.seed.stderr);
+    const lines = r.seed.stderr.split('\n').filter((l) => /proc filesystem/.test(l));
+    t.is(lines.length, 2, r.seed.stderr);
+    t.true(lines.some((l) => /\/proc\/sys\/kernel\/random is on a proc filesystem: its files say they hold 0 bytes and are stored empty; copy what you need out of it/.test(l)), r.seed.stderr);
+    t.true(lines.some((l) => /\/proc\/self\/limits is a file of a proc filesystem: it says it holds 0 bytes and is stored empty; copy it into a file/.test(l)), r.seed.stderr);
+    t.is(r.restore?.code, 0, r.restore?.stderr);
+    t.true(existsSync(join(r.out, 'proc/sys/kernel/random/boot_id')));
+  });
+});
