@@ -104,7 +104,7 @@ const mappedBlocks = new WeakSet<Buffer>();
  * regular file (`fileSize` < 0). A file cut short under a mapping ends the
  * process with one line (the addon's SIGBUS handler).
  */
-export async function mapSourceBlock(fd: number, file: string, fileSize: number, blockSize: number): Promise<((index: number, length: number) => Buffer | null) | null> {
+export function mapSourceBlock(fd: number, file: string, fileSize: number, blockSize: number): ((index: number, length: number) => Buffer | null) | null {
   if (!mappingAvailable() || fileSize < 0) return null;
   let asked = 0;
   return (index, length) => {

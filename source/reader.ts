@@ -16,6 +16,7 @@ import type { Worker } from 'node:worker_threads';
 import { nativeAddon } from '../format/native.js';
 import { startWorker } from '../format/threads.js';
 import { errnoCode, errnoText } from './dirscan.js';
+import { splitTime } from '../format/volume/catalog.js';
 
 export interface ReadRequest {
   path: Uint8Array;
@@ -217,7 +218,6 @@ type Waiting = { req: ReadRequest; resolve: (r: SmallRead) => void };
 const REQ = 8;
 const REPLY = 4;
 const SYSCALLS = ['', 'open', 'fstat', 'read'];
-const NS = 1_000_000_000n;
 
 /**
  * Reads small files off the main thread; `read` resolves with a file's bytes.
@@ -350,9 +350,9 @@ export class SmallFileReader {
       reqs[q + 1] = BigInt(r.length);
       reqs[q + 2] = r.dev;
       reqs[q + 3] = r.ino;
-      // the time as seconds and nanoseconds (floored): nanoseconds past 2262 do not fit 64 bits
-      const ns = r.mtimeNs === undefined ? -1n : ((r.mtimeNs % NS) + NS) % NS;
-      reqs[q + 4] = ns < 0n ? 0n : (r.mtimeNs! - ns) / NS;
+      // the time as seconds and nanoseconds: nanoseconds past 2262 do not fit 64 bits
+      const [sec, ns] = r.mtimeNs === undefined ? [0n, -1n] : splitTime(r.mtimeNs);
+      reqs[q + 4] = sec;
       reqs[q + 5] = BigInt(r.chunk ?? 0);
       reqs[q + 6] = BigInt(total);
       reqs[q + 7] = ns;

@@ -139,12 +139,12 @@ export function register(program: Command): void {
         const pool = new BufferPool(bs);
         // A regular file's blocks are mapped (where the page cache holds them),
         // not copied into buffers: that copy was half of the command's CPU.
-        const { mapSourceBlock, unmapSourceBlock } = await import('../../format/filerange.js');
+        const { mapSourceBlock, mappingErrorsAsJson, unmapSourceBlock } = await import('../../format/filerange.js');
         const srcStat = await src.stat();
-        const mapping = await mapSourceBlock(src.fd, o.from, srcStat.isFile() ? srcStat.size : -1, bs);
-        if (mapping && out.opts.json) (await import('../../format/filerange.js')).mappingErrorsAsJson();
+        const mapping = mapSourceBlock(src.fd, o.from, srcStat.isFile() ? srcStat.size : -1, bs);
+        if (mapping && out.opts.json) mappingErrorsAsJson();
         try {
-          await writeVhd(file, { size, type, recycle: (b) => (unmapSourceBlock(b) ? undefined : pool.give(b)) }, async (i) => {
+          await writeVhd(file, { size, type, recycle: (b) => void (unmapSourceBlock(b) || pool.give(b)) }, async (i) => {
             const len = Math.min(bs, size - i * bs);
             const mapped = mapping?.(i, len);
             if (mapped) return mapped;

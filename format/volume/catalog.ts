@@ -92,7 +92,7 @@ CREATE TABLE entries (
 `;
 
 /**
- * Made when the catalog is complete (finishCatalog): built from the rows at
+ * Made when the catalog is complete (VolumeWriter.finish): built from the rows at
  * once, it costs a seed less than kept up row by row (the writer finds
  * parents in a map of its own, never through it).
  */
@@ -147,6 +147,7 @@ export function decodeXattrs(b: Buffer | null): Xattr[] {
 }
 
 const s64 = (n: bigint) => BigInt.asIntN(64, n);
+const u64 = (n: bigint) => BigInt.asUintN(64, n);
 
 const NS = 1_000_000_000n;
 const TIME_BLOB = 12;
@@ -159,11 +160,17 @@ const TIME_BLOB = 12;
  */
 export function encodeTime(ns: bigint): bigint | Buffer {
   if (BigInt.asIntN(64, ns) === ns) return ns;
-  const sub = ((ns % NS) + NS) % NS;
+  const [sec, sub] = splitTime(ns);
   const b = Buffer.alloc(TIME_BLOB);
-  b.writeBigInt64LE((ns - sub) / NS, 0);
+  b.writeBigInt64LE(sec, 0);
   b.writeUInt32LE(Number(sub), 8);
   return b;
+}
+
+/** A time in nanoseconds as whole seconds (floored) and the nanoseconds past them (0..999,999,999): how the kernel keeps it. */
+export function splitTime(ns: bigint): [bigint, bigint] {
+  const sub = ((ns % NS) + NS) % NS;
+  return [(ns - sub) / NS, sub];
 }
 
 export function decodeTime(v: unknown): bigint {
@@ -171,7 +178,6 @@ export function decodeTime(v: unknown): bigint {
   if (Buffer.isBuffer(v) && v.length === TIME_BLOB && v.readUInt32LE(8) < NS) return v.readBigInt64LE(0) * NS + BigInt(v.readUInt32LE(8));
   throw new Error(`a catalog time is neither an integer nor a ${TIME_BLOB}-byte time`);
 }
-const u64 = (n: bigint) => BigInt.asUintN(64, n);
 
 /** Name of the last path component. */
 export function baseName(path: Buffer): Buffer {
