@@ -6,6 +6,17 @@ export function ownsWhole(b: Uint8Array): b is Uint8Array<ArrayBuffer> {
   return b.byteOffset === 0 && b.buffer instanceof ArrayBuffer && b.byteLength === b.buffer.byteLength;
 }
 
+/** Views whose memory goes back to its owner when freed (returnTo). */
+const owners = new WeakMap<Uint8Array, () => void>();
+
+/**
+ * freeBuffer(view) calls `back` (once) instead of freeing: for a view
+ * into a buffer its owner uses again (a SealPool's results).
+ */
+export function returnTo(view: Uint8Array, back: () => void): void {
+  owners.set(view, back);
+}
+
 /** A closed port: a buffer posted to it is detached and dropped on the spot. */
 let sink: MessagePort | undefined;
 
@@ -17,6 +28,12 @@ let sink: MessagePort | undefined;
  * the buffer's last user: it and every view of its memory are empty after.
  */
 export function freeBuffer(b: Uint8Array): void {
+  const back = owners.get(b);
+  if (back) {
+    owners.delete(b);
+    back();
+    return;
+  }
   if (b.byteLength < 64 * 1024 || !ownsWhole(b)) return;
   if (!sink) {
     sink = new MessageChannel().port1;

@@ -42,6 +42,25 @@ export interface Native {
    * the OpenSSL inside Node; false when a decryption's tag does not match
    * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.
    */
+  /**
+   * A sealed object (docs/seal-format.md) made on libuv's pool into `out`
+   * (at least plain + 44 bytes): zstd at `level` (0: raw) with the
+   * writer's sampling, the system's libzstd, AES-256-GCM and `digest`'s
+   * SHA-256 of the object (null: none); `wipePlain` zeroes the plaintext
+   * after. Calls back with the object's length. Absent without libzstd or
+   * Node's OpenSSL symbols.
+   */
+  sealObject?(key: Uint8Array, name: Uint8Array, plain: Uint8Array, level: number, out: Uint8Array, digest: Uint8Array | null, wipePlain: boolean,
+    cb: (errno: number | null, length?: number) => void): void;
+  /**
+   * A sealed object whose header the caller checked, opened on libuv's
+   * pool: codec 0 or 1, `out` exactly its plaintext (null: the tag alone
+   * is checked), `digest` the object's SHA-256 (or null). Calls back with
+   * 0, -1 (not authentic; out zeroed) or why an authentic body does not
+   * decompress.
+   */
+  openObject?(key: Uint8Array, name: Uint8Array, sealed: Uint8Array, codec: number, out: Uint8Array | null, digest: Uint8Array | null,
+    cb: (errno: number | null, status?: number | string) => void): void;
   gcm?(encrypt: boolean, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, input: Uint8Array, out: Uint8Array, tag: Uint8Array): boolean;
 }
 

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <unistd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <dirent.h>
 #include <node_api.h>
@@ -1140,6 +1141,316 @@ static napi_value read_files(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- sealed objects on libuv's pool (format/seal/pool.ts) ----
+ *
+ * sealObject(key, name, plain, level, out, digest, wipePlain, callback) and
+ * openObject(key, name, sealed, codec, out, digest, callback): a whole
+ * sealed object (docs/seal-format.md) made or opened on a thread of libuv's
+ * pool, where two seal worker threads (each a Node isolate with its own
+ * heap and malloc arena, fed by messages) did it before. zstd is the
+ * system's libzstd (dlopen), AES-256-GCM and SHA-256 the OpenSSL inside
+ * Node; without either the calls are absent and the workers stay.
+ *   sealObject: level 0 stores the body raw; otherwise zstd at that level,
+ *     with the writer's rules: plaintexts of 256 KiB or more are sampled
+ *     first (four 16 KiB pieces at level 1; above 97 % of their size
+ *     together: raw), and a body that does not shrink is stored raw. `out`
+ *     (at least plain + 44 bytes) receives the object; the callback gets
+ *     null and the object's length. `digest` (32 bytes, or null): the
+ *     SHA-256 of the object. `wipePlain`: the plaintext is zeroed after
+ *     (a block buffer its caller takes again).
+ *   openObject: `sealed` is an object whose header the caller has checked;
+ *     codec 0 or 1 (its header's); `out` (the header's length, exactly)
+ *     receives the plaintext, or null: only the tag is checked (an import).
+ *     The callback gets null and 0 (authentic, and it decompressed to
+ *     exactly `out`), -1 (the tag does not match: out zeroed) or a string
+ *     saying why an authentic body does not decompress.
+ * Every buffer is the pool thread's until the callback.
+ */
+static struct {
+  void *(*cctx_new)(void);
+  void *(*dctx_new)(void);
+  size_t (*compress)(void *, void *, size_t, const void *, size_t, int);
+  size_t (*decompress)(void *, void *, size_t, const void *, size_t);
+  unsigned (*is_error)(size_t);
+  const char *(*error_name)(size_t);
+  size_t (*bound)(size_t);
+} zstd;
+static bool zstdLoaded = false;
+static pthread_once_t zstdOnce = PTHREAD_ONCE_INIT;
+
+static void load_zstd(void) {
+  void *h = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) return;
+#define SYM(field, name) zstd.field = (__typeof__(zstd.field))dlsym(h, name)
+  SYM(cctx_new, "ZSTD_createCCtx");
+  SYM(dctx_new, "ZSTD_createDCtx");
+  SYM(compress, "ZSTD_compressCCtx");
+  SYM(decompress, "ZSTD_decompressDCtx");
+  SYM(is_error, "ZSTD_isError");
+  SYM(error_name, "ZSTD_getErrorName");
+  SYM(bound, "ZSTD_compressBound");
+#undef SYM
+  zstdLoaded = zstd.cctx_new && zstd.dctx_new && zstd.compress && zstd.decompress && zstd.is_error && zstd.error_name && zstd.bound;
+}
+
+enum { SEAL_HEADER = 28, SEAL_TAG = 16, PROBE_MIN = 256 * 1024, PROBE_SIZE = 16 * 1024, PROBE_COUNT = 4, PROBE_OUT = PROBE_SIZE + 1024 };
+/* a context's scratch (a compressed body being opened) is kept up to this; larger ones are let go after use */
+#define SCRATCH_KEEP ((size_t)4 << 20)
+
+/* zstd contexts and scratch memory, one per job running, kept for the next */
+typedef struct SealCtx SealCtx;
+struct SealCtx {
+  SealCtx *next;
+  void *cctx, *dctx;
+  uint8_t *scratch;
+  size_t cap;
+  uint8_t probe[PROBE_OUT];
+};
+static SealCtx *idleCtx = NULL;
+static pthread_mutex_t ctxLock = PTHREAD_MUTEX_INITIALIZER;
+
+static SealCtx *ctx_take(void) {
+  pthread_mutex_lock(&ctxLock);
+  SealCtx *c = idleCtx;
+  if (c) idleCtx = c->next;
+  pthread_mutex_unlock(&ctxLock);
+  if (!c) c = calloc(1, sizeof *c);
+  return c;
+}
+
+static void ctx_give(SealCtx *c) {
+  if (c->cap > SCRATCH_KEEP) {
+    free(c->scratch);
+    c->scratch = NULL;
+    c->cap = 0;
+  }
+  pthread_mutex_lock(&ctxLock);
+  c->next = idleCtx;
+  idleCtx = c;
+  pthread_mutex_unlock(&ctxLock);
+}
+
+static uint8_t *ctx_scratch(SealCtx *c, size_t n) {
+  if (!c->scratch || c->cap < n) {
+    free(c->scratch);
+    c->cap = 0;
+    c->scratch = malloc(n ? n : 1);
+    if (!c->scratch) return NULL;
+    c->cap = n;
+  }
+  return c->scratch;
+}
+
+typedef struct {
+  PoolJob base;
+  bool seal;
+  uint8_t key[32];
+  uint8_t *aad; /* seal: the header's 28 bytes are filled in at execute; then the name (the job's own copy) */
+  size_t aadLen;
+  const uint8_t *in;
+  size_t inLen;
+  uint8_t *out;
+  size_t outLen;
+  bool plain; /* open: the plaintext is wanted in out (else only the tag is checked) */
+  int level, codec;
+  bool wipePlain; /* seal: zero the plaintext once sealed (a block buffer the caller takes again) */
+  uint8_t *digest;
+  size_t sealedLen;
+  int status; /* open: 0 good, -1 not authentic, 1 does not decompress (why) */
+  char why[160];
+} SealJob;
+
+/* Whether 4 samples of `in` shrink by less than 3 % at level 1 (the writer's rule: docs/seal-format.md). */
+static bool seal_incompressible(SealCtx *c, const uint8_t *in, size_t len) {
+  size_t step = (len - PROBE_SIZE) / (PROBE_COUNT - 1), packed = 0;
+  for (int i = 0; i < PROBE_COUNT; i++) {
+    size_t n = zstd.compress(c->cctx, c->probe, sizeof c->probe, in + (size_t)i * step, PROBE_SIZE, 1);
+    if (zstd.is_error(n)) return true;
+    packed += n;
+  }
+  return packed * 100 > (size_t)PROBE_COUNT * PROBE_SIZE * 97;
+}
+
+static void seal_execute(PoolJob *j) {
+  SealJob *job = (SealJob *)j;
+  SealCtx *c = ctx_take();
+  if (!c) {
+    j->err = ENOMEM;
+    return;
+  }
+  uint8_t *h = job->out;
+  size_t body = job->inLen;
+  int codec = 0;
+  if (job->level > 0 && job->inLen > 0) {
+    if (!c->cctx) c->cctx = zstd.cctx_new();
+    if (!c->cctx) {
+      ctx_give(c);
+      j->err = ENOMEM;
+      return;
+    }
+    if (job->inLen < PROBE_MIN || !seal_incompressible(c, job->in, job->inLen)) {
+      /* straight into the object; only a body strictly smaller than the plaintext is kept */
+      size_t n = zstd.compress(c->cctx, h + SEAL_HEADER, job->inLen - 1, job->in, job->inLen, job->level);
+      if (!zstd.is_error(n)) {
+        body = n;
+        codec = 1;
+      }
+    }
+  }
+  ctx_give(c);
+  memcpy(h, "FERRY", 5);
+  h[5] = 1; /* version */
+  h[6] = (uint8_t)codec;
+  h[7] = 0; /* flags */
+  for (int i = 0; i < 8; i++) h[8 + i] = (uint8_t)((uint64_t)job->inLen >> (56 - 8 * i));
+  for (size_t got = 0; got < 12;) {
+    ssize_t n = getrandom(h + 16 + got, 12 - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      j->err = errno;
+      return;
+    }
+    got += (size_t)n;
+  }
+  memcpy(job->aad, h, SEAL_HEADER);
+  /* the raw body is encrypted from the plaintext; a compressed one in place */
+  const uint8_t *src = codec ? h + SEAL_HEADER : job->in;
+  if (gcm_run(true, job->key, h + 16, job->aad, job->aadLen, src, body, h + SEAL_HEADER, h + SEAL_HEADER + body) != 1) {
+    j->err = EIO;
+    return;
+  }
+  job->sealedLen = SEAL_HEADER + body + SEAL_TAG;
+  if (job->wipePlain) memset((uint8_t *)job->in, 0, job->inLen);
+  unsigned int mdLen = 0;
+  if (job->digest && (!ossl.digest(h, job->sealedLen, job->digest, &mdLen, ossl.sha256(), NULL) || mdLen != 32)) j->err = EIO;
+}
+
+static void open_execute(PoolJob *j) {
+  SealJob *job = (SealJob *)j;
+  const uint8_t *in = job->in;
+  size_t body = job->inLen - SEAL_HEADER - SEAL_TAG;
+  memcpy(job->aad, in, SEAL_HEADER);
+  SealCtx *c = NULL;
+  uint8_t *plain = job->out; /* a raw body decrypts straight into out */
+  if (!job->plain || job->codec == 1) {
+    c = ctx_take();
+    plain = c ? ctx_scratch(c, body) : NULL;
+    if (!plain) {
+      if (c) ctx_give(c);
+      j->err = ENOMEM;
+      return;
+    }
+  }
+  int r = gcm_run(false, job->key, in + 16, job->aad, job->aadLen, in + SEAL_HEADER, body, plain, (uint8_t *)in + SEAL_HEADER + body);
+  if (r < 0) j->err = EIO;
+  else if (r == 0) {
+    job->status = -1;
+    if (job->plain && job->outLen) memset(job->out, 0, job->outLen);
+  } else if (job->plain && job->codec == 1) {
+    if (!c->dctx) c->dctx = zstd.dctx_new();
+    if (!c->dctx) j->err = ENOMEM;
+    else {
+      /* exactly the announced size: zstd refuses to write past it */
+      size_t n = zstd.decompress(c->dctx, job->out, job->outLen, plain, body);
+      if (zstd.is_error(n) || n != job->outLen) {
+        job->status = 1;
+        if (zstd.is_error(n)) snprintf(job->why, sizeof job->why, "%s", zstd.error_name(n));
+        else snprintf(job->why, sizeof job->why, "%zu bytes, header says %zu", n, job->outLen);
+      }
+    }
+  }
+  if (c) {
+    memset(plain, 0, body); /* (the scratch holds nothing of an object between jobs) */
+    ctx_give(c);
+  }
+  unsigned int mdLen = 0;
+  if (!j->err && job->digest && (!ossl.digest(in, job->inLen, job->digest, &mdLen, ossl.sha256(), NULL) || mdLen != 32)) j->err = EIO;
+}
+
+static napi_value seal_result(napi_env env, PoolJob *j) {
+  SealJob *job = (SealJob *)j;
+  napi_value v = NULL;
+  if (job->seal) napi_create_int64(env, (int64_t)job->sealedLen, &v);
+  else if (job->status == 1) napi_create_string_utf8(env, job->why, NAPI_AUTO_LENGTH, &v);
+  else napi_create_int32(env, job->status, &v);
+  return v;
+}
+
+static void seal_release(PoolJob *j) {
+  SealJob *job = (SealJob *)j;
+  wipe(job->key, sizeof job->key);
+  free(job->aad);
+}
+
+/* The common arguments of sealObject and openObject, checked; the job queued, or NULL after throwing. */
+static napi_value queue_seal_job(napi_env env, napi_callback_info info, bool seal) {
+  size_t want = seal ? 8 : 7, argc = 8;
+  napi_value argv[8], hold;
+  napi_valuetype cbType = napi_undefined, outType = napi_undefined, digestType = napi_undefined;
+  uint8_t *key, *name, *in, *out = NULL, *digest = NULL;
+  size_t keyLen, nameLen, inLen, outLen = 0, digestLen = 0;
+  int32_t mode = 0; /* seal: level; open: codec */
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool wipePlain = false;
+  if (argc >= want) {
+    napi_typeof(env, argv[want - 1], &cbType);
+    napi_typeof(env, argv[4], &outType);
+    napi_typeof(env, argv[5], &digestType);
+  }
+  const char *usage = seal ? "sealObject(key of 32 bytes, name, plain, level 0..22, out of plain + 44 bytes, digest of 32 bytes or null, wipePlain, callback)"
+                           : "openObject(key of 32 bytes, name, sealed of 44 bytes or more, codec 0 or 1, out or null, digest of 32 bytes or null, callback)";
+  bool ok = argc >= want && cbType == napi_function && bytes_of(env, argv[0], &key, &keyLen) && keyLen == 32 && bytes_of(env, argv[1], &name, &nameLen) &&
+            nameLen > 0 && nameLen <= 4096 && bytes_of(env, argv[2], &in, &inLen) && napi_get_value_int32(env, argv[3], &mode) == napi_ok &&
+            (digestType == napi_null || (bytes_of(env, argv[5], &digest, &digestLen) && digestLen == 32));
+  if (ok && seal) ok = napi_get_value_bool(env, argv[6], &wipePlain) == napi_ok && mode >= 0 && mode <= 22 && bytes_of(env, argv[4], &out, &outLen) && outLen >= inLen && outLen - inLen >= SEAL_HEADER + SEAL_TAG;
+  if (ok && !seal) {
+    ok = (mode == 0 || mode == 1) && inLen >= SEAL_HEADER + SEAL_TAG && (outType == napi_null || bytes_of(env, argv[4], &out, &outLen));
+    /* a raw body is the plaintext itself: the header said its length */
+    if (ok && outType != napi_null && mode == 0) ok = outLen == inLen - SEAL_HEADER - SEAL_TAG;
+  }
+  if (!ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return NULL;
+  }
+  SealJob *job = calloc(1, sizeof *job);
+  uint8_t *aad = job ? malloc(SEAL_HEADER + nameLen) : NULL;
+  if (!aad || napi_create_array_with_length(env, 4, &hold) != napi_ok) {
+    free(job);
+    free(aad);
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  napi_set_element(env, hold, 0, argv[2]);
+  if (outType != napi_null) napi_set_element(env, hold, 1, argv[4]);
+  if (digest) napi_set_element(env, hold, 2, argv[5]);
+  memcpy(job->key, key, 32);
+  memcpy(aad + SEAL_HEADER, name, nameLen);
+  job->seal = seal;
+  job->aad = aad;
+  job->aadLen = SEAL_HEADER + nameLen;
+  job->in = in;
+  job->inLen = inLen;
+  job->out = out;
+  job->outLen = outLen;
+  job->plain = !seal && outType != napi_null;
+  if (seal) job->level = mode;
+  else job->codec = mode;
+  job->digest = digest;
+  job->base.result = seal_result;
+  job->base.release = seal_release;
+  job->wipePlain = wipePlain;
+  queue_job(env, seal ? "ferry:sealObject" : "ferry:openObject", &job->base, seal ? seal_execute : open_execute, argv[want - 1], hold);
+  return NULL;
+}
+
+static napi_value seal_object(napi_env env, napi_callback_info info) {
+  return queue_seal_job(env, info, true);
+}
+
+static napi_value open_object(napi_env env, napi_callback_info info) {
+  return queue_seal_job(env, info, false);
+}
+
 /* Exports `fn` as `name` when `present`. */
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn, bool present) {
   napi_value f;
@@ -1162,5 +1473,9 @@ NAPI_MODULE_INIT() {
   export_fn(env, exports, "gcm", gcm, opensslLoaded);
   export_fn(env, exports, "sha256Chunks", sha256_chunks, ossl.digest && ossl.sha256);
   export_fn(env, exports, "readFiles", read_files, ossl.digest && ossl.sha256);
+  /* and the system's libzstd */
+  pthread_once(&zstdOnce, load_zstd);
+  export_fn(env, exports, "sealObject", seal_object, opensslLoaded && ossl.digest && ossl.sha256 && zstdLoaded);
+  export_fn(env, exports, "openObject", open_object, opensslLoaded && ossl.digest && ossl.sha256 && zstdLoaded);
   return exports;
 }

@@ -1,4 +1,4 @@
-// format/buffers.ts: block buffers the seal workers hand back are used again,
+// format/buffers.ts: block buffers the seal workers (or the addon) hand back are used again,
 // zeroed, and only in the sizes asked for; nothing else can still reach them.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
@@ -25,9 +25,16 @@ test('takeZeroed gives zeros, also when the buffer comes back dirty; other sizes
   t.not(fresh.buffer, odd.buffer);
 });
 
-test('a block sealed by a worker comes back to be used again; the sealed bytes are right', async (t) => {
+for (const native of [false, true]) test(`a block sealed ${native ? 'through the addon' : 'by a worker'} comes back to be used again; the sealed bytes are right`, async (t) => {
   const key = randomBytes(32);
-  const pool = new SealPool(key, { size: 2 });
+  const pool = new SealPool(key, { size: 2, native });
+  if (native && !pool.native) {
+    await pool.close();
+    // (npm test's setup builds it; FERRY_NATIVE=0 runs the suite without it)
+    if (process.env.FERRY_NATIVE === '0') t.pass('the addon is switched off');
+    else t.fail('the addon is not built, or lacks sealObject (libzstd.so.1 not found?)');
+    return;
+  }
   try {
     // drain what earlier tests left, so that what comes back is the blocks sealed here
     const before = new Set<ArrayBufferLike>();
@@ -45,7 +52,7 @@ test('a block sealed by a worker comes back to be used again; the sealed bytes a
     t.is(spareCount(BLOCK), 4, 'the blocks came back (as many as are kept)');
     const again = takeZeroed(BLOCK);
     t.true(again.every((x) => x === 0), 'a block used again is zero');
-    // the worker zeroed them: taking one costs the main thread no fill
+    // the worker (or the pool thread) zeroed them: taking one costs the main thread no fill
     const filled: Buffer[] = [];
     const fill0 = Buffer.prototype.fill;
     Buffer.prototype.fill = function (this: Buffer, ...a: Parameters<Buffer['fill']>) {

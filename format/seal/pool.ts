@@ -3,14 +3,17 @@
 // seed pipelines hand blocks to worker threads. The queue is bounded: a
 // producer awaits ready() before making the next block, so memory stays flat
 // whatever the size of the source.
-import { KeyObject } from 'node:crypto';
+import { createHash, KeyObject } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
-import { Sealer, SealerOptions, SealOptions } from './seal.js';
-import { FileRange, withRange } from '../filerange.js';
-import { ownsWhole, recycleBuffer } from '../buffers.js';
+import { checkName, corruptBody, DEFAULT_LEVEL, notAuthentic, Sealer, SealerOptions, SealOptions } from './seal.js';
+import { FileRange, openRange, withRange } from '../filerange.js';
+import { ownsWhole, recycleBuffer, returnTo } from '../buffers.js';
+import { nativeAddon, type Native } from '../native.js';
+import { decodeSealed, HEADER_SIZE, sealError, TAG_SIZE } from './layout.js';
+import { getSystemErrorMap } from 'node:util';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -47,7 +50,22 @@ export interface SealPoolOptions extends SealerOptions {
   size?: number;
   /** Tasks that may wait for a worker before ready() holds producers back (default 2 per worker, at least 4). */
   maxQueue?: number;
+  /**
+   * Seal and open on libuv's pool through ferry's addon instead of worker
+   * threads, when it has the calls (default true; the zstd and none
+   * codecs: deflate goes to the workers).
+   */
+  native?: boolean;
 }
+
+interface NativeSeal {
+  calls: Pick<Required<Native>, 'sealObject' | 'openObject'>;
+  /** The key's bytes (zeroed by close()). */
+  key: Buffer;
+  codec: 'zstd' | 'none';
+  level: number | undefined;
+}
+type Done = (err: unknown, result?: Buffer, hashes?: ResultHashes) => void;
 
 interface Task {
   id: number;
@@ -74,6 +92,9 @@ const WORKER_URL = new URL('./worker.js', import.meta.url);
 
 export { freeBuffer } from '../buffers.js';
 
+/** Sealed results are written into buffers of the plaintext's size + 44, used again (see #out). */
+const SPARE_OUT = 4;
+
 export class SealPool {
   readonly size: number;
   readonly maxQueue: number;
@@ -86,9 +107,13 @@ export class SealPool {
   #nextId = 1;
   #running = 0;
   #closed = false;
+  /** The addon's calls, when tasks run on libuv's pool (no workers); with the key's bytes and the default level. */
+  readonly #native: NativeSeal | null = null;
+  /** Result buffers of #native's seals, given back by the callers' freeBuffer(): their memory is used again. */
+  readonly #spareOut: Buffer[] = [];
 
   constructor(key: Uint8Array | KeyObject, opts: SealPoolOptions = {}) {
-    const { size, maxQueue, random, ...sealerOpts } = opts;
+    const { size, maxQueue, random, native, ...sealerOpts } = opts;
     this.size = size ?? availableParallelism();
     checkArg(Number.isInteger(this.size) && this.size >= 0 && this.size <= 256, 'size', 'an integer from 0 to 256', this.size);
     this.maxQueue = maxQueue ?? Math.max(4, 2 * this.size);
@@ -97,6 +122,16 @@ export class SealPool {
     checkArg(random === undefined || this.size === 0, 'random', 'given only with size 0 (in-thread sealing)', 'a function');
     this.#sealer = new Sealer(key, { ...sealerOpts, random });
     this.#options = sealerOpts;
+    const n = nativeAddon();
+    const codec = sealerOpts.codec ?? 'zstd';
+    if (this.size > 0 && native !== false && n?.sealObject && n.openObject && codec !== 'deflate') {
+      this.#native = { calls: { sealObject: n.sealObject, openObject: n.openObject }, key: this.#sealer.key.export(), codec, level: sealerOpts.level };
+    }
+  }
+
+  /** Whether tasks run through the addon on libuv's pool (else on worker threads, or in this thread with size 0). */
+  get native(): boolean {
+    return this.#native !== null;
   }
 
   /** Tasks accepted and not finished. */
@@ -164,6 +199,8 @@ export class SealPool {
     this.#closed = true;
     if (this.pending > 0) await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
+    this.#native?.key.fill(0);
+    this.#spareOut.length = 0;
   }
 
   #submit(op: Op, name: string, input: Uint8Array | FileRange, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
@@ -190,7 +227,11 @@ export class SealPool {
     // hands its buffer over (`give`) saves the copy when the buffer is whole.
     const whole = ownsWhole(data);
     let copy: Uint8Array;
-    if (give && whole) copy = data;
+    // (the addon only reads what it opens: the caller's bytes, unchanged until the promise settles)
+    if (give && whole) {
+      // moved into a new ArrayBuffer (no copy) for the addon, as postMessage moves it to a worker: the caller's is empty either way
+      copy = this.#native ? new Uint8Array(structuredClone(data.buffer, { transfer: [data.buffer] })) : data;
+    } else if (this.#native && op !== 'seal') copy = data;
     else {
       copy = new Uint8Array(data.byteLength);
       copy.set(data);
@@ -215,7 +256,11 @@ export class SealPool {
   }
 
   #dispatch(): void {
-    while (this.#queue.length > 0) {
+    while (this.#native && this.#queue.length > 0 && this.#running < this.size * PER_WORKER) {
+      this.#running++;
+      this.#runNative(this.#queue.shift()!, this.#native);
+    }
+    while (!this.#native && this.#queue.length > 0) {
       // Fill idle workers (spawning up to size) before doubling up on busy ones.
       let slot = this.#slots.find((s) => s.tasks.size === 0);
       if (!slot && this.#slots.length < this.size) slot = this.#spawn();
@@ -233,6 +278,95 @@ export class SealPool {
       this.#readyWaiters = [];
       for (const w of waiters) w();
     }
+  }
+
+  /** Runs `task` through the addon on libuv's pool; settles it, then dispatches the next. */
+  #runNative(task: Task, n: NativeSeal): void {
+    const done: Done = (err, result, hashes) => {
+      if (err) task.reject(err);
+      else task.resolve(result!, hashes);
+      this.#running--;
+      this.#dispatch();
+      this.#checkDrained();
+    };
+    try {
+      if (task.op === 'seal') this.#sealNative(task, n, done);
+      else this.#openNative(task, n, done);
+    } catch (err) {
+      done(err);
+    }
+  }
+
+  #sealNative(task: Task, n: NativeSeal, done: Done): void {
+    checkName(task.name);
+    const opts = task.opts ?? {};
+    const codec = opts.codec ?? n.codec;
+    const level = opts.level ?? (opts.codec === undefined ? n.level : undefined) ?? DEFAULT_LEVEL[codec];
+    if (codec === 'deflate') {
+      // not in the addon: in this thread (asked for per object, which ferry never does)
+      const sealed = task.range ? withRange(task.range, (b) => this.#sealer.seal(task.name, b, opts)) : this.#sealer.seal(task.name, task.data, opts);
+      done(null, sealed, task.hash ? { sealed: createHash('sha256').update(sealed).digest('hex') } : undefined);
+      return;
+    }
+    const range = task.range ? openRange(task.range) : undefined;
+    const plain = range ? range.data : Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength);
+    const out = this.#out(plain.length);
+    const digest = task.hash ? Buffer.allocUnsafe(32) : null;
+    // a block given over (a seed's) is zeroed by the pool thread, to be taken again (takeZeroed)
+    const recycle = !range && plain.length >= 1024 * 1024 && ownsWhole(task.data);
+    n.calls.sealObject(n.key, Buffer.from(task.name, 'utf8'), plain, codec === 'none' ? 0 : level, out, digest, recycle, (errno, length) => {
+      let err: unknown = errno === null ? null : nativeFailure('seal', task.name, errno);
+      try {
+        range?.check();
+      } catch (e) {
+        err ??= e;
+      } finally {
+        range?.release();
+      }
+      if (recycle) recycleBuffer(task.data, errno === null);
+      if (err) {
+        this.#spareOut.push(out);
+        done(err);
+        return;
+      }
+      const sealed = out.subarray(0, length!);
+      // its memory comes back here when the caller frees it (freeBuffer)
+      if (sealed.length !== out.length) returnTo(sealed, () => this.#giveBack(out));
+      done(null, sealed, digest ? { sealed: digest.toString('hex') } : undefined);
+    });
+  }
+
+  #openNative(task: Task, n: NativeSeal, done: Done): void {
+    checkName(task.name);
+    const sealed = Buffer.from(task.data.buffer, task.data.byteOffset, task.data.byteLength);
+    const d = decodeSealed(sealed, this.#sealer.maxLength);
+    if (d.problems.length > 0) throw sealError(task.name, d.problems[0]);
+    const codec = d.codecName!;
+    if (task.op === 'unseal' && codec === 'deflate') {
+      done(null, this.#sealer.unseal(task.name, sealed));
+      return;
+    }
+    const length = Number(d.header!.length);
+    const out = task.op === 'unseal' ? Buffer.allocUnsafeSlow(codec === 'none' ? sealed.length - HEADER_SIZE - TAG_SIZE : length) : null;
+    const digest = task.hash ? Buffer.allocUnsafe(32) : null;
+    n.calls.openObject(n.key, Buffer.from(task.name, 'utf8'), sealed, codec === 'zstd' ? 1 : 0, out, digest, (errno, status) => {
+      if (errno !== null) done(nativeFailure('open', task.name, errno));
+      else if (status === -1) done(notAuthentic(task.name));
+      else if (typeof status === 'string') done(corruptBody(task.name, codec, status));
+      else done(null, out ?? Buffer.alloc(0), digest ? { sealed: digest.toString('hex') } : undefined);
+    });
+  }
+
+  /** A buffer for a sealed object of `size` bytes of plaintext: a spare one when there is one. */
+  #out(size: number): Buffer {
+    const want = size + HEADER_SIZE + TAG_SIZE;
+    const i = this.#spareOut.findIndex((b) => b.length === want);
+    return i >= 0 ? this.#spareOut.splice(i, 1)[0] : Buffer.allocUnsafeSlow(want);
+  }
+
+  #giveBack(out: Buffer): void {
+    if (this.#closed || this.#spareOut.length >= SPARE_OUT || out.length < 64 * 1024) return;
+    this.#spareOut.push(out);
   }
 
   #spawn(): Slot {
@@ -285,4 +419,10 @@ export class SealPool {
       for (const w of waiters) w();
     }
   }
+}
+
+/** The addon could not do a task at all (memory, OpenSSL, the random source): not the object's fault. */
+function nativeFailure(op: 'seal' | 'open', name: string, errno: number): Error {
+  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
+  return new Error(`could not ${op} object ${name} in ferry's addon: ${code}: ${text}`);
 }

@@ -55,7 +55,7 @@ let scratch: Buffer | undefined;
 // A lone surrogate has no UTF-8 form: two different names would give the same AAD.
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
-function checkName(name: unknown): asserts name is string {
+export function checkName(name: unknown): asserts name is string {
   checkArg(typeof name === 'string' && name.length > 0 && !LONE_SURROGATE.test(name), 'name', 'a non-empty string of valid Unicode', name);
 }
 
@@ -242,7 +242,7 @@ export class Sealer {
   }
 }
 
-function notAuthentic(name: string): FerryError {
+export function notAuthentic(name: string): FerryError {
   return new FerryError(
     'SEAL_WRONG_NAME_OR_KEY',
     `object ${name}: authentication failed: it was altered or truncated, stored under another name, or sealed with another key`,
@@ -259,10 +259,13 @@ function aad(buf: Buffer, name: string): Buffer {
   return a;
 }
 
+/** SEAL_CORRUPT: the tag is good, so the writer was broken, not the storage. */
+export function corruptBody(name: string, codec: CodecName, why: string): FerryError {
+  return new FerryError('SEAL_CORRUPT', `object ${name}: authentic but does not decompress (${codec}): ${why}`, { object: name, codec });
+}
+
 function decompress(name: string, codec: CodecName, body: Buffer, length: number): Buffer {
-  // The tag is good, so a failure here means the writer was broken, not the storage.
-  const corrupt = (why: string) =>
-    new FerryError('SEAL_CORRUPT', `object ${name}: authentic but does not decompress (${codec}): ${why}`, { object: name, codec });
+  const corrupt = (why: string) => corruptBody(name, codec, why);
   let out: Buffer;
   try {
     if (codec === 'zstd') {
