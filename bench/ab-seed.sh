@@ -23,7 +23,7 @@ for i in $(seq 1 "$RUNS"); do
     sync
     [ "$(id -u)" = 0 ] && echo 3 > /proc/sys/vm/drop_caches
     /usr/bin/time -f "$(basename "$tree") %e s %U u %S s %M KB %R minflt" \
-      node "$tree/bin/ferry" seed --vault "$VAULT" --item "ab-$(basename "$tree")-$i" --kind files --disk "$disk" --quiet "$SRC" 2>&1 | tail -1
+      "$tree/bin/ferry" seed --vault "$VAULT" --item "ab-$(basename "$tree")-$i" --kind files --disk "$disk" --quiet "$SRC" 2>&1 | tail -1
     sync
   done
   echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -86,7 +86,7 @@ else
   fi
   FERRY_REV="commit ${rev:0:12}"
 fi
-FERRY=(node "$FROOT/bin/ferry")
+FERRY=("$FROOT/bin/ferry") # (as a program: its #! line sets node's flags)
 WB=$(node --input-type=module -e "import('$FROOT/dist/format/writeback.js').then((m) => console.log(m.writebackAvailable() ? 'on' : 'off'))" 2>/dev/null || echo unknown)
 say "ferry's early write-back (native/): $WB"
 
@@ -324,7 +324,7 @@ if [ "$PROFILE" = 1 ]; then
     local name=$1; shift
     drop
     local t0; t0=$(now)
-    node --cpu-prof --cpu-prof-dir="$P/$name" "$FROOT/bin/ferry" "$@" --quiet || [ $? = 3 ]
+    node --max-semi-space-size=4 --cpu-prof --cpu-prof-dir="$P/$name" "$FROOT/bin/ferry" "$@" --quiet || [ $? = 3 ]
     sync
     echo "$name: $(echo "$(now) - $t0" | bc -l | xargs printf '%.1f') s under the profiler"
     node "$ROOT/bench/peers-profile.mjs" "$P/$name" 12

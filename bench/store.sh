@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${FERRY_BENCH_DIR:-/var/tmp/ferry-bench}
 RUNS=${RUNS:-3}
-FERRY=(node "$ROOT/bin/ferry")
+FERRY=("$ROOT/bin/ferry") # (as a program: its #! line sets node's flags)
 export FERRY_PASSPHRASE=${FERRY_PASSPHRASE:-"bench passphrase, not a secret"}
 mkdir -p "$WORK"
 IMG="$WORK/img-2G.raw"

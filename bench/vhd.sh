@@ -21,7 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${FERRY_BENCH_DIR:-/var/tmp/ferry-bench}
 RUNS=${RUNS:-3}
 SIZE=${SIZE:-2G}
-FERRY=(node "$ROOT/bin/ferry")
+FERRY=("$ROOT/bin/ferry") # (as a program: its #! line sets node's flags)
 mkdir -p "$WORK"
 IMG="$WORK/img-$SIZE.raw"
 

@@ -4,7 +4,7 @@
 # then the VHD engine on its own, checked by qemu-img.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FERRY="node bin/ferry"
+FERRY="bin/ferry" # (as a program: its #! line sets node's flags)
 work=$(mktemp -d /tmp/ferry-demo.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 export FERRY_PASSPHRASE="demo passphrase, at least sixteen characters"
