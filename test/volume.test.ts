@@ -182,6 +182,14 @@ test('damage: a bad data chunk is found and reported, a bad catalog or a foreign
   for await (const p of r.readData(e, { check: false })) raw.push(p);
   t.is(checkChunks(raw, e.size, r.chunkSize, e.chunks), MiB);
   t.is(checkChunks(raw, e.size, r.chunkSize, e.chunks.subarray(0, 64)), 0, 'a wrong number of sums is damage at 0');
+  // the file as one piece (the addon's sums in one call, when it is built): the same answers
+  const one = [{ offset: 0, data: Buffer.concat(raw.map((p) => p.data)) }];
+  t.is(one[0].data.length, e.size);
+  t.is(checkChunks(one, e.size, r.chunkSize, e.chunks), MiB);
+  t.is(checkChunks([{ offset: 0, data: data }], e.size, r.chunkSize, e.chunks), null);
+  const lastBad = Buffer.from(data);
+  lastBad[lastBad.length - 1] ^= 1;
+  t.is(checkChunks([{ offset: 0, data: lastBad }], e.size, r.chunkSize, e.chunks), 2 * MiB);
   r.close();
 
   // catalog damage

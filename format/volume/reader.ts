@@ -14,6 +14,7 @@ import { ENTRY_COLUMNS_SQL, fromRaw, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
 import { writeAll } from '../fsio.js';
+import { nativeAddon } from '../native.js';
 
 export interface VolumeReaderOptions {
   /**
@@ -306,6 +307,15 @@ function hashZeros(n: number): Buffer {
 export function checkChunks(pieces: { offset: number; data: Uint8Array }[], size: number, chunkSize: number, chunks: Uint8Array): number | null {
   const nChunks = Math.ceil(size / chunkSize);
   if (chunks.length !== nChunks * HASH_SIZE) return 0;
+  const whole = pieces.length === 1 && pieces[0].offset === 0 && pieces[0].data.length === size ? pieces[0].data : null;
+  const native = whole && size > 0 ? nativeAddon()?.sha256Chunks : undefined;
+  if (native) {
+    // the usual file, one piece without holes: every sum in one call (a restore checks 57k files on its writer thread)
+    const sums = Buffer.allocUnsafe(nChunks * HASH_SIZE);
+    native(whole!, chunkSize, sums);
+    if (sums.equals(chunks)) return null;
+    for (let c = 0; ; c++) if (!sums.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE).equals(chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE))) return c * chunkSize;
+  }
   let pi = 0;
   for (let c = 0; c < nChunks; c++) {
     const cStart = c * chunkSize;
