@@ -9,6 +9,7 @@
 // and ferry only runs slower. An addon built from older sources may lack
 // the later calls, so each user checks that its own is there.
 import { createRequire } from 'node:module';
+import { getSystemErrorMap } from 'node:util';
 
 export interface Native {
   startWriteback(fd: number, offset: number, length: number, cb: (errno: number | null) => void): void;
@@ -29,6 +30,12 @@ export interface Native {
    * or null and the packed reply that source/dirscan.ts reads.
    */
   scanFolder?(path: Uint8Array, mode: number, names: Uint8Array | null, cb: (errno: number | null, reply?: Buffer) => void): void;
+  /**
+   * Creates `tmp` (NUL-terminated path; O_EXCL), writes `data` whole, starts
+   * its write-back, closes it and renames it to `final`, on libuv's pool;
+   * calls back with null or the errno (tmp removed).
+   */
+  putFile?(tmp: Uint8Array, final: Uint8Array, data: Uint8Array, cb: (errno: number | null) => void): void;
   /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */
   sha256Chunks?(input: Uint8Array, chunk: number, out: Uint8Array): void;
   /**
@@ -79,4 +86,19 @@ export function nativeAddon(): Native | null {
     }
   }
   return native;
+}
+
+/** An errno from the addon as Node's own fs errors are: code, errno, syscall, path ("ENOSPC: no space left on device, write '/x'"). */
+export function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
+  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
+  return Object.assign(new Error(`${code}: ${text}, ${syscall} '${path}'`), { code, errno: -errno, syscall, path });
+}
+
+/** `data` written to `tmp` and renamed to `final` in one trip to libuv's pool (the addon's putFile); false without it. */
+export function putFileNative(tmp: string, final: string, data: Uint8Array): Promise<boolean> {
+  const put = nativeAddon()?.putFile;
+  if (!put) return Promise.resolve(false);
+  return new Promise((resolve, reject) =>
+    put(Buffer.from(`${tmp}\0`), Buffer.from(`${final}\0`), data, (errno) => (errno === null ? resolve(true) : reject(errnoError(errno, 'write', tmp)))),
+  );
 }

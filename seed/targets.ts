@@ -14,6 +14,7 @@ import { UsageError } from '../format/errors.js';
 import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, type SeedObject, parseSeedManifest, readManifestText, summarizeObjects } from '../format/seedmanifest.js';
 import { lockFile, mkdirp, writeAll } from '../format/fsio.js';
 import { startWriteback } from '../format/writeback.js';
+import { putFileNative } from '../format/native.js';
 import { onInterrupt } from '../format/interrupt.js';
 
 const run = promisify(execFile);
@@ -424,7 +425,12 @@ export class SeedTargets {
     this.sinceCheckpoint += sealed.length;
     if (this.sinceCheckpoint >= CHECKPOINT_BYTES) {
       this.sinceCheckpoint = 0;
-      await this.writeManifest(this.cur, false);
+      // Beside the next objects, not before them: its sync of the whole
+      // disk took this chain (and so the seed) half a second or more. A
+      // disk too full for it is closed by the next object that does not fit.
+      this.writeManifest(this.cur, false).catch((err) => {
+        if (!isFull(err)) this.failure ??= err;
+      });
     }
   }
 
@@ -493,6 +499,8 @@ export class SeedTargets {
         await mkdirp(dir);
         this.madeDirs.add(dir);
       }
+      // one trip to libuv's pool with the addon: this chain writes one object after another
+      if (await putFileNative(tmp, final, data)) return true;
       const fh = await fsOpen(tmp, 'w');
       try {
         await writeAll(fh, data);
@@ -536,7 +544,10 @@ export class SeedTargets {
 
   /** One manifest write at a time: an interrupt's checkpoint may come while another is under way, and both use the same temporary. */
   private writeManifest(disk: number, complete: boolean, of: number | null = null, point?: string, n = disk + 1): Promise<void> {
-    const next = this.manifestWrites.then(() => this.writeManifestNow(disk, complete, of, point, n));
+    // what is stored as of now: objects stored while it waits for another write, or for the sync, are in the next one
+    const m = this.manifestFor(disk, complete, of, point);
+    m.disk = n;
+    const next = this.manifestWrites.then(() => this.writeManifestNow(disk, m));
     this.manifestWrites = next.catch(() => {});
     return next;
   }
@@ -557,13 +568,11 @@ export class SeedTargets {
     for (const u of this.unlocks.splice(0)) u();
   }
 
-  private async writeManifestNow(disk: number, complete: boolean, of: number | null, point: string | undefined, n: number): Promise<void> {
+  private async writeManifestNow(disk: number, m: SeedManifest): Promise<void> {
     const dir = this.dirs[disk];
     // Objects before the manifest that lists them reach the disk.
     await run('sync', ['-f', dir]).catch(() => {});
     const tmp = join(dir, `.${SEED_MANIFEST}.tmp`);
-    const m = this.manifestFor(disk, complete, of, point);
-    m.disk = n;
     try {
       await writeFileSynced(tmp, JSON.stringify(m, null, 1));
     } catch (err) {
