@@ -1,0 +1,22 @@
+#!/usr/bin/env -S node --max-semi-space-size=4
+// Launcher: the CLI is compiled from bin/ferry.ts to dist/bin/ferry.js (`npm run build`).
+// V8's young generation is held to 4 MiB semi-spaces (Node's default is 16):
+// ferry's garbage is short-lived buffers and rows, and the larger default
+// only let it pile up (a seed peaked 30 MiB higher, a restore 45-50 MiB,
+// for no time saved: docs/PERFORMANCE.md). The flag takes effect only from
+// here, when this file is run as a program; `node bin/ferry` runs with
+// Node's defaults.
+// File reads, writes and fsyncs overlap in the pipelines: libuv's default 4
+// threads would queue them (a cold `vhd export` took 2.0-2.6 s with 4, 1.3-1.7
+// s with 16). libuv reads this at its first use of the pool, so this file is
+// CommonJS (bin/ferry links to it): Node loads it without the pool, where an
+// ES module entry is read through it, and the setting came too late.
+process.env.UV_THREADPOOL_SIZE = process.env.UV_THREADPOOL_SIZE || '16';
+import('../dist/bin/ferry.js').then((m) => m.main(process.argv)).catch((err) => {
+  if (err && err.code === 'ERR_MODULE_NOT_FOUND' && String(err.message).includes('dist/bin/ferry.js')) {
+    console.error('ferry: not built yet; run `npm run build` in the ferry folder');
+    process.exit(1);
+  }
+  console.error(err);
+  process.exit(1);
+});
