@@ -28,6 +28,7 @@ const debs = [
   ['borgbackup', 'borg'],
   ['time', '/usr/bin/time'],
   ['bc', 'bc'],
+  ['libzstd1', '/usr/lib/x86_64-linux-gnu/libzstd.so.1'], // the addon seals with it (dlopen; dpkg needs it too)
   ['bsdutils', 'script'], // a terminal for the passphrase prompt test
   ['exfatprogs', 'mkfs.exfat'], // a seed disk as USB drives come: exFAT, no hard links
   ['exfat-fuse', 'mount.exfat-fuse'],
