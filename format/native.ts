@@ -88,10 +88,20 @@ export function nativeAddon(): Native | null {
   return native;
 }
 
-/** An errno from the addon as Node's own fs errors are: code, errno, syscall, path ("ENOSPC: no space left on device, write '/x'"). */
-export function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
+/** Node's code for an errno ("ENOENT"), or undefined for one it does not know. */
+export function errnoCode(errno: number): string | undefined {
+  return getSystemErrorMap().get(-errno)?.[0];
+}
+
+/** Node's words for an errno from the addon, as its own fs errors put them: "EACCES: permission denied, scandir '/x'" ("EIO: i/o error, read" without a path). */
+export function errnoText(errno: number, syscall: string, path?: string): string {
   const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
-  return Object.assign(new Error(`${code}: ${text}, ${syscall} '${path}'`), { code, errno: -errno, syscall, path });
+  return `${code}: ${text}, ${syscall}${path === undefined ? '' : ` '${path}'`}`;
+}
+
+/** An errno from the addon as Node's own fs errors are: code, errno, syscall, path. */
+export function errnoError(errno: number, syscall: string, path: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(errnoText(errno, syscall, path)), { code: errnoCode(errno) ?? `errno ${errno}`, errno: -errno, syscall, path });
 }
 
 /** `data` written to `tmp` and renamed to `final` in one trip to libuv's pool (the addon's putFile); false without it. */

@@ -12,7 +12,6 @@
 import type { BigIntStats } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { getSystemErrorMap } from 'node:util';
 import { nativeAddon } from '../format/native.js';
 
 /** What the walk takes of an lstat. */
@@ -125,13 +124,4 @@ export async function scanDir(path: Buffer, keep?: (name: Buffer) => boolean): P
 
 const NUL = Buffer.alloc(1);
 
-/** Node's words for an errno, as its own fs errors put them: "EACCES: permission denied, scandir '/x'" ("EIO: i/o error, read" without a path). */
-export function errnoText(errno: number, syscall: string, path?: string): string {
-  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
-  return `${code}: ${text}, ${syscall}${path === undefined ? '' : ` '${path}'`}`;
-}
-
-/** Node's code for an errno ("ENOENT"), or undefined for one it does not know. */
-export function errnoCode(errno: number): string | undefined {
-  return getSystemErrorMap().get(-errno)?.[0];
-}
+export { errnoCode, errnoText } from '../format/native.js';

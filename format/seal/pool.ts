@@ -11,9 +11,8 @@ import { startWorker } from '../threads.js';
 import { checkName, corruptBody, DEFAULT_LEVEL, notAuthentic, Sealer, SealerOptions, SealOptions } from './seal.js';
 import { FileRange, openRange, withRange } from '../filerange.js';
 import { ownsWhole, recycleBuffer, returnTo } from '../buffers.js';
-import { nativeAddon, type Native } from '../native.js';
+import { errnoText, nativeAddon, type Native } from '../native.js';
 import { decodeSealed, HEADER_SIZE, sealError, TAG_SIZE } from './layout.js';
-import { getSystemErrorMap } from 'node:util';
 
 type Op = 'seal' | 'unseal' | 'verify';
 
@@ -227,11 +226,13 @@ export class SealPool {
     // hands its buffer over (`give`) saves the copy when the buffer is whole.
     const whole = ownsWhole(data);
     let copy: Uint8Array;
-    // (the addon only reads what it opens: the caller's bytes, unchanged until the promise settles)
     if (give && whole) {
       // moved into a new ArrayBuffer (no copy) for the addon, as postMessage moves it to a worker: the caller's is empty either way
       copy = this.#native ? new Uint8Array(structuredClone(data.buffer, { transfer: [data.buffer] })) : data;
-    } else if (this.#native && op !== 'seal') copy = data;
+    } else if (this.#native && op !== 'seal') {
+      // the addon only reads what it opens: the caller's bytes, unchanged until the promise settles
+      copy = data;
+    }
     else {
       copy = new Uint8Array(data.byteLength);
       copy.set(data);
@@ -325,7 +326,7 @@ export class SealPool {
       }
       if (recycle) recycleBuffer(task.data, errno === null);
       if (err) {
-        this.#spareOut.push(out);
+        this.#giveBack(out);
         done(err);
         return;
       }
@@ -423,6 +424,5 @@ export class SealPool {
 
 /** The addon could not do a task at all (memory, OpenSSL, the random source): not the object's fault. */
 function nativeFailure(op: 'seal' | 'open', name: string, errno: number): Error {
-  const [code, text] = getSystemErrorMap().get(-errno) ?? [`errno ${errno}`, 'unknown error'];
-  return new Error(`could not ${op} object ${name} in ferry's addon: ${code}: ${text}`);
+  return new Error(`could not ${op} object ${name} in ferry's addon: ${errnoText(errno, op)}`);
 }
