@@ -906,13 +906,13 @@ static int gcm_run(bool encrypt, const uint8_t *key, const uint8_t *nonce, const
   } else {
     if (ossl.ctrl(ctx, GCM_SET_TAG, 16, tag) != 1) goto fail;
     ok = ossl.dec_final(ctx, out + len, &n) == 1 ? 1 : 0;
-    if (!ok) memset(out, 0, len); /* what a forged object decrypts to is never seen */
+    if (!ok && len) memset(out, 0, len); /* what a forged object decrypts to is never seen */
   }
   ossl.ctx_free(ctx);
   return ok;
 fail:
   ossl.ctx_free(ctx);
-  if (!encrypt) memset(out, 0, len); /* (nothing half-decrypted is left either) */
+  if (!encrypt && len) memset(out, 0, len); /* (nothing half-decrypted is left either) */
   return -1;
 }
 
@@ -1320,7 +1320,7 @@ static void seal_execute(PoolJob *j) {
     return;
   }
   job->sealedLen = SEAL_HEADER + body + SEAL_TAG;
-  if (job->wipePlain) memset((uint8_t *)job->in, 0, job->inLen);
+  if (job->wipePlain && job->inLen) memset((uint8_t *)job->in, 0, job->inLen); /* (an empty buffer's pointer may be NULL) */
   unsigned int mdLen = 0;
   if (job->digest && (!ossl.digest(h, job->sealedLen, job->digest, &mdLen, ossl.sha256(), NULL) || mdLen != 32)) j->err = EIO;
 }
@@ -1400,7 +1400,7 @@ static napi_value queue_seal_job(napi_env env, napi_callback_info info, bool sea
   const char *usage = seal ? "sealObject(key of 32 bytes, name, plain, level 0..22, out of plain + 44 bytes, digest of 32 bytes or null, wipePlain, callback)"
                            : "openObject(key of 32 bytes, name, sealed of 44 bytes or more, codec 0 or 1, out or null, digest of 32 bytes or null, callback)";
   bool ok = argc >= want && cbType == napi_function && bytes_of(env, argv[0], &key, &keyLen) && keyLen == 32 && bytes_of(env, argv[1], &name, &nameLen) &&
-            nameLen > 0 && nameLen <= 4096 && bytes_of(env, argv[2], &in, &inLen) && napi_get_value_int32(env, argv[3], &mode) == napi_ok &&
+            nameLen > 0 && nameLen <= INT_MAX - SEAL_HEADER /* (gcm_run's AAD limit; the workers have none below it) */ && bytes_of(env, argv[2], &in, &inLen) && napi_get_value_int32(env, argv[3], &mode) == napi_ok &&
             (digestType == napi_null || (bytes_of(env, argv[5], &digest, &digestLen) && digestLen == 32));
   if (ok && seal) ok = napi_get_value_bool(env, argv[6], &wipePlain) == napi_ok && mode >= 0 && mode <= 22 && bytes_of(env, argv[4], &out, &outLen) && outLen >= inLen && outLen - inLen >= SEAL_HEADER + SEAL_TAG;
   if (ok && !seal) {

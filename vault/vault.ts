@@ -146,7 +146,7 @@ export class VaultReader {
   async getSealed(name: string): Promise<Buffer> {
     this.#checkOpen();
     const sealed = await this.backend.get(name);
-    return this.pool.unseal(name, sealed);
+    return this.pool.unseal(name, sealed, true); // (ours alone: it moves to the pool without a copy)
   }
 
   list(prefix: string): AsyncIterable<string> {

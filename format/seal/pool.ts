@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
-import { checkName, corruptBody, DEFAULT_LEVEL, notAuthentic, Sealer, SealerOptions, SealOptions } from './seal.js';
+import { checkName, checkOptions, corruptBody, DEFAULT_LEVEL, notAuthentic, Sealer, SealerOptions, SealOptions } from './seal.js';
 import { FileRange, openRange, withRange } from '../filerange.js';
 import { ownsWhole, recycleBuffer, returnTo } from '../buffers.js';
 import { errnoText, nativeAddon, type Native } from '../native.js';
@@ -152,8 +152,9 @@ export class SealPool {
     return this.#submit('seal', name, range, opts);
   }
 
-  unseal(name: string, sealed: Uint8Array): Promise<Buffer> {
-    return this.#submit('unseal', name, sealed);
+  /** Opens `sealed`; with `give`, a Buffer that owns its whole memory moves to the pool without a copy (empty afterwards). */
+  unseal(name: string, sealed: Uint8Array, give = false): Promise<Buffer> {
+    return this.#submit('unseal', name, sealed, undefined, false, undefined, give);
   }
 
   /**
@@ -229,11 +230,9 @@ export class SealPool {
     if (give && whole) {
       // moved into a new ArrayBuffer (no copy) for the addon, as postMessage moves it to a worker: the caller's is empty either way
       copy = this.#native ? new Uint8Array(structuredClone(data.buffer, { transfer: [data.buffer] })) : data;
-    } else if (this.#native && op !== 'seal') {
-      // the addon only reads what it opens: the caller's bytes, unchanged until the promise settles
-      copy = data;
-    }
-    else {
+    } else {
+      // (also what the addon opens: the caller may reuse or free its buffer as soon as this returns,
+      // and a pool thread must never read memory a detach has freed)
       copy = new Uint8Array(data.byteLength);
       copy.set(data);
     }
@@ -302,6 +301,8 @@ export class SealPool {
     checkName(task.name);
     const opts = task.opts ?? {};
     const codec = opts.codec ?? n.codec;
+    // as Sealer.seal() checks them in a worker: the same USAGE errors, and no level the addon would take otherwise (0: raw; 1.5: 1)
+    if (opts.codec !== undefined || opts.level !== undefined) checkOptions(opts, codec);
     const level = opts.level ?? (opts.codec === undefined ? n.level : undefined) ?? DEFAULT_LEVEL[codec];
     if (codec === 'deflate') {
       // not in the addon: in this thread (asked for per object, which ferry never does)

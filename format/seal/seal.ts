@@ -59,7 +59,7 @@ export function checkName(name: unknown): asserts name is string {
   checkArg(typeof name === 'string' && name.length > 0 && !LONE_SURROGATE.test(name), 'name', 'a non-empty string of valid Unicode', name);
 }
 
-function checkOptions(o: SealOptions, codec = o.codec): void {
+export function checkOptions(o: SealOptions, codec = o.codec): void {
   if (o.codec !== undefined) checkArg(typeof o.codec === 'string' && Object.hasOwn(CODECS, o.codec), 'codec', 'one of none, zstd, deflate', o.codec);
   if (o.level !== undefined) {
     const max = codec === 'deflate' ? 9 : 22;
