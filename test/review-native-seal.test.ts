@@ -6,15 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { lstatSync, readFileSync } from 'node:fs';
 import { FerryError } from '../format/errors.js';
 import { SealPool } from '../format/seal/index.js';
-
-function nativePool(t: import('ava').ExecutionContext, k: Buffer, opts: ConstructorParameters<typeof SealPool>[1] = {}): SealPool | null {
-  const pool = new SealPool(k, { size: 2, ...opts });
-  if (pool.native) return pool;
-  void pool.close();
-  if (process.env.FERRY_NATIVE === '0') t.pass('the addon is switched off');
-  else t.fail('the addon is not built, or lacks sealObject (libzstd.so.1 not found?)');
-  return null;
-}
+import { nativePool } from './helpers/sealed.js';
 
 async function outcome(p: Promise<unknown>): Promise<string> {
   try {

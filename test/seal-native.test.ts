@@ -9,16 +9,7 @@ import { gcm } from '@noble/ciphers/aes.js';
 import { FerryError } from '../format/errors.js';
 import { freeBuffer } from '../format/buffers.js';
 import { HEADER_SIZE, Sealer, SealPool } from '../format/seal/index.js';
-
-function nativePool(t: import('ava').ExecutionContext, k: Buffer, opts: ConstructorParameters<typeof SealPool>[1] = {}): SealPool | null {
-  const pool = new SealPool(k, { size: 2, ...opts });
-  if (pool.native) return pool;
-  void pool.close();
-  // (npm test's setup builds the addon; FERRY_NATIVE=0 runs the suite without it)
-  if (process.env.FERRY_NATIVE === '0') t.pass('the addon is switched off');
-  else t.fail('the addon is not built, or lacks sealObject (libzstd.so.1 not found?)');
-  return null;
-}
+import { nativePool, sealedHeader } from './helpers/sealed.js';
 
 /** Text-like data that compresses well. */
 function textish(n: number, seed = 1): Buffer {
@@ -44,12 +35,7 @@ function openIndependently(k: Uint8Array, name: string, sealed: Buffer): { codec
 
 /** An object made by other code: header, then noble's AES-GCM of `body`. */
 function forge(k: Buffer, name: string, codec: number, length: number, body: Buffer): Buffer {
-  const h = Buffer.alloc(HEADER_SIZE);
-  h.write('FERRY', 0, 'latin1');
-  h[5] = 1;
-  h[6] = codec;
-  h.writeBigUInt64BE(BigInt(length), 8);
-  randomBytes(12).copy(h, 16);
+  const h = sealedHeader(codec, length);
   return Buffer.concat([h, gcm(k, h.subarray(16), Buffer.concat([h, Buffer.from(name, 'utf8')])).encrypt(body)]);
 }
 

@@ -11,7 +11,6 @@ import { deflateSync as fflateDeflate, inflateSync as fflateInflate } from 'ffla
 import { FerryError } from '../format/errors.js';
 import {
   decodeSealed,
-  HEADER_SIZE,
   MIN_SEALED_SIZE,
   Sealer,
   SealPool,
@@ -19,6 +18,7 @@ import {
   seal,
   unseal,
 } from '../format/seal/index.js';
+import { sealedHeader } from './helpers/sealed.js';
 
 const key = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
 const fixedNonce = (b: Buffer) => {
@@ -200,12 +200,7 @@ test('foreign data and bad headers get specific codes', (t) => {
 
 /** Seals a body with a chosen header through node:crypto directly: an "authentic" object from a broken writer. */
 function forge(k: Buffer, name: string, codec: number, length: number, body: Buffer): Buffer {
-  const h = Buffer.alloc(HEADER_SIZE);
-  h.write('FERRY', 0, 'latin1');
-  h[5] = 1;
-  h[6] = codec;
-  h.writeBigUInt64BE(BigInt(length), 8);
-  randomBytes(12).copy(h, 16);
+  const h = sealedHeader(codec, length);
   const c = createCipheriv('aes-256-gcm', k, h.subarray(16), { authTagLength: TAG_SIZE });
   c.setAAD(Buffer.concat([h, Buffer.from(name)]));
   return Buffer.concat([h, c.update(body), c.final(), c.getAuthTag()]);
