@@ -1,9 +1,11 @@
 // ferry's own addon (native/ferry_native.c), loaded once for every user of
 // it: early write-back (format/writeback.ts), scrypt's lanes on all cores
 // (vault/scrypt.ts), file ranges read where the page cache holds them
-// (format/filerange.ts), AES-GCM into ferry's own buffers (format/seal), and
+// (format/filerange.ts), AES-GCM into ferry's own buffers (format/seal),
 // folders listed with their entries' lstat in one call (source/dirscan.ts),
-// and small files read in batches on libuv's pool (source/reader.ts).
+// small files read in batches on libuv's pool (source/reader.ts), whole
+// sealed objects made and opened on that pool (format/seal/pool.ts), and a
+// seed disk's objects written in one trip there (putFileNative).
 // It is built by scripts/build-native.mjs (npm install runs it); without it
 // (not built, not Linux, FERRY_NATIVE=0) each user falls back to plain Node
 // and ferry only runs slower. An addon built from older sources may lack
@@ -45,11 +47,6 @@ export interface Native {
    */
   readFiles?(reqs: Uint8Array, paths: Uint8Array, out: Uint8Array, replies: Uint8Array, cb: (errno: number | null) => void): void;
   /**
-   * AES-256-GCM into `out` (at least input's length; in place allowed) with
-   * the OpenSSL inside Node; false when a decryption's tag does not match
-   * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.
-   */
-  /**
    * A sealed object (docs/seal-format.md) made on libuv's pool into `out`
    * (at least plain + 44 bytes): zstd at `level` (0: raw) with the
    * writer's sampling, the system's libzstd, AES-256-GCM and `digest`'s
@@ -68,6 +65,11 @@ export interface Native {
    */
   openObject?(key: Uint8Array, name: Uint8Array, sealed: Uint8Array, codec: number, out: Uint8Array | null, digest: Uint8Array | null,
     cb: (errno: number | null, status?: number | string) => void): void;
+  /**
+   * AES-256-GCM into `out` (at least input's length; in place allowed) with
+   * the OpenSSL inside Node; false when a decryption's tag does not match
+   * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.
+   */
   gcm?(encrypt: boolean, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, input: Uint8Array, out: Uint8Array, tag: Uint8Array): boolean;
 }
 

@@ -1,6 +1,7 @@
 // Sealing on all cores. Compression dominates the cost of a sealed object
 // (zstd level 1 runs at a few hundred MB/s, AES-GCM at GB/s), so backup and
-// seed pipelines hand blocks to worker threads. The queue is bounded: a
+// seed pipelines hand blocks to libuv's pool through ferry's addon
+// (sealObject/openObject), or to worker threads without it. The queue is bounded: a
 // producer awaits ready() before making the next block, so memory stays flat
 // whatever the size of the source.
 import { createHash, KeyObject } from 'node:crypto';
