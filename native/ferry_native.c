@@ -30,6 +30,11 @@
 // is absent and ferry uses node:crypto), writing into the caller's buffer.
 // node:crypto's update() returns a fresh zeroed buffer for every call, which
 // the sealer then copied into the object: a third of a seal worker's time.
+//
+// Further down, each with its own comment: scanFolder, sha256Chunks,
+// readFiles (small files read and hashed in batches), sealObject and
+// openObject (whole sealed objects, with the system's libzstd), putFile (a
+// file written whole and renamed into place in one trip to the pool).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
