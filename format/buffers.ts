@@ -1,5 +1,27 @@
 // Buffers freed at once instead of at some later garbage collection, and block buffers used again.
 import { MessageChannel, type MessagePort } from 'node:worker_threads';
+import { nativeAddon } from './native.js';
+
+const PAGE = 4096;
+
+/**
+ * `size` bytes (contents undefined) that start on a page, as O_DIRECT reads
+ * and writes need (a view into a buffer a page larger), or null when the
+ * addon cannot tell where memory sits.
+ */
+export function pageAligned(size: number): Buffer | null {
+  const alignOf = nativeAddon()?.alignOf;
+  if (!alignOf) return null;
+  const raw = Buffer.allocUnsafeSlow(size + PAGE);
+  const start = (PAGE - alignOf(raw)) % PAGE;
+  return raw.subarray(start, start + size);
+}
+
+/** Whether `b` starts on a multiple of `unit` in memory (false when the addon cannot tell). */
+export function alignedTo(b: Uint8Array, unit: number): boolean {
+  const alignOf = nativeAddon()?.alignOf;
+  return alignOf ? alignOf(b) % unit === 0 : false;
+}
 
 /** Whether `b` is the whole of a (not shared) ArrayBuffer: only then can its memory be handed over, freed or used again. */
 export function ownsWhole(b: Uint8Array): b is Uint8Array<ArrayBuffer> {

@@ -1545,6 +1545,22 @@ static napi_value put_file(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* alignOf(buffer): where the buffer's first byte sits modulo 4096, so that
+ * a caller can take a page-aligned view of it for O_DIRECT. */
+static napi_value align_of(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], r;
+  uint8_t *p;
+  size_t n;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || !bytes_of(env, argv[0], &p, &n)) {
+    napi_throw_type_error(env, NULL, "alignOf(buffer)");
+    return NULL;
+  }
+  napi_create_int32(env, (int32_t)((uintptr_t)p % 4096), &r);
+  return r;
+}
+
 /* Exports `fn` as `name` when `present`. */
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn, bool present) {
   napi_value f;
@@ -1560,7 +1576,7 @@ NAPI_MODULE_INIT() {
       {"startWriteback", start_writeback}, {"startWritebackSync", start_writeback_sync}, {"scryptRomix", scrypt_romix},
       {"mapRange", map_range}, {"unmapRange", unmap_range}, {"errorsAsJson", errors_as_json}, {"prefetch", prefetch},
       /* (named anew when its arguments or reply change: an addon built from older sources lacks it, and its user falls back) */
-      {"scanFolder", scan_dir}, {"putFile", put_file},
+      {"scanFolder", scan_dir}, {"putFile", put_file}, {"alignOf", align_of},
   };
   for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) export_fn(env, exports, always[i].name, always[i].fn, true);
   /* through the OpenSSL inside Node, when its symbols are found */

@@ -136,7 +136,7 @@ export function register(program: Command): void {
         const bar = progressBar(out.opts, 'create');
         const src = await fsOpen(o.from, 'r');
         const bs = 2 * 1024 * 1024;
-        const pool = new BufferPool(bs);
+        const pool = new BufferPool(bs, true); // (page-aligned: written past the page cache)
         // A regular file's blocks are mapped (where the page cache holds them),
         // not copied into buffers: that copy was half of the command's CPU.
         const { mapSourceBlock, mappingErrorsAsJson, unmapSourceBlock } = await import('../../format/filerange.js');

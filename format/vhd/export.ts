@@ -1,8 +1,8 @@
 // Flattening any Disk (a chain, a vault disk) into a raw image or a VHD.
 import { open as fsOpen, rename, rm } from 'node:fs/promises';
 import type { Disk } from '../disk.js';
-import { BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
-import { writeError, tempBeside, writeAll } from '../fsio.js';
+import { BlockWriter, BufferPool, WriteQueue, isZero, readAhead, writeVhd } from './create.js';
+import { writeError, tempBeside } from '../fsio.js';
 
 export type ExportType = 'raw' | 'fixed' | 'dynamic';
 
@@ -26,7 +26,7 @@ export interface ExportOptions {
 export async function exportDisk(disk: Disk, to: string, type: ExportType, opts: ExportOptions = {}): Promise<void> {
   const { onProgress, onUnreadable } = opts;
   const bs = 2 * 1024 * 1024;
-  const pool = new BufferPool(bs);
+  const pool = new BufferPool(bs, true); // (page-aligned: BlockWriter writes them past the page cache)
   const into = (disk as Disk & { readInto?: (out: Buffer, offset: number) => Promise<void> }).readInto?.bind(disk);
   const read = async (start: number, len: number): Promise<Buffer | null> => {
     // Blocks no layer holds are zero: skip reading them.
@@ -61,24 +61,28 @@ export async function exportDisk(disk: Disk, to: string, type: ExportType, opts:
   const tmp = tempBeside(to);
   const fh = await fsOpen(tmp, 'w', opts.mode ?? 0o666).catch((err: unknown) => Promise.reject(writeError(err, to, `nothing was written at ${to}`)));
   const writes = new WriteQueue();
-  const writeAt = (b: Buffer, pos: number) => writeAll(fh, b, pos);
+  let out: BlockWriter | undefined;
   try {
+    // blocks past the page cache where they can (BlockWriter)
+    out = await BlockWriter.open(tmp, fh);
     const count = Math.ceil(disk.size / bs);
     const next = readAhead(count, blockAt);
     for (let i = 0; i < count; i++) {
       const b = await next();
       // zeros stay holes of the new file
-      if (b && !isZero(b)) await writes.add(writeAt(b, i * bs).then(() => recycle(b)));
+      if (b && !isZero(b)) await writes.add(out.write([b], i * bs).then(() => recycle(b)));
       else if (b) recycle(b);
       onProgress?.(Math.min((i + 1) * bs, disk.size), disk.size);
     }
     await writes.drain();
+    await out.close();
     await fh.truncate(Math.min(disk.size, opts.rawLength ?? disk.size));
     await fh.sync();
     await fh.close();
     await rename(tmp, to);
   } catch (err) {
     await writes.settle();
+    await out?.close().catch(() => {});
     await fh.close().catch(() => {});
     await rm(tmp, { force: true });
     throw writeError(err, to, `free space there or write it elsewhere; nothing was written at ${to}`, `nothing was written at ${to}`);

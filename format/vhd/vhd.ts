@@ -2,9 +2,10 @@
 // writes into its own layer, allocates blocks the way qemu does (block where
 // the footer was, then the footer at the new end, then the BAT entry), so
 // that a write torn at any instant leaves a file that still opens.
+import { constants } from 'node:fs';
 import { open as fsOpen, stat, type FileHandle } from 'node:fs/promises';
 import type { Disk, Extent } from '../disk.js';
-import { takeZeroed } from '../buffers.js';
+import { alignedTo, pageAligned, takeZeroed } from '../buffers.js';
 import { checkArg } from '../errors.js';
 import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
 import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
@@ -77,9 +78,34 @@ export class FileStorage implements VhdStorage {
     return done;
   }
 
-  /** Fills `bufs` one after the other from `position` (one preadv when it can); returns the bytes read. */
+  /**
+   * Fills `bufs` one after the other from `position` (one preadv when it
+   * can); returns the bytes read. Whole sectors are read past the page cache
+   * (O_DIRECT) when the file system takes it: a VHD read once, as an export
+   * reads it, gains nothing from the cache, and on this VM reading 1 GiB
+   * through it while writing another took as long again (docs/PERFORMANCE.md).
+   * A small buffer that is not aligned in memory is read through an aligned
+   * one and copied.
+   */
   async readvInto(bufs: Buffer[], position: number): Promise<number> {
     const want = bufs.reduce((n, b) => n + b.length, 0);
+    const direct = want >= DIRECT_MIN && position % SECTOR === 0 && bufs.every((b) => b.length % SECTOR === 0) ? await this.#directFh() : null;
+    if (direct) {
+      const via = bufs.map((b) => (alignedTo(b, SECTOR) ? b : b.length <= 64 * 1024 ? pageAligned(b.length) : null));
+      if (via.every((b) => b !== null)) {
+        try {
+          const got = (await direct.readv(via as Buffer[], position)).bytesRead;
+          if (got === want) {
+            via.forEach((b, i) => b !== bufs[i] && b!.copy(bufs[i]));
+            return got;
+          }
+          // short (the file's end): read again through the cache, below
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+          this.#direct = null; // (a device of larger sectors, say: not again; closed with the file)
+        }
+      }
+    }
     let done = (await this.fh.readv(bufs, position)).bytesRead;
     if (done >= want || done === 0) return done;
     // A short vector read (rare): finish buffer by buffer.
@@ -106,10 +132,26 @@ export class FileStorage implements VhdStorage {
     await this.fh.sync();
   }
 
+  /** A second descriptor with O_DIRECT, opened at first use; null when the file system refuses it (or without the addon, which tells alignment). */
+  #direct: Promise<FileHandle | null> | null | undefined;
+  #directOpened: Promise<FileHandle | null> | undefined;
+
+  #directFh(): Promise<FileHandle | null> {
+    if (this.#direct === undefined) {
+      this.#direct = this.writable || !pageAligned(0) ? null : fsOpen(this.name, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
+      this.#directOpened = this.#direct ?? undefined;
+    }
+    return this.#direct ?? Promise.resolve(null);
+  }
+
   async close(): Promise<void> {
-    await this.fh.close();
+    const d = await this.#directOpened;
+    await Promise.all([this.fh.close(), d?.close()]);
   }
 }
+
+/** Reads smaller than this go through the page cache (headers, bitmaps: read again and again). */
+const DIRECT_MIN = 256 * 1024;
 
 export function openError(path: string, err: NodeJS.ErrnoException): Error {
   const why: Record<string, string> = {
