@@ -276,6 +276,9 @@ export class BufferPool {
  * then on. The caller syncs and closes `fh`; this closes its own descriptor.
  */
 export class BlockWriter {
+  /** The O_DIRECT descriptor once a write was refused (EINVAL): no longer used, closed in close(). */
+  private refused: FileHandle | null = null;
+
   private constructor(
     private readonly fh: FileHandle,
     private direct: FileHandle | null,
@@ -298,14 +301,12 @@ export class BlockWriter {
         return await writevAll(d, parts, pos);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-        this.direct = null; // (closed with the others in close())
+        this.direct = null;
         this.refused = d;
       }
     }
     return writevAll(this.fh, parts, pos);
   }
-
-  private refused: FileHandle | null = null;
 
   async close(): Promise<void> {
     await Promise.all([this.direct?.close(), this.refused?.close()]);

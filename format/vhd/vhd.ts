@@ -6,6 +6,7 @@ import { constants } from 'node:fs';
 import { open as fsOpen, stat, type FileHandle } from 'node:fs/promises';
 import type { Disk, Extent } from '../disk.js';
 import { alignedTo, pageAligned, takeZeroed } from '../buffers.js';
+import { nativeAddon } from '../native.js';
 import { checkArg } from '../errors.js';
 import { type ByteSource, type Decoded, decodeVhd, isFatal } from './decode.js';
 import { encodeFooter, SECTOR, UNUSED, bitmapSize, type Footer } from './layout.js';
@@ -138,7 +139,7 @@ export class FileStorage implements VhdStorage {
 
   #directFh(): Promise<FileHandle | null> {
     if (this.#direct === undefined) {
-      this.#direct = this.writable || !pageAligned(0) ? null : fsOpen(this.name, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
+      this.#direct = this.writable || !nativeAddon()?.alignOf ? null : fsOpen(this.name, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
       this.#directOpened = this.#direct ?? undefined;
     }
     return this.#direct ?? Promise.resolve(null);
