@@ -166,6 +166,38 @@ test('property: random sparse files read back exactly, holes as zeros', async (t
   t.pass();
 });
 
+test('checkChunks: any split into pieces, with holes, finds the first damaged chunk that a per-chunk sum of the whole would', (t) => {
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 9 }).map((k) => k * 512),
+      fc.integer({ min: 0, max: 40_000 }),
+      fc.array(fc.integer({ min: 0, max: 40_000 }), { maxLength: 8 }),
+      fc.array(fc.boolean(), { minLength: 9, maxLength: 9 }),
+      fc.option(fc.integer({ min: 0, max: 39_999 })),
+      (chunkSize, size, cuts, holes, flip) => {
+        const model = pseudoRandom(size, size + chunkSize);
+        const bounds = [...new Set([0, size, ...cuts.filter((c) => c < size)])].sort((a, b) => a - b);
+        const pieces: { offset: number; data: Buffer }[] = [];
+        for (let i = 0; i + 1 < bounds.length; i++) {
+          if (holes[i]) model.fill(0, bounds[i], bounds[i + 1]); // a hole reads as zeros
+          else pieces.push({ offset: bounds[i], data: Buffer.from(model.subarray(bounds[i], bounds[i + 1])) });
+        }
+        const sums: Buffer[] = [];
+        for (let c = 0; c * chunkSize < size; c++) sums.push(createHash('sha256').update(model.subarray(c * chunkSize, (c + 1) * chunkSize)).digest());
+        const chunks = Buffer.concat(sums);
+        if (checkChunks(pieces, size, chunkSize, chunks) !== null) return false;
+        if (flip === null || flip >= size) return true;
+        const p = pieces.find((q) => q.offset <= flip && flip < q.offset + q.data.length);
+        if (!p) return true;
+        p.data[flip - p.offset] ^= 0x20;
+        return checkChunks(pieces, size, chunkSize, chunks) === Math.floor(flip / chunkSize) * chunkSize;
+      },
+    ),
+    { numRuns: 300 },
+  );
+  t.pass();
+});
+
 test('damage: a bad data chunk is found and reported, a bad catalog or a foreign disk refuses to open', async (t) => {
   const disk = new MemDisk(BIG);
   const data = pseudoRandom(3 * MiB, 3);

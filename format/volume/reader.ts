@@ -307,19 +307,27 @@ function hashZeros(n: number): Buffer {
 export function checkChunks(pieces: { offset: number; data: Uint8Array }[], size: number, chunkSize: number, chunks: Uint8Array): number | null {
   const nChunks = Math.ceil(size / chunkSize);
   if (chunks.length !== nChunks * HASH_SIZE) return 0;
-  const whole = pieces.length === 1 && pieces[0].offset === 0 && pieces[0].data.length === size ? pieces[0].data : null;
-  const native = whole && size > 0 ? nativeAddon()?.sha256Chunks : undefined;
-  if (native) {
-    // the usual file, one piece without holes: every sum in one call (a restore checks 57k files on its writer thread)
-    const sums = Buffer.allocUnsafe(nChunks * HASH_SIZE);
-    native(whole!, chunkSize, sums);
-    if (sums.equals(chunks)) return null;
-    for (let c = 0; ; c++) if (!sums.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE).equals(chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE))) return c * chunkSize;
-  }
+  const native = nativeAddon()?.sha256Chunks;
   let pi = 0;
   for (let c = 0; c < nChunks; c++) {
     const cStart = c * chunkSize;
     const cEnd = Math.min(size, cStart + chunkSize);
+    while (pi < pieces.length && pieces[pi].offset + pieces[pi].data.length <= cStart) pi++; // pieces that end before this chunk
+    const p = pieces[pi];
+    if (native && p && p.offset <= cStart && p.offset + p.data.length >= cEnd) {
+      // this chunk and those after it that lie whole in the same piece (most of a restore's data): summed in one call
+      const pEnd = p.offset + p.data.length;
+      const last = pEnd >= size ? nChunks : Math.floor(pEnd / chunkSize);
+      const upTo = Math.min(size, last * chunkSize);
+      const sums = Buffer.allocUnsafe((last - c) * HASH_SIZE);
+      native(p.data.subarray(cStart - p.offset, upTo - p.offset), chunkSize, sums);
+      const stored = chunks.subarray(c * HASH_SIZE, last * HASH_SIZE);
+      if (!sums.equals(stored)) {
+        for (let k = 0; ; k++) if (!sums.subarray(k * HASH_SIZE, (k + 1) * HASH_SIZE).equals(stored.subarray(k * HASH_SIZE, (k + 1) * HASH_SIZE))) return (c + k) * chunkSize;
+      }
+      c = last - 1;
+      continue;
+    }
     const stored = chunks.subarray(c * HASH_SIZE, (c + 1) * HASH_SIZE);
     if (pi >= pieces.length || pieces[pi].offset >= cEnd) {
       // all hole: the sum of zeros, known without hashing (a sparse file may have terabytes of them)
@@ -327,17 +335,16 @@ export function checkChunks(pieces: { offset: number; data: Uint8Array }[], size
       if (!zero.equals(stored)) return cStart;
       continue;
     }
+    // a chunk across pieces, or partly a hole
     const h = createHash('sha256');
     let pos = cStart;
-    while (pi < pieces.length && pieces[pi].offset < cEnd) {
-      const p = pieces[pi];
-      const s = Math.max(pos, p.offset);
-      const t = Math.min(cEnd, p.offset + p.data.length);
+    for (let k = pi; k < pieces.length && pieces[k].offset < cEnd; k++) {
+      const q = pieces[k];
+      const s = Math.max(pos, q.offset);
+      const t = Math.min(cEnd, q.offset + q.data.length);
       if (s > pos) h.update(zeros(s - pos));
-      if (t > s) h.update(p.data.subarray(s - p.offset, t - p.offset));
+      if (t > s) h.update(q.data.subarray(s - q.offset, t - q.offset));
       pos = Math.max(pos, t);
-      if (p.offset + p.data.length <= cEnd) pi++;
-      else break; // the piece goes on into the next chunk
     }
     if (cEnd > pos) h.update(zeros(cEnd - pos));
     if (!h.digest().equals(stored)) return cStart;
