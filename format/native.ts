@@ -38,6 +38,8 @@ export interface Native {
    * calls back with null or the errno (tmp removed).
    */
   putFile?(tmp: Uint8Array, final: Uint8Array, data: Uint8Array, cb: (errno: number | null) => void): void;
+  /** Both times of an open file to the nanosecond (seconds, nanoseconds 0..999999999 each): 0 or the errno. */
+  futimens?(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): number;
   /** Where the buffer's first byte sits modulo 4096 (for a page-aligned view, as O_DIRECT needs). */
   alignOf?(b: Uint8Array): number;
   /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */

@@ -330,6 +330,29 @@ static napi_value start_writeback_sync(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * futimens(fd, atimeSec, atimeNsec, mtimeSec, mtimeNsec): both times of an
+ * open file to the nanosecond (Node's futimes takes microseconds), on the
+ * calling thread; 0 or the errno. The restore's writer thread sets each
+ * file's times through its descriptor before closing it.
+ */
+static napi_value fd_utimens(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], result;
+  int32_t fd;
+  int64_t v[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool ok = argc >= 5 && napi_get_value_int32(env, argv[0], &fd) == napi_ok && fd >= 0;
+  for (int i = 0; ok && i < 4; i++) ok = napi_get_value_int64(env, argv[1 + i], &v[i]) == napi_ok;
+  if (!ok || v[1] < 0 || v[1] > 999999999 || v[3] < 0 || v[3] > 999999999) {
+    napi_throw_type_error(env, NULL, "futimens(fd, atimeSec, atimeNsec 0..999999999, mtimeSec, mtimeNsec 0..999999999)");
+    return NULL;
+  }
+  struct timespec ts[2] = {{.tv_sec = (time_t)v[0], .tv_nsec = (long)v[1]}, {.tv_sec = (time_t)v[2], .tv_nsec = (long)v[3]}};
+  napi_create_int32(env, futimens(fd, ts) == 0 ? 0 : errno, &result);
+  return result;
+}
+
 typedef struct {
   PoolJob base;
   uint8_t *data;
@@ -1576,7 +1599,7 @@ NAPI_MODULE_INIT() {
       {"startWriteback", start_writeback}, {"startWritebackSync", start_writeback_sync}, {"scryptRomix", scrypt_romix},
       {"mapRange", map_range}, {"unmapRange", unmap_range}, {"errorsAsJson", errors_as_json}, {"prefetch", prefetch},
       /* (named anew when its arguments or reply change: an addon built from older sources lacks it, and its user falls back) */
-      {"scanFolder", scan_dir}, {"putFile", put_file}, {"alignOf", align_of},
+      {"scanFolder", scan_dir}, {"putFile", put_file}, {"alignOf", align_of}, {"futimens", fd_utimens},
   };
   for (size_t i = 0; i < sizeof always / sizeof always[0]; i++) export_fn(env, exports, always[i].name, always[i].fn, true);
   /* through the OpenSSL inside Node, when its symbols are found */

@@ -28,10 +28,12 @@
 // other file is written under a temporary name in its directory
 // (".ferry-partial-<entry id>") and renamed into place when complete.
 //
-// Times: Node's utimes only takes microseconds, so after the µs-exact
-// in-process call, a small perl helper (perl-base is on every Debian/Ubuntu
-// system) sets the exact nanoseconds with utimensat(2) and creates device
-// nodes, fifos and sockets with mknodat(2). Without perl, `touch -d @S.N` and
+// Times: Node's utimes only takes microseconds. The writer thread sets a
+// regular file's times through its descriptor, to the nanosecond with the
+// addon's futimens. For everything else (and files, without the addon),
+// after the µs-exact in-process call a small perl helper (perl-base is on
+// every Debian/Ubuntu system) sets the exact nanoseconds with utimensat(2);
+// it also creates device nodes, fifos and sockets with mknodat(2). Without perl, `touch -d @S.N` and
 // `mknod`/`mkfifo` are used instead (slower; sockets are then skipped).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -51,6 +53,7 @@ import { compileSelectors, formatSetfattr, normalizeSource, run } from '../sourc
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 import { linkRefused, mkdirpSync } from '../format/fsio.js';
+import { nativeAddon } from '../format/native.js';
 
 /** Bytes of one file read between two progress reports within it. */
 const PROGRESS_STEP = 16 * 1024 * 1024;
@@ -792,7 +795,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, direct: boolean, fresh: boolean, placed: () => void): Promise<void> => {
     let stored = 0;
     for (const x of data.extents) stored += x.length;
-    const exact = microExact(e.atimeNs, e.mtimeNs);
+    // times: Node's futimes where it is exact to the microsecond, else the addon's futimens (both in the writer,
+    // through the descriptor); without the addon, the helper sets them by name after the file is in place
+    const exactUs = microExact(e.atimeNs, e.mtimeNs);
+    const timesNs = !exactUs && nsTimes ? [...nsToParts(e.atimeNs), ...nsToParts(e.mtimeNs)].map(Number) : undefined;
+    const exact = exactUs || timesNs !== undefined;
     const cs = reader.chunkSize;
     const key = nextPartKey++;
     let pieces: { offset: number; data: Buffer }[] = [];
@@ -822,7 +829,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     const base: Omit<WriteJob, 'pieces'> = {
       tmp: A(tmp), dst: A(dst), fresh, direct, size: data.size, sparse: stored < data.size,
       uid: owners ? e.uid : null, gid: owners ? e.gid : null, mode: e.mode,
-      atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null,
+      atime: exact ? usSeconds(e.atimeNs) : null, mtime: exact ? usSeconds(e.mtimeNs) : null, timesNs,
       fdXattrs: viaFd ? e.xattrs : undefined,
     };
     const send = async (end: number, last: boolean) => {
@@ -1232,6 +1239,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   // the job: a throw between here and the try would leave them running.
   const helper = await SyscallHelper.start();
   const times = new TimeSetter(helper, warn);
+  /** The writer thread sets files' nanosecond times itself (the addon's futimens). */
+  const nsTimes = nativeAddon()?.futimens !== undefined;
   const writer = new FileWriter();
   try {
     // ---- pass 1: everything but hard links, one at a time in catalog order:

@@ -13,10 +13,12 @@ import {
 import { O_PATH, openFilesLimit, removeTree } from './anchor.js';
 import type { Worker } from 'node:worker_threads';
 import { spawnSync } from 'node:child_process';
+import { constants as osConstants } from 'node:os';
 import { formatSetfattr } from '../source/setfattr.js';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
 import { startWritebackSync } from '../format/writeback.js';
+import { errnoText, nativeAddon } from '../format/native.js';
 
 /** One regular file to create at `tmp` and rename onto `dst` (or, `direct`, to create at `dst`). */
 export interface WriteJob {
@@ -41,6 +43,8 @@ export interface WriteJob {
   /** Times in seconds to set through the descriptor (null: the caller sets them). */
   atime: number | null;
   mtime: number | null;
+  /** Or exactly, through the addon's futimens: seconds and nanoseconds of atime, then of mtime (atime and mtime are then µs near). */
+  timesNs?: number[];
   /** The file's stored chunk sums, checked here (the data is written either way). */
   check?: { chunkSize: number; chunks: Uint8Array };
   /**
@@ -84,6 +88,7 @@ export interface WriteBatchResult {
 }
 
 const PAGE = 4096;
+const ENOSYS = osConstants.errno.ENOSYS;
 const ZERO_PAGE = Buffer.alloc(PAGE);
 
 function asBuffer(u: Uint8Array): Buffer {
@@ -383,11 +388,15 @@ function finishFile(fd: number, j: WriteJob, r: WriteResult): void {
   const direct = j.direct === true;
   const dst = asBuffer(j.dst);
   const tmp = direct ? dst : asBuffer(j.tmp);
-  if (j.atime !== null && j.mtime !== null) {
+  const t = j.timesNs;
+  const ns = t ? nativeAddon()?.futimens : undefined;
+  const err = t ? (ns ? ns(fd, t[0], t[1], t[2], t[3]) : ENOSYS) : -1; // -1: none asked for
+  if (err !== 0 && j.atime !== null && j.mtime !== null) {
     try {
       futimesSync(fd, j.atime, j.mtime);
-    } catch (err) {
-      (r.warnings ??= []).push(`cannot set the times: ${(err as Error).message}`);
+      if (err > 0) (r.warnings ??= []).push(`cannot set the nanosecond times (${errnoText(err, 'futimens')}): set to the microsecond`);
+    } catch (e) {
+      (r.warnings ??= []).push(`cannot set the times: ${(e as Error).message}`);
     }
   }
   try {

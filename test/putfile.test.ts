@@ -4,8 +4,8 @@
 // temporary is left.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { constants as osConstants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeAddon, putFileNative } from '../format/native.js';
 
@@ -64,6 +64,34 @@ test('putFile: a missing folder, a temporary that exists, a final name that is a
     t.is(readFileSync(join(folder, 'inside'), 'utf8'), 'keep');
     // paths with a NUL inside are refused before any trip to the pool
     t.throws(() => nativeAddon()!.putFile!(Buffer.from('a\0b\0'), Buffer.from('c\0'), Buffer.alloc(1), () => {}), { message: /putFile/ });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('futimens sets both times of an open file to the nanosecond, before 1970 too; refuses nanoseconds out of range; a closed descriptor is EBADF', (t) => {
+  const futimens = nativeAddon()?.futimens;
+  if (!futimens) {
+    if (process.env.FERRY_NATIVE === '0') t.pass('the addon is switched off');
+    else t.fail('the addon is not built, or lacks futimens');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'ferry-utimens-'));
+  try {
+    const f = join(dir, 'f');
+    writeFileSync(f, 'x');
+    const fd = openSync(f, 'r+');
+    try {
+      t.is(futimens(fd, 1_234_567_890, 123_456_789, -5, 999_999_999), 0);
+      const st = statSync(f, { bigint: true });
+      t.is(st.atimeNs, 1_234_567_890_123_456_789n);
+      t.is(st.mtimeNs, -5n * 1_000_000_000n + 999_999_999n);
+      t.throws(() => futimens(fd, 0, 1_000_000_000, 0, 0), { instanceOf: TypeError });
+      t.throws(() => futimens(fd, 0, 0, 0, -1), { instanceOf: TypeError });
+    } finally {
+      closeSync(fd);
+    }
+    t.is(futimens(fd, 0, 0, 0, 0), osConstants.errno.EBADF);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
