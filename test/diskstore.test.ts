@@ -7,7 +7,8 @@ import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
 import { createDifferencing, createVhd, emptyImage, openChain, VhdDisk, writeVhd } from '../format/vhd/index.js';
-import { SpoolStorage, exportStoredVhd, openStoredDisk, storeVhdFile } from '../vault/diskstore.js';
+import { SpoolStorage, exportStoredVhd, openStoredDisk, storeVhdFile, zeroGaps } from '../vault/diskstore.js';
+import fc from 'fast-check';
 import { ferry, fileHash, must, run, withTmp } from './helpers/exec.js';
 
 const MiB = 1024 * 1024;
@@ -171,3 +172,20 @@ async function writeVhdFromPattern(path: string, size: number): Promise<void> {
     return b;
   });
 }
+
+test('zeroGaps zeroes exactly what no copied span covers (spans in any order, overlapping)', (t) => {
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: 300 }), fc.array(fc.tuple(fc.nat(300), fc.nat(300)), { maxLength: 8 }), (n, raw) => {
+      const spans = raw.map(([a, b]) => [Math.min(a, b, n), Math.min(Math.max(a, b), n)]);
+      const out = Buffer.alloc(n, 0xaa);
+      zeroGaps(out, spans.flat());
+      for (let i = 0; i < n; i++) {
+        const covered = spans.some(([a, b]) => a <= i && i < b);
+        if (out[i] !== (covered ? 0xaa : 0)) return false;
+      }
+      return true;
+    }),
+    { numRuns: 500 },
+  );
+  t.pass();
+});

@@ -211,7 +211,7 @@ export class StoredVhdStorage implements VhdStorage {
   async read(position: number, length: number): Promise<Buffer> {
     const end = Math.min(position + length, this.head.meta.fileSize);
     if (end <= position) return Buffer.alloc(0);
-    const out = Buffer.alloc(end - position);
+    const out = Buffer.allocUnsafe(end - position);
     await this.fill(out, position);
     return out;
   }
@@ -221,15 +221,22 @@ export class StoredVhdStorage implements VhdStorage {
     const end = Math.min(position + length, this.head.meta.fileSize);
     if (end <= position) return 0;
     const out = buf.subarray(offset, offset + (end - position));
-    out.fill(0);
     await this.fill(out, position);
     return out.length;
   }
 
-  /** Copies the stored bytes at `position` into `out` (zeroed: what no region or block holds stays zero). */
+  /** Writes every byte of `out` with the stored bytes at `position`: what no region or block holds is zeroed (only that: the rest is copied over). */
   private async fill(out: Buffer, position: number): Promise<void> {
     const end = position + out.length;
-    for (const r of this.head.regions) copyOverlap(r.offset, r.data, position, out);
+    const copied: number[] = []; // [from, to) in out, pairs
+    const copy = (srcPos: number, src: Buffer) => {
+      const a = Math.max(srcPos, position);
+      const b = Math.min(srcPos + src.length, end);
+      if (b <= a) return;
+      src.copy(out, a - position, a - srcPos, b - srcPos);
+      copied.push(a - position, b - position);
+    };
+    for (const r of this.head.regions) copy(r.offset, r.data);
     // Blocks overlapping [position, end): binary search for the first start <= position.
     let lo = 0;
     let hi = this.starts.length;
@@ -257,10 +264,11 @@ export class StoredVhdStorage implements VhdStorage {
       if (!this.cache.has(index)) this.block(index).catch(() => {});
     }
     try {
-      for (const p of pending) copyOverlap(p.pos, await p.data, position, out);
+      for (const p of pending) copy(p.pos, await p.data);
     } finally {
       for (const p of pending) this.done(p.data);
     }
+    zeroGaps(out, copied);
   }
 
   async write(): Promise<void> {
@@ -276,6 +284,19 @@ function copyOverlap(srcPos: number, src: Buffer, dstPos: number, dst: Buffer): 
   const a = Math.max(srcPos, dstPos);
   const b = Math.min(srcPos + src.length, dstPos + dst.length);
   if (b > a) src.copy(dst, a - dstPos, a - srcPos, b - srcPos);
+}
+
+/** Zeroes what of `out` the [from, to) pairs of `copied` (any order, overlapping or not) leave out. */
+export function zeroGaps(out: Buffer, copied: number[]): void {
+  const spans: [number, number][] = [];
+  for (let i = 0; i < copied.length; i += 2) spans.push([copied[i], copied[i + 1]]);
+  spans.sort((x, y) => x[0] - y[0]);
+  let at = 0;
+  for (const [a, b] of spans) {
+    if (a > at) out.fill(0, at, a);
+    at = Math.max(at, b);
+  }
+  if (at < out.length) out.fill(0, at);
 }
 
 /** Opens stored disk `id` as a Disk; `parent` is the disk it differs from (found by the caller). */

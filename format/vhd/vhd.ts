@@ -332,7 +332,7 @@ export class VhdDisk implements Disk {
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length, 'read range');
-    const out = Buffer.alloc(length);
+    const out = Buffer.allocUnsafe(length); // (readInto writes every byte)
     await this.readInto(out, offset);
     return out;
   }
