@@ -44,6 +44,8 @@ export interface Native {
   alignOf?(b: Uint8Array): number;
   /** SHA-256 of each `chunk` bytes of input into out (32 bytes each), with the OpenSSL inside Node; absent without it. */
   sha256Chunks?(input: Uint8Array, chunk: number, out: Uint8Array): void;
+  /** The same on libuv's pool: input and out are the pool thread's until the callback (null, or an errno). */
+  sha256ChunksAsync?(input: Uint8Array, chunk: number, out: Uint8Array, cb: (errno: number | null) => void): void;
   /**
    * Small files read whole (and their chunks hashed) on libuv's pool, as
    * source/reader.ts packs the requests; the buffers are the pool thread's

@@ -998,6 +998,65 @@ static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * sha256ChunksAsync(input, chunk, out, callback): the same on a thread of
+ * libuv's pool; calls back with null or an errno (EIO: OpenSSL failed).
+ * input and out are the pool thread's until the callback. A seed hashes
+ * the chunks of large files this way, on the memory they were read into.
+ */
+typedef struct {
+  PoolJob base;
+  const uint8_t *in;
+  uint8_t *out;
+  size_t inLen, chunk;
+} ChunksJob;
+
+static void chunks_execute(PoolJob *j) {
+  ChunksJob *job = (ChunksJob *)j;
+  uint8_t *out = job->out;
+  for (size_t at = 0; at < job->inLen; at += job->chunk, out += 32) {
+    size_t n = job->inLen - at < job->chunk ? job->inLen - at : job->chunk;
+    unsigned int mdLen = 0;
+    if (!ossl.digest(job->in + at, n, out, &mdLen, ossl.sha256(), NULL) || mdLen != 32) {
+      j->err = EIO;
+      return;
+    }
+  }
+}
+
+static napi_value sha256_chunks_async(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4], hold;
+  uint8_t *in, *out;
+  size_t inLen, outLen;
+  int64_t chunk;
+  napi_valuetype cbType = napi_undefined;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc >= 4) napi_typeof(env, argv[3], &cbType);
+  if (argc < 4 || cbType != napi_function || !bytes_of(env, argv[0], &in, &inLen) || napi_get_value_int64(env, argv[1], &chunk) != napi_ok ||
+      chunk <= 0 || !bytes_of(env, argv[2], &out, &outLen) || outLen < (inLen + (size_t)chunk - 1) / (size_t)chunk * 32) {
+    napi_throw_type_error(env, NULL, "sha256ChunksAsync(input, chunk > 0, out of 32 bytes per chunk, callback)");
+    return NULL;
+  }
+  /* input and out stay alive (and in place) while the pool thread uses them */
+  if (napi_create_array_with_length(env, 2, &hold) != napi_ok || napi_set_element(env, hold, 0, argv[0]) != napi_ok ||
+      napi_set_element(env, hold, 1, argv[2]) != napi_ok) {
+    napi_throw_error(env, NULL, "ferry native: cannot hold the buffers");
+    return NULL;
+  }
+  ChunksJob *job = calloc(1, sizeof *job);
+  if (!job) {
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  job->in = in;
+  job->inLen = inLen;
+  job->out = out;
+  job->chunk = (size_t)chunk;
+  queue_job(env, "ferry:sha256Chunks", &job->base, chunks_execute, argv[3], hold);
+  return NULL;
+}
+
+/*
  * readFiles(reqs, paths, out, replies, callback): small files read whole on
  * a thread of libuv's pool, each one checked to be the file the walk listed
  * and its chunks hashed, where two reader threads (each a Node isolate of
@@ -1605,6 +1664,7 @@ NAPI_MODULE_INIT() {
   /* through the OpenSSL inside Node, when its symbols are found */
   export_fn(env, exports, "gcm", gcm, opensslLoaded);
   export_fn(env, exports, "sha256Chunks", sha256_chunks, ossl.digest && ossl.sha256);
+  export_fn(env, exports, "sha256ChunksAsync", sha256_chunks_async, ossl.digest && ossl.sha256);
   export_fn(env, exports, "readFiles", read_files, ossl.digest && ossl.sha256);
   /* and the system's libzstd */
   pthread_once(&zstdOnce, load_zstd);

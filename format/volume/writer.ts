@@ -17,6 +17,7 @@ import {
   alignUp, decodeSuperblock, encodeSuperblock, type DiskRange,
 } from './layout.js';
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
+import { nativeAddon } from '../native.js';
 import { INDEXES, INSERT_SQL, parentPath, setupCatalog, toRow, type EntryMeta, type FileExtent } from './catalog.js';
 
 /** Bytes of one file copied between two progress reports within it. */
@@ -196,12 +197,43 @@ export class ChunkHasher {
     if (hashed && hashed.chunk === this.chunkSize && this.pos === 0 && !this.cur) this.taken = hashed;
   }
 
-  feed(offset: number, data: Buffer): void {
-    if (this.taken) return;
+  /**
+   * Hashes `data`, the file's bytes from `offset`. Without `done`, feed() is
+   * done with data when it returns. With `done`, data stays as it is until
+   * done() is called (once): then its whole chunks are hashed where they lie,
+   * on libuv's pool (the addon), with no copy.
+   */
+  feed(offset: number, data: Buffer, done?: () => void): void {
+    if (this.taken) {
+      done?.();
+      return;
+    }
     if (offset > this.pos) this.fillZeros(offset);
+    const inPlace = done ? nativeAddon()?.sha256ChunksAsync : undefined;
+    let handed = false;
     let off = 0;
     while (off < data.length) {
       const inChunk = this.pos % this.chunkSize;
+      if (inPlace && !handed && inChunk === 0 && !this.cur && data.length - off >= this.chunkSize) {
+        const n = Math.floor((data.length - off) / this.chunkSize);
+        const sums = Buffer.allocUnsafe(n * HASH_SIZE);
+        this.pending++;
+        const p = new Promise<Buffer>((resolve, reject) =>
+          inPlace(data.subarray(off, off + n * this.chunkSize), this.chunkSize, sums, (errno) => {
+            this.pending--;
+            done!();
+            if (errno === null) resolve(sums);
+            else reject(new Error(`SHA-256 of the file's chunks failed (errno ${errno})`));
+          }),
+        );
+        p.catch(() => {}); // (end() awaits it; a file given up before that must not leave it unhandled)
+        this.out.push(p);
+        this.last = p;
+        handed = true;
+        off += n * this.chunkSize;
+        this.pos += n * this.chunkSize;
+        continue;
+      }
       if (inChunk === 0 && !this.cur && data.length - off >= this.chunkSize) {
         // a whole chunk in one piece: hashed on the thread pool, beside the main
         // thread's copying (digest() copies its input first: the caller may
@@ -224,6 +256,7 @@ export class ChunkHasher {
       this.pos += n;
       if (this.pos % this.chunkSize === 0) this.endChunk();
     }
+    if (done && !handed) done();
   }
 
   /** Waits when too many chunks are still being hashed (each holds its buffer). */
@@ -380,11 +413,19 @@ export class VolumeWriter {
           await this.seq.pad();
           extents.push({ fileOffset: piece.offset, diskOffset: this.seq.pos, length: 0 });
         }
-        // feed() is done with the data when it returns (whole chunks are copied for hashing).
         if (piece.hashed && stored === 0) hasher.take(piece.hashed);
-        hasher.feed(piece.offset, piece.data);
+        let release = piece.release;
+        if (release) {
+          // a piece whose memory stays until it is released: hashed where it lies, and released after both
+          const whenBoth = release;
+          let holds = 2;
+          release = () => {
+            if (--holds === 0) whenBoth();
+          };
+          hasher.feed(piece.offset, piece.data, release);
+        } else hasher.feed(piece.offset, piece.data); // (done with the data when it returns)
         await hasher.backpressure();
-        await this.seq.append(piece.data, piece.release);
+        await this.seq.append(piece.data, release);
         extents[extents.length - 1].length += piece.data.length;
         next = piece.offset + piece.data.length;
         stored += piece.data.length;
