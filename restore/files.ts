@@ -847,20 +847,25 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       await writer.write(job, (r) => report(r, last));
     };
     try {
-      for await (const p of reader.readData(data, { check: false })) {
-        // each piece lies within one chunk, and they come in order
-        const chunkStart = Math.floor(p.offset / cs) * cs;
-        if (partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
-        // Disk.read hands out buffers of their own: they can move to the writer without a copy
-        if (p.data.length) {
-          pieces.push({ offset: p.offset, data: p.data });
-          partBytes += p.data.length;
-        }
-        readBytes += p.data.length;
-        // a large file moves the progress while it is read, not only at its end
-        if (readBytes - lastReported >= PROGRESS_STEP) {
-          lastReported = readBytes;
-          progress();
+      const whole = reader.readWhole(data, PART_BYTES);
+      // most files: one read, one piece
+      if (whole) pieces.push({ offset: 0, data: await whole });
+      else {
+        for await (const p of reader.readData(data, { check: false })) {
+          // each piece lies within one chunk, and they come in order
+          const chunkStart = Math.floor(p.offset / cs) * cs;
+          if (partBytes >= PART_BYTES && chunkStart > partBase) await send(chunkStart, false);
+          // Disk.read hands out buffers of their own: they can move to the writer without a copy
+          if (p.data.length) {
+            pieces.push({ offset: p.offset, data: p.data });
+            partBytes += p.data.length;
+          }
+          readBytes += p.data.length;
+          // a large file moves the progress while it is read, not only at its end
+          if (readBytes - lastReported >= PROGRESS_STEP) {
+            lastReported = readBytes;
+            progress();
+          }
         }
       }
     } catch (err) {

@@ -272,6 +272,18 @@ export class VolumeReader {
     }
   }
 
+  /**
+   * A file's data in one read, unchecked (as readData with check: false),
+   * when it lies in a single extent with no hole and is at most `max` bytes
+   * (most files); else null.
+   */
+  readWhole(file: VolumeEntry, max: number): Promise<Buffer> | null {
+    const e = this.fileEntry(file);
+    const x = e.extents.length === 1 ? e.extents[0] : undefined;
+    if (!x || x.fileOffset !== 0 || x.length !== e.size || e.size > max) return null;
+    return this.disk.read(x.diskOffset, x.length);
+  }
+
   /** Indexes of the chunks of a file whose data does not match its checksum. */
   async verify(file: VolumeEntry | Buffer | string): Promise<number[]> {
     const bad = new Set<number>();
