@@ -145,7 +145,9 @@ export async function importSeeds(
       throw err;
     }
     await vault.commitBatch();
-    await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, at: new Date().toISOString() });
+    // (with each object's size: `ferry check` finds one cut short later without reading it)
+    const sizes = Object.fromEntries(m.objects.map((o) => [o.name, o.size]));
+    await putJson(vault, diskMarker(m.seedId, m.disk), { dir, objects: m.objects.length, sizes, at: new Date().toISOString() });
     inNow.set(key, dir);
     const done = { dir, seedId: m.seedId, disk: m.disk, of: m.of!, objects: m.objects.length, bytes: r.bytes, already: false };
     result.imported.push(done);

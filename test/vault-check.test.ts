@@ -96,6 +96,14 @@ test('check finds what is missing, and --read-data what is damaged, naming each 
     t.deepEqual(damaged.report.problems.map((p) => [p.code, p.object]), [['BLOCK_DAMAGED', `disks/${disk}/blocks/${first}`]]);
     t.true(damaged.stderr.includes(`disks/${disk}/blocks/${first}`), damaged.stderr);
 
+    // Cut short: found without reading data, by the size import recorded.
+    await restoreBlocks();
+    await truncate(join(blocks, second), 1000);
+    const cut = await check(vault);
+    t.is(cut.code, 1);
+    t.deepEqual(cut.report.problems.map((p) => [p.code, p.object]), [['BLOCK_DAMAGED', `disks/${disk}/blocks/${second}`]]);
+    t.regex(cut.report.problems[0].message, /holds 1000 bytes, but \d+ were imported/);
+
     // Truncated, and two swapped: each named.
     await restoreBlocks();
     await truncate(join(blocks, first), 50);

@@ -83,7 +83,23 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
     if (d.parentMissing) problems.push({ code: 'DISK_PARENT_MISSING', object: headName(d.id), message: `disk ${d.id} is a differencing disk over ${d.parent}, which the vault does not hold` });
   }
 
-  // Blocks: every one a disk refers to is there (and with readData, reads and authenticates).
+  // Import's records of seed disks: each object's size as imported (absent in records before 2026-12-07).
+  const seedDocs = new Map<string, { seq?: number; sizes?: Record<string, number> } | Error>();
+  const importedSize = new Map<string, number>();
+  for (const n of all) {
+    if (!n.startsWith('seeds/')) continue;
+    try {
+      const doc = JSON.parse((await vault.getSealed(n)).toString('utf8')) as { seq?: number; sizes?: Record<string, number> };
+      seedDocs.set(n, doc);
+      if (/^seeds\/[^/]+\/disks\/\d+$/.test(n) && doc.sizes && typeof doc.sizes === 'object') {
+        for (const [name, size] of Object.entries(doc.sizes)) if (Number.isSafeInteger(size)) importedSize.set(name, size);
+      }
+    } catch (err) {
+      seedDocs.set(n, err as Error);
+    }
+  }
+
+  // Blocks: every one a disk refers to is there, as large as imported (and with readData, reads and authenticates).
   const blocksOf = new Map<string, StoredBlock[]>();
   for (const d of disks) {
     try {
@@ -99,8 +115,12 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   for (const [id, blocks] of blocksOf) {
     blockCount += blocks.length;
     await eachBlock(blocks, async (blk) => {
+      const want = importedSize.get(blk.name);
+      const has = want === undefined || !all.has(blk.name) ? undefined : (await vault.stat(blk.name).catch(() => undefined))?.size;
       if (!all.has(blk.name)) {
         problems.push({ code: 'BLOCK_MISSING', object: blk.name, message: `block ${blk.index} of disk ${id} is missing (object ${blk.name})` });
+      } else if (has !== undefined && has !== want) {
+        problems.push({ code: 'BLOCK_DAMAGED', object: blk.name, message: `block ${blk.index} of disk ${id}: object ${blk.name} holds ${has} bytes, but ${want} were imported` });
       } else if (opts.readData) {
         try {
           const n = await readStoredBlock(objects, blk);
@@ -136,12 +156,12 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   const registeredSeq = new Map<string, number>();
   for (const n of all) {
     if (!n.startsWith('seeds/')) continue;
-    try {
-      const doc = JSON.parse((await vault.getSealed(n)).toString('utf8')) as { seq?: number };
+    const doc = seedDocs.get(n)!;
+    if (doc instanceof Error) {
+      problems.push({ code: 'SEED_RECORD_DAMAGED', object: n, message: `import's record ${n} cannot be read: ${doc.message}` });
+    } else {
       const r = /^seeds\/([^/]+)\/registered$/.exec(n);
       if (r && typeof doc.seq === 'number') registeredSeq.set(r[1], doc.seq);
-    } catch (err) {
-      problems.push({ code: 'SEED_RECORD_DAMAGED', object: n, message: `import's record ${n} cannot be read: ${(err as Error).message}` });
     }
     const m = /^seeds\/([^/]+)\/disks\/\d+$/.exec(n);
     if (m) seeds.set(m[1], (seeds.get(m[1]) ?? 0) + 1);
