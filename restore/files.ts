@@ -505,6 +505,14 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   let readBytes = 0; // data read from the volume so far (progress)
   let lastReported = 0;
   const progress = () => opts.onProgress?.({ files: handled, bytes: readBytes });
+  /** Counts data read; a large file moves the progress while it is read, not only at its end. */
+  const countRead = (n: number) => {
+    readBytes += n;
+    if (readBytes - lastReported >= PROGRESS_STEP) {
+      lastReported = readBytes;
+      progress();
+    }
+  };
 
   const dirDst = new Map<number, Buffer | null>(); // restored dirs' places; null = subtree skipped
   const knownDirs = new Set<string>();
@@ -849,8 +857,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     try {
       const whole = reader.readWhole(data, PART_BYTES);
       // most files: one read, one piece
-      if (whole) pieces.push({ offset: 0, data: await whole });
-      else {
+      if (whole) {
+        const b = await whole;
+        pieces.push({ offset: 0, data: b });
+        countRead(b.length);
+      } else {
         for await (const p of reader.readData(data, { check: false })) {
           // each piece lies within one chunk, and they come in order
           const chunkStart = Math.floor(p.offset / cs) * cs;
@@ -860,12 +871,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             pieces.push({ offset: p.offset, data: p.data });
             partBytes += p.data.length;
           }
-          readBytes += p.data.length;
-          // a large file moves the progress while it is read, not only at its end
-          if (readBytes - lastReported >= PROGRESS_STEP) {
-            lastReported = readBytes;
-            progress();
-          }
+          countRead(p.data.length);
         }
       }
     } catch (err) {

@@ -432,3 +432,28 @@ test('ChunkHasher: pieces fed with a done callback (hashed where they lie, on th
   );
   t.pass();
 });
+
+test('a full disk stops the volume, and every piece handed to it is released, those of writes never made too', async (t) => {
+  const disk = new MemDisk(24 * MiB);
+  let given = 0;
+  let released = 0;
+  async function* content(n: number) {
+    for (let i = 0; i < n; i++) {
+      given++;
+      let done = false;
+      yield {
+        offset: i * MiB,
+        data: pseudoRandom(MiB, i + 1),
+        release: () => {
+          if (done) throw new Error('released twice');
+          done = true;
+          released++;
+        },
+      };
+    }
+  }
+  await t.throwsAsync(writeVolume(disk, [meta('/', 'dir'), { ...meta('/big', 'file', { size: 60 * MiB }), content: () => content(60) }]));
+  await new Promise((r) => setTimeout(r, 100)); // (writes in flight settle)
+  t.true(given > 1);
+  t.is(released, given);
+});

@@ -121,7 +121,14 @@ class SeqWriter {
    */
   async append(data: Buffer, release?: () => void): Promise<void> {
     if (this.used === 0 && data.length >= DIRECT_WRITE) {
-      if (this.inflight) await this.inflight;
+      if (this.inflight) {
+        try {
+          await this.inflight;
+        } catch (err) {
+          release?.(); // (the write before failed: this one is never made)
+          throw err;
+        }
+      }
       const w = this.disk.write(this.bufStart, data);
       this.inflight = settled(release ? w.finally(release) : w);
       this.bufStart += data.length;
