@@ -33,8 +33,9 @@
 // addon's futimens. For everything else (and files, without the addon),
 // after the µs-exact in-process call a small perl helper (perl-base is on
 // every Debian/Ubuntu system) sets the exact nanoseconds with utimensat(2);
-// it also creates device nodes, fifos and sockets with mknodat(2). Without perl, `touch -d @S.N` and
-// `mknod`/`mkfifo` are used instead (slower; sockets are then skipped).
+// it also creates device nodes, fifos and sockets with mknodat(2). Without
+// perl, `touch -d @S.N` and `mknod`/`mkfifo` are used instead (slower;
+// sockets are then skipped).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
