@@ -65,7 +65,9 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   }
   if (point.kind === 'volume' && o.paths?.length) throw new UsageError('--path picks files and folders; a volume restores whole: leave --path out');
   if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
-  const disk = await openPointDisk(vault, point);
+  const disk = await openPointDisk(vault, point).catch((err) => {
+    throw unreadablePoint(err, point, 'a disk head');
+  });
   try {
     if (point.kind === 'volume') {
       if (!o.to) throw new UsageError('restoring a volume needs --to (a block device, an image file, or a .vhd)');
@@ -111,7 +113,10 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
       const open = device ? 0 : await warnIfOthersRead(to, 'the volume, every byte of it', o.onWarning);
       return { point, to, format, restored: 1, skipped: 0, failed: 0, bytes, warnings: lost + open };
     }
-    const reader = await VolumeReader.open(disk);
+    // the volume's superblock and catalog (what lists its files) come first: without them no file can be found
+    const reader = await VolumeReader.open(disk).catch((err) => {
+      throw unreadablePoint(err, point, 'the volume\'s superblock and list of files');
+    });
     try {
       let warnings = 0;
       const onWarning = (w: { path?: Buffer | string; message: string; code?: string }) => {
@@ -169,6 +174,20 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   } finally {
     await disk.close();
   }
+}
+
+/**
+ * An object the whole point needs (its disk's head, the volume's superblock
+ * and catalog) that cannot be read: said with what it stops and what to do.
+ */
+function unreadablePoint(err: unknown, point: PointManifest, what: string): unknown {
+  if (!(err instanceof FerryError) || !err.data.object) return err;
+  return new FerryError(
+    err.code,
+    `${err.message}; point ${point.seq} of ${point.machine}/${point.item} cannot be read without it (${what}), so nothing was restored; put the object back from a copy of the vault if there is one (ferry check --read-data lists every missing or damaged object)`,
+    err.data,
+    err.exitCode,
+  );
 }
 
 /**

@@ -6,15 +6,17 @@
 // /ferry-system-state. A missing tool or a failing command is noted in
 // /ferry-system-state/MANIFEST.json and never stops the collection.
 import { execFile } from 'node:child_process';
-import { mkdtemp, readdir, rm, stat, writeFile, readFile, mkdir } from 'node:fs/promises';
+import { readdir, rm, stat, writeFile, readFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { FerryError } from '../format/errors.js';
-import { isNoRoom } from '../format/fsio.js';
+import { isNoRoom, tempDirIn } from '../format/fsio.js';
 import type { EntryWarning } from '../format/volume/writer.js';
 import type { MappedSource } from './files.js';
 
 export const STATE_FOLDER = '/ferry-system-state';
+/** The staging folders' names in TMPDIR: `ferry-system-state-<host>-<pid>-XXXXXX`. */
+export const STAGING_PREFIX = 'ferry-system-state-';
 
 export interface SystemStateOptions {
   /** Where the generated outputs are staged (os.tmpdir() by default). */
@@ -143,9 +145,15 @@ export async function collectSystemState(opts: SystemStateOptions = {}): Promise
   const root = opts.root ?? '/';
   const timeout = opts.timeout ?? 60;
   const parent = opts.tmpDir ?? tmpdir();
-  const staging = await mkdtemp(join(parent, 'ferry-system-state-')).catch((err) => {
-    throw isNoRoom(err) ? stagingFull(parent) : err;
-  });
+  // This process's own (removed when it exits, a Ctrl-C included; one a
+  // kill -9 left is removed by a later run once stale): the outputs must not
+  // pile up in /tmp with each interrupted seed.
+  let staging: string;
+  try {
+    staging = tempDirIn(parent, STAGING_PREFIX, 60 * 1000);
+  } catch (err) {
+    throw err instanceof FerryError && err.code === 'TMP_FULL' ? stagingFull(parent) : err;
+  }
   const out = join(staging, 'ferry-system-state');
   await mkdir(out);
   try {
