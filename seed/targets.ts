@@ -226,7 +226,13 @@ export class SeedTargets {
         if (!st.isDirectory()) throw new Error('not a directory');
         await access(d, fsc.W_OK); // a read-only mount: EROFS now, not at the first object
       } catch (err) {
-        throw new FerryError('SEED_DISK_UNUSABLE', `seed disk ${d} cannot be used: ${(err as Error).message}; check that it is mounted and writable`, { disk: d });
+        const code = (err as NodeJS.ErrnoException).code;
+        const why =
+          code === 'ENOTDIR' ? 'a part of its path is a file, not a folder; give a folder (it is made if missing)'
+          : code === 'EROFS' ? 'its file system is read-only; mount it read-write'
+          : code === 'EACCES' || code === 'EPERM' ? 'permission denied; run ferry as a user who may write there'
+          : `${(err as Error).message}; check that it is mounted and writable`;
+        throw new FerryError('SEED_DISK_UNUSABLE', `seed disk ${d} cannot be used: ${why}`, { disk: d });
       }
       const fs = await statfs(d);
       capacity.push(opts.capacity ?? fs.bavail * fs.bsize);

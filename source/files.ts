@@ -513,7 +513,13 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
         st = await lstat(from.real, { bigint: true });
       }
     } catch (err) {
-      warn({ code: 'SOURCE_VANISHED', message: `source ${printable(root.real)} cannot be read: ${errText(err)}`, path: root.real });
+      const code = (err as NodeJS.ErrnoException).code;
+      const why =
+        code === 'ENOENT' ? 'does not exist (check the path)'
+        : code === 'ENOTDIR' ? 'does not exist (a part of its path is a file, not a folder)'
+        : code === 'EACCES' || code === 'EPERM' ? 'cannot be read (permission denied: run ferry as a user who may read it)'
+        : `cannot be read: ${errText(err)}`;
+      warn({ code: 'SOURCE_VANISHED', message: `source ${printable(root.real)} ${why}; left out`, path: root.real });
       continue;
     }
     emittedAncestors.add(root.as.toString('latin1'));

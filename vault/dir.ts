@@ -272,7 +272,7 @@ export class DirBackend implements Backend {
         : e.code === 'EACCES' || e.code === 'EPERM'
           ? `; permission denied: run as a user who may ${op === 'read' || op === 'stat' || op === 'list' ? 'read' : 'write'} there`
           : e.code === 'EROFS'
-            ? '; the file system is read-only'
+            ? `; the file system is read-only: ${op === 'read' || op === 'stat' || op === 'list' ? 'mount it readable' : 'mount it read-write (or copy the vault to a writable one)'} and run the same command again`
             : '';
     return new FerryError('BACKEND_IO', `cannot ${op} object ${name} in ${this.location}: ${what}${hint}`, {
       object: name,
