@@ -99,8 +99,30 @@ export function report(err: unknown, out?: Output): number {
   return EXIT.failed;
 }
 
+/**
+ * Commander checks required options before unknown ones: `--itme x` was
+ * reported as "required option '--item' not specified". A command with an
+ * action now names the unknown option first, with commander's suggestion
+ * ("Did you mean --item?"). (Through commander's internal
+ * _outputHelpIfRequested, which it calls with the unknown arguments just
+ * before that check; commander is pinned by package-lock.json.)
+ */
+class FerryCommand extends Command {
+  override createCommand(name?: string): Command {
+    return new FerryCommand(name);
+  }
+}
+const proto = FerryCommand.prototype as unknown as { _outputHelpIfRequested(args: string[]): void; _actionHandler?: unknown; unknownOption(flag: string): void };
+const helpIfRequested = (Command.prototype as unknown as typeof proto)._outputHelpIfRequested;
+if (typeof helpIfRequested === 'function') {
+  proto._outputHelpIfRequested = function (this: typeof proto, args: string[]) {
+    helpIfRequested.call(this, args);
+    if (this._actionHandler && args.length > 0 && args[0].startsWith('-') && args[0] !== '-') this.unknownOption(args[0]);
+  };
+}
+
 export function makeProgram(): Command {
-  const program = new Command('ferry');
+  const program = new FerryCommand('ferry');
   program
     .description('offline seeding, incremental backup and restore for Linux, built on VHD')
     .version(version(), '-V, --version', 'print the version of ferry')
@@ -112,7 +134,7 @@ export function makeProgram(): Command {
         'Exit codes: 0 done, 1 failed, 2 usage error, 3 done with warnings, 10 no vault, 11 locked, 12 wrong passphrase, 130 interrupted.',
     )
     .exitOverride()
-    .configureOutput({ outputError: (str, write) => write(`ferry: ${str.split('\n')[0].replace(/^error: /, '')}\n`) });
+    .configureOutput({ outputError: (str, write) => write(`ferry: ${str.trim().replace(/^error: /, '').replace(/\n\(Did you mean/, ' (did you mean').split('\n')[0]}\n`) });
   return program;
 }
 

@@ -148,3 +148,16 @@ test('files, links and folders dated after 2262 (ext4 keeps times to 2446) are s
     t.regex(await times(src), /later\/f 2300-01-01 00:00:00\.123456789/);
   });
 });
+
+test('a mistyped option is named as unknown, with the option meant, before any required one is missed (exit 2)', async (t) => {
+  for (const [args, want] of [
+    [['points', '--vualt', '/nonexistent'], /^ferry: unknown option '--vualt' \(did you mean --vault\?\)\n$/],
+    [['restore', '--vault', '/nonexistent', '--itme', 'a'], /^ferry: unknown option '--itme' \(did you mean --item\?\)\n$/],
+    [['restor', '--vault', '/nonexistent'], /^ferry: unknown command 'restor' \(did you mean restore\?\)\n$/],
+    [['restore', '--vault', '/nonexistent'], /^ferry: required option '--item <name>' not specified\n$/],
+  ] as const) {
+    const r = await ferry([...args]);
+    t.is(r.code, 2, args.join(' '));
+    t.regex(r.stderr.toString(), want);
+  }
+});
