@@ -112,13 +112,16 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   let done = 0;
   let bytesRead = 0;
   let blockCount = 0;
+  const unneededMissing = new Map<string, number>();
   for (const [id, blocks] of blocksOf) {
     blockCount += blocks.length;
     await eachBlock(blocks, async (blk) => {
       const want = importedSize.get(blk.name);
       const has = want === undefined || !all.has(blk.name) ? undefined : (await vault.stat(blk.name).catch(() => undefined))?.size;
       if (!all.has(blk.name)) {
-        problems.push({ code: 'BLOCK_MISSING', object: blk.name, message: `block ${blk.index} of disk ${id} is missing (object ${blk.name})` });
+        // a disk no point names (a seed whose other disks are not imported yet): what it lacks no point needs
+        if (!used.has(id)) unneededMissing.set(id, (unneededMissing.get(id) ?? 0) + 1);
+        else problems.push({ code: 'BLOCK_MISSING', object: blk.name, message: `block ${blk.index} of disk ${id} is missing (object ${blk.name})` });
       } else if (has !== undefined && has !== want) {
         problems.push({ code: 'BLOCK_DAMAGED', object: blk.name, message: `block ${blk.index} of disk ${id}: object ${blk.name} holds ${has} bytes, but ${want} were imported` });
       } else if (opts.readData) {
@@ -135,7 +138,12 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
   }
 
   // What nothing needs.
-  for (const d of disks) if (!used.has(d.id)) notes.push(`disk ${d.id} is in no point (stored by ferry vhd import, or by an import that has not registered its point yet)`);
+  for (const d of disks) {
+    if (used.has(d.id)) continue;
+    notes.push(`disk ${d.id} is in no point (stored by ferry vhd import, or by an import that has not registered its point yet)`);
+    const n = unneededMissing.get(d.id);
+    if (n) notes.push(`disk ${d.id}: ${n} of its block objects are not in the vault (no point needs them; a seed's come with its other disks)`);
+  }
   const referenced = new Set([...blocksOf.values()].flatMap((b) => b.map((x) => x.name)));
   const stray = new Map<string, number>();
   for (const n of all) {
@@ -146,7 +154,7 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
     }
   }
   for (const [id, count] of stray) {
-    const why = blocksOf.has(id) ? 'that its head does not refer to' : 'of a disk with no head (left by an interrupted import)';
+    const why = blocksOf.has(id) ? 'that its head does not refer to' : 'of a disk with no head (its head comes with another disk of a seed not yet imported, or an import was interrupted)';
     notes.push(`${count} block object${count === 1 ? '' : 's'} under ${diskPrefix(id)} ${why}`);
   }
   // Seeds: import's records (which disks are in, who owns a disk image, what is registered) read;
