@@ -974,26 +974,35 @@ static napi_value gcm(napi_env env, napi_callback_info info) {
  * input (the last one shorter) into out, 32 bytes each, on the calling
  * thread; one call per file instead of a Hash object per chunk.
  */
+/* The SHA-256 of each `chunk` bytes of `in` (the last one shorter) into out, 32 bytes each; false when OpenSSL fails. */
+static bool digest_chunks(const uint8_t *in, size_t inLen, size_t chunk, uint8_t *out) {
+  for (size_t at = 0; at < inLen; at += chunk, out += 32) {
+    size_t n = inLen - at < chunk ? inLen - at : chunk;
+    unsigned int mdLen = 0;
+    if (!ossl.digest(in + at, n, out, &mdLen, ossl.sha256(), NULL) || mdLen != 32) return false;
+  }
+  return true;
+}
+
+/* (input, chunk > 0, out of 32 bytes per chunk) as both calls take them; false when they are not that. */
+static bool chunk_args(napi_env env, napi_value *argv, uint8_t **in, size_t *inLen, int64_t *chunk, uint8_t **out) {
+  size_t outLen;
+  return bytes_of(env, argv[0], in, inLen) && napi_get_value_int64(env, argv[1], chunk) == napi_ok && *chunk > 0 && bytes_of(env, argv[2], out, &outLen) &&
+         outLen >= (*inLen + (size_t)*chunk - 1) / (size_t)*chunk * 32;
+}
+
 static napi_value sha256_chunks(napi_env env, napi_callback_info info) {
   size_t argc = 3;
   napi_value argv[3];
   uint8_t *in, *out;
-  size_t inLen, outLen;
+  size_t inLen;
   int64_t chunk;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 3 || !bytes_of(env, argv[0], &in, &inLen) || napi_get_value_int64(env, argv[1], &chunk) != napi_ok || chunk <= 0 ||
-      !bytes_of(env, argv[2], &out, &outLen) || outLen < (inLen + (size_t)chunk - 1) / (size_t)chunk * 32) {
+  if (argc < 3 || !chunk_args(env, argv, &in, &inLen, &chunk, &out)) {
     napi_throw_type_error(env, NULL, "sha256Chunks(input, chunk > 0, out of 32 bytes per chunk)");
     return NULL;
   }
-  for (size_t at = 0; at < inLen; at += (size_t)chunk, out += 32) {
-    size_t n = inLen - at < (size_t)chunk ? inLen - at : (size_t)chunk;
-    unsigned int mdLen = 0;
-    if (!ossl.digest(in + at, n, out, &mdLen, ossl.sha256(), NULL) || mdLen != 32) {
-      napi_throw_error(env, NULL, "SHA-256 failed in OpenSSL");
-      return NULL;
-    }
-  }
+  if (!digest_chunks(in, inLen, (size_t)chunk, out)) napi_throw_error(env, NULL, "SHA-256 failed in OpenSSL");
   return NULL;
 }
 
@@ -1012,28 +1021,19 @@ typedef struct {
 
 static void chunks_execute(PoolJob *j) {
   ChunksJob *job = (ChunksJob *)j;
-  uint8_t *out = job->out;
-  for (size_t at = 0; at < job->inLen; at += job->chunk, out += 32) {
-    size_t n = job->inLen - at < job->chunk ? job->inLen - at : job->chunk;
-    unsigned int mdLen = 0;
-    if (!ossl.digest(job->in + at, n, out, &mdLen, ossl.sha256(), NULL) || mdLen != 32) {
-      j->err = EIO;
-      return;
-    }
-  }
+  if (!digest_chunks(job->in, job->inLen, job->chunk, job->out)) j->err = EIO;
 }
 
 static napi_value sha256_chunks_async(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4], hold;
   uint8_t *in, *out;
-  size_t inLen, outLen;
+  size_t inLen;
   int64_t chunk;
   napi_valuetype cbType = napi_undefined;
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc >= 4) napi_typeof(env, argv[3], &cbType);
-  if (argc < 4 || cbType != napi_function || !bytes_of(env, argv[0], &in, &inLen) || napi_get_value_int64(env, argv[1], &chunk) != napi_ok ||
-      chunk <= 0 || !bytes_of(env, argv[2], &out, &outLen) || outLen < (inLen + (size_t)chunk - 1) / (size_t)chunk * 32) {
+  if (argc < 4 || cbType != napi_function || !chunk_args(env, argv, &in, &inLen, &chunk, &out)) {
     napi_throw_type_error(env, NULL, "sha256ChunksAsync(input, chunk > 0, out of 32 bytes per chunk, callback)");
     return NULL;
   }
@@ -1122,14 +1122,9 @@ static void read_one(const int64_t *q, const char *path, uint8_t *data, double *
     }
     if (r[0] == 0) {
       r[1] = (double)got;
-      for (int64_t at = 0; chunk > 0 && at < got; at += chunk) {
-        size_t n = (size_t)(got - at < chunk ? got - at : chunk);
-        unsigned int mdLen = 0;
-        if (!ossl.digest(data + at, n, data + length + at / chunk * 32, &mdLen, ossl.sha256(), NULL) || mdLen != 32) {
-          r[0] = EIO;
-          r[3] = 3;
-          break;
-        }
+      if (chunk > 0 && !digest_chunks(data, (size_t)got, (size_t)chunk, data + length)) {
+        r[0] = EIO;
+        r[3] = 3;
       }
     }
   }

@@ -7,7 +7,7 @@
 // Without the addon (or with one built from older sources, which lacks
 // scanFolder or refuses its arguments) the walk goes on with readdir and
 // lstat. A folder the addon cannot open is warned about in Node's words
-// (errnoText) and not listed through Node, which would follow a symlink
+// (errnoText, format/native.ts) and not listed through Node, which would follow a symlink
 // swapped in for it.
 import type { BigIntStats } from 'node:fs';
 import { constants as C } from 'node:fs';
@@ -124,4 +124,3 @@ export async function scanDir(path: Buffer, keep?: (name: Buffer) => boolean): P
 
 const NUL = Buffer.alloc(1);
 
-export { errnoCode, errnoText } from '../format/native.js';

@@ -18,7 +18,8 @@ import type { EntryMeta, EntryType, Xattr } from '../format/volume/catalog.js';
 import type { DataPiece, EntryWarning, SourceEntry } from '../format/volume/writer.js';
 import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
-import { errnoText, isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
+import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
+import { errnoText } from '../format/native.js';
 import { pseudoFilesystems } from './pseudofs.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 

@@ -15,7 +15,7 @@ import { closeSync, constants as C, fstatSync, openSync, readSync, type BigIntSt
 import type { Worker } from 'node:worker_threads';
 import { nativeAddon } from '../format/native.js';
 import { startWorker } from '../format/threads.js';
-import { errnoCode, errnoText } from './dirscan.js';
+import { errnoCode, errnoText } from '../format/native.js';
 import { splitTime } from '../format/volume/catalog.js';
 
 export interface ReadRequest {

@@ -103,7 +103,7 @@ export class FileStorage implements VhdStorage {
           // short (the file's end): read again through the cache, below
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-          this.#direct = null; // (a device of larger sectors, say: not again; closed with the file)
+          this.#directRefused = true; // (a device of larger sectors, say: not again)
         }
       }
     }
@@ -134,19 +134,18 @@ export class FileStorage implements VhdStorage {
   }
 
   /** A second descriptor with O_DIRECT, opened at first use; null when the file system refuses it (or without the addon, which tells alignment). */
-  #direct: Promise<FileHandle | null> | null | undefined;
-  #directOpened: Promise<FileHandle | null> | undefined;
+  #direct: Promise<FileHandle | null> | undefined;
+  /** A read through #direct was refused (EINVAL): not used again (closed with the file). */
+  #directRefused = false;
 
-  #directFh(): Promise<FileHandle | null> {
-    if (this.#direct === undefined) {
-      this.#direct = this.writable || !nativeAddon()?.alignOf ? null : fsOpen(this.name, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
-      this.#directOpened = this.#direct ?? undefined;
-    }
-    return this.#direct ?? Promise.resolve(null);
+  async #directFh(): Promise<FileHandle | null> {
+    if (this.#directRefused) return null;
+    this.#direct ??= this.writable || !nativeAddon()?.alignOf ? Promise.resolve(null) : fsOpen(this.name, constants.O_RDONLY | constants.O_DIRECT).catch(() => null);
+    return this.#direct;
   }
 
   async close(): Promise<void> {
-    const d = await this.#directOpened;
+    const d = await this.#direct;
     await Promise.all([this.fh.close(), d?.close()]);
   }
 }
