@@ -56,7 +56,7 @@ export function freeBuffer(b: Uint8Array): void {
     back();
     return;
   }
-  if (b.byteLength < 64 * 1024 || !ownsWhole(b)) return;
+  if (b.byteLength < 4096 || !ownsWhole(b)) return;
   if (!sink) {
     sink = new MessageChannel().port1;
     sink.close();

@@ -72,12 +72,32 @@ export interface Native {
   openObject?(key: Uint8Array, name: Uint8Array, sealed: Uint8Array, codec: number, out: Uint8Array | null, digest: Uint8Array | null,
     cb: (errno: number | null, status?: number | string) => void): void;
   /**
+   * The restore's file writer, a thread of the addon's own (restore/writer.ts
+   * builds the jobs): batches are done in order and reported to
+   * `onResults(id, results)` on this thread; `killAfter` (-1: never) is a
+   * test's hook that kills the process after so many bytes written.
+   */
+  startWriter?(killAfter: number, onResults: (id: number, results: NativeWriteResult[]) => void): NativeWriterHandle;
+  writerSubmit?(writer: NativeWriterHandle, id: number, jobs: NativeWriteJob[]): void;
+  /** Ends the writer's thread: once every batch is reported, or with `halt` after the job in hand (the rest dropped). */
+  writerStop?(writer: NativeWriterHandle, halt: boolean): void;
+  /**
    * AES-256-GCM into `out` (at least input's length; in place allowed) with
    * the OpenSSL inside Node; false when a decryption's tag does not match
    * (out zeroed). Absent when Node's OpenSSL symbols cannot be found.
    */
   gcm?(encrypt: boolean, key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, input: Uint8Array, out: Uint8Array, tag: Uint8Array): boolean;
 }
+
+/** The addon's writer (opaque). */
+export type NativeWriterHandle = { readonly __nativeWriter: unique symbol };
+/** [tmp, dst, flags, size, uid, gid, mode, key, times, chunkSize, chunks, checkBase, checkSize, offsets, datas, xattrNames, xattrValues] */
+export type NativeWriteJob = [
+  Uint8Array, Uint8Array, number, number, number, number, number, number, number[] | null, number, Uint8Array | null, number, number,
+  number[], Uint8Array[], string[] | null, Uint8Array[] | null,
+];
+/** [status, errno, syscall, atDst, badOffset, ...warnings as (kind, errno, xattr index) triples] */
+export type NativeWriteResult = [number, number, string | null, boolean, number, ...number[]];
 
 let native: Native | null | undefined;
 

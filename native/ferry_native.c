@@ -51,6 +51,8 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
 #include <dirent.h>
 #include <node_api.h>
 
@@ -1638,6 +1640,591 @@ static napi_value align_of(napi_env env, napi_callback_info info) {
   return r;
 }
 
+/* ---- the restore's file writer: a thread of its own, without JavaScript ----
+ *
+ * startWriter(killAfter, onResults) starts a thread that creates restored
+ * files from batches of jobs, in the order given: open (O_EXCL), write (the
+ * zero pages of a sparse file skipped), start the write-back, then for the
+ * last part of a file its length, owner, mode, xattrs (through the
+ * descriptor), times to the nanosecond, close and rename into place. Before
+ * writing, each job's data is checked against its stored chunk sums. It is
+ * what restore/writer.ts's worker thread does with Node's synchronous calls,
+ * without a second JavaScript heap (20-30 MiB of a restore's peak) and
+ * without copying every job through a message.
+ *
+ * writerSubmit(writer, id, jobs) queues a batch; onResults(id, results) is
+ * called on the main thread once it is done, with per job [status, errno,
+ * syscall, atDst, badOffset, warnings...] (status 0 done, 1 failed with
+ * errno in syscall, 2 aborted, 3 an earlier part failed, 4 skipped).
+ * writerStop(writer, halt) ends the thread once its queue is empty, or
+ * with `halt` after the job in hand (a Ctrl-C: the exit handlers then
+ * remove the restore's temporaries, and nothing may be writing into them). A job is the
+ * array [tmp, dst, flags, size, uid, gid, mode, key, times, chunkSize, chunks,
+ * checkBase, checkSize, offsets, datas, xattrNames, xattrValues] that
+ * FileWriter builds (restore/writer.ts); its buffers stay the writer's
+ * until the batch is reported.
+ */
+enum {
+  WF_FRESH = 1, WF_DIRECT = 2, WF_SPARSE = 4, WF_ABORT = 8, WF_OWNER = 16, WF_PART = 32, WF_FIRST = 64, WF_LAST = 128,
+  WF_CHECK = 256, WF_TIMES = 512, WF_SKIP = 1024,
+};
+enum { WS_DONE = 0, WS_FAILED = 1, WS_ABORTED = 2, WS_NO_PART = 3, WS_SKIPPED = 4 };
+enum { WW_OWNER = 1, WW_MODE = 2, WW_XATTR = 3, WW_TIMES = 4 };
+#define W_MAX_WARN 8
+#define W_PAGE 4096
+#define W_WRITEBACK_MIN (1024 * 1024)
+
+typedef struct {
+  int64_t offset;
+  const uint8_t *data;
+  size_t len;
+} WPiece;
+
+typedef struct {
+  char *name;
+  const uint8_t *value;
+  size_t len;
+} WXattr;
+
+typedef struct {
+  char *tmp, *dst;
+  uint32_t flags;
+  int64_t size, uid, gid, key;
+  uint32_t mode;
+  struct timespec ts[2];
+  int64_t chunkSize, checkBase, checkSize;
+  const uint8_t *chunks;
+  size_t chunksLen;
+  WPiece *pieces;
+  size_t npieces;
+  WXattr *xattrs;
+  size_t nxattrs;
+  /* the outcome */
+  int status, err;
+  const char *syscall;
+  bool atDst;
+  int64_t badOffset;
+  int nwarn;
+  int warn[W_MAX_WARN][3]; /* kind, errno, xattr index */
+} WJob;
+
+typedef struct WBatch WBatch;
+struct WBatch {
+  WBatch *next;
+  double id;
+  WJob *jobs;
+  size_t n;
+  napi_ref hold;
+};
+
+typedef struct {
+  int64_t key;
+  int fd;
+} WPart;
+
+typedef struct {
+  pthread_t thread;
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  WBatch *head, *tail;
+  bool stopping, running;
+  volatile bool halt; /* stop after the job in hand (the process is being interrupted) */
+  napi_threadsafe_function tsfn;
+  unsigned outstanding; /* batches submitted and not yet reported (main thread only) */
+  int64_t killAfter, written;
+  uint8_t *scratch;
+  int64_t scratchCap, zeroFor;
+  uint8_t zeroSum[32];
+  WPart *parts;
+  size_t nparts, capParts;
+} Writer;
+
+static void wjob_free(WJob *j) {
+  free(j->tmp);
+  free(j->dst);
+  free(j->pieces);
+  for (size_t i = 0; i < j->nxattrs; i++) free(j->xattrs[i].name);
+  free(j->xattrs);
+}
+
+static void wbatch_free(WBatch *b) {
+  for (size_t i = 0; i < b->n; i++) wjob_free(&b->jobs[i]);
+  free(b->jobs);
+  free(b);
+}
+
+static int parts_find(Writer *w, int64_t key) {
+  for (size_t i = 0; i < w->nparts; i++) if (w->parts[i].key == key) return (int)i;
+  return -1;
+}
+
+/* The descriptor of a file written in parts, taken out of the table (-1: none). */
+static int parts_take(Writer *w, int64_t key) {
+  int i = parts_find(w, key);
+  if (i < 0) return -1;
+  int fd = w->parts[i].fd;
+  w->parts[i] = w->parts[--w->nparts];
+  return fd;
+}
+
+static bool parts_put(Writer *w, int64_t key, int fd) {
+  if (w->nparts == w->capParts) {
+    size_t cap = w->capParts ? w->capParts * 2 : 16;
+    WPart *p = realloc(w->parts, cap * sizeof *p);
+    if (!p) return false;
+    w->parts = p;
+    w->capParts = cap;
+  }
+  w->parts[w->nparts++] = (WPart){key, fd};
+  return true;
+}
+
+static bool w_sha256(const uint8_t *in, size_t len, uint8_t out[32]) {
+  unsigned int n = 0;
+  return ossl.digest(in, len, out, &n, ossl.sha256(), NULL) && n == 32;
+}
+
+/* The offset of the first chunk whose data does not match its stored sum, or -1 (restore/files.ts's checkChunks). */
+static int64_t w_check(Writer *w, WJob *j) {
+  int64_t cs = j->chunkSize, size = j->checkSize, base = j->checkBase;
+  int64_t nChunks = (size + cs - 1) / cs;
+  if (cs <= 0 || (int64_t)j->chunksLen != nChunks * 32) return base;
+  if (w->scratchCap < cs) {
+    free(w->scratch);
+    w->scratch = malloc((size_t)cs);
+    w->scratchCap = w->scratch ? cs : 0;
+    w->zeroFor = 0;
+    if (!w->scratch) return -1; /* (out of memory: left unchecked) */
+  }
+  size_t pi = 0;
+  uint8_t sum[32];
+  for (int64_t c = 0; c < nChunks; c++) {
+    int64_t s0 = c * cs, e0 = s0 + cs < size ? s0 + cs : size;
+    while (pi < j->npieces && j->pieces[pi].offset - base + (int64_t)j->pieces[pi].len <= s0) pi++;
+    const WPiece *p = pi < j->npieces ? &j->pieces[pi] : NULL;
+    int64_t rel = p ? p->offset - base : 0;
+    bool ok;
+    if (p && rel <= s0 && rel + (int64_t)p->len >= e0) {
+      ok = w_sha256(p->data + (s0 - rel), (size_t)(e0 - s0), sum);
+    } else if (!p || rel >= e0) {
+      /* all hole: the sum of zeros (known once per chunk size) */
+      if (e0 - s0 == cs && w->zeroFor == cs) {
+        memcpy(sum, w->zeroSum, 32);
+        ok = true;
+      } else {
+        memset(w->scratch, 0, (size_t)(e0 - s0));
+        ok = w_sha256(w->scratch, (size_t)(e0 - s0), sum);
+        if (ok && e0 - s0 == cs) {
+          memcpy(w->zeroSum, sum, 32);
+          w->zeroFor = cs;
+        }
+      }
+    } else {
+      /* across pieces, or partly a hole */
+      memset(w->scratch, 0, (size_t)(e0 - s0));
+      for (size_t k = pi; k < j->npieces && j->pieces[k].offset - base < e0; k++) {
+        int64_t r = j->pieces[k].offset - base;
+        int64_t s = r > s0 ? r : s0, t = r + (int64_t)j->pieces[k].len < e0 ? r + (int64_t)j->pieces[k].len : e0;
+        if (t > s) memcpy(w->scratch + (s - s0), j->pieces[k].data + (s - r), (size_t)(t - s));
+      }
+      ok = w_sha256(w->scratch, (size_t)(e0 - s0), sum);
+    }
+    if (!ok) return -1;
+    if (memcmp(sum, j->chunks + c * 32, 32) != 0) return base + s0;
+  }
+  return -1;
+}
+
+static bool w_zero_page(const uint8_t *p) {
+  static const uint8_t zero[W_PAGE];
+  return memcmp(p, zero, W_PAGE) == 0;
+}
+
+/* Writes all of `len` bytes at `pos`; 0 or the errno. */
+static int w_pwrite(Writer *w, int fd, const uint8_t *data, size_t len, int64_t pos) {
+  while (len > 0) {
+    ssize_t n = pwrite(fd, data, len, pos);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    data += n;
+    len -= (size_t)n;
+    pos += n;
+    if (w->killAfter >= 0 && (w->written += n) >= w->killAfter) kill(getpid(), SIGKILL); /* (a test's hook) */
+  }
+  return 0;
+}
+
+/* A piece's bytes; a sparse file's whole zero pages (counted from the file's start) are left as holes. */
+static int w_write_piece(Writer *w, int fd, const WPiece *p, bool sparse) {
+  if (!sparse) return w_pwrite(w, fd, p->data, p->len, p->offset);
+  size_t i = 0, start = 0;
+  bool inRun = false;
+  while (i < p->len) {
+    size_t end = (size_t)(((p->offset + (int64_t)i) / W_PAGE + 1) * W_PAGE - p->offset);
+    if (end > p->len) end = p->len;
+    bool zero = end - i == W_PAGE && w_zero_page(p->data + i);
+    if (!zero && !inRun) {
+      start = i;
+      inRun = true;
+    }
+    if (zero && inRun) {
+      int e = w_pwrite(w, fd, p->data + start, i - start, p->offset + (int64_t)start);
+      if (e) return e;
+      inRun = false;
+    }
+    i = end;
+  }
+  return inRun ? w_pwrite(w, fd, p->data + start, p->len - start, p->offset + (int64_t)start) : 0;
+}
+
+static void w_warn(WJob *j, int kind, int err, int index) {
+  if (j->nwarn >= W_MAX_WARN) return;
+  j->warn[j->nwarn][0] = kind;
+  j->warn[j->nwarn][1] = err;
+  j->warn[j->nwarn][2] = index;
+  j->nwarn++;
+}
+
+static void w_fail(WJob *j, int err, const char *syscall, bool atDst) {
+  j->status = WS_FAILED;
+  j->err = err;
+  j->syscall = syscall;
+  j->atDst = atDst;
+}
+
+static void w_exec(Writer *w, WJob *j) {
+  uint32_t f = j->flags;
+  bool direct = f & WF_DIRECT, part = f & WF_PART;
+  bool first = !part || (f & WF_FIRST), last = !part || (f & WF_LAST);
+  const char *tmp = direct ? j->dst : j->tmp;
+  j->badOffset = -1;
+  if (f & WF_SKIP) {
+    j->status = WS_SKIPPED;
+    return;
+  }
+  if (f & WF_ABORT) {
+    int fd = part ? parts_take(w, j->key) : -1;
+    if (fd >= 0) {
+      close(fd);
+      unlink(tmp); /* direct: the file the first part created (O_EXCL) */
+    }
+    j->status = WS_ABORTED;
+    return;
+  }
+  if (f & WF_CHECK) j->badOffset = w_check(w, j);
+  int fd;
+  if (first) {
+    /* (a leftover in the way was cleared by the main thread; O_EXCL refuses anything put there since) */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      w_fail(j, errno, "open", direct);
+      return;
+    }
+    if (part && !last && !parts_put(w, j->key, fd)) {
+      close(fd);
+      unlink(tmp);
+      w_fail(j, ENOMEM, "open", direct);
+      return;
+    }
+  } else {
+    fd = parts_take(w, j->key);
+    if (fd < 0) {
+      j->status = WS_NO_PART;
+      return;
+    }
+    if (!last) parts_put(w, j->key, fd); /* (its slot was just freed: cannot fail) */
+  }
+  int e = 0;
+  const char *sc = "write";
+  for (size_t i = 0; i < j->npieces && !e; i++) e = w_write_piece(w, fd, &j->pieces[i], f & WF_SPARSE);
+#ifdef __linux__
+  if (!e && j->npieces > 0 && (part || j->size >= W_WRITEBACK_MIN)) sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE); /* (a hint) */
+#endif
+  if (!e && last && (f & WF_SPARSE) && ftruncate(fd, j->size) != 0) {
+    e = errno; /* the holes of a sparse file stay holes */
+    sc = "ftruncate";
+  }
+  if (e) {
+    if (part) parts_take(w, j->key);
+    close(fd);
+    unlink(tmp); /* direct: the file this job created (O_EXCL), never one it found */
+    w_fail(j, e, sc, direct);
+    return;
+  }
+  if (!last) return;
+  if ((f & WF_OWNER) && fchown(fd, (uid_t)j->uid, (gid_t)j->gid) != 0) w_warn(j, WW_OWNER, errno, 0);
+  if (fchmod(fd, j->mode) != 0) w_warn(j, WW_MODE, errno, 0); /* after chown, which clears setuid/setgid */
+  /* after owner and mode (chown clears capabilities), through this descriptor */
+  for (size_t i = 0; i < j->nxattrs; i++) {
+    if (fsetxattr(fd, j->xattrs[i].name, j->xattrs[i].value, j->xattrs[i].len, 0) != 0) w_warn(j, WW_XATTR, errno, (int)i);
+  }
+  if ((f & WF_TIMES) && futimens(fd, j->ts) != 0) w_warn(j, WW_TIMES, errno, 0);
+  if (close(fd) != 0) {
+    e = errno;
+    sc = "close";
+  } else if (!direct && rename(tmp, j->dst) != 0) {
+    e = errno;
+    sc = "rename";
+  }
+  if (e) {
+    unlink(tmp);
+    w_fail(j, e, sc, false);
+  }
+}
+
+static void *writer_main(void *arg) {
+  Writer *w = arg;
+  for (;;) {
+    pthread_mutex_lock(&w->lock);
+    while (!w->head && !w->stopping) pthread_cond_wait(&w->cond, &w->lock);
+    WBatch *b = w->head;
+    if (b) {
+      w->head = b->next;
+      if (!w->head) w->tail = NULL;
+    }
+    pthread_mutex_unlock(&w->lock);
+    if (!b || w->halt) break; /* (halted: what is left is dropped with the process) */
+    for (size_t i = 0; i < b->n && !w->halt; i++) w_exec(w, &b->jobs[i]);
+    if (w->halt) break;
+    napi_call_threadsafe_function(w->tsfn, b, napi_tsfn_blocking);
+  }
+  return NULL;
+}
+
+/* On the main thread: a batch done, reported to onResults. */
+static void writer_report(napi_env env, napi_value cb, void *context, void *data) {
+  Writer *w = context;
+  WBatch *b = data;
+  if (env != NULL) {
+    napi_value results, args[2], undef, ignored;
+    bool ok = napi_create_array_with_length(env, b->n, &results) == napi_ok && napi_create_double(env, b->id, &args[0]) == napi_ok;
+    for (size_t i = 0; ok && i < b->n; i++) {
+      WJob *j = &b->jobs[i];
+      napi_value r, v;
+      ok = napi_create_array_with_length(env, 5 + 3 * (size_t)j->nwarn, &r) == napi_ok;
+      int32_t ints[] = {j->status, j->err};
+      for (int k = 0; ok && k < 2; k++) ok = napi_create_int32(env, ints[k], &v) == napi_ok && napi_set_element(env, r, (uint32_t)k, v) == napi_ok;
+      if (ok) ok = (j->syscall ? napi_create_string_utf8(env, j->syscall, NAPI_AUTO_LENGTH, &v) : napi_get_null(env, &v)) == napi_ok && napi_set_element(env, r, 2, v) == napi_ok;
+      if (ok) ok = napi_get_boolean(env, j->atDst, &v) == napi_ok && napi_set_element(env, r, 3, v) == napi_ok;
+      if (ok) ok = napi_create_double(env, (double)j->badOffset, &v) == napi_ok && napi_set_element(env, r, 4, v) == napi_ok;
+      for (int k = 0; ok && k < 3 * j->nwarn; k++) ok = napi_create_int32(env, j->warn[k / 3][k % 3], &v) == napi_ok && napi_set_element(env, r, (uint32_t)(5 + k), v) == napi_ok;
+      if (ok) ok = napi_set_element(env, results, (uint32_t)i, r) == napi_ok;
+    }
+    if (b->hold) napi_delete_reference(env, b->hold);
+    b->hold = NULL;
+    if (--w->outstanding == 0) napi_unref_threadsafe_function(env, w->tsfn);
+    args[1] = results;
+    if (ok && napi_get_undefined(env, &undef) == napi_ok) napi_call_function(env, undef, cb, 2, args, &ignored);
+  }
+  wbatch_free(b);
+}
+
+static void writer_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  Writer *w = data;
+  /* (the thread was joined by writerStop; a writer never stopped keeps its thread until the process ends) */
+  if (w->running) return;
+  for (size_t i = 0; i < w->nparts; i++) close(w->parts[i].fd);
+  free(w->parts);
+  free(w->scratch);
+  pthread_mutex_destroy(&w->lock);
+  pthread_cond_destroy(&w->cond);
+  free(w);
+}
+
+static Writer *writer_of(napi_env env, napi_value v) {
+  Writer *w = NULL;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external || napi_get_value_external(env, v, (void **)&w) != napi_ok) return NULL;
+  return w;
+}
+
+static napi_value start_writer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], name, handle;
+  napi_valuetype cbType = napi_undefined;
+  double killAfter = -1;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc >= 2) napi_typeof(env, argv[1], &cbType);
+  if (argc < 2 || cbType != napi_function || napi_get_value_double(env, argv[0], &killAfter) != napi_ok) {
+    napi_throw_type_error(env, NULL, "startWriter(killAfter bytes or -1, onResults)");
+    return NULL;
+  }
+  Writer *w = calloc(1, sizeof *w);
+  if (!w) {
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  w->killAfter = killAfter >= 0 ? (int64_t)killAfter : -1;
+  pthread_mutex_init(&w->lock, NULL);
+  pthread_cond_init(&w->cond, NULL);
+  if (napi_create_string_utf8(env, "ferry:writer", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_threadsafe_function(env, argv[1], NULL, name, 0, 1, NULL, NULL, w, writer_report, &w->tsfn) != napi_ok) {
+    writer_finalize(env, w, NULL);
+    napi_throw_error(env, NULL, "ferry native: cannot start the writer");
+    return NULL;
+  }
+  napi_unref_threadsafe_function(env, w->tsfn); /* (held while batches are out: writerSubmit) */
+  if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
+    napi_release_threadsafe_function(w->tsfn, napi_tsfn_abort);
+    writer_finalize(env, w, NULL);
+    napi_throw_error(env, NULL, "ferry native: cannot start the writer's thread");
+    return NULL;
+  }
+  w->running = true;
+  if (napi_create_external(env, w, writer_finalize, NULL, &handle) != napi_ok) return NULL;
+  return handle;
+}
+
+/* A NUL-terminated copy of a path's bytes (NULL: not bytes, or no memory). */
+static char *w_path(napi_env env, napi_value v) {
+  uint8_t *p;
+  size_t n;
+  if (!bytes_of(env, v, &p, &n) || memchr(p, 0, n)) return NULL;
+  char *s = malloc(n + 1);
+  if (s) {
+    memcpy(s, p, n);
+    s[n] = 0;
+  }
+  return s;
+}
+
+static bool w_int(napi_env env, napi_value arr, uint32_t i, int64_t *out) {
+  napi_value v;
+  double d;
+  if (napi_get_element(env, arr, i, &v) != napi_ok || napi_get_value_double(env, v, &d) != napi_ok) return false;
+  *out = (int64_t)d;
+  return true;
+}
+
+static bool w_parse(napi_env env, napi_value a, WJob *j) {
+  napi_value v, offs, datas, names, values;
+  int64_t flags, mode;
+  if (napi_get_element(env, a, 0, &v) != napi_ok || !(j->tmp = w_path(env, v))) return false;
+  if (napi_get_element(env, a, 1, &v) != napi_ok || !(j->dst = w_path(env, v))) return false;
+  if (!w_int(env, a, 2, &flags) || !w_int(env, a, 3, &j->size) || !w_int(env, a, 4, &j->uid) || !w_int(env, a, 5, &j->gid) ||
+      !w_int(env, a, 6, &mode) || !w_int(env, a, 7, &j->key) || !w_int(env, a, 9, &j->chunkSize) || !w_int(env, a, 11, &j->checkBase) ||
+      !w_int(env, a, 12, &j->checkSize))
+    return false;
+  j->flags = (uint32_t)flags;
+  j->mode = (uint32_t)mode;
+  if (j->flags & WF_TIMES) {
+    int64_t t[4];
+    if (napi_get_element(env, a, 8, &v) != napi_ok) return false;
+    for (uint32_t k = 0; k < 4; k++) if (!w_int(env, v, k, &t[k])) return false;
+    j->ts[0] = (struct timespec){.tv_sec = (time_t)t[0], .tv_nsec = (long)t[1]};
+    j->ts[1] = (struct timespec){.tv_sec = (time_t)t[2], .tv_nsec = (long)t[3]};
+  }
+  if (j->flags & WF_CHECK) {
+    uint8_t *c;
+    if (napi_get_element(env, a, 10, &v) != napi_ok || !bytes_of(env, v, &c, &j->chunksLen)) return false;
+    j->chunks = c;
+  }
+  uint32_t n = 0, nx = 0;
+  if (napi_get_element(env, a, 13, &offs) != napi_ok || napi_get_element(env, a, 14, &datas) != napi_ok || napi_get_array_length(env, datas, &n) != napi_ok) return false;
+  j->pieces = n ? calloc(n, sizeof *j->pieces) : NULL;
+  if (n && !j->pieces) return false;
+  j->npieces = n;
+  for (uint32_t k = 0; k < n; k++) {
+    uint8_t *d;
+    if (!w_int(env, offs, k, &j->pieces[k].offset) || napi_get_element(env, datas, k, &v) != napi_ok || !bytes_of(env, v, &d, &j->pieces[k].len)) return false;
+    j->pieces[k].data = d;
+  }
+  if (napi_get_element(env, a, 15, &names) != napi_ok || napi_get_element(env, a, 16, &values) != napi_ok) return false;
+  napi_valuetype t;
+  if (napi_typeof(env, names, &t) != napi_ok) return false;
+  if (t != napi_null && t != napi_undefined) {
+    if (napi_get_array_length(env, names, &nx) != napi_ok) return false;
+    j->xattrs = nx ? calloc(nx, sizeof *j->xattrs) : NULL;
+    if (nx && !j->xattrs) return false;
+    j->nxattrs = nx;
+    for (uint32_t k = 0; k < nx; k++) {
+      size_t len;
+      uint8_t *val;
+      if (napi_get_element(env, names, k, &v) != napi_ok || napi_get_value_string_latin1(env, v, NULL, 0, &len) != napi_ok) return false;
+      if (!(j->xattrs[k].name = malloc(len + 1)) || napi_get_value_string_latin1(env, v, j->xattrs[k].name, len + 1, &len) != napi_ok) return false;
+      if (napi_get_element(env, values, k, &v) != napi_ok || !bytes_of(env, v, &val, &j->xattrs[k].len)) return false;
+      j->xattrs[k].value = val;
+    }
+  }
+  return true;
+}
+
+static napi_value writer_submit(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  double id;
+  uint32_t n = 0;
+  bool isArray = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  Writer *w = argc >= 3 ? writer_of(env, argv[0]) : NULL;
+  if (!w || !w->running || napi_get_value_double(env, argv[1], &id) != napi_ok || napi_is_array(env, argv[2], &isArray) != napi_ok || !isArray ||
+      napi_get_array_length(env, argv[2], &n) != napi_ok) {
+    napi_throw_type_error(env, NULL, "writerSubmit(a running writer, id, jobs)");
+    return NULL;
+  }
+  WBatch *b = calloc(1, sizeof *b);
+  WJob *jobs = b && n ? calloc(n, sizeof *jobs) : NULL;
+  if (!b || (n && !jobs)) {
+    free(b);
+    napi_throw_error(env, NULL, "ferry native: out of memory");
+    return NULL;
+  }
+  b->id = id;
+  b->jobs = jobs;
+  b->n = n;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value a;
+    if (napi_get_element(env, argv[2], i, &a) != napi_ok || !w_parse(env, a, &jobs[i])) {
+      wbatch_free(b);
+      napi_throw_type_error(env, NULL, "writerSubmit: a job is not [tmp, dst, flags, size, uid, gid, mode, key, times, chunkSize, chunks, checkBase, checkSize, offsets, datas, xattrNames, xattrValues]");
+      return NULL;
+    }
+  }
+  /* the jobs' buffers stay alive (and ours) until the batch is reported */
+  if (napi_create_reference(env, argv[2], 1, &b->hold) != napi_ok) {
+    wbatch_free(b);
+    napi_throw_error(env, NULL, "ferry native: cannot hold the jobs");
+    return NULL;
+  }
+  if (w->outstanding++ == 0) napi_ref_threadsafe_function(env, w->tsfn);
+  pthread_mutex_lock(&w->lock);
+  if (w->tail) w->tail->next = b;
+  else w->head = b;
+  w->tail = b;
+  pthread_cond_signal(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+  return NULL;
+}
+
+static napi_value writer_stop(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  bool halt = false;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  Writer *w = argc >= 1 ? writer_of(env, argv[0]) : NULL;
+  if (!w || (argc >= 2 && napi_get_value_bool(env, argv[1], &halt) != napi_ok)) {
+    napi_throw_type_error(env, NULL, "writerStop(writer, halt)");
+    return NULL;
+  }
+  if (!w->running) return NULL;
+  pthread_mutex_lock(&w->lock);
+  w->stopping = true;
+  if (halt) w->halt = true;
+  pthread_cond_signal(&w->cond);
+  pthread_mutex_unlock(&w->lock);
+  /* (the queue is empty, as FileWriter stops it after its last batch is reported; or halted: after the job in hand) */
+  pthread_join(w->thread, NULL);
+  w->running = false;
+  napi_release_threadsafe_function(w->tsfn, napi_tsfn_release);
+  for (size_t i = 0; i < w->nparts; i++) close(w->parts[i].fd);
+  w->nparts = 0;
+  return NULL;
+}
+
 /* Exports `fn` as `name` when `present`. */
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback fn, bool present) {
   napi_value f;
@@ -1661,6 +2248,9 @@ NAPI_MODULE_INIT() {
   export_fn(env, exports, "sha256Chunks", sha256_chunks, ossl.digest && ossl.sha256);
   export_fn(env, exports, "sha256ChunksAsync", sha256_chunks_async, ossl.digest && ossl.sha256);
   export_fn(env, exports, "readFiles", read_files, ossl.digest && ossl.sha256);
+  export_fn(env, exports, "startWriter", start_writer, ossl.digest && ossl.sha256);
+  export_fn(env, exports, "writerSubmit", writer_submit, ossl.digest && ossl.sha256);
+  export_fn(env, exports, "writerStop", writer_stop, ossl.digest && ossl.sha256);
   /* and the system's libzstd */
   pthread_once(&zstdOnce, load_zstd);
   export_fn(env, exports, "sealObject", seal_object, opensslLoaded && ossl.digest && ossl.sha256 && zstdLoaded);

@@ -18,7 +18,9 @@ import { formatSetfattr } from '../source/setfattr.js';
 import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
 import { startWritebackSync } from '../format/writeback.js';
-import { errnoText, nativeAddon } from '../format/native.js';
+import { errnoCode, errnoText, nativeAddon, type Native, type NativeWriteJob, type NativeWriteResult, type NativeWriterHandle } from '../format/native.js';
+import { freeBuffer } from '../format/buffers.js';
+import { onInterrupt } from '../format/interrupt.js';
 
 /** One regular file to create at `tmp` and rename onto `dst` (or, `direct`, to create at `dst`). */
 export interface WriteJob {
@@ -420,16 +422,79 @@ const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 interface Pending {
   jobs: { job: WriteJob; done: (r: WriteResult) => void }[];
   bytes: number;
+  /** Native batches: results known before the writer saw the job (a leftover that could not be cleared). */
+  early?: (WriteResult | undefined)[];
+}
+
+// The addon writer's flags (native/ferry_native.c, startWriter) and outcomes.
+const WF = { FRESH: 1, DIRECT: 2, SPARSE: 4, ABORT: 8, OWNER: 16, PART: 32, FIRST: 64, LAST: 128, CHECK: 256, TIMES: 512, SKIP: 1024 } as const;
+const WS = { DONE: 0, FAILED: 1, ABORTED: 2, NO_PART: 3 } as const;
+const WW_WHAT: Record<number, [string, string]> = { 1: ['the owner', 'fchown'], 2: ['the mode', 'fchmod'], 3: ['the extended attributes', 'fsetxattr'], 4: ['the times', 'futimens'] };
+
+/** Seconds (a double exact to the microsecond) as whole seconds and nanoseconds. */
+function secondsToParts(x: number): [number, number] {
+  const s = Math.floor(x);
+  return [s, Math.min(999_999_000, Math.round((x - s) * 1e6) * 1000)];
+}
+
+/** A job as the addon's writer takes it. */
+function toNative(j: WriteJob, skip: boolean): NativeWriteJob {
+  const part = j.part;
+  let flags = (j.fresh ? WF.FRESH : 0) | (j.direct ? WF.DIRECT : 0) | (j.sparse ? WF.SPARSE : 0) | (j.abort ? WF.ABORT : 0) | (skip ? WF.SKIP : 0);
+  if (j.uid !== null && j.gid !== null) flags |= WF.OWNER;
+  if (part) flags |= WF.PART | (part.first ? WF.FIRST : 0) | (part.last ? WF.LAST : 0);
+  let times: number[] | null = null;
+  if (j.timesNs) times = j.timesNs;
+  else if (j.atime !== null && j.mtime !== null) times = [...secondsToParts(j.atime), ...secondsToParts(j.mtime)];
+  if (times) flags |= WF.TIMES;
+  let chunks: Uint8Array | null = null;
+  let chunkSize = 0;
+  let checkBase = 0;
+  let checkSize = 0;
+  if (j.check) {
+    flags |= WF.CHECK;
+    chunkSize = j.check.chunkSize;
+    checkBase = part?.base ?? 0;
+    const end = part?.end ?? j.size;
+    checkSize = end - checkBase;
+    chunks = part ? j.check.chunks.subarray((checkBase / chunkSize) * 32, Math.ceil(end / chunkSize) * 32) : j.check.chunks;
+  }
+  const x = j.fdXattrs?.length ? j.fdXattrs : null;
+  return [
+    j.tmp, j.dst, flags, j.size, j.uid ?? 0, j.gid ?? 0, j.mode, part?.key ?? 0, times, chunkSize, chunks, checkBase, checkSize,
+    j.pieces.map((p) => p.offset), j.pieces.map((p) => p.data), x ? x.map((a) => a.name) : null, x ? x.map((a) => a.value) : null,
+  ];
+}
+
+/** The addon writer's outcome of `j` as writeJob() reports it. */
+function fromNative(j: WriteJob, r: NativeWriteResult): WriteResult {
+  const [status, errno, syscall, atDst, badOffset] = r;
+  if (status === WS.FAILED) {
+    const at = atDst || j.direct ? j.dst : j.tmp;
+    return { ok: false, error: errnoText(errno, syscall ?? 'write', asBuffer(at).toString()), errno: errnoCode(errno) };
+  }
+  if (status === WS.ABORTED) return { ok: false, error: 'aborted' };
+  if (status === WS.NO_PART) return { ok: false, error: 'an earlier part failed' };
+  const warnings: string[] = [];
+  for (let k = 5; k + 2 < r.length; k += 3) {
+    const [what, call] = WW_WHAT[r[k] as number] ?? ['something', 'write'];
+    const name = r[k] === 3 ? `${j.fdXattrs?.[r[k + 2] as number]?.name}: ` : '';
+    warnings.push(`cannot set ${what}: ${name}${errnoText(r[k + 1] as number, call)}`);
+  }
+  return okResult(warnings, badOffset >= 0 ? badOffset : null);
 }
 
 /**
  * Hands write jobs to the writer thread, in batches, with a bound on the
  * data in flight. `write` resolves once the job is accepted (not done); its
  * `done` callback runs when the file is in place or failed. `drain()` waits
- * for everything handed over.
+ * for everything handed over. The thread is the addon's when it has one
+ * (no JavaScript there: writeJob's work in C), else a worker thread running
+ * writeBatch.
  */
 export class FileWriter {
-  private readonly worker: Worker;
+  private readonly worker: Worker | null = null;
+  private readonly native: { handle: NativeWriterHandle; submit: NonNullable<Native['writerSubmit']>; stop: NonNullable<Native['writerStop']> } | null = null;
   private batch: Pending = { jobs: [], bytes: 0 };
   private readonly sent = new Map<number, Pending>();
   private nextId = 1;
@@ -437,22 +502,40 @@ export class FileWriter {
   private waiters: (() => void)[] = [];
   private failure: Error | null = null;
   private scheduled = false;
+  private unregister: (() => void) | null = null;
 
   constructor() {
-    this.worker = startWorker(WORKER_URL);
-    this.worker.unref();
-    this.worker.on('message', (m: WriteBatchResult) => {
-      const p = this.sent.get(m.id);
-      if (!p) return;
-      this.sent.delete(m.id);
-      p.jobs.forEach((j, i) => j.done(m.results[i]));
-      this.pendingBytes -= p.bytes;
-      this.wake();
-    });
-    this.worker.on('error', (err) => this.fail(err));
-    this.worker.on('exit', (code) => {
+    const n = nativeAddon();
+    // (FERRY_WRITER=worker: the worker thread even with the addon, for comparing the two)
+    if (n?.startWriter && n.writerSubmit && n.writerStop && process.env.FERRY_WRITER !== 'worker') {
+      const handle = n.startWriter(KILL_AFTER ?? -1, (id, results) => this.reported(id, (p) => p.jobs.map((j, i) => p.early?.[i] ?? fromNative(j.job, results[i]))));
+      const stop = n.writerStop;
+      this.native = { handle, submit: n.writerSubmit, stop };
+      // on Ctrl-C, nothing may go on writing into the folders the exit handlers remove (a tar restore's staging copy)
+      this.unregister = onInterrupt(async () => stop(handle, true));
+      return;
+    }
+    const worker = startWorker(WORKER_URL);
+    this.worker = worker;
+    worker.unref();
+    worker.on('message', (m: WriteBatchResult) => this.reported(m.id, () => m.results));
+    worker.on('error', (err) => this.fail(err));
+    worker.on('exit', (code) => {
       if (this.sent.size > 0 || this.batch.jobs.length > 0) this.fail(new Error(`the restore's writer thread stopped (exit code ${code})`));
     });
+  }
+
+  /** A batch is done: each job's callback, then room for more. */
+  private reported(id: number, results: (p: Pending) => WriteResult[]): void {
+    const p = this.sent.get(id);
+    if (!p) return;
+    this.sent.delete(id);
+    const rs = results(p);
+    // (the worker frees what it was given; the addon's writer hands the data back, written: freed now)
+    if (this.native) for (const { job } of p.jobs) for (const piece of job.pieces) freeBuffer(piece.data);
+    p.jobs.forEach((j, i) => j.done(rs[i]));
+    this.pendingBytes -= p.bytes;
+    this.wake();
   }
 
   private fail(err: Error): void {
@@ -498,6 +581,10 @@ export class FileWriter {
     }
     const id = this.nextId++;
     this.sent.set(id, b);
+    if (this.native) {
+      this.submitNative(id, b, this.native);
+      return;
+    }
     // data buffers that are wholly their own memory move without a copy
     const transfer: ArrayBuffer[] = [];
     const seen = new Set<ArrayBufferLike>();
@@ -512,9 +599,31 @@ export class FileWriter {
     }
     const msg: WriteBatch = { id, jobs: b.jobs.map((j) => j.job) };
     try {
-      this.worker.postMessage(msg, transfer);
+      this.worker!.postMessage(msg, transfer);
     } catch {
-      this.worker.postMessage(msg); // something not transferable: copy it all
+      this.worker!.postMessage(msg); // something not transferable: copy it all
+    }
+  }
+
+  private submitNative(id: number, b: Pending, n: NonNullable<FileWriter['native']>): void {
+    const jobs = b.jobs.map(({ job }, i) => {
+      // a leftover in the way goes first (here: removeTree's care with what is in it); O_EXCL refuses anything put there since
+      if (!job.fresh && !job.direct && !job.abort && (!job.part || job.part.first)) {
+        try {
+          clearSync(job.tmp);
+        } catch (err) {
+          (b.early ??= [])[i] = { ok: false, error: (err as Error).message, errno: (err as NodeJS.ErrnoException).code };
+          return toNative(job, true);
+        }
+      }
+      return toNative(job, false);
+    });
+    try {
+      n.submit(n.handle, id, jobs);
+    } catch (err) {
+      this.sent.delete(id);
+      for (const j of b.jobs) j.done({ ok: false, error: (err as Error).message });
+      this.pendingBytes -= b.bytes;
     }
   }
 
@@ -526,6 +635,8 @@ export class FileWriter {
 
   async close(): Promise<void> {
     await this.drain().catch(() => {});
-    await this.worker.terminate();
+    this.unregister?.();
+    if (this.native) this.native.stop(this.native.handle, false);
+    else await this.worker!.terminate();
   }
 }

@@ -11,7 +11,7 @@ import { checkArg, FerryError, ErrorData } from '../errors.js';
 import { startWorker } from '../threads.js';
 import { checkName, checkOptions, corruptBody, DEFAULT_LEVEL, notAuthentic, Sealer, SealerOptions, SealOptions } from './seal.js';
 import { FileRange, openRange, withRange } from '../filerange.js';
-import { ownsWhole, recycleBuffer, returnTo } from '../buffers.js';
+import { freeBuffer, ownsWhole, recycleBuffer, returnTo } from '../buffers.js';
 import { errnoText, nativeAddon, type Native } from '../native.js';
 import { decodeSealed, HEADER_SIZE, sealError, TAG_SIZE } from './layout.js';
 
@@ -353,6 +353,8 @@ export class SealPool {
     const out = task.op === 'unseal' ? Buffer.allocUnsafeSlow(codec === 'none' ? sealed.length - HEADER_SIZE - TAG_SIZE : length) : null;
     const digest = task.hash ? Buffer.allocUnsafe(32) : null;
     n.calls.openObject(n.key, Buffer.from(task.name, 'utf8'), sealed, codec === 'zstd' ? 1 : 0, out, digest, (errno, status) => {
+      // the sealed bytes are ours alone (a copy, or handed over): freed now, not at some later collection
+      freeBuffer(task.data);
       if (errno !== null) done(nativeFailure('open', task.name, errno));
       else if (status === -1) done(notAuthentic(task.name));
       else if (typeof status === 'string') done(corruptBody(task.name, codec, status));

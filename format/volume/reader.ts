@@ -138,6 +138,9 @@ export class VolumeReader {
       }
     }
     try {
+      // SQLite's page cache as better-sqlite3 builds it is 16 MB; the catalog's
+      // file is in the kernel's page cache already, and a restore walks it in order
+      db.pragma('cache_size = -2048');
       return new VolumeReader(disk, sb, db);
     } catch (err) {
       db.close();
