@@ -3,8 +3,15 @@ import { EXIT } from '../format/errors.js';
 import { isCommanderError, makeProgram, outputFailure, report } from './cli.js';
 import { commandsFor } from './commands/index.js';
 import { runInterruptCleanups } from '../format/interrupt.js';
+import { nativeAddon } from '../format/native.js';
+
+/** glibc's malloc for ferry's long streaming runs (the addon's mallocTune): 2 arenas, buffers of 1 MiB and more mapped on their own. */
+const MALLOC_ARENAS = 2;
+const MALLOC_MMAP_THRESHOLD = 1024 * 1024;
 
 export async function main(argv: string[]): Promise<void> {
+  // first, before the threads that would each make an arena of their own
+  nativeAddon()?.mallocTune?.(MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD);
   // `ferry ... | head` closes our stdout early: that is not an error.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);

@@ -38,6 +38,8 @@ export interface Native {
    * calls back with null or the errno (tmp removed).
    */
   putFile?(tmp: Uint8Array, final: Uint8Array, data: Uint8Array, cb: (errno: number | null) => void): void;
+  /** glibc's malloc: at most `arenaMax` arenas, buffers from `mmapThreshold` bytes in mappings of their own (0: left alone); whether it took both. */
+  mallocTune?(arenaMax: number, mmapThreshold: number): boolean;
   /** Both times of an open file to the nanosecond (seconds, nanoseconds 0..999999999 each): 0 or the errno. */
   futimens?(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): number;
   /** Where the buffer's first byte sits modulo 4096 (for a page-aligned view, as O_DIRECT needs). */

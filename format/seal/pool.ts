@@ -94,6 +94,8 @@ export { freeBuffer } from '../buffers.js';
 
 /** Sealed results are written into buffers of the plaintext's size + 44, used again (see #out). */
 const SPARE_OUT = 4;
+/** Opened objects' buffers kept to be used again (#openOut): an evicted block's comes back as the next is opened. */
+const SPARE_OPEN = 2;
 
 export class SealPool {
   readonly size: number;
@@ -111,6 +113,8 @@ export class SealPool {
   readonly #native: NativeSeal | null = null;
   /** Result buffers of #native's seals, given back by the callers' freeBuffer(): their memory is used again. */
   readonly #spareOut: Buffer[] = [];
+  /** Opened objects' buffers given back by their users' freeBuffer() (#openOut). */
+  readonly #spareOpen: Buffer[] = [];
 
   constructor(key: Uint8Array | KeyObject, opts: SealPoolOptions = {}) {
     const { size, maxQueue, random, native, ...sealerOpts } = opts;
@@ -202,6 +206,7 @@ export class SealPool {
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
     this.#native?.key.fill(0);
     this.#spareOut.length = 0;
+    this.#spareOpen.length = 0;
   }
 
   #submit(op: Op, name: string, input: Uint8Array | FileRange, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
@@ -350,7 +355,7 @@ export class SealPool {
       return;
     }
     const length = Number(d.header!.length);
-    const out = task.op === 'unseal' ? Buffer.allocUnsafeSlow(codec === 'none' ? sealed.length - HEADER_SIZE - TAG_SIZE : length) : null;
+    const out = task.op === 'unseal' ? this.#openOut(codec === 'none' ? sealed.length - HEADER_SIZE - TAG_SIZE : length) : null;
     const digest = task.hash ? Buffer.allocUnsafe(32) : null;
     n.calls.openObject(n.key, Buffer.from(task.name, 'utf8'), sealed, codec === 'zstd' ? 1 : 0, out, digest, (errno, status) => {
       // the sealed bytes are ours alone (a copy, or handed over): freed now, not at some later collection
@@ -362,6 +367,23 @@ export class SealPool {
     });
   }
 
+  /**
+   * A buffer for `size` bytes of plaintext opened: a spare one when there is
+   * one. Large ones come back here when their user frees them (a stored
+   * disk's evicted blocks): a restore opens a 2 MiB block after another,
+   * and a fresh one each time is 512 pages to fault in.
+   */
+  #openOut(size: number): Buffer {
+    if (size < 64 * 1024) return Buffer.allocUnsafeSlow(size);
+    const i = this.#spareOpen.findIndex((b) => b.length === size);
+    const out = i >= 0 ? this.#spareOpen.splice(i, 1)[0] : Buffer.allocUnsafeSlow(size);
+    returnTo(out, () => {
+      if (!this.#closed && this.#spareOpen.length < SPARE_OPEN) this.#spareOpen.push(out);
+      else freeBuffer(out); // (no longer ours to take back: freed now, as a buffer without an owner)
+    });
+    return out;
+  }
+
   /** A buffer for a sealed object of `size` bytes of plaintext: a spare one when there is one. */
   #out(size: number): Buffer {
     const want = size + HEADER_SIZE + TAG_SIZE;
@@ -370,8 +392,8 @@ export class SealPool {
   }
 
   #giveBack(out: Buffer): void {
-    if (this.#closed || this.#spareOut.length >= SPARE_OUT || out.length < 64 * 1024) return;
-    this.#spareOut.push(out);
+    if (this.#closed || this.#spareOut.length >= SPARE_OUT || out.length < 64 * 1024) freeBuffer(out); // (not kept: freed now)
+    else this.#spareOut.push(out);
   }
 
   #spawn(): Slot {
