@@ -2,7 +2,7 @@
 // zeroed, and only in the sizes asked for; nothing else can still reach them.
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
-import { recycleBuffer, spareCount, takeZeroed } from '../format/buffers.js';
+import { recycleBuffer, SPARE_MAX, spareCount, takeZeroed } from '../format/buffers.js';
 import { SealPool } from '../format/seal/pool.js';
 import { Sealer } from '../format/seal/seal.js';
 
@@ -49,7 +49,7 @@ for (const native of [false, true]) test(`a block sealed ${native ? 'through the
     for (const b of blocks) t.is(b.length, 0, 'handed over: the caller holds nothing of it');
     const local = new Sealer(key);
     sealed.forEach((s, i) => t.true(local.unseal(`blk/${i}`, s).equals(want[i])));
-    t.is(spareCount(BLOCK), 4, 'the blocks came back (as many as are kept)');
+    t.is(spareCount(BLOCK), SPARE_MAX, 'the blocks came back (as many as are kept)');
     const again = takeZeroed(BLOCK);
     t.true(again.every((x) => x === 0), 'a block used again is zero');
     // the worker (or the pool thread) zeroed them: taking one costs the main thread no fill

@@ -753,6 +753,8 @@ export class SpoolStorage implements VhdStorage {
     if (!this.sent.has(index) || !this.objects.get) throw new Error(`${this.name}: block ${index} is gone`);
     b = Buffer.from(await this.objects.get(blockName(this.id, index)));
     this.live.set(index, b);
+    // (a catalog read back at the end of a seed fetches its blocks one after another: held to `keep` too)
+    await this.evict();
     return b;
   }
 

@@ -48,7 +48,7 @@ export type ResultMessage =
 export interface SealPoolOptions extends SealerOptions {
   /** Worker threads (default: os.availableParallelism()). 0 seals in the calling thread. */
   size?: number;
-  /** Tasks that may wait for a worker before ready() holds producers back (default 2 per worker, at least 4). */
+  /** Tasks that may wait for a worker before ready() holds producers back (default 1 per worker, at least 2: a seed with 4 held 4 more 2 MiB blocks, no faster). */
   maxQueue?: number;
   /**
    * Seal and open on libuv's pool through ferry's addon instead of worker
@@ -92,8 +92,8 @@ const WORKER_URL = new URL('./worker.js', import.meta.url);
 
 export { freeBuffer } from '../buffers.js';
 
-/** Sealed results are written into buffers of the plaintext's size + 44, used again (see #out). */
-const SPARE_OUT = 4;
+/** Sealed results are written into buffers of the plaintext's size + 44, used again (see #out; 4 peaked a seed 5 MiB higher, no faster). */
+const SPARE_OUT = 2;
 /** Opened objects' buffers kept to be used again (#openOut): an evicted block's comes back as the next is opened. */
 const SPARE_OPEN = 2;
 
@@ -120,7 +120,7 @@ export class SealPool {
     const { size, maxQueue, random, native, ...sealerOpts } = opts;
     this.size = size ?? availableParallelism();
     checkArg(Number.isInteger(this.size) && this.size >= 0 && this.size <= 256, 'size', 'an integer from 0 to 256', this.size);
-    this.maxQueue = maxQueue ?? Math.max(4, 2 * this.size);
+    this.maxQueue = maxQueue ?? Math.max(2, this.size);
     checkArg(Number.isInteger(this.maxQueue) && this.maxQueue >= 1, 'maxQueue', 'a positive integer', this.maxQueue);
     // A function cannot cross into a worker; an injected random source only makes sense in-thread.
     checkArg(random === undefined || this.size === 0, 'random', 'given only with size 0 (in-thread sealing)', 'a function');
