@@ -346,8 +346,10 @@ export class SeedTargets {
     }
     await this.pool.ready();
     // Blocks between here and the disk (each holds 2 MiB until sealed, then
-    // its sealed bytes until written): two per worker keep every worker busy.
-    while (this.pendingWrites >= 2 * Math.max(1, this.pool.size)) await new Promise<void>((r) => this.waiters.push(r));
+    // its sealed bytes until written): one per core keeps the cores busy (the
+    // walk makes blocks slower than two cores seal them); two per core held
+    // 4 more blocks, 6 MiB of a seed's peak, for no time saved.
+    while (this.pendingWrites >= Math.max(1, this.pool.size)) await new Promise<void>((r) => this.waiters.push(r));
     // The block moves to the seal worker without a copy: SpoolStorage never
     // touches a block it sent, and a revisit (get) waits for the writes.
     const sealing = this.pool.sealHashed(name, data, undefined, true);

@@ -20,6 +20,7 @@ import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
 import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
 import { errnoText } from '../format/native.js';
+import { freeBuffer } from '../format/buffers.js';
 import { pseudoFilesystems } from './pseudofs.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
@@ -707,6 +708,7 @@ class ReadBuffers {
   }
   give(b: Buffer): void {
     if (this.free.length < this.max) this.free.push(b);
+    else freeBuffer(b); // (not kept: its memory goes now, not at a collection)
   }
 }
 
