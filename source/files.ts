@@ -700,12 +700,7 @@ async function openForRead(e: Entry, state: ReadState): Promise<{ fh: FileHandle
  * `release()` (the volume writer does, once the piece is copied or written);
  * one that does not just leaves that buffer to the garbage collector.
  */
-/** Where a lease's buffer goes when its last piece is released. */
-interface BufferHome {
-  give(b: Buffer): void;
-}
-
-class ReadBuffers implements BufferHome {
+class ReadBuffers {
   private readonly free: Buffer[] = [];
   constructor(private readonly max: number) {}
   take(): Buffer {
@@ -720,7 +715,7 @@ class ReadBuffers implements BufferHome {
 /** A read buffer shared by the pieces cut from it; back to the pool when the last one is released. */
 class Lease {
   private refs = 1;
-  constructor(readonly buf: Buffer, private readonly pool: BufferHome) {}
+  constructor(readonly buf: Buffer, private readonly pool: ReadBuffers) {}
   hold(): void {
     this.refs++;
   }
@@ -854,8 +849,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
     const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino, e.mtimeNs, state.hashChunk);
     if (r.data) {
       if (r.changed) changedAfterListing(e, state);
-      // the reader's batch buffer is used again once this file's pieces (data and sums) are released
-      const lease = new Lease(r.data, r.release ? { give: r.release } : NO_POOL);
+      const lease = new Lease(r.data, NO_POOL);
       try {
         const pieces = smallPieces(e, sparse, state, r.data, r.data.length, lease, (r.size ?? 0) < e.size);
         if (r.hashes && pieces.length) pieces[0].hashed = { chunk: state.hashChunk!, size: r.data.length, hashes: r.hashes };

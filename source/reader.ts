@@ -194,15 +194,6 @@ const WORKER_URL = new URL('./reader-worker.js', import.meta.url);
 /** Files and bytes per batch: one batch is one buffer, alive while any of its files' data is. */
 const BATCH = 32;
 const BATCH_BYTES = 2 * 1024 * 1024;
-/**
- * The addon's large batches are read into buffers of this size (BATCH_BYTES
- * of data, and room for the chunk sums), used again once every file read
- * into one is released. A fresh buffer per batch was pages to fault in for
- * every byte of every small file (buffers from 1 MiB are mapped on their
- * own: bin/ferry.ts).
- */
-const BATCH_CAP = BATCH_BYTES + 64 * 1024;
-const SPARE_BATCHES = 1;
 
 /** A file's data as read (`data`), or why it could not be read. */
 export interface SmallRead {
@@ -213,12 +204,6 @@ export interface SmallRead {
   changed?: boolean;
   /** The chunk hashes of `data`, when asked for. */
   hashes?: Buffer;
-  /**
-   * Hands `data` and `hashes` back (their buffer is used again once every
-   * file read into it is released): the caller must not touch either after.
-   * A result that is never released is left to the garbage collector.
-   */
-  release?: () => void;
 }
 
 interface Slot {
@@ -250,8 +235,6 @@ export class SmallFileReader {
   private readonly maxInFlight: number;
   private inFlight = 0;
   private readonly queued: Waiting[][] = [];
-  /** Batch buffers all of whose files were released (sendBatch). */
-  private readonly spareOut: Buffer[] = [];
 
   /** `native: false`: reader threads even when the addon is there (tests compare the two). */
   constructor(threads = 2, opts: { native?: boolean } = {}) {
@@ -295,8 +278,6 @@ export class SmallFileReader {
   read(path: Buffer, length: number, dev: bigint, ino: bigint, mtimeNs?: bigint, chunk?: number): Promise<SmallRead> {
     if (this.failure) return Promise.resolve({ error: this.failure.message });
     return new Promise((resolve) => {
-      // a batch holds at most BATCH_BYTES of data (but always one file)
-      if (this.batch.length > 0 && this.batchBytes + length > BATCH_BYTES) this.flush();
       this.batch.push({ req: { path, length, dev, ino, mtimeNs, chunk }, resolve });
       this.batchBytes += length;
       if (this.batch.length >= BATCH || this.batchBytes >= BATCH_BYTES) this.flush();
@@ -379,33 +360,12 @@ export class SmallFileReader {
       total += room(r);
     });
     // not zeroed here (its page faults would be the main thread's): the addon zeroes what it does not write
-    // (a small batch takes a buffer of its size, from malloc's heap: one of BATCH_CAP would hold 2 MiB for it)
-    const pooled = total <= BATCH_CAP && total >= BATCH_BYTES / 2;
-    const out = pooled ? (this.spareOut.pop() ?? Buffer.allocUnsafeSlow(BATCH_CAP)) : Buffer.allocUnsafeSlow(Math.max(total, 8));
-    // the batch holds its buffer until its files are handed out, each file until released
-    let refs = 1;
-    const drop = () => {
-      if (--refs === 0 && pooled && this.spareOut.length < SPARE_BATCHES && this.failure === null) this.spareOut.push(out);
-    };
+    const out = Buffer.allocUnsafeSlow(Math.max(total, 8));
     const replies = new Float64Array(b.length * REPLY);
     const done = (errno: number | null) => {
       this.inFlight--;
       if (errno !== null) this.failure ??= new Error(`the addon's file reads failed (${errnoText(errno, 'readFiles')})`);
-      b.forEach((x, i) => {
-        const r = this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]));
-        if (r.data) {
-          refs++;
-          let held = true;
-          r.release = () => {
-            if (held) {
-              held = false;
-              drop();
-            }
-          };
-        }
-        x.resolve(r);
-      });
-      drop();
+      b.forEach((x, i) => x.resolve(this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
       this.sendNative();
     };
     this.native!(new Uint8Array(reqs.buffer), paths, out, new Uint8Array(replies.buffer), done);

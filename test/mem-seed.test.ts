@@ -15,7 +15,7 @@ import { pseudoRandom } from './helpers/tree.js';
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const READ_AHEAD = 2 * MiB;
-/** What the walker may hold beyond its budget: a large file's reads in flight (4 x 1 MiB), the small-file buffer being filled (and, released, one kept to be read into again), the piece the consumer holds. */
+/** What the walker may hold beyond its budget: a large file's reads in flight (4 x 1 MiB), the small-file buffer being filled, the piece the consumer holds. */
 const SLACK = 8 * MiB;
 
 // Walks ROOT, reads every file's content at once; every few files, collects

