@@ -34,7 +34,9 @@
 // Further down, each with its own comment: scanFolder, sha256Chunks,
 // readFiles (small files read and hashed in batches), sealObject and
 // openObject (whole sealed objects, with the system's libzstd), putFile (a
-// file written whole and renamed into place in one trip to the pool).
+// file written whole and renamed into place in one trip to the pool),
+// startWriter (the restore's file writer, a thread of its own) and
+// mallocTune (glibc's arenas and mmap threshold, set by the command line).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
