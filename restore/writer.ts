@@ -7,6 +7,11 @@
 // thread decides everything (where a file goes, what to do with what is
 // there) and hands over finished jobs in batches; the writer reports back,
 // per job, whether the file is in place and what could not be set.
+//
+// The writer is a thread of ferry's addon (startWriter: writeJob's work in
+// C, with no JavaScript heap of its own and no copy of the jobs) when the
+// addon is built, else a worker thread running writeBatch below. Both give
+// the same files and the same warnings (test/restore-writer.test.ts).
 import {
   chmodSync, chownSync, closeSync, constants as C, lchownSync, fchmodSync, fstatSync, lstatSync, fchownSync, ftruncateSync, futimesSync, openSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
