@@ -2,8 +2,7 @@
 // thread (Node's calls), give the same files: every kind of entry, files
 // written in parts, sparse files, chunk sums checked, and the same warnings.
 import test from 'ava';
-import { mkdtemp, rm, writeFile, readFile, mkdir, chmod } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile, readFile, mkdir, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
@@ -11,19 +10,10 @@ import { writeVolume, VolumeReader } from '../format/volume/index.js';
 import { restoreFiles } from '../restore/files.js';
 import { nativeAddon } from '../format/native.js';
 import { makeTree, snapshotTree, diffSnapshots, pseudoRandom } from './helpers/tree.js';
-import { must } from './helpers/exec.js';
+import { must, withTmp } from './helpers/exec.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
-
-async function withTmp<T>(fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(join(tmpdir(), 'ferry-writer-'));
-  try {
-    return await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
 
 /** restoreFiles with the writer `which` (FERRY_WRITER is read when the restore starts its writer). */
 async function restoreWith(which: 'native' | 'worker', reader: VolumeReader, to: string) {
