@@ -20,7 +20,6 @@ import { FerryError, checkArg } from '../format/errors.js';
 export { escapeOctal, formatSetfattr } from './setfattr.js';
 import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
 import { errnoText } from '../format/native.js';
-import { freeBuffer } from '../format/buffers.js';
 import { pseudoFilesystems } from './pseudofs.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
 
@@ -707,8 +706,10 @@ class ReadBuffers {
     return this.free.pop() ?? Buffer.allocUnsafe(READ_SIZE);
   }
   give(b: Buffer): void {
+    // (one not kept is left to the collector, not freed: a consumer may still
+    // read a released piece's length, and a reader thread's buffer is given
+    // here by pieces that are views of it)
     if (this.free.length < this.max) this.free.push(b);
-    else freeBuffer(b); // (not kept: its memory goes now, not at a collection)
   }
 }
 

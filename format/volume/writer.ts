@@ -432,10 +432,12 @@ export class VolumeWriter {
           hasher.feed(piece.offset, piece.data, release);
         } else hasher.feed(piece.offset, piece.data); // (done with the data when it returns)
         await hasher.backpressure();
+        // (its length first: a released piece's memory may be gone once append returns)
+        const length = piece.data.length;
         await this.seq.append(piece.data, release);
-        extents[extents.length - 1].length += piece.data.length;
-        next = piece.offset + piece.data.length;
-        stored += piece.data.length;
+        extents[extents.length - 1].length += length;
+        next = piece.offset + length;
+        stored += length;
         // a large file moves the progress while it is copied, not only at its end
         if (stored - reported >= PROGRESS_STEP) {
           reported = stored;
