@@ -804,10 +804,11 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const handOver = async (tmp: Buffer, dst: Buffer, e: VolumeEntry, data: VolumeEntry, direct: boolean, fresh: boolean, placed: () => void): Promise<void> => {
     let stored = 0;
     for (const x of data.extents) stored += x.length;
-    // times: Node's futimes where it is exact to the microsecond, else the addon's futimens (both in the writer,
-    // through the descriptor); without the addon, the helper sets them by name after the file is in place
+    // times, in the writer through the descriptor: the addon's futimens; without it Node's futimes where exact
+    // to the microsecond, else the helper sets them by name after the file is in place
     const exactUs = microExact(e.atimeNs, e.mtimeNs);
-    const timesNs = !exactUs && nsTimes ? [...nsToParts(e.atimeNs), ...nsToParts(e.mtimeNs)].map(Number) : undefined;
+    // (with the addon, always its futimens: whole numbers, no seconds as a double)
+    const timesNs = nsTimes ? [...nsToParts(e.atimeNs), ...nsToParts(e.mtimeNs)].map(Number) : undefined;
     const exact = exactUs || timesNs !== undefined;
     const cs = reader.chunkSize;
     const key = nextPartKey++;

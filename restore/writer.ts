@@ -436,10 +436,15 @@ const WF = { FRESH: 1, DIRECT: 2, SPARSE: 4, ABORT: 8, OWNER: 16, PART: 32, FIRS
 const WS = { DONE: 0, FAILED: 1, ABORTED: 2, NO_PART: 3 } as const;
 const WW_WHAT: Record<number, [string, string]> = { 1: ['the owner', 'fchown'], 2: ['the mode', 'fchmod'], 3: ['the extended attributes', 'fsetxattr'], 4: ['the times', 'futimens'] };
 
-/** Seconds (a double exact to the microsecond) as whole seconds and nanoseconds. */
+/**
+ * Seconds as whole seconds and nanoseconds: a time restore/files.ts's
+ * usSeconds() made, aimed at the middle of its microsecond (the double is
+ * good to about 0.24 us): the microsecond is the one below, as libuv's
+ * futimes takes it. (Rounding took the next one for about half of them.)
+ */
 function secondsToParts(x: number): [number, number] {
   const s = Math.floor(x);
-  return [s, Math.min(999_999_000, Math.round((x - s) * 1e6) * 1000)];
+  return [s, Math.min(999_999_000, Math.floor((x - s) * 1e6) * 1000)];
 }
 
 /** A job as the addon's writer takes it. */

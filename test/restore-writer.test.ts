@@ -2,7 +2,7 @@
 // thread (Node's calls), give the same files: every kind of entry, files
 // written in parts, sparse files, chunk sums checked, and the same warnings.
 import test from 'ava';
-import { writeFile, readFile, mkdir, chmod } from 'node:fs/promises';
+import { writeFile, readFile, mkdir, chmod, lstat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { walk } from '../source/files.js';
 import { MemDisk } from '../format/memdisk.js';
@@ -95,6 +95,41 @@ test.serial('both writers find a damaged chunk (in a whole file and in a part of
       t.true(got.equals(want), which);
     }
     t.deepEqual(seen.native.sort(), seen.worker.sort());
+    reader.close();
+  });
+});
+
+test.serial('both writers restore times that are whole microseconds exactly (seconds near 2^31 as a double are good to 0.24 us only)', async (t) => {
+  await withTmp(async (dir) => {
+    const src = join(dir, 'src');
+    await mkdir(src);
+    // 60 files, each with atime and mtime a whole number of microseconds: rounding the middle-aimed
+    // double (usSeconds) instead of taking the microsecond below missed about half of them by one
+    const times: bigint[] = [];
+    for (let i = 0; i < 60; i++) {
+      const p = join(src, `f${i}`);
+      await writeFile(p, `file ${i}\n`);
+      const us = 1796657283826864n + BigInt(i) * 777_777n;
+      times.push(us * 1000n);
+      const at = `${us / 1_000_000n}.${String(us % 1_000_000n).padStart(6, '0')}`;
+      await must('touch', ['-a', '-d', `@${at}`, p]);
+      await must('touch', ['-m', '-d', `@${at}`, p]);
+    }
+    const disk = new MemDisk(64 * GiB);
+    await writeVolume(disk, walk([src]));
+    const reader = await VolumeReader.open(disk);
+    for (const which of ['native', 'worker'] as const) {
+      const to = join(dir, which);
+      const { r, warnings } = await restoreWith(which, reader, to);
+      t.deepEqual(warnings, [], which);
+      t.is(r.failed, 0, which);
+      const wrong: string[] = [];
+      for (let i = 0; i < 60; i++) {
+        const st = await lstat(join(to, src, `f${i}`), { bigint: true });
+        if (st.mtimeNs !== times[i] || st.atimeNs !== times[i]) wrong.push(`f${i}: ${st.atimeNs} ${st.mtimeNs} != ${times[i]}`);
+      }
+      t.deepEqual(wrong, [], which);
+    }
     reader.close();
   });
 });
