@@ -1782,11 +1782,6 @@ static bool parts_put(Writer *w, int64_t key, int fd) {
   return true;
 }
 
-static bool w_sha256(const uint8_t *in, size_t len, uint8_t out[32]) {
-  unsigned int n = 0;
-  return ossl.digest(in, len, out, &n, ossl.sha256(), NULL) && n == 32;
-}
-
 /* The offset of the first chunk whose data does not match its stored sum, or -1 (restore/files.ts's checkChunks). */
 static int64_t w_check(Writer *w, WJob *j) {
   int64_t cs = j->chunkSize, size = j->checkSize, base = j->checkBase;
@@ -1808,7 +1803,7 @@ static int64_t w_check(Writer *w, WJob *j) {
     int64_t rel = p ? p->offset - base : 0;
     bool ok;
     if (p && rel <= s0 && rel + (int64_t)p->len >= e0) {
-      ok = w_sha256(p->data + (s0 - rel), (size_t)(e0 - s0), sum);
+      ok = digest_chunks(p->data + (s0 - rel), (size_t)(e0 - s0), (size_t)(e0 - s0), sum);
     } else if (!p || rel >= e0) {
       /* all hole: the sum of zeros (known once per chunk size) */
       if (e0 - s0 == cs && w->zeroFor == cs) {
@@ -1816,7 +1811,7 @@ static int64_t w_check(Writer *w, WJob *j) {
         ok = true;
       } else {
         memset(w->scratch, 0, (size_t)(e0 - s0));
-        ok = w_sha256(w->scratch, (size_t)(e0 - s0), sum);
+        ok = digest_chunks(w->scratch, (size_t)(e0 - s0), (size_t)(e0 - s0), sum);
         if (ok && e0 - s0 == cs) {
           memcpy(w->zeroSum, sum, 32);
           w->zeroFor = cs;
@@ -1830,7 +1825,7 @@ static int64_t w_check(Writer *w, WJob *j) {
         int64_t s = r > s0 ? r : s0, t = r + (int64_t)j->pieces[k].len < e0 ? r + (int64_t)j->pieces[k].len : e0;
         if (t > s) memcpy(w->scratch + (s - s0), j->pieces[k].data + (s - r), (size_t)(t - s));
       }
-      ok = w_sha256(w->scratch, (size_t)(e0 - s0), sum);
+      ok = digest_chunks(w->scratch, (size_t)(e0 - s0), (size_t)(e0 - s0), sum);
     }
     if (!ok) return -1;
     if (memcmp(sum, j->chunks + c * 32, 32) != 0) return base + s0;

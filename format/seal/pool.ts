@@ -96,6 +96,30 @@ export { freeBuffer } from '../buffers.js';
 const SPARE_OUT = 2;
 /** Opened objects' buffers kept to be used again (#openOut): an evicted block's comes back as the next is opened. */
 const SPARE_OPEN = 2;
+/** Buffers smaller than this are neither kept nor taken from a spare list. */
+const SPARE_MIN = 64 * 1024;
+
+/** Large buffers kept to be used again, found by size; one not kept is freed at once. */
+class Spares {
+  readonly #list: Buffer[] = [];
+  constructor(private readonly max: number) {}
+
+  /** `size` bytes (contents undefined): a kept buffer of that size when there is one. */
+  take(size: number): Buffer {
+    const i = size >= SPARE_MIN ? this.#list.findIndex((b) => b.length === size) : -1;
+    return i >= 0 ? this.#list.splice(i, 1)[0] : Buffer.allocUnsafeSlow(size);
+  }
+
+  /** Keeps `b` (its last user is done with it) if `keep` and there is room; frees it otherwise. */
+  give(b: Buffer, keep: boolean): void {
+    if (keep && b.length >= SPARE_MIN && this.#list.length < this.max) this.#list.push(b);
+    else freeBuffer(b);
+  }
+
+  clear(): void {
+    this.#list.length = 0;
+  }
+}
 
 export class SealPool {
   readonly size: number;
@@ -112,9 +136,9 @@ export class SealPool {
   /** The addon's calls, when tasks run on libuv's pool (no workers); with the key's bytes and the default level. */
   readonly #native: NativeSeal | null = null;
   /** Result buffers of #native's seals, given back by the callers' freeBuffer(): their memory is used again. */
-  readonly #spareOut: Buffer[] = [];
+  readonly #spareOut = new Spares(SPARE_OUT);
   /** Opened objects' buffers given back by their users' freeBuffer() (#openOut). */
-  readonly #spareOpen: Buffer[] = [];
+  readonly #spareOpen = new Spares(SPARE_OPEN);
 
   constructor(key: Uint8Array | KeyObject, opts: SealPoolOptions = {}) {
     const { size, maxQueue, random, native, ...sealerOpts } = opts;
@@ -205,8 +229,8 @@ export class SealPool {
     if (this.pending > 0) await new Promise<void>((resolve) => this.#drainWaiters.push(resolve));
     await Promise.all(this.#slots.splice(0).map((s) => s.worker.terminate()));
     this.#native?.key.fill(0);
-    this.#spareOut.length = 0;
-    this.#spareOpen.length = 0;
+    this.#spareOut.clear();
+    this.#spareOpen.clear();
   }
 
   #submit(op: Op, name: string, input: Uint8Array | FileRange, opts?: SealOptions, hash = false, onHashes?: (h: ResultHashes | undefined) => void, give = false): Promise<Buffer> {
@@ -374,26 +398,18 @@ export class SealPool {
    * and a fresh one each time is 512 pages to fault in.
    */
   #openOut(size: number): Buffer {
-    if (size < 64 * 1024) return Buffer.allocUnsafeSlow(size);
-    const i = this.#spareOpen.findIndex((b) => b.length === size);
-    const out = i >= 0 ? this.#spareOpen.splice(i, 1)[0] : Buffer.allocUnsafeSlow(size);
-    returnTo(out, () => {
-      if (!this.#closed && this.#spareOpen.length < SPARE_OPEN) this.#spareOpen.push(out);
-      else freeBuffer(out); // (no longer ours to take back: freed now, as a buffer without an owner)
-    });
+    const out = this.#spareOpen.take(size);
+    if (size >= SPARE_MIN) returnTo(out, () => this.#spareOpen.give(out, !this.#closed));
     return out;
   }
 
   /** A buffer for a sealed object of `size` bytes of plaintext: a spare one when there is one. */
   #out(size: number): Buffer {
-    const want = size + HEADER_SIZE + TAG_SIZE;
-    const i = this.#spareOut.findIndex((b) => b.length === want);
-    return i >= 0 ? this.#spareOut.splice(i, 1)[0] : Buffer.allocUnsafeSlow(want);
+    return this.#spareOut.take(size + HEADER_SIZE + TAG_SIZE);
   }
 
   #giveBack(out: Buffer): void {
-    if (this.#closed || this.#spareOut.length >= SPARE_OUT || out.length < 64 * 1024) freeBuffer(out); // (not kept: freed now)
-    else this.#spareOut.push(out);
+    this.#spareOut.give(out, !this.#closed);
   }
 
   #spawn(): Slot {

@@ -261,13 +261,21 @@ export function fromRaw(r: unknown[]): VolumeEntry {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * SQLite's page cache for a catalog, built or read: 2 MiB. better-sqlite3
+ * builds SQLite with 16 MB, which a seed's catalog (rows appended in one
+ * transaction, indexes made at the end) and a restore's (walked in order)
+ * grew the process by for nothing: the catalog's file is in the kernel's
+ * page cache anyway.
+ */
+export function limitCatalogCache(db: Database.Database): void {
+  db.pragma('cache_size = -2048');
+}
+
 export function setupCatalog(db: Database.Database): void {
   db.pragma('page_size = 4096');
   db.pragma('journal_mode = OFF');
   db.pragma('synchronous = OFF');
-  // better-sqlite3 builds SQLite with a 16 MB page cache: a seed's catalog
-  // (rows appended in one transaction, indexes made at the end) grew the
-  // process by that much for nothing; what spills stays in the kernel's page cache
-  db.pragma('cache_size = -2048');
+  limitCatalogCache(db);
   db.exec(SCHEMA);
 }

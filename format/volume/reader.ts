@@ -10,7 +10,7 @@ import Database from 'better-sqlite3';
 import type { Disk } from '../disk.js';
 import { FerryError, checkArg } from '../errors.js';
 import { HASH_SIZE, SUPERBLOCK_SIZE, decodeSuperblock, type Superblock } from './layout.js';
-import { ENTRY_COLUMNS_SQL, fromRaw, type VolumeEntry } from './catalog.js';
+import { ENTRY_COLUMNS_SQL, fromRaw, limitCatalogCache, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
 import { writeAll } from '../fsio.js';
@@ -138,9 +138,7 @@ export class VolumeReader {
       }
     }
     try {
-      // SQLite's page cache as better-sqlite3 builds it is 16 MB; the catalog's
-      // file is in the kernel's page cache already, and a restore walks it in order
-      db.pragma('cache_size = -2048');
+      limitCatalogCache(db);
       return new VolumeReader(disk, sb, db);
     } catch (err) {
       db.close();
