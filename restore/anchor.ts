@@ -21,7 +21,7 @@
 // them at points where nothing queued uses them any more (when `count`
 // grows large, and at the end).
 import { closeSync, constants as C, existsSync, fstatSync, lstatSync, openSync, readdirSync, readFileSync, rmdirSync, unlinkSync } from 'node:fs';
-import { baseName, parentPath } from '../format/volume/catalog.js';
+import { parentPath } from '../format/volume/catalog.js';
 
 /** O_PATH (Linux, the same value on x86-64 and arm64; not in fs.constants). */
 export const O_PATH = process.platform === 'linux' && (process.arch === 'x64' || process.arch === 'arm64') ? 0o10000000 : null;
@@ -62,8 +62,17 @@ export class Anchored {
   at(p: Buffer): Buffer {
     // the target itself and the folders above it (made when missing) are the user's choice: by path
     if (!this.enabled || !this.#inside(p)) return p;
-    return Buffer.concat([Buffer.from(`${this.#prefix}${this.#dirFd(parentPath(p)!)}/`), baseName(p)]);
+    const slash = p.lastIndexOf(SLASH);
+    const last = this.#last;
+    // (entries come folder by folder: the last folder's name prefix serves most calls, with no string made)
+    if (last && last.dir.length === (slash || 1) && p.compare(last.dir, 0, last.dir.length, 0, last.dir.length) === 0) return concat2(last.prefix, p, slash + 1);
+    const dir = parentPath(p)!;
+    const prefix = Buffer.from(`${this.#prefix}${this.#dirFd(dir)}/`);
+    this.#last = { dir, prefix };
+    return concat2(prefix, p, slash + 1);
   }
+  /** The folder `at` named last, and its /proc/<pid>/fd/<n>/ prefix: forgotten whenever descriptors change. */
+  #last: { dir: Buffer; prefix: Buffer } | null = null;
 
   /**
    * Whether `p` (inside the root) is a symlink to follow as a folder: one
@@ -88,6 +97,7 @@ export class Anchored {
 
   /** `dir` (and what is under it) was moved or removed: the next use opens what stands there then. */
   forget(dir: Buffer): void {
+    this.#last = null;
     const key = dir.toString('latin1');
     for (const [k, fd] of this.#fds) {
       if (k === key || (k.startsWith(key) && k.charCodeAt(key.length) === SLASH)) {
@@ -102,6 +112,7 @@ export class Anchored {
    * handed out is still waiting to be used.
    */
   close(): void {
+    this.#last = null;
     for (const fd of [...this.#fds.values(), ...this.#dropped]) {
       if (fd === this.#rootFd) continue;
       try {
@@ -191,6 +202,14 @@ export class Anchored {
     const pst = fstatSync(this.#dirFd(parent));
     return pst.uid === 0 && (pst.mode & 0o022) === 0;
   }
+}
+
+/** `a` then `b` from byte `from`, in one allocation. */
+function concat2(a: Buffer, b: Buffer, from: number): Buffer {
+  const out = Buffer.allocUnsafe(a.length + b.length - from);
+  a.copy(out, 0);
+  b.copy(out, a.length, from);
+  return out;
 }
 
 /**

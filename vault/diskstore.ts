@@ -221,13 +221,18 @@ export class StoredVhdStorage implements VhdStorage {
   async readInto(buf: Buffer, offset: number, length: number, position: number): Promise<number> {
     const end = Math.min(position + length, this.head.meta.fileSize);
     if (end <= position) return 0;
-    const out = buf.subarray(offset, offset + (end - position));
+    const n = end - position;
+    const out = offset === 0 && n === buf.length ? buf : buf.subarray(offset, offset + n);
     await this.fill(out, position);
     return out.length;
   }
 
   /** Writes every byte of `out` with the stored bytes at `position`: what no region or block holds is zeroed (only that: the rest is copied over). */
-  private async fill(out: Buffer, position: number): Promise<void> {
+  private fill(out: Buffer, position: number): Promise<void> {
+    return this.fillFromOne(out, position) ?? this.fillMany(out, position);
+  }
+
+  private async fillMany(out: Buffer, position: number): Promise<void> {
     const end = position + out.length;
     const copied: number[] = []; // [from, to) in out, pairs
     const copy = (srcPos: number, src: Buffer) => {
@@ -260,16 +265,56 @@ export class StoredVhdStorage implements VhdStorage {
     }
     // Sequential readers (restore, export) come back for the next blocks:
     // fetch and unseal them now, so the seal pool works on several at once.
-    for (let n = 0; n < this.readAhead && k < this.starts.length; n++, k++) {
-      const index = this.starts[k].index;
-      if (!this.cache.has(index)) this.block(index).catch(() => {});
-    }
+    this.fetchAhead(k);
     try {
       for (const p of pending) copy(p.pos, await p.data);
     } finally {
       for (const p of pending) this.done(p.data);
     }
     zeroGaps(out, copied);
+  }
+
+  /** Starts fetching the blocks from the k-th on (readAhead of them) that the cache does not hold. */
+  private fetchAhead(k: number): void {
+    for (let n = 0; n < this.readAhead && k < this.starts.length; n++, k++) {
+      const index = this.starts[k].index;
+      if (!this.cache.has(index)) this.block(index).catch(() => {});
+    }
+  }
+
+  /**
+   * fill() for the common read, inside one block and clear of the head's
+   * regions: one copy, none of fillMany's lists. Null when it does not apply.
+   */
+  private fillFromOne(out: Buffer, position: number): Promise<void> | null {
+    const end = position + out.length;
+    for (const r of this.head.regions) if (r.offset < end && r.offset + r.data.length > position) return null;
+    // the last block starting at or before position
+    let lo = 0;
+    let hi = this.starts.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.starts[mid].pos <= position) lo = mid + 1;
+      else hi = mid;
+    }
+    const at = this.starts[lo - 1];
+    if (!at || at.pos + this.span < end || (lo < this.starts.length && this.starts[lo].pos < end)) return null;
+    const data = this.block(at.index);
+    this.use(data);
+    this.fetchAhead(lo);
+    return this.copyOut(data, at.pos, out, position);
+  }
+
+  private async copyOut(data: Promise<Buffer>, pos: number, out: Buffer, position: number): Promise<void> {
+    let got: number;
+    try {
+      const b = await data;
+      got = Math.max(0, Math.min(b.length - (position - pos), out.length));
+      if (got > 0) b.copy(out, 0, position - pos, position - pos + got);
+    } finally {
+      this.done(data);
+    }
+    if (got < out.length) out.fill(0, got); // past the end of a short last block
   }
 
   async write(): Promise<void> {
