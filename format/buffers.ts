@@ -39,6 +39,11 @@ export function returnTo(view: Uint8Array, back: () => void): void {
   owners.set(view, back);
 }
 
+/** Whether `b` is a view whose memory goes back to an owner (returnTo): never to be moved or freed. */
+export function isLent(b: Uint8Array): boolean {
+  return owners.has(b);
+}
+
 /** A closed port: a buffer posted to it is detached and dropped on the spot. */
 let sink: MessagePort | undefined;
 

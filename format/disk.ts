@@ -30,6 +30,13 @@ export interface Disk {
    * move its memory to another thread).
    */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * The same bytes lent, not copied, where the layer can (they lie in one
+   * stored block it holds whole): a view into memory the disk keeps, which
+   * the caller must not change and gives back with freeBuffer() once done
+   * (format/buffers.ts); null where it cannot, for read() to do.
+   */
+  view?(offset: number, length: number): Promise<Buffer | null>;
   /** Writes into this layer (never into a parent). */
   write(offset: number, data: Buffer): Promise<void>;
   /** Whether this layer (not its parents) holds data for block `index`. */

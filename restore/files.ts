@@ -884,7 +884,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       await writer.write(j, (r) => report(r, last));
     };
     try {
-      const whole = reader.readWhole(data, PART_BYTES);
+      // (lent by the stored disk where it can: the writer gives the view back once written)
+      const whole = reader.readWhole(data, PART_BYTES, true);
       // most files: one read, one piece
       if (whole) {
         const b = await whole;

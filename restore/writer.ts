@@ -24,7 +24,7 @@ import { startWorker } from '../format/threads.js';
 import { checkChunks } from '../format/volume/reader.js';
 import { startWritebackSync } from '../format/writeback.js';
 import { errnoCode, errnoText, nativeAddon, type Native, type NativeWriteJob, type NativeWriteResult, type NativeWriterHandle } from '../format/native.js';
-import { freeBuffer } from '../format/buffers.js';
+import { freeBuffer, isLent } from '../format/buffers.js';
 import { onInterrupt } from '../format/interrupt.js';
 
 /** One regular file to create at `tmp` and rename onto `dst` (or, `direct`, to create at `dst`). */
@@ -494,6 +494,12 @@ function fromNative(j: WriteJob, r: NativeWriteResult): WriteResult {
   return okResult(warnings, badOffset >= 0 ? badOffset : null);
 }
 
+/** A job that will not be written: its data freed (or given back, when lent), and its callback told why. */
+function refuse(j: { job: WriteJob; done: (r: WriteResult) => void }, error: string): void {
+  for (const p of j.job.pieces) freeBuffer(p.data);
+  j.done({ ok: false, error });
+}
+
 /**
  * Hands write jobs to the writer thread, in batches, with a bound on the
  * data in flight. `write` resolves once the job is accepted (not done); its
@@ -550,7 +556,7 @@ export class FileWriter {
 
   private fail(err: Error): void {
     this.failure ??= err;
-    for (const p of this.sent.values()) for (const j of p.jobs) j.done({ ok: false, error: err.message });
+    for (const p of this.sent.values()) for (const j of p.jobs) refuse(j, err.message);
     this.sent.clear();
     this.wake();
   }
@@ -561,7 +567,7 @@ export class FileWriter {
 
   async write(job: WriteJob, done: (r: WriteResult) => void): Promise<void> {
     if (this.failure) {
-      done({ ok: false, error: this.failure.message });
+      refuse({ job, done }, this.failure.message);
       return;
     }
     let bytes = 0;
@@ -585,7 +591,7 @@ export class FileWriter {
     if (b.jobs.length === 0) return;
     this.batch = { jobs: [], bytes: 0 };
     if (this.failure) {
-      for (const j of b.jobs) j.done({ ok: false, error: this.failure.message });
+      for (const j of b.jobs) refuse(j, this.failure.message);
       this.pendingBytes -= b.bytes;
       return;
     }
@@ -594,6 +600,16 @@ export class FileWriter {
     if (this.native) {
       this.submitNative(id, b, this.native);
       return;
+    }
+    // A view lent by a stored disk goes as a copy of its own (a message
+    // would carry the whole block it views), and is given back at once.
+    for (const { job } of b.jobs) {
+      for (const p of job.pieces) {
+        if (!isLent(p.data)) continue;
+        const view = p.data;
+        p.data = Buffer.from(view);
+        freeBuffer(view);
+      }
     }
     // data buffers that are wholly their own memory move without a copy
     const transfer: ArrayBuffer[] = [];
@@ -632,7 +648,7 @@ export class FileWriter {
       n.submit(n.handle, id, jobs);
     } catch (err) {
       this.sent.delete(id);
-      for (const j of b.jobs) j.done({ ok: false, error: (err as Error).message });
+      for (const j of b.jobs) refuse(j, (err as Error).message);
       this.pendingBytes -= b.bytes;
     }
   }

@@ -20,7 +20,7 @@
 import { open as fsOpen, rename, rm, stat } from 'node:fs/promises';
 import type { Disk } from '../format/disk.js';
 import { FerryError, checkArg } from '../format/errors.js';
-import { freeBuffer } from '../format/buffers.js';
+import { freeBuffer, returnTo } from '../format/buffers.js';
 import { type FileRange, mappingAvailable, prefetchRange, sourceChanged } from '../format/filerange.js';
 import { type ByteSource, type Decoded, decodeVhd } from '../format/vhd/decode.js';
 import { inspectDecoded, type Inspection } from '../format/vhd/check.js';
@@ -283,12 +283,11 @@ export class StoredVhdStorage implements VhdStorage {
   }
 
   /**
-   * fill() for the common read, inside one block and clear of the head's
-   * regions: one copy, none of fillMany's lists. Null when it does not apply.
+   * The k of the block that alone holds [position, end) (starts[k]), clear
+   * of the head's regions; -1 when there is none such.
    */
-  private fillFromOne(out: Buffer, position: number): Promise<void> | null {
-    const end = position + out.length;
-    for (const r of this.head.regions) if (r.offset < end && r.offset + r.data.length > position) return null;
+  private oneBlock(position: number, end: number): number {
+    for (const r of this.head.regions) if (r.offset < end && r.offset + r.data.length > position) return -1;
     // the last block starting at or before position
     let lo = 0;
     let hi = this.starts.length;
@@ -298,11 +297,49 @@ export class StoredVhdStorage implements VhdStorage {
       else hi = mid;
     }
     const at = this.starts[lo - 1];
-    if (!at || at.pos + this.span < end || (lo < this.starts.length && this.starts[lo].pos < end)) return null;
-    const data = this.block(at.index);
+    if (!at || at.pos + this.span < end || (lo < this.starts.length && this.starts[lo].pos < end)) return -1;
+    return lo - 1;
+  }
+
+  /**
+   * fill() for the common read, inside one block and clear of the head's
+   * regions: one copy, none of fillMany's lists. Null when it does not apply.
+   */
+  private fillFromOne(out: Buffer, position: number): Promise<void> | null {
+    const k = this.oneBlock(position, position + out.length);
+    if (k < 0) return null;
+    const data = this.block(this.starts[k].index);
     this.use(data);
-    this.fetchAhead(lo);
-    return this.copyOut(data, at.pos, out, position);
+    this.fetchAhead(k + 1);
+    return this.copyOut(data, this.starts[k].pos, out, position);
+  }
+
+  /**
+   * The bytes at [position, position + length) as a view into the block
+   * that holds them, no copy (VhdStorage.view): the block stays in memory,
+   * also once evicted, until freeBuffer(view) gives it back.
+   */
+  async view(position: number, length: number): Promise<Buffer | null> {
+    const k = this.oneBlock(position, position + length);
+    if (k < 0 || length === 0) return null;
+    const pos = this.starts[k].pos;
+    const data = this.block(this.starts[k].index);
+    this.use(data);
+    this.fetchAhead(k + 1);
+    let b: Buffer;
+    try {
+      b = await data;
+    } catch (err) {
+      this.done(data);
+      throw err;
+    }
+    if (b.length < position - pos + length) {
+      this.done(data); // a short last block: read() zero-fills past its end
+      return null;
+    }
+    const v = b.subarray(position - pos, position - pos + length);
+    returnTo(v, () => this.done(data));
+    return v;
   }
 
   private async copyOut(data: Promise<Buffer>, pos: number, out: Buffer, position: number): Promise<void> {

@@ -16,6 +16,8 @@ import { blockDeviceSize, writeAll } from '../fsio.js';
 /** Random read/write access to the bytes of a VHD. */
 export interface VhdStorage extends ByteSource {
   readonly writable: boolean;
+  /** Bytes lent as a view (see Disk.view), or null: a store that keeps what it read whole (a vault's). */
+  view?(position: number, length: number): Promise<Buffer | null>;
   write(position: number, data: Buffer): Promise<void>;
   sync(): Promise<void>;
   close(): Promise<void>;
@@ -331,6 +333,20 @@ export class VhdDisk implements Disk {
     const out = Buffer.allocUnsafe(length); // (readInto writes every byte)
     await this.readInto(out, offset);
     return out;
+  }
+
+  async view(offset: number, length: number): Promise<Buffer | null> {
+    this.checkRange(offset, length, 'read range');
+    const st = this.storage;
+    if (!st.view || this.type === 'fixed' || length === 0) return null;
+    const bs = this.blockSize;
+    const bi = Math.floor(offset / bs);
+    const inBlock = offset - bi * bs;
+    if (inBlock + length > bs || !this.bat || bi >= this.bat.length || this.bat[bi] === UNUSED) return null;
+    // only where this layer holds every sector asked for
+    const bm = this.bitmaps.get(bi) ?? (await this.bitmap(bi));
+    for (let s = Math.floor(inBlock / SECTOR), last = Math.floor((inBlock + length - 1) / SECTOR); s <= last; s++) if (!bit(bm, s)) return null;
+    return st.view(this.bat[bi] * SECTOR + this.bitmapBytes + inBlock, length);
   }
 
   /** Fills `out` with the chain's bytes from `offset`: every byte of it is written (it may arrive dirty). */

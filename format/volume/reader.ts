@@ -276,12 +276,16 @@ export class VolumeReader {
   /**
    * A file's data in one read, unchecked (as readData with check: false),
    * when it lies in a single extent with no hole and is at most `max` bytes
-   * (most files); else null.
+   * (most files); else null. With `lend`, the bytes may come as a view
+   * into the disk's own memory (Disk.view: no copy): not to be changed, and
+   * given back with freeBuffer() once done with; a buffer read is the
+   * caller's, and freeBuffer() frees it.
    */
-  readWhole(file: VolumeEntry, max: number): Promise<Buffer> | null {
+  readWhole(file: VolumeEntry, max: number, lend = false): Promise<Buffer> | null {
     const e = this.fileEntry(file);
     const x = e.extents.length === 1 ? e.extents[0] : undefined;
     if (!x || x.fileOffset !== 0 || x.length !== e.size || e.size > max) return null;
+    if (lend && this.disk.view) return this.disk.view(x.diskOffset, x.length).then((v) => v ?? this.disk.read(x.diskOffset, x.length));
     return this.disk.read(x.diskOffset, x.length);
   }
 
