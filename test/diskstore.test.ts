@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { MemDisk } from '../format/memdisk.js';
 import { createDifferencing, createVhd, emptyImage, openChain, VhdDisk, writeVhd } from '../format/vhd/index.js';
 import { SpoolStorage, exportStoredVhd, openStoredDisk, storeVhdFile, zeroGaps } from '../vault/diskstore.js';
+import { freeBuffer } from '../format/buffers.js';
 import fc from 'fast-check';
 import { ferry, fileHash, must, run, withTmp } from './helpers/exec.js';
 
@@ -188,4 +189,55 @@ test('zeroGaps zeroes exactly what no copied span covers (spans in any order, ov
     { numRuns: 500 },
   );
   t.pass();
+});
+
+test('a stored disk lends bytes inside one block as views equal to its reads, refuses the rest, and frees an evicted block only once its last view is given back', async (t) => {
+  await withTmp(async (dir) => {
+    const base = join(dir, 'base.vhd');
+    await createVhd(base, { size: 24 * MiB });
+    const d = await VhdDisk.open(base, { writable: true });
+    const data = randomBytes(20 * MiB);
+    await d.write(MiB, data);
+    await d.close();
+    const child = join(dir, 'child.vhd');
+    await createDifferencing(child, base);
+    const c = await openChain(child, { writable: true });
+    await c.write(4 * MiB + 4096, randomBytes(8192)); // two sectors' worth of runs in the child, the rest of the block is the parent's
+    await c.close();
+    // a getter that hands out buffers of the caller's own, as a vault does: evicted blocks are freed
+    const objs = new MemObjects();
+    const ids: string[] = [];
+    for (const f of [base, child]) ids.push((await storeVhdFile(f, objs)).id);
+    const fresh = { fresh: true, get: async (name: string) => Buffer.from(await objs.get(name)) };
+    const disk = await openStoredDisk(fresh, ids[0]);
+    t.truthy(disk.view);
+    // views inside a block equal reads; one across a block boundary, or of a block never written, is refused
+    for (const [off, len] of [[MiB, 100], [MiB + 513, 70_000], [2 * MiB, 2 * MiB], [6 * MiB - 1, 1], [9 * MiB + 12345, 1_000_000]]) {
+      const v = await disk.view!(off, len);
+      t.truthy(v, `${off}+${len}`);
+      t.true(v!.equals(await disk.read(off, len)), `${off}+${len}`);
+      freeBuffer(v!);
+    }
+    t.is(await disk.view!(2 * MiB - 10, 20), null);
+    t.is(await disk.view!(22 * MiB + 5, 100), null);
+    // a block kept by a view outlives its eviction, and is freed when the view comes back
+    const kept = await disk.view!(3 * MiB, 4096);
+    const expect = Buffer.from(kept!);
+    for (let b = 4; b < 20; b += 2) await disk.read(b * MiB, 4096); // more blocks than the cache holds
+    t.true(kept!.equals(expect));
+    freeBuffer(kept!);
+    await new Promise((r) => setImmediate(r)); // (freed once its fetch's promise runs its callbacks)
+    t.is(kept!.length, 0, 'the evicted block is freed with its last view');
+    // a differencing child lends only what it holds itself: where the parent's bytes show through, null (read does it)
+    const parent = await openStoredDisk(fresh, ids[0]);
+    const cd = await openStoredDisk(fresh, ids[1], parent);
+    const own = await cd.view!(4 * MiB + 4096, 8192);
+    t.truthy(own);
+    t.true(own!.equals(await cd.read(4 * MiB + 4096, 8192)));
+    freeBuffer(own!);
+    t.is(await cd.view!(4 * MiB, 8192), null);
+    t.true((await cd.read(4 * MiB, 4096)).equals(data.subarray(3 * MiB, 3 * MiB + 4096)));
+    await disk.close();
+    await cd.close();
+  });
 });
