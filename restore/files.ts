@@ -55,6 +55,7 @@ import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
 import { linkRefused, mkdirpSync } from '../format/fsio.js';
 import { nativeAddon } from '../format/native.js';
+import { printable } from '../format/printable.js';
 
 /** Bytes of one file read between two progress reports within it. */
 const PROGRESS_STEP = 16 * 1024 * 1024;
@@ -122,9 +123,6 @@ function maxOpenFolders(): number {
   return Math.max(16, Math.min(2048, Math.floor(openFilesLimit() / 4)));
 }
 
-function printable(p: Buffer): string {
-  return p.toString('utf8');
-}
 
 function join(dir: Buffer, name: Buffer): Buffer {
   const slash = dir.length > 0 && dir[dir.length - 1] === SLASH ? 0 : 1;
@@ -1066,8 +1064,19 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   /** With the file in place the folder was replaced as asked, and goes; without, it goes back. */
   const settleFolder = (dst: Buffer, aside: Buffer) => {
     anchored.forget(aside);
-    if (existing(dst)) removeTree(A(aside));
-    else renameSync(A(aside), A(dst));
+    if (!existing(dst)) {
+      renameSync(A(aside), A(dst));
+      return;
+    }
+    // what the folder held is not in the backup: gone, and said so (an empty one goes unsaid)
+    let held = 0;
+    try {
+      held = readdirSync(A(aside)).length;
+    } catch {
+      /* (gone meanwhile: nothing to say) */
+    }
+    removeTree(A(aside));
+    if (held) warn({ code: 'RESTORE_REPLACED', message: `${printable(dst)} was a folder of ${held} ${held === 1 ? 'entry' : 'entries'} where the backup has a file: replaced by the file, and what it held removed (--if-exists overwrite)`, path: dst });
   };
   const putBackAsides = () => {
     for (const { dst, aside } of asides.splice(0)) {

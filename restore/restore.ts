@@ -18,6 +18,7 @@ import { fileEquals, sweepBeside, tempBeside, tempDirIn, writeAll } from '../for
 import { openChain } from '../format/vhd/chain.js';
 import { diskPrefix, eachBlock, readStoredBlock, storedBlocks } from '../vault/diskstore.js';
 import { vaultObjects } from '../vault/putter.js';
+import { vaultAround } from '../vault/around.js';
 
 export type RestoreFormat = 'dir' | 'raw' | 'vhd' | 'tar';
 
@@ -65,6 +66,12 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   }
   if (point.kind === 'volume' && o.paths?.length) throw new UsageError('--path picks files and folders; a volume restores whole: leave --path out');
   if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
+  if (point.kind === 'system-state' && !o.to) {
+    // its tree is what the machine needs rebuilt (/etc, package lists, layouts), to look at or to copy from: not for over the running system unasked
+    throw new UsageError('restoring system state needs --to: a folder to put it in, or FILE.tar for another machine (`--to /` puts it back in place over this system)');
+  }
+  const around = o.to === undefined ? null : vaultAround(o.to);
+  if (around !== null) throw new UsageError(`--to ${o.to} is inside the vault ${around}: a vault holds only sealed objects; name a place outside it`);
   const disk = await openPointDisk(vault, point).catch((err) => {
     throw unreadablePoint(err, point, 'a disk head');
   });

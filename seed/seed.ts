@@ -22,6 +22,7 @@ import { SeedTargets, type SeedIdentity, type TargetsProgress } from './targets.
 import { sourceEntries, volumeChunks } from './sources.js';
 import { volumeSize as sizeOfVolume, writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
+import { printable } from '../format/printable.js';
 
 export interface SeedOptions {
   vault: VaultReader;
@@ -116,7 +117,7 @@ async function checkSources(sources: string[]): Promise<void> {
       await lstat(src);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      missing.push(`${src} (${code === 'ENOENT' ? 'no such file or folder' : (err as Error).message})`);
+      missing.push(`${printable(Buffer.from(src))} (${code === 'ENOENT' ? 'no such file or folder' : (err as Error).message})`);
     }
   }
   if (missing.length === sources.length) {

@@ -22,6 +22,7 @@ import { isDir, scanDir, walkStat, type WalkStat } from './dirscan.js';
 import { errnoText } from '../format/native.js';
 import { pseudoFilesystems } from './pseudofs.js';
 import { READ_FLAGS, READ_FLAGS_ATIME, SOURCE_CHANGED, SmallFileReader, changedSince, replyError, symlinkSince, writtenSince } from './reader.js';
+import { printable } from '../format/printable.js';
 
 export type { EntryWarning } from '../format/volume/writer.js';
 
@@ -74,9 +75,7 @@ const READ_SIZE = 1024 * 1024;
 const SMALL_FILE = 1024 * 1024;
 const ZERO = Buffer.alloc(HOLE_GRAIN);
 
-export function printable(p: Buffer): string {
-  return p.toString('utf8');
-}
+export { printable };
 
 // ---------------------------------------------------------------- globs
 

@@ -1,0 +1,103 @@
+// From a reviewer's walk through the CLI (2026-12-07, eighth stop): names
+// with control characters printed as they are, restored files put inside a
+// vault, system state restored over the running system unasked, and a
+// folder of the user's replaced under overwrite without a word.
+import test from 'ava';
+import { existsSync, symlinkSync } from 'node:fs';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { printable } from '../format/printable.js';
+import { ferry, withTmp } from './helpers/exec.js';
+
+const env = { FERRY_PASSPHRASE: 'dec07d review passphrase, long enough' };
+
+async function backedUp(dir: string, fill: (src: string) => Promise<void>): Promise<{ vault: string; src: string }> {
+  const vault = join(dir, 'vault');
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await fill(src);
+  for (const args of [
+    ['init', vault, '--kdf-log-n', '12'],
+    ['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src],
+    ['import', '--vault', vault, join(dir, 'd1')],
+  ]) {
+    const r = await ferry(args, { env });
+    if (r.code !== 0) throw new Error(`ferry ${args.join(' ')}: ${r.stderr}`);
+  }
+  return { vault, src };
+}
+
+test('printable escapes control characters, bytes that are not UTF-8 and the backslash, and keeps printable UTF-8', (t) => {
+  t.is(printable(Buffer.from('/srv/a b/ü日本.txt')), '/srv/a b/ü日本.txt');
+  t.is(printable(Buffer.from('evil\nferry: done')), 'evil\\nferry: done');
+  t.is(printable(Buffer.from('\x1b[31mred\tx\\y\x7f')), '\\e[31mred\\tx\\\\y\\x7f');
+  t.is(printable(Buffer.from([0x2f, 0xff, 0x41, 0xc3, 0xa9, 0xe2, 0x82])), '/\\xffAé\\xe2\\x82'); // a cut sequence at the end
+  t.is(printable(Buffer.from([0xc0, 0xaf, 0xed, 0xa0, 0x80])), '\\xc0\\xaf\\xed\\xa0\\x80'); // overlong, surrogate
+  t.is(printable(Buffer.from([0xc2, 0x85])), '\\xc2\\x85'); // a C1 control (NEL)
+});
+
+test('a source name with a newline shows in the warning as one escaped line', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const missing = join(dir, 'gone\nferry: done');
+    const r = await ferry(['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), missing, '--quiet'], { env });
+    const lines = r.stderr.split('\n').filter((l) => l.length > 0);
+    t.true(lines.some((l) => l.includes('gone\\nferry: done')), r.stderr);
+    t.false(lines.some((l) => l.startsWith('ferry: done')), r.stderr);
+  });
+});
+
+test('restore --to inside a vault (through a symlink too) is refused before anything is written', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    const before = (await readdir(vault)).sort();
+    symlinkSync(vault, join(dir, 'link'));
+    for (const to of [join(vault, 'restored'), join(dir, 'link', 'sub', 'deeper'), vault]) {
+      const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', to], { env });
+      t.is(r.code, 2, r.stderr);
+      t.regex(r.stderr, /is inside the vault .*name a place outside it/);
+    }
+    t.deepEqual((await readdir(vault)).sort(), before);
+    t.is((await ferry(['check', '--vault', vault], { env })).code, 0);
+  });
+});
+
+test('a system-state restore needs --to: nothing is put over the running system unasked', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const seed = await ferry(['seed', '--vault', vault, '--item', 'sys', '--kind', 'system-state', '--disk', join(dir, 'd1'), '--quiet'], { env });
+    t.true(seed.code === 0 || seed.code === 3, seed.stderr);
+    t.is((await ferry(['import', '--vault', vault, join(dir, 'd1'), '--quiet'], { env })).code, 0);
+    const existed = existsSync('/ferry-system-state');
+    const r = await ferry(['restore', '--vault', vault, '--item', 'sys'], { env });
+    t.is(r.code, 2, r.stderr);
+    t.regex(r.stderr, /restoring system state needs --to/);
+    t.is(existsSync('/ferry-system-state'), existed);
+    const ok = await ferry(['restore', '--vault', vault, '--item', 'sys', '--to', join(dir, 'out'), '--quiet'], { env });
+    t.true(ok.code === 0 || ok.code === 3, ok.stderr);
+    t.true(existsSync(join(dir, 'out', 'ferry-system-state')));
+  });
+});
+
+test('overwrite of a folder of the user\'s where the backup has a file says so, naming it, and exits 3; an empty one goes unsaid', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => {
+      await writeFile(join(s, 'f'), 'the file');
+      await writeFile(join(s, 'g'), 'another');
+    });
+    const out = join(dir, 'out');
+    const at = (n: string) => join(out, src, n);
+    await mkdir(join(at('f'), 'keep'), { recursive: true });
+    await writeFile(join(at('f'), 'keep', 'data'), 'precious');
+    await mkdir(at('g'), { recursive: true }); // empty
+    const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', out, '--if-exists', 'overwrite'], { env });
+    t.is(r.code, 3, r.stderr);
+    t.is(await readFile(at('f'), 'utf8'), 'the file');
+    t.is(await readFile(at('g'), 'utf8'), 'another');
+    const warned = r.stderr.split('\n').filter((l) => l.includes('where the backup has a file'));
+    t.is(warned.length, 1, r.stderr);
+    t.true(warned[0].includes(`${at('f')} was a folder of 1 entry`), r.stderr);
+  });
+});
