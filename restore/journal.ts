@@ -84,6 +84,9 @@ export class FolderJournal {
   private dirty = false;
   private timer: NodeJS.Timeout | undefined;
   private broken = false;
+  /** Folders announced and not yet said made or not made; whether a record says this run made or placed something. */
+  private announced = 0;
+  private madeSome = false;
   /** Earlier runs' records (path -> "dev ino"), and which of them this run came upon. */
   private readonly seen = new Set<string>();
 
@@ -172,21 +175,26 @@ export class FolderJournal {
 
   /** Records that this run is about to put a file, link or node at `path`, in a folder it did not make. */
   aboutEntry(path: Buffer): boolean {
+    this.madeSome = true;
     return this.write(ENTRY, path);
   }
 
   /** Records that this run is about to make folder `dir` (add() or notMade() follows). */
   about(dir: Buffer): boolean {
+    this.announced++;
     return this.write(ABOUT, dir);
   }
 
   /** Records that this run could not make folder `dir` (something was there). */
   notMade(dir: Buffer): boolean {
+    this.announced--;
     return this.write(NOT_MADE, dir);
   }
 
   /** Records that this run made folder `dir` (now `st`); false when it could not. */
   add(dir: Buffer, st: Stats): boolean {
+    this.announced--;
+    this.madeSome = true;
     return this.write(`${st.dev} ${st.ino}`, dir);
   }
 
@@ -229,8 +237,17 @@ export class FolderJournal {
 
   close(): void {
     this.sync();
-    if (this.fd !== null) closeSync(this.fd);
+    if (this.fd === null) return;
+    closeSync(this.fd);
     this.fd = null;
+    // every folder it tried was refused (a read-only target), and it placed nothing: its file says nothing
+    if (!this.madeSome && this.announced === 0) {
+      try {
+        unlinkSync(this.own);
+      } catch {
+        /* gone already */
+      }
+    }
   }
 
   /**

@@ -7,7 +7,7 @@ import { existsSync, symlinkSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { printable } from '../format/printable.js';
-import { ferry, withTmp } from './helpers/exec.js';
+import { ferry, run, withTmp } from './helpers/exec.js';
 
 const env = { FERRY_PASSPHRASE: 'dec07d review passphrase, long enough' };
 
@@ -99,5 +99,22 @@ test('overwrite of a folder of the user\'s where the backup has a file says so, 
     const warned = r.stderr.split('\n').filter((l) => l.includes('where the backup has a file'));
     t.is(warned.length, 1, r.stderr);
     t.true(warned[0].includes(`${at('f')} was a folder of 1 entry`), r.stderr);
+  });
+});
+
+test('a restore that could make no folder at all (a read-only target) leaves no journal behind', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    const ro = join(dir, 'ro');
+    const state = join(dir, 'state');
+    await mkdir(ro);
+    t.is((await run('mount', ['-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', ro])).code, 0);
+    try {
+      const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', ro], { env: { ...env, FERRY_STATE_DIR: state } });
+      t.is(r.code, 1, r.stderr);
+      t.deepEqual(await readdir(join(state, 'restores')), []);
+    } finally {
+      await run('umount', [ro]);
+    }
   });
 });
