@@ -99,6 +99,8 @@ export interface RestoreResult {
   unchanged: number;
   /** Copies written beside a differing existing entry (`copy`). */
   copies: number;
+  /** Of `skipped`, differing entries whose copy a run before wrote beside them, found equal to the backup (`copy`). */
+  copiesFound: number;
   /** Bytes of the files put in place. */
   bytes: number;
   /** Entries that could not be restored (each also a warning). */
@@ -479,7 +481,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     );
   }
 
-  const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, bytes: 0, failed: 0, warnings: 0 };
+  const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, copiesFound: 0, bytes: 0, failed: 0, warnings: 0 };
   // The first "disk full" error: once the target's disk is full every
   // further file would fail too, so the run stops (the marker stays).
   let full: EntryWarning | null = null;
@@ -1139,9 +1141,15 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     if (ifExists === 'copy' && !inLeftover(dst)) {
       const { at: c, made } = await copyPlace(dst, (at, cst) => !cst.isDirectory() && sameAsBackup(compared, at, cst));
       if (made) {
+        // the entry here differs (not "equal"); the backup's is beside it already: its links go to that
         result.skipped++;
-        result.unchanged++;
-        return 'unchanged';
+        result.copiesFound++;
+        if (e.linkGroup !== null) {
+          linkFirsts.set(e.linkGroup, c);
+          keptAnchors.add(e.linkGroup);
+        }
+        opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: its copy ${printable(baseName(c))}, written by a run before, is there already` });
+        return 'skipped';
       }
       opts.onNote?.({ path: dst, message: `${printable(anchored.displayPath(dst))} differs from the backup: the backup's is written beside it as ${printable(baseName(c))}` });
       return { dst: c, copy: true };
@@ -1381,7 +1389,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
             const c = await copyPlace(dst, (_at, cst) => fst !== null && cst.ino === fst.ino && cst.dev === fst.dev);
             if (c.made) {
               result.skipped++;
-              result.unchanged++;
+              result.copiesFound++;
               continue;
             }
             place = c.at;

@@ -47,6 +47,7 @@ export interface RestoreResult {
   restored: number;
   /** Files: of `skipped`, those found equal; of `restored`, those written beside a differing one (`copy`). */
   unchanged?: number;
+  copiesFound?: number;
   copies?: number;
   skipped: number;
   /** Entries that could not be restored (each also counted in `warnings`). */
@@ -174,7 +175,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
         onNote: (n) => o.onNote?.(n.message),
         onProgress: (p) => o.onProgress?.(p.bytes, point.size, 'files'),
       });
-      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, unchanged: r.unchanged, copies: r.copies, failed: r.failed, bytes: r.bytes, warnings };
+      return { point, to: o.to ?? '(original places)', format, restored: r.restored, skipped: r.skipped, unchanged: r.unchanged, copies: r.copies, copiesFound: r.copiesFound, failed: r.failed, bytes: r.bytes, warnings };
     } finally {
       await reader.close();
     }

@@ -118,3 +118,27 @@ test('a restore that could make no folder at all (a read-only target) leaves no 
     }
   });
 });
+
+test('copy run again over a file that differs, whose copy a run before wrote: counted and named as such, not as equal', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault, src } = await backedUp(dir, async (s) => {
+      await writeFile(join(s, 'hello.txt'), 'hello\n');
+      await writeFile(join(s, 'same.txt'), 'same\n');
+    });
+    const out = join(dir, 'out');
+    const args = ['restore', '--vault', vault, '--item', 'it', '--to', out, '--json'];
+    t.is((await ferry(args, { env })).code, 0);
+    await writeFile(join(out, src, 'hello.txt'), 'changed\n');
+    const second = JSON.parse((await ferry(args, { env })).stdout.toString()) as { copies: number };
+    t.is(second.copies, 1);
+    await writeFile(join(out, src, 'hello.txt'), 'changed again\n');
+    const third = await ferry([...args.slice(0, -1), '--verbose'], { env });
+    t.is(third.code, 0, third.stderr);
+    t.regex(third.stdout.toString() + third.stderr, /hello\.txt differs from the backup: its copy hello\.txt\.ferry-restored-1, written by a run before, is there already/);
+    t.regex(third.stdout.toString() + third.stderr, /skipped \(\d+ already equal, 1 with the backup's copy beside it already\)/);
+    const json = JSON.parse((await ferry(args, { env })).stdout.toString()) as { copiesFound: number; unchanged: number; skipped: number };
+    t.is(json.copiesFound, 1);
+    t.is(json.skipped, json.unchanged + 1);
+    t.is(await readFile(join(out, src, 'hello.txt'), 'utf8'), 'changed again\n');
+  });
+});

@@ -19,6 +19,12 @@ interface RestoreOpts extends CliOpenOptions {
   verifyFirst?: boolean;
 }
 
+/** Why entries were skipped, in the summary: " (3 already equal, 1 with the backup's copy beside it already)". */
+function skippedWhy(equal: number, copies: number): string {
+  const why = [equal ? `${equal} already equal` : '', copies ? `${copies} with the backup's copy beside ${copies === 1 ? 'it' : 'them'} already` : ''].filter(Boolean);
+  return why.length ? ` (${why.join(', ')})` : '';
+}
+
 // (no default: commander would show `(default: [])` in the help)
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
@@ -68,7 +74,7 @@ export function register(program: Command): void {
           const nothing = r.failed > 0 && r.restored === 0 && r.skipped === 0;
           out.result({ ...r, warningList }, () => {
             if (nothing) return; // (the one line below says it)
-            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq}, or .2, .3 ... after it where that name was taken)` : ''}${r.skipped ? `, ${r.skipped} skipped${r.unchanged ? ` (${r.unchanged} already equal)` : ''}` : ''}`);
+            out.info(`restored point ${r.point.seq} of ${r.point.machine}/${r.point.item} (${r.point.time}) to ${r.to}: ${counted(r.restored, 'entry', 'entries')}, ${formatSize(r.bytes)}${r.copies ? ` (${r.copies} written beside a different existing one as *.ferry-restored-${r.point.seq}, or .2, .3 ... after it where that name was taken)` : ''}${r.skipped ? `, ${r.skipped} skipped${skippedWhy(r.unchanged ?? 0, r.copiesFound ?? 0)}` : ''}`);
             const other = r.warnings - r.failed;
             if (r.failed) out.info(`done with warnings: ${r.failed} ${r.failed === 1 ? 'entry' : 'entries'} could not be restored${other ? `, and ${other} other ${other === 1 ? 'warning' : 'warnings'}` : ''} (listed above)`);
             else if (r.warnings) out.info(`done with ${r.warnings} ${r.warnings === 1 ? 'warning' : 'warnings'} (listed above)`);
