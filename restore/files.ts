@@ -504,7 +504,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   const warn = (w: EntryWarning) => {
     w = { ...w, message: anchored.display(w.message), ...(w.path ? { path: anchored.displayPath(w.path) } : {}) };
     if (w.code === 'RESTORE_FAILED') result.failed++;
-    if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT') {
+    // (a read-only target too; in the original places, one read-only file system of several is a warning per entry)
+    if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT' || (w.errno === 'EROFS' && to)) {
       // one error at the end says it, not a warning per file still in flight
       full ??= w;
       return;
@@ -1475,6 +1476,13 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
 /** The error that stops a restore whose target's disk is full. */
 function diskFull(w: EntryWarning, to: Buffer | null, result: RestoreResult): FerryError {
   const where = to ? printable(to) : 'the original places';
+  if (w.errno === 'EROFS') {
+    return new FerryError(
+      'RESTORE_TARGET',
+      `cannot restore to ${where}: its file system is read-only${result.restored ? ` (${result.restored} ${result.restored === 1 ? 'entry' : 'entries'}, ${formatSize(result.bytes)} were restored before it)` : ''}; mount it read-write, or name another --to`,
+      { to: to ? printable(to) : null, restored: result.restored, bytes: result.bytes },
+    );
+  }
   return new FerryError(
     'RESTORE_DISK_FULL',
     `the disk is full: ${w.path ? `${printable(w.path)} and what follows it` : 'the rest'} could not be restored to ${where} (${result.restored} ${result.restored === 1 ? 'entry' : 'entries'}, ${formatSize(result.bytes)} were); free space there and run the same restore again: it finishes the job`,
@@ -1488,7 +1496,12 @@ function targetOf(to: Buffer, volumeId: string): ReturnType<typeof prepareTarget
     return prepareTarget(to, volumeId);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const why = code === 'ENOTDIR' ? 'a file stands where a folder of the path goes' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only filesystem' : (err as Error).message;
+    const st = lstatSync(to, { throwIfNoEntry: false });
+    const link = st?.isSymbolicLink() ? readlinkSync(to, { encoding: 'buffer' }) : null;
+    const kind = st && !st.isDirectory() && !link ? (st.isFile() ? 'a file' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isFIFO() ? 'a fifo' : 'a socket') : null;
+    const why = code === 'ENOENT' && link ? `it is a symlink to ${printable(link)}, which is not there`
+      : kind ? `it is ${kind}, not a folder`
+      : code === 'ENOTDIR' ? 'a file stands where a folder of the path goes' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only filesystem' : (err as Error).message;
     throw new FerryError('RESTORE_TARGET', `cannot restore to ${printable(to)}: ${why}; give --to a folder that exists or can be made`, { to: printable(to) });
   }
 }

@@ -67,6 +67,9 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
   }
   if (point.kind === 'volume' && o.paths?.length) throw new UsageError('--path picks files and folders; a volume restores whole: leave --path out');
   if (point.kind !== 'volume' && (format === 'raw' || format === 'vhd')) throw new UsageError(`a ${point.kind} item restores as --format dir or tar, not ${format}`);
+  if (point.kind !== 'volume' && (o.salvage || o.verifyFirst)) {
+    throw new UsageError(`--${o.salvage ? 'salvage' : 'verify-first'} is for volumes: a ${point.kind} restore always goes on past damaged data, and names each file it hit; leave it out`);
+  }
   if (point.kind === 'system-state' && !o.to) {
     // its tree is what the machine needs rebuilt (/etc, package lists, layouts), to look at or to copy from: not for over the running system unasked
     throw new UsageError('restoring system state needs --to: a folder to put it in, or FILE.tar for another machine (`--to /` puts it back in place over this system)');

@@ -113,6 +113,8 @@ test('a restore that could make no folder at all (a read-only target) leaves no 
       const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', ro], { env: { ...env, FERRY_STATE_DIR: state } });
       t.is(r.code, 1, r.stderr);
       t.deepEqual(await readdir(join(state, 'restores')), []);
+      // one line says it, no warning per entry before it
+      t.deepEqual(r.stderr.trim().split('\n'), [`ferry: cannot restore to ${ro}: its file system is read-only; mount it read-write, or name another --to`]);
     } finally {
       await run('umount', [ro]);
     }
@@ -140,5 +142,22 @@ test('copy run again over a file that differs, whose copy a run before wrote: co
     t.is(json.copiesFound, 1);
     t.is(json.skipped, json.unchanged + 1);
     t.is(await readFile(join(out, src, 'hello.txt'), 'utf8'), 'changed again\n');
+  });
+});
+
+test('a --to that cannot be a folder says what it is: a symlink to nothing, a device, a file; --salvage on a files item is a usage error', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    symlinkSync('/nonexistent/x', join(dir, 'dang'));
+    await writeFile(join(dir, 'afile'), 'x');
+    for (const [to, why] of [[join(dir, 'dang'), 'it is a symlink to /nonexistent/x, which is not there'], ['/dev/null', 'it is a character device, not a folder'], [join(dir, 'afile'), 'it is a file, not a folder']]) {
+      const r = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', to], { env });
+      t.is(r.code, 1, r.stderr);
+      t.is(r.stderr.trim(), `ferry: cannot restore to ${to}: ${why}; give --to a folder that exists or can be made`);
+    }
+    const s = await ferry(['restore', '--vault', vault, '--item', 'it', '--to', join(dir, 'out'), '--salvage'], { env });
+    t.is(s.code, 2, s.stderr);
+    t.regex(s.stderr, /--salvage is for volumes/);
+    t.false(existsSync(join(dir, 'out')));
   });
 });
