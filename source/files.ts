@@ -390,6 +390,12 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
   const links = new Map<string, { path: Buffer; left: number }>();
   const emittedAncestors = new Set<string>();
 
+  /** finish() of an entry that is no symlink and has one link: nothing to wait for. */
+  const finishPlain = (e: Entry, st: WalkStat): Entry => {
+    allocated.set(e, st.blocks);
+    return e;
+  };
+
   const finish = async (e: Entry, st: WalkStat): Promise<Entry | null> => {
     if (e.type === 'symlink') {
       try {
@@ -415,59 +421,112 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
 
   const pseudoOf = pseudoFilesystems();
 
-  async function* visit(path: Buffer, st: WalkStat, rootDev: bigint, root: Root, parentDev?: bigint): AsyncGenerator<Entry> {
-    const stored = root.real === root.as ? path : asStored(root, path);
-    const m = metaOf(stored, st);
-    if (stored !== path) realPaths.set(m, path);
-    const e = await finish(m, st);
-    if (!e) return;
-    yield e;
-    if (e.type !== 'dir') return;
-    if (opts.oneFileSystem && st.dev !== rootDev) return;
+  /** A folder being walked: its entries one by one (a promise only where one must be lstat'd here), then null. */
+  interface Frame {
+    next(): [Buffer, WalkStat | Error] | null | Promise<[Buffer, WalkStat | Error] | null>;
+    /** The folder's device: a child on another is a mount point. */
+    dev: bigint;
+  }
+  const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
+
+  /**
+   * The folder at `path` (found as `st`) opened for its entries, in name
+   * order; null when it is not walked (not a folder, another file system, a
+   * pseudo file system, or it cannot be listed: said so).
+   */
+  const openFolder = async (path: Buffer, stored: Buffer, st: WalkStat, rootDev: bigint, root: Root, parentDev: bigint | undefined): Promise<Frame | null> => {
+    if (opts.oneFileSystem && st.dev !== rootDev) return null;
     // a mount point met on the way: is it /proc, /sys or their kind? (a source named is walked as asked)
     const pseudo = parentDev !== undefined && st.dev !== parentDev ? await pseudoOf(path, st.dev) : null;
     if (pseudo) {
       opts.onNote?.({ code: 'SOURCE_PSEUDO_FS', message: `${printable(stored)} is a ${pseudo} filesystem (the kernel's live state, not files): kept as an empty folder`, path: stored });
-      return;
+      return null;
     }
     const asOf = (p: Buffer) => (root.real === root.as ? p : asStored(root, p));
-    const child = async function* (p: Buffer, s: WalkStat | Error): AsyncGenerator<Entry> {
-      if (s instanceof Error) {
-        warn({ code: 'SOURCE_VANISHED', message: `${printable(p)} cannot be read: ${errText(s)}`, path: p });
-        return;
-      }
-      if (opts.skipDirs?.size && isDir(s) && opts.skipDirs.has(`${s.dev}:${s.ino}`)) return;
-      yield* visit(p, s, rootDev, root, st.dev);
-    };
-    const lstatOf = (p: Buffer): Promise<WalkStat | Error> => lstat(p, { bigint: true }).then(walkStat, (err: unknown) => err as Error);
     // the folder listed and its entries lstat'd in one call of the addon (two where an exclude could match an entry: one to list, one to stat what is kept)
     const scanned = await scanDir(path, mayExcludeIn(asOf(path)) ? (name) => !excluded(asOf(join(path, name))) : undefined);
     if (scanned && 'errno' in scanned) {
       warn(folderLost(path, scanned.errno));
-      return;
+      return null;
     }
     if (scanned) {
       // (not checked against the folder's lstat: an automount point lstats as itself and opens as what is mounted there)
-      for (let i = 0; i < scanned.count; i++) {
-        const p = join(path, scanned.name(i));
-        yield* child(p, scanned.stat(i) ?? (await lstatOf(p)));
-      }
-      return;
+      let i = 0;
+      return {
+        dev: st.dev,
+        next: () => {
+          if (i >= scanned.count) return null;
+          const p = join(path, scanned.name(i));
+          const s = scanned.stat(i++);
+          return s ? [p, s] : lstatOf(p).then((x): [Buffer, WalkStat | Error] => [p, x]);
+        },
+      };
     }
     let names: Buffer[];
     try {
       names = await readdir(path, { encoding: 'buffer' });
     } catch (err) {
       warn({ code: 'SOURCE_READ', message: `cannot list ${printable(path)}: ${errText(err)}`, path });
-      return;
+      return null;
     }
     names.sort(Buffer.compare);
     const children = names.map((n) => join(path, n)).filter((p) => !excluded(asOf(p)));
     // lstat a window of children at a time, then descend in order
-    for (let i = 0; i < children.length; i += concurrency) {
-      const slice = children.slice(i, i + concurrency);
-      const stats = await Promise.all(slice.map(lstatOf));
-      for (let j = 0; j < slice.length; j++) yield* child(slice[j], stats[j]);
+    let i = 0;
+    let stats: (WalkStat | Error)[] = [];
+    return {
+      dev: st.dev,
+      next: async () => {
+        if (i >= children.length) return null;
+        if (i % concurrency === 0) stats = await Promise.all(children.slice(i, i + concurrency).map(lstatOf));
+        const k = i++;
+        return [children[k], stats[k % concurrency]];
+      },
+    };
+  };
+
+  /**
+   * The tree under `path0` (found as `st0`) in pre-order, folders before
+   * their entries, each folder's entries in name order: one generator and
+   * a stack of open folders (a generator per folder and per entry, yielding
+   * through every level above, made a seed's walk the largest source of
+   * garbage on its main thread).
+   */
+  async function* visit(path0: Buffer, st0: WalkStat, rootDev: bigint, root: Root): AsyncGenerator<Entry> {
+    const stack: Frame[] = [];
+    let path: Buffer | null = path0;
+    let s: WalkStat | Error = st0;
+    let parentDev: bigint | undefined;
+    for (;;) {
+      if (path !== null) {
+        if (s instanceof Error) warn({ code: 'SOURCE_VANISHED', message: `${printable(path)} cannot be read: ${errText(s)}`, path });
+        else if (!(opts.skipDirs?.size && isDir(s) && opts.skipDirs.has(`${s.dev}:${s.ino}`))) {
+          const stored = root.real === root.as ? path : asStored(root, path);
+          const m = metaOf(stored, s);
+          if (stored !== path) realPaths.set(m, path);
+          const e = m.type === 'symlink' || (m.type !== 'dir' && m.nlink > 1) ? await finish(m, s) : finishPlain(m, s);
+          if (e) {
+            yield e;
+            if (e.type === 'dir') {
+              const f = await openFolder(path, stored, s, rootDev, root, parentDev);
+              if (f) stack.push(f);
+            }
+          }
+        }
+      }
+      // the next entry: of the innermost folder with one left
+      path = null;
+      while (path === null && stack.length > 0) {
+        const top = stack[stack.length - 1];
+        let n = top.next();
+        if (n instanceof Promise) n = await n;
+        if (n === null) stack.pop();
+        else {
+          [path, s] = n;
+          parentDev = top.dev;
+        }
+      }
+      if (path === null) return;
     }
   }
 
