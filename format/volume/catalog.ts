@@ -125,13 +125,15 @@ export function decodeExtents(b: Buffer | null): FileExtent[] {
   if (!b) return [];
   const out: FileExtent[] = [];
   for (let i = 0; i + EXTENT_BYTES <= b.length; i += EXTENT_BYTES) {
-    out.push({
-      fileOffset: Number(b.readBigUInt64LE(i)),
-      diskOffset: Number(b.readBigUInt64LE(i + 8)),
-      length: Number(b.readBigUInt64LE(i + 16)),
-    });
+    out.push({ fileOffset: u64At(b, i), diskOffset: u64At(b, i + 8), length: u64At(b, i + 16) });
   }
   return out;
+}
+
+/** An unsigned 64-bit LE number as a double, as Number(readBigUInt64LE) gives it, with no BigInt made when it is below 2^53. */
+function u64At(b: Buffer, at: number): number {
+  const hi = b.readUInt32LE(at + 4);
+  return hi < 0x200000 ? hi * 0x100000000 + b.readUInt32LE(at) : Number(b.readBigUInt64LE(at));
 }
 
 /** xattrs column: JSON `[[name, base64 value], ...]`, NULL when there are none. */
