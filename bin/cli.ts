@@ -2,7 +2,7 @@
 // one line and an exit code. Only bin/ exits the process.
 import { interrupted } from '../format/interrupt.js';
 import { createRequire } from 'node:module';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, type ParseOptionsResult } from 'commander';
 import { EXIT, FerryError } from '../format/errors.js';
 
 export interface GlobalOptions {
@@ -110,6 +110,29 @@ export function report(err: unknown, out?: Output): number {
 class FerryCommand extends Command {
   override createCommand(name?: string): Command {
     return new FerryCommand(name);
+  }
+
+  /**
+   * An option that takes a value took the next argument whatever it was:
+   * `--disk --disk-capacity 3M` seeded onto a folder named --disk-capacity,
+   * and `--vault --item home` ended in "required option '--item' not
+   * specified". A value that is a long option (`--...`), or one of this
+   * command's short flags (-q), is a usage error naming the option; one that
+   * really starts with `--` is given as `--opt=--value`. (A lone `-` and a
+   * negative number are values.)
+   */
+  override parseOptions(argv: string[]): ParseOptionsResult {
+    for (let i = 0; i < argv.length; i++) {
+      const arg = argv[i];
+      if (arg === '--') break;
+      const opt = arg.startsWith('-') ? this.options.find((o) => o.long === arg || o.short === arg) : undefined;
+      if (!opt?.required || i + 1 >= argv.length) continue;
+      const value = argv[++i];
+      if (value.startsWith('--') || (/^-[A-Za-z]$/.test(value) && this.options.some((o) => o.short === value))) {
+        this.error(`option ${opt.long ?? opt.short} needs a value (got ${value})`, { exitCode: EXIT.usage, code: 'ferry.optionMissingValue' });
+      }
+    }
+    return super.parseOptions(argv);
   }
 }
 const proto = FerryCommand.prototype as unknown as { _outputHelpIfRequested(args: string[]): void; _actionHandler?: unknown; unknownOption(flag: string): void };
