@@ -15,9 +15,13 @@ export interface GlobalOptions {
 
 export class Output {
   constructor(readonly opts: GlobalOptions) {}
-  /** Human text on stdout (suppressed by --json and --quiet). */
+  /** Human text on stdout (suppressed by --json and --quiet): progress, summaries, hints. */
   info(line: string): void {
     if (!this.opts.json && !this.opts.quiet) process.stdout.write(line + '\n');
+  }
+  /** The data the command was asked for (a listing's rows), on stdout: --quiet keeps it, only --json replaces it. */
+  data(line: string): void {
+    if (!this.opts.json) process.stdout.write(line + '\n');
   }
   /** Extra detail, only with --verbose. */
   verbose(line: string): void {
@@ -45,7 +49,7 @@ export class Output {
 export function withGlobals(cmd: Command, opts: { vault?: boolean } = {}): Command {
   cmd
     .option('--json', 'print one JSON document on stdout')
-    .option('-q, --quiet', 'print nothing but warnings and errors')
+    .option('-q, --quiet', 'no progress, summaries or notes: only the data asked for, warnings and errors')
     .option('-v, --verbose', 'print more detail on stderr');
   if (opts.vault === false) return cmd;
   return cmd
