@@ -14,6 +14,8 @@ export interface GlobalOptions {
 }
 
 export class Output {
+  /** What `note` said, for the JSON document. */
+  readonly notes: Array<{ message: string }> = [];
   constructor(readonly opts: GlobalOptions) {}
   /** Human text on stdout (suppressed by --json and --quiet): progress, summaries, hints. */
   info(line: string): void {
@@ -22,6 +24,15 @@ export class Output {
   /** The data the command was asked for (a listing's rows), on stdout: --quiet keeps it, only --json replaces it. */
   data(line: string): void {
     if (!this.opts.json) process.stdout.write(line + '\n');
+  }
+  /**
+   * Something the user may like to know that is no warning (a stale lock of a
+   * dead ferry removed): on stderr unless --quiet, and under `notes` in the
+   * JSON document. The exit code stays as it is.
+   */
+  note(line: string): void {
+    this.notes.push({ message: line });
+    if (!this.opts.quiet) process.stderr.write(`ferry: note: ${line}\n`);
   }
   /** Extra detail, only with --verbose. */
   verbose(line: string): void {
@@ -33,7 +44,17 @@ export class Output {
   }
   /** The one JSON document of --json. */
   json(doc: unknown): void {
-    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+    process.stdout.write(JSON.stringify(this.withNotes(doc), null, 2) + '\n');
+  }
+  /** The document with this run's notes added to its `notes` (seed has its own: they go after them). */
+  private withNotes(doc: unknown): unknown {
+    if (this.notes.length === 0 || !doc || typeof doc !== 'object' || Array.isArray(doc)) return doc;
+    const own = (doc as { notes?: unknown }).notes;
+    if (own === undefined) return { ...doc, notes: this.notes };
+    if (!Array.isArray(own)) return doc;
+    // (notes as strings, as ferry check's are, stay strings)
+    const more = own.length > 0 && own.every((n) => typeof n === 'string') ? this.notes.map((n) => n.message) : this.notes;
+    return { ...doc, notes: [...own, ...more] };
   }
   /** Either the JSON document or the human lines. */
   result(doc: unknown, human: () => void): void {

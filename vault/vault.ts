@@ -47,14 +47,16 @@ export interface OpenOptions extends BackendOptions {
   writable?: boolean;
   /** Writers: break whatever lock is there (--break-lock). */
   breakLock?: boolean;
-  /** Warnings for the user (a stale lock was broken). */
+  /** Warnings for the user (a lock was broken with --break-lock, could not be released). */
   onWarning?: (message: string) => void;
+  /** Notes for the user, no warnings (a stale lock of a process that is gone was removed). */
+  onNote?: (message: string) => void;
   /** Sealing threads (default: all cores; 0 seals in the calling thread). */
   poolSize?: number;
   /** What the writer is doing, shown to whoever finds the vault locked. */
   command?: string;
   /** Lock tuning and test seams. */
-  lock?: Omit<LockOptions, 'codec' | 'breakLock' | 'onWarning' | 'command'>;
+  lock?: Omit<LockOptions, 'codec' | 'breakLock' | 'onWarning' | 'onNote' | 'command'>;
   /** An existing backend instead of one from `location` (tests wrap one in faults). */
   backend?: Backend;
 }
@@ -362,7 +364,7 @@ export async function openVault(location: string, opts: OpenOptions): Promise<Va
   }
 }
 
-export type WriterOptions = Pick<OpenOptions, 'breakLock' | 'onWarning' | 'command' | 'lock' | 'poolSize'>;
+export type WriterOptions = Pick<OpenOptions, 'breakLock' | 'onWarning' | 'onNote' | 'command' | 'lock' | 'poolSize'>;
 
 async function lockForWriting(backend: Backend, config: VaultConfig, key: Buffer, slotId: string, opts: WriterOptions): Promise<VaultWriter> {
   // The writer owns its copy of the key, so the caller may zero its own.
@@ -375,7 +377,7 @@ async function lockForWriting(backend: Backend, config: VaultConfig, key: Buffer
   };
   let lock: WriterLock;
   try {
-    lock = await acquireLock(backend, { ...opts.lock, codec, breakLock: opts.breakLock, onWarning: opts.onWarning, command: opts.command });
+    lock = await acquireLock(backend, { ...opts.lock, codec, breakLock: opts.breakLock, onWarning: opts.onWarning, onNote: opts.onNote, command: opts.command });
   } catch (err) {
     master.fill(0);
     throw err;

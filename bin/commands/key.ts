@@ -23,7 +23,7 @@ export function register(program: Command): void {
           // Asked only once the current passphrase proved right, and checked before the lock is taken.
           const fresh = await getNewPassphrase(o);
           checkNewPassphrase(fresh, 'the new passphrase');
-          const writer = await reader.openWriter({ breakLock: o.breakLock, onWarning: (m) => out.warn(m), command: 'key add' });
+          const writer = await reader.openWriter({ breakLock: o.breakLock, onWarning: (m) => out.warn(m), onNote: (m) => out.note(m), command: 'key add' });
           try {
             const slot = await writer.addKey(fresh, { cost });
             out.result({ vault: writer.id, added: slot }, () => out.info(`added key slot ${slot.id} to vault ${writer.id}`));
