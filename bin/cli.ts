@@ -13,6 +13,12 @@ export interface GlobalOptions {
   passphraseCommand?: string;
 }
 
+/** Whether the process has written its one JSON document (or an error document) on stdout. */
+let documentWritten = false;
+export function jsonDocumentWritten(): boolean {
+  return documentWritten;
+}
+
 export class Output {
   /** What `note` said, for the JSON document. */
   readonly notes: Array<{ message: string }> = [];
@@ -44,6 +50,7 @@ export class Output {
   }
   /** The one JSON document of --json. */
   json(doc: unknown): void {
+    documentWritten = true;
     process.stdout.write(JSON.stringify(this.withNotes(doc), null, 2) + '\n');
   }
   /** The document with this run's notes added to its `notes` (seed has its own: they go after them). */
@@ -106,6 +113,7 @@ export function outputFailure(err: NodeJS.ErrnoException): string {
 }
 
 export function report(err: unknown, out?: Output): number {
+  if (out?.opts.json) documentWritten = true;
   if (err instanceof FerryError) {
     if (out?.opts.json) process.stdout.write(JSON.stringify({ error: err.toJSON() }, null, 2) + '\n');
     process.stderr.write(`ferry: ${err.message}\n`);
