@@ -2,7 +2,7 @@
 // one line and an exit code. Only bin/ exits the process.
 import { interrupted } from '../format/interrupt.js';
 import { createRequire } from 'node:module';
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, type ParseOptionsResult } from 'commander';
 import { EXIT, FerryError } from '../format/errors.js';
 
 export interface GlobalOptions {
@@ -13,11 +13,32 @@ export interface GlobalOptions {
   passphraseCommand?: string;
 }
 
+/** Whether the process has written its one JSON document (or an error document) on stdout. */
+let documentWritten = false;
+export function jsonDocumentWritten(): boolean {
+  return documentWritten;
+}
+
 export class Output {
+  /** What `note` said, for the JSON document. */
+  readonly notes: Array<{ message: string }> = [];
   constructor(readonly opts: GlobalOptions) {}
-  /** Human text on stdout (suppressed by --json and --quiet). */
+  /** Human text on stdout (suppressed by --json and --quiet): progress, summaries, hints. */
   info(line: string): void {
     if (!this.opts.json && !this.opts.quiet) process.stdout.write(line + '\n');
+  }
+  /** The data the command was asked for (a listing's rows), on stdout: --quiet keeps it, only --json replaces it. */
+  data(line: string): void {
+    if (!this.opts.json) process.stdout.write(line + '\n');
+  }
+  /**
+   * Something the user may like to know that is no warning (a stale lock of a
+   * dead ferry removed): on stderr unless --quiet, and under `notes` in the
+   * JSON document. The exit code stays as it is.
+   */
+  note(line: string): void {
+    this.notes.push({ message: line });
+    if (!this.opts.quiet) process.stderr.write(`ferry: note: ${line}\n`);
   }
   /** Extra detail, only with --verbose. */
   verbose(line: string): void {
@@ -29,7 +50,18 @@ export class Output {
   }
   /** The one JSON document of --json. */
   json(doc: unknown): void {
-    process.stdout.write(JSON.stringify(doc, null, 2) + '\n');
+    documentWritten = true;
+    process.stdout.write(JSON.stringify(this.withNotes(doc), null, 2) + '\n');
+  }
+  /** The document with this run's notes added to its `notes` (seed has its own: they go after them). */
+  private withNotes(doc: unknown): unknown {
+    if (this.notes.length === 0 || !doc || typeof doc !== 'object' || Array.isArray(doc)) return doc;
+    const own = (doc as { notes?: unknown }).notes;
+    if (own === undefined) return { ...doc, notes: this.notes };
+    if (!Array.isArray(own)) return doc;
+    // (notes as strings, as ferry check's are, stay strings)
+    const more = own.length > 0 && own.every((n) => typeof n === 'string') ? this.notes.map((n) => n.message) : this.notes;
+    return { ...doc, notes: [...own, ...more] };
   }
   /** Either the JSON document or the human lines. */
   result(doc: unknown, human: () => void): void {
@@ -45,7 +77,7 @@ export class Output {
 export function withGlobals(cmd: Command, opts: { vault?: boolean } = {}): Command {
   cmd
     .option('--json', 'print one JSON document on stdout')
-    .option('-q, --quiet', 'print nothing but warnings and errors')
+    .option('-q, --quiet', 'no progress, summaries or notes: only the data asked for, warnings and errors')
     .option('-v, --verbose', 'print more detail on stderr');
   if (opts.vault === false) return cmd;
   return cmd
@@ -81,6 +113,7 @@ export function outputFailure(err: NodeJS.ErrnoException): string {
 }
 
 export function report(err: unknown, out?: Output): number {
+  if (out?.opts.json) documentWritten = true;
   if (err instanceof FerryError) {
     if (out?.opts.json) process.stdout.write(JSON.stringify({ error: err.toJSON() }, null, 2) + '\n');
     process.stderr.write(`ferry: ${err.message}\n`);
@@ -110,6 +143,29 @@ export function report(err: unknown, out?: Output): number {
 class FerryCommand extends Command {
   override createCommand(name?: string): Command {
     return new FerryCommand(name);
+  }
+
+  /**
+   * An option that takes a value took the next argument whatever it was:
+   * `--disk --disk-capacity 3M` seeded onto a folder named --disk-capacity,
+   * and `--vault --item home` ended in "required option '--item' not
+   * specified". A value that is a long option (`--...`), or one of this
+   * command's short flags (-q), is a usage error naming the option; one that
+   * really starts with `--` is given as `--opt=--value`. (A lone `-` and a
+   * negative number are values.)
+   */
+  override parseOptions(argv: string[]): ParseOptionsResult {
+    for (let i = 0; i < argv.length; i++) {
+      const arg = argv[i];
+      if (arg === '--') break;
+      const opt = arg.startsWith('-') ? this.options.find((o) => o.long === arg || o.short === arg) : undefined;
+      if (!opt?.required || i + 1 >= argv.length) continue;
+      const value = argv[++i];
+      if (value.startsWith('--') || (/^-[A-Za-z]$/.test(value) && this.options.some((o) => o.short === value))) {
+        this.error(`option ${opt.long ?? opt.short} needs a value (got ${value})`, { exitCode: EXIT.usage, code: 'ferry.optionMissingValue' });
+      }
+    }
+    return super.parseOptions(argv);
   }
 }
 const proto = FerryCommand.prototype as unknown as { _outputHelpIfRequested(args: string[]): void; _actionHandler?: unknown; unknownOption(flag: string): void };

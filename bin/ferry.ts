@@ -1,6 +1,6 @@
 // ferry's command line: builds the commander program from bin/commands/*.
 import { EXIT } from '../format/errors.js';
-import { isCommanderError, makeProgram, outputFailure, report } from './cli.js';
+import { isCommanderError, jsonDocumentWritten, makeProgram, outputFailure, report } from './cli.js';
 import { commandsFor } from './commands/index.js';
 import { runInterruptCleanups } from '../format/interrupt.js';
 import { nativeAddon } from '../format/native.js';
@@ -27,10 +27,15 @@ export async function main(argv: string[]): Promise<void> {
   // stale and removed by the next command).
   for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143], ['SIGHUP', 129]] as const) {
     process.once(sig, () => {
+      const message = `interrupted (${sig}); run the same command again to go on`;
       // (a new line first only after a progress bar's line on a terminal)
-      process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}ferry: interrupted (${sig}); run the same command again to go on\n`);
+      process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}ferry: ${message}\n`);
       // the vault's writer lock goes (a moment at most); a second Ctrl-C stops at once
-      void runInterruptCleanups().finally(() => process.exit(code));
+      void runInterruptCleanups().finally(() => {
+        // --json: the one document, as for any other failure (unless the command wrote its own: import lists the disks in so far)
+        if (wantsJson(argv) && !jsonDocumentWritten()) process.stdout.write(JSON.stringify({ error: { code: 'INTERRUPTED', signal: sig, message } }, null, 2) + '\n');
+        process.exit(code);
+      });
     });
   }
   argv = hoistGlobals(argv);
@@ -43,7 +48,7 @@ export async function main(argv: string[]): Promise<void> {
       // help and version are not errors; everything else commander rejects is usage
       process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.usage;
       // --json: the error document, as for every other usage error
-      if (err.exitCode !== 0 && argv.slice(2, argv.includes('--') ? argv.indexOf('--') : undefined).includes('--json')) {
+      if (err.exitCode !== 0 && wantsJson(argv)) {
         const message = err.message.split('\n')[0].replace(/^error: /, '');
         process.stdout.write(JSON.stringify({ error: { code: 'USAGE', message } }, null, 2) + '\n');
       }
@@ -58,6 +63,11 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write('ferry: internal error: the command finished but left work running; exiting\n');
     process.exit(process.exitCode ?? EXIT.failed);
   }, 3000).unref();
+}
+
+/** Whether the command line asks for --json (before a `--`, after which all are operands). */
+function wantsJson(argv: string[]): boolean {
+  return argv.slice(2, argv.includes('--') ? argv.indexOf('--') : undefined).includes('--json');
 }
 
 /** Options every command takes, accepted before the command too (`ferry --json points ...`). */

@@ -190,6 +190,7 @@ export async function openVaultFromCli(out: Output, opts: CliOpenOptions, how: {
   const common = {
     passphrase: async () => (given = await getPassphrase(opts)),
     onWarning: (m: string) => out.warn(m),
+    onNote: (m: string) => out.note(m),
   };
   // Loaded here, not at the top: `ferry vhd ...` and `--help` never need the vault code.
   const { openVault } = await import('../vault/vault.js');

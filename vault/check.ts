@@ -7,6 +7,7 @@ import type { VaultReader } from './vault.js';
 import { diskPrefix, eachBlock, headName, listStoredDisks, readStoredBlock, storedBlocks, type StoredBlock } from './diskstore.js';
 import { vaultObjects } from './putter.js';
 import { listPoints } from './registry.js';
+import { counted } from '../format/errors.js';
 
 export interface VaultProblem {
   code: string;
@@ -49,6 +50,18 @@ export async function checkVault(vault: VaultReader, opts: CheckOptions = {}): P
     } catch (err) {
       problems.push({ code: 'ITEM_DAMAGED', object: name, message: `item definition ${name} cannot be read: ${(err as Error).message}` });
     }
+  }
+  // An item whose definition is gone while points of it remain (seed and import read it for the item's kind).
+  const pointsOf = new Map<string, number>();
+  for (const n of all) {
+    const m = /^(items\/[^/]+\/[^/]+)\/points\/\d{8}$/.exec(n);
+    if (m) pointsOf.set(m[1], (pointsOf.get(m[1]) ?? 0) + 1);
+  }
+  for (const [dir, count] of pointsOf) {
+    const name = `${dir}/item`;
+    if (all.has(name)) continue;
+    const [, machine, item] = dir.split('/');
+    problems.push({ code: 'ITEM_MISSING', object: name, message: `item ${machine}/${item} has ${counted(count, 'point')} but its definition ${name} is missing: its points still restore; put it back from a copy of the vault (same name), else the next import of a seed of ${machine}/${item} writes it again` });
   }
   const points = await listPoints(vault, {}, (d) =>
     problems.push({ code: 'POINT_DAMAGED', object: d.name, message: `point ${d.seq} of ${d.machine}/${d.item} cannot be read: ${d.error.message}` }),

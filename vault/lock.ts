@@ -2,7 +2,7 @@
 // created exclusively (Backend.putNew), holding who took it and when. Readers
 // take no lock. A holder refreshes it while it runs; a lock whose process is
 // gone (same host, pid dead or reused, or the host rebooted) is broken
-// automatically with a warning; one not refreshed for `staleAfterMs` is
+// automatically with a note (onNote: nothing is wrong, so no warning); one not refreshed for `staleAfterMs` is
 // reported as probably stale and broken only on request (--break-lock),
 // since a process on another host cannot be checked from here.
 //
@@ -104,6 +104,11 @@ export interface LockOptions {
   refreshMs?: number;
   command?: string;
   onWarning?: (message: string) => void;
+  /**
+   * What is worth telling but is no warning: a lock (or a claim on it) left by
+   * a process that is gone was removed. Without it, these go to onWarning.
+   */
+  onNote?: (message: string) => void;
   // Injected in tests.
   now?: () => number;
   host?: string;
@@ -237,7 +242,7 @@ export class WriterLock {
 
 /**
  * Takes the writer lock or throws LOCKED (exit 11) naming the holder. Breaks a
- * lock whose local process is gone, telling `onWarning`.
+ * lock whose local process is gone, telling `onNote` (else `onWarning`).
  */
 export async function acquireLock(backend: Backend, options: LockOptions = {}): Promise<WriterLock> {
   const opts = { ...options, codec: options.codec ?? plainLockCodec, now: options.now ?? Date.now };
@@ -274,11 +279,11 @@ export async function acquireLock(backend: Backend, options: LockOptions = {}): 
       // Removes exactly the version judged here, never a successor's (see the top of this file).
       const r = await swapIfUnchanged(backend, LOCK_NAME, held.raw, null, claims);
       if (r.status === 'done') {
-        opts.onWarning?.(
-          opts.breakLock
-            ? `breaking the lock on ${backend.location} held by ${who} (--break-lock)${h && h.host === host && !dead ? ': that process is still running, and stops before its next write' : ''}`
-            : `removed a stale lock on ${backend.location}: ${who} is no longer running`,
-        );
+        if (opts.breakLock) {
+          opts.onWarning?.(`breaking the lock on ${backend.location} held by ${who} (--break-lock)${h && h.host === host && !dead ? ': that process is still running, and stops before its next write' : ''}`);
+        } else {
+          (opts.onNote ?? opts.onWarning)?.(`removed a stale lock on ${backend.location}: ${who} is no longer running`);
+        }
       } else if (r.status === 'busy') {
         // Another process is breaking (or its holder releasing) this very version: let it finish, then look again.
         if (performance.now() >= waitUntil) {
@@ -330,10 +335,11 @@ interface Claims {
   /** Whether the owner of a claim is gone, so the claim may be taken over. */
   ownerGone(info: LockInfo | null): boolean;
   onWarning?: (message: string) => void;
+  onNote?: (message: string) => void;
 }
 
 function claimsFor(
-  opts: Pick<LockOptions, 'isAlive' | 'onWarning'> & { codec: LockCodec; now: () => number },
+  opts: Pick<LockOptions, 'isAlive' | 'onWarning' | 'onNote'> & { codec: LockCodec; now: () => number },
   who: Pick<LockInfo, 'pid' | 'host' | 'boot' | 'pidStart'>,
   doing: string,
   breakLock: boolean,
@@ -348,6 +354,7 @@ function claimsFor(
     // As for the lock itself: a local owner is checked; one on another host (or unreadable) is gone only on --break-lock.
     ownerGone: (c) => (c && c.host === who.host ? !isAlive(c) : breakLock),
     onWarning: opts.onWarning,
+    onNote: opts.onNote ?? opts.onWarning,
   };
 }
 
@@ -372,7 +379,7 @@ async function swapIfUnchanged(backend: Backend, name: string, expected: Buffer,
       // Its owner died between claiming and finishing: take its claim over, by the same rule one level up.
       const r = await swapIfUnchanged(backend, claim, other.raw, mine, claims, depth + 1);
       if (r.status === 'done') {
-        claims.onWarning?.(`took over a claim on the lock left by ${other.info ? describeHolder(other.info) : 'an unreadable claim'}`);
+        claims.onNote?.(`took over a claim on the lock left by ${other.info ? describeHolder(other.info) : 'an unreadable claim'}`);
         break;
       }
       if (r.status === 'busy') return r;

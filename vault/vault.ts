@@ -20,6 +20,8 @@ import {
   SlotInfo,
   unlock,
   VAULT_CONFIG_NAME,
+  VAULT_FORMAT,
+  VAULT_VERSION,
   VaultConfig,
   withoutSlot,
   withSlot,
@@ -47,14 +49,16 @@ export interface OpenOptions extends BackendOptions {
   writable?: boolean;
   /** Writers: break whatever lock is there (--break-lock). */
   breakLock?: boolean;
-  /** Warnings for the user (a stale lock was broken). */
+  /** Warnings for the user (a lock was broken with --break-lock, could not be released). */
   onWarning?: (message: string) => void;
+  /** Notes for the user, no warnings (a stale lock of a process that is gone was removed). */
+  onNote?: (message: string) => void;
   /** Sealing threads (default: all cores; 0 seals in the calling thread). */
   poolSize?: number;
   /** What the writer is doing, shown to whoever finds the vault locked. */
   command?: string;
   /** Lock tuning and test seams. */
-  lock?: Omit<LockOptions, 'codec' | 'breakLock' | 'onWarning' | 'command'>;
+  lock?: Omit<LockOptions, 'codec' | 'breakLock' | 'onWarning' | 'onNote' | 'command'>;
   /** An existing backend instead of one from `location` (tests wrap one in faults). */
   backend?: Backend;
 }
@@ -295,7 +299,7 @@ export class VaultWriter extends VaultReader {
     // while --break-lock let another add a key would otherwise write its
     // older copy over the new slot.
     await this.lock.verify();
-    const now = parseVaultConfig(await this.backend.get(VAULT_CONFIG_NAME), this.location);
+    const now = parseConfig(await this.backend.get(VAULT_CONFIG_NAME), this.location);
     if (JSON.stringify(now) !== JSON.stringify(this.currentConfig)) {
       throw new FerryError('VAULT_CONFIG_CHANGED', `${this.location}/${VAULT_CONFIG_NAME} changed since this command read it (another command changed the keys); nothing changed: run it again`, {});
     }
@@ -304,7 +308,7 @@ export class VaultWriter extends VaultReader {
     // Read back: a vault.json that does not parse would lock everyone out.
     const back = await this.backend.get(VAULT_CONFIG_NAME);
     if (!back.equals(bytes)) throw new FerryError('VAULT_CONFIG_BAD', `${this.location}/${VAULT_CONFIG_NAME} does not read back as written`, {});
-    this.currentConfig = parseVaultConfig(back, this.location);
+    this.currentConfig = parseConfig(back, this.location);
   }
 
   override async close(): Promise<void> {
@@ -326,7 +330,39 @@ export async function readVaultConfig(backend: Backend, holdsOther = false): Pro
     if (err instanceof FerryError && err.code === 'OBJECT_MISSING') throw noVault(backend.location, false, holdsOther);
     throw err;
   }
-  return parseVaultConfig(data, backend.location);
+  return parseConfig(data, backend.location);
+}
+
+/**
+ * parseVaultConfig, with a field that is not there named as missing, not
+ * as "undefined": `{}` said `"format" is undefined, not "ferry-vault"`, and
+ * a vault.json without "version" that it was "a version undefined vault"
+ * (upgrade ferry).
+ */
+function parseConfig(data: Buffer, location: string): VaultConfig {
+  try {
+    return parseVaultConfig(data, location);
+  } catch (err) {
+    if (!(err instanceof FerryError) || (err.code !== 'VAULT_CONFIG_BAD' && err.code !== 'VAULT_VERSION')) throw err;
+    let doc: Record<string, unknown>;
+    try {
+      doc = JSON.parse(data.toString('utf8').replace(/^\uFEFF/, ''));
+    } catch {
+      throw err;
+    }
+    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw err;
+    const file = `${location}/${VAULT_CONFIG_NAME}`;
+    const putBack = `put back a copy of ${VAULT_CONFIG_NAME} saved after the last \`ferry init\` or \`ferry key add|remove\``;
+    // (with a "check", one that does not match is said first, as parseVaultConfig does)
+    if (err.code === 'VAULT_CONFIG_BAD' && doc.format === undefined && doc.check === undefined) {
+      throw new FerryError('VAULT_CONFIG_BAD', `${file} is not a ferry vault's config: no "format" field (expected "${VAULT_FORMAT}"); give the vault's own folder, or ${putBack}`, err.data, err.exitCode);
+    }
+    // (VAULT_VERSION comes only once the check and the format passed)
+    if (err.code === 'VAULT_VERSION' && doc.version === undefined) {
+      throw new FerryError('VAULT_CONFIG_BAD', `${file} is damaged: no "version" field (expected ${VAULT_VERSION}); ${putBack}`, { location, file: VAULT_CONFIG_NAME });
+    }
+    throw err;
+  }
 }
 
 function noVault(location: string, notAFolder = false, holdsOther = false): FerryError {
@@ -362,7 +398,7 @@ export async function openVault(location: string, opts: OpenOptions): Promise<Va
   }
 }
 
-export type WriterOptions = Pick<OpenOptions, 'breakLock' | 'onWarning' | 'command' | 'lock' | 'poolSize'>;
+export type WriterOptions = Pick<OpenOptions, 'breakLock' | 'onWarning' | 'onNote' | 'command' | 'lock' | 'poolSize'>;
 
 async function lockForWriting(backend: Backend, config: VaultConfig, key: Buffer, slotId: string, opts: WriterOptions): Promise<VaultWriter> {
   // The writer owns its copy of the key, so the caller may zero its own.
@@ -375,7 +411,7 @@ async function lockForWriting(backend: Backend, config: VaultConfig, key: Buffer
   };
   let lock: WriterLock;
   try {
-    lock = await acquireLock(backend, { ...opts.lock, codec, breakLock: opts.breakLock, onWarning: opts.onWarning, command: opts.command });
+    lock = await acquireLock(backend, { ...opts.lock, codec, breakLock: opts.breakLock, onWarning: opts.onWarning, onNote: opts.onNote, command: opts.command });
   } catch (err) {
     master.fill(0);
     throw err;

@@ -27,7 +27,8 @@ export function register(program: Command): void {
             if (r.notes.length && !out.opts.verbose) out.info(`${counted(r.notes.length, 'note')} on objects no point needs (--verbose lists them)`);
           });
           for (const p of r.problems) process.stderr.write(`ferry: ${p.code}: ${p.message}\n`);
-          if (r.problems.length) {
+          // (an item's lost definition stops no restore: its own line says what to do)
+          if (r.problems.some((p) => p.code !== 'ITEM_MISSING')) {
             // what to do, once
             process.stderr.write(
               `ferry: what uses these objects cannot be restored whole: put them back from a copy of the vault if there is one (same names); else restore what is left (files go on past damage, a volume with --salvage)\n`,

@@ -23,7 +23,7 @@ export function register(program: Command): void {
           // Asked only once the current passphrase proved right, and checked before the lock is taken.
           const fresh = await getNewPassphrase(o);
           checkNewPassphrase(fresh, 'the new passphrase');
-          const writer = await reader.openWriter({ breakLock: o.breakLock, onWarning: (m) => out.warn(m), command: 'key add' });
+          const writer = await reader.openWriter({ breakLock: o.breakLock, onWarning: (m) => out.warn(m), onNote: (m) => out.note(m), command: 'key add' });
           try {
             const slot = await writer.addKey(fresh, { cost });
             out.result({ vault: writer.id, added: slot }, () => out.info(`added key slot ${slot.id} to vault ${writer.id}`));
@@ -44,9 +44,10 @@ export function register(program: Command): void {
         try {
           const keys = v.slots().map((s) => ({ ...s, current: s.id === v.slotId }));
           out.result({ vault: v.id, keys }, () => {
+            // the slots are what was asked for: --quiet keeps them, and drops the count
             out.info(`vault ${v.id}: ${keys.length} key slot${keys.length === 1 ? '' : 's'}`);
             for (const k of keys) {
-              out.info(`${k.current ? '*' : ' '} ${k.id}  created ${k.created}  scrypt N=2^${Math.log2(k.kdf.N)} r=${k.kdf.r} p=${k.kdf.p}`);
+              out.data(`${k.current ? '*' : ' '} ${k.id}  created ${k.created}  scrypt N=2^${Math.log2(k.kdf.N)} r=${k.kdf.r} p=${k.kdf.p}`);
             }
           });
         } finally {

@@ -21,9 +21,10 @@ export function register(program: Command): void {
           const doc = points.map((p) => ({ seq: p.seq, time: p.time, kind: p.kind, machine: p.machine, item: p.item, source: p.source, size: p.size, disks: p.chain.length, sources: p.sources, stats: p.stats }));
           out.result(doc, () => {
             const of = [o.machine && `machine ${o.machine}`, o.item && `item ${o.item}`].filter(Boolean).join(', ');
+            // the listing is what was asked for: --quiet keeps it (and drops the line that says there is none)
             if (points.length === 0) out.info(`no recovery points${of ? ` of ${of}` : ''} in ${o.vault}`);
-            else out.info(['seq', 'time', 'machine', 'item', 'kind', 'source', 'size'].join('\t'));
-            for (const p of points) out.info([p.seq, p.time, p.machine, p.item, p.kind, p.source, formatSize(p.size)].join('\t'));
+            else out.data(['seq', 'time', 'machine', 'item', 'kind', 'source', 'size'].join('\t'));
+            for (const p of points) out.data([p.seq, p.time, p.machine, p.item, p.kind, p.source, formatSize(p.size)].join('\t'));
           });
           for (const d of damaged) process.stderr.write(`ferry: point ${d.seq} of ${d.machine}/${d.item} is not listed: ${d.error.message}\n`);
           if (damaged.length) return EXIT.failed;

@@ -402,19 +402,20 @@ async function catTo(disk: Disk, offset: number, length: number): Promise<void> 
   if (failed) throw new FerryError('OUTPUT_FAILED', `cannot write the disk's bytes to standard output: ${outputFailure(failed)}`, { errno: failed.code });
 }
 
+/** What vhd info was asked for: printed with --quiet too. */
 function printInfo(out: Output, r: Inspection): void {
   r.layers.forEach((l, i) => {
-    out.info(`${i === 0 ? '' : 'parent: '}${l.file}`);
-    out.info(`  type ${l.type ?? '?'}, virtual size ${l.size ?? '?'} bytes${l.size ? ` (${formatSize(l.size)})` : ''}, file ${l.fileSize} bytes`);
-    if (l.geometry) out.info(`  geometry ${l.geometry.cylinders}/${l.geometry.heads}/${l.geometry.sectorsPerTrack} (C/H/S), creator ${l.creator} on ${l.creatorOs}, ${l.timestamp}`);
-    if (l.uniqueId) out.info(`  unique id ${l.uniqueId}`);
-    if (l.blockSize) out.info(`  blocks ${l.allocatedBlocks}/${l.blocks} allocated, ${formatSize(l.blockSize)} each`);
+    out.data(`${i === 0 ? '' : 'parent: '}${l.file}`);
+    out.data(`  type ${l.type ?? '?'}, virtual size ${l.size ?? '?'} bytes${l.size ? ` (${formatSize(l.size)})` : ''}, file ${l.fileSize} bytes`);
+    if (l.geometry) out.data(`  geometry ${l.geometry.cylinders}/${l.geometry.heads}/${l.geometry.sectorsPerTrack} (C/H/S), creator ${l.creator} on ${l.creatorOs}, ${l.timestamp}`);
+    if (l.uniqueId) out.data(`  unique id ${l.uniqueId}`);
+    if (l.blockSize) out.data(`  blocks ${l.allocatedBlocks}/${l.blocks} allocated, ${formatSize(l.blockSize)} each`);
     if (l.parentName !== undefined) {
-      out.info(`  parent name ${JSON.stringify(l.parentName)}, parent id ${l.parentUniqueId}`);
-      for (const loc of l.locators ?? []) out.info(`  locator ${loc.index} ${loc.code} ${JSON.stringify(loc.path ?? '?')}`);
+      out.data(`  parent name ${JSON.stringify(l.parentName)}, parent id ${l.parentUniqueId}`);
+      for (const loc of l.locators ?? []) out.data(`  locator ${loc.index} ${loc.code} ${JSON.stringify(loc.path ?? '?')}`);
     }
   });
-  for (const p of r.problems) out.info(`${p.severity}: ${problemLine(p)}`);
+  for (const p of r.problems) out.data(`${p.severity}: ${problemLine(p)}`);
 }
 
 export { VhdError };
