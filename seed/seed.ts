@@ -315,6 +315,10 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       resumed: !!previous,
       ...(targets.madeDisks.length ? { madeDisks: targets.madeDisks } : {}),
     };
+  } catch (err) {
+    // a disk given up on with nothing of the seed on it is left as it was
+    await targets.abandon();
+    throw err;
   } finally {
     targets.release();
   }

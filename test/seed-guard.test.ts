@@ -8,13 +8,14 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
 import { ferry, withTmp } from './helpers/exec.js';
-import { withMount } from './helpers/mounts.js';
+import { withMount, withTmpfs } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'seed guard passphrase, long enough' };
+const MiB = 1024 * 1024;
 
 async function ok(args: string[]): Promise<string> {
   const r = await ferry(args, { env });
@@ -83,5 +84,48 @@ test('a --disk inside a vault through a symbolic link, a bind mount or as anothe
     // a folder of its own beside the vault is still fine
     await ok(['seed', '--vault', v1, '--item', 'x', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd2'), src, '--quiet']);
     t.true(existsSync(join(dir, 'd2', SEED_MANIFEST)));
+  });
+});
+
+test('a disk too small for one object is left as it was (no manifest: later seeds may use it); a disk that holds objects keeps its manifest and the seed resumes', async (t) => {
+  await withTmp(async (dir) => {
+    const src = await source(dir, 3 * MiB);
+    const vault = join(dir, 'v');
+    await ok(['init', vault, '--kdf-log-n', '12']);
+    const tiny = join(dir, 'tiny');
+    await withTmpfs(tiny, '1m', async () => {
+      const r = await ferry(['seed', '--vault', vault, '--item', 'big', '--kind', 'files', '--machine', 'm', '--disk', tiny, src], { env });
+      t.is(r.code, 1, r.stderr);
+      t.regex(r.stderr, /^ferry: the seed disk is too small/);
+      t.deepEqual(await readdir(tiny), []);
+      // another seed onto it is told the same, not that the disk is in use
+      const again = await ferry(['seed', '--vault', vault, '--item', 'other', '--kind', 'files', '--machine', 'm', '--disk', tiny, src], { env });
+      t.is(again.code, 1, again.stderr);
+      t.regex(again.stderr, /too small/);
+      t.notRegex(again.stderr, /already holds seed/);
+      t.deepEqual(await readdir(tiny), []);
+
+      // a disk that takes objects, then the tiny one: the disks are full
+      await writeFile(join(src, 'a', 'more'), randomBytes(6 * MiB));
+      const small = join(dir, 'small');
+      await withTmpfs(small, '4m', async () => {
+        const args = ['seed', '--vault', vault, '--item', 'big', '--kind', 'files', '--machine', 'm', '--disk', small, '--disk', tiny];
+        const full = await ferry([...args, src], { env });
+        t.is(full.code, 1, full.stderr);
+        t.regex(full.stderr, /the seed disks are full/);
+        t.deepEqual(await readdir(tiny), [], 'the tiny disk, with nothing of the seed, is as it was');
+        const m = JSON.parse(await readFile(join(small, SEED_MANIFEST), 'utf8'));
+        t.true(m.objects.length > 0, 'the disk that holds objects keeps them listed');
+        // run again with room: it resumes from what the small disk holds
+        const big = join(dir, 'big');
+        const r2 = await ferry([...args, '--disk', big, src, '--json'], { env });
+        t.is(r2.code, 0, r2.stderr);
+        const res = JSON.parse(r2.stdout.toString());
+        t.true(res.resumed);
+        t.true(res.kept > 0);
+        await ok(['import', '--vault', vault, ...res.disks, '--quiet']);
+        t.is(JSON.parse(await ok(['points', '--vault', vault, '--json'])).length, 1);
+      });
+    });
   });
 });
