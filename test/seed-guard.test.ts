@@ -8,7 +8,7 @@
 import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, readdir, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
 import { ferry, withTmp } from './helpers/exec.js';
@@ -127,5 +127,38 @@ test('a disk too small for one object is left as it was (no manifest: later seed
         t.is(JSON.parse(await ok(['points', '--vault', vault, '--json'])).length, 1);
       });
     });
+  });
+});
+
+test('an import whose item is in the vault with another kind is refused before any object is copied', async (t) => {
+  await withTmp(async (dir) => {
+    const src = await source(dir);
+    const v1 = join(dir, 'v1');
+    await ok(['init', v1, '--kdf-log-n', '12']);
+    await ok(['seed', '--vault', v1, '--item', 'home', '--kind', 'files', '--machine', 'm', '--disk', join(dir, 'd1'), src, '--quiet']);
+    await ok(['import', '--vault', v1, join(dir, 'd1'), '--quiet']);
+    // a copy of the vault's vault.json alone: the seed there does not see the item
+    const vc = join(dir, 'vc');
+    await mkdir(vc);
+    await copyFile(join(v1, 'vault.json'), join(vc, 'vault.json'));
+    const img = join(dir, 'vol.img');
+    await writeFile(img, randomBytes(64 * 1024));
+    await truncate(img, 4 * MiB);
+    const kv = join(dir, 'kv');
+    await ok(['seed', '--vault', vc, '--item', 'home', '--kind', 'volume', '--machine', 'm', '--disk', kv, img, '--quiet']);
+    const before = await snapshot(v1);
+    const r = await ferry(['import', '--vault', v1, kv], { env });
+    t.is(r.code, 1, r.stderr);
+    t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+    t.regex(r.stderr, /m\/home/);
+    t.regex(r.stderr, /volume/);
+    t.regex(r.stderr, /as kind files/);
+    t.regex(r.stderr, /another --item name/);
+    // nothing copied: the vault holds what it held (the lock it took gone again), and checks clean
+    const after = await snapshot(v1);
+    t.deepEqual(after.filter((e) => !e.startsWith('locks')), before.filter((e) => !e.startsWith('locks')), `new: ${after.filter((e) => !before.includes(e)).join(', ')}`);
+    const c = await ferry(['check', '--vault', v1, '--verbose'], { env });
+    t.is(c.code, 0, c.stderr);
+    t.notRegex(c.stdout.toString() + c.stderr, /note/);
   });
 });
