@@ -74,7 +74,7 @@ export async function restore(vault: VaultReader, o: RestoreOptions): Promise<Re
     // its tree is what the machine needs rebuilt (/etc, package lists, layouts), to look at or to copy from: not for over the running system unasked
     throw new UsageError('restoring system state needs --to: a folder to put it in, or FILE.tar for another machine (`--to /` puts it back in place over this system)');
   }
-  const around = o.to === undefined ? null : vaultAround(o.to);
+  const around = o.to === undefined ? null : await vaultAround(o.to);
   if (around !== null) throw new UsageError(`--to ${o.to} is inside the vault ${around}: a vault holds only sealed objects; name a place outside it`);
   const disk = await openPointDisk(vault, point).catch((err) => {
     throw unreadablePoint(err, point, 'a disk head');

@@ -109,6 +109,23 @@ export async function importSeeds(
       throw new FerryError('SEED_TWO_RUNS', `${a.dir} (seed ${a.m.seedId}) and ${b.dir} (seed ${b.m.seedId}) hold two runs of the same seed of ${a.m.machine}/${a.m.item}; import the disks of one run`, { disk: b.dir });
     }
   }
+  // What would stop the point's registration stops the import before any object is copied: else they are copied for nothing.
+  const checked = new Set<string>();
+  for (const { dir, m } of manifests) {
+    if (checked.has(m.seedId)) continue;
+    checked.add(m.seedId);
+    if (await vault.exists(registeredMarker(m.seedId))) continue;
+    const rec = records.get(m.seedId)!;
+    const { machine, item } = rec.point;
+    const existing = await readItem(vault, machine, item);
+    if (existing && existing.kind !== rec.item.kind) {
+      throw new FerryError(
+        'ITEM_KIND_MISMATCH',
+        `${dir} holds a ${rec.item.kind} seed of item ${machine}/${item}, but this vault holds ${machine}/${item} as kind ${existing.kind}; nothing was imported: seed the source again with another --item name (or import it into another vault)`,
+        { disk: dir, machine, item, kind: rec.item.kind, vaultKind: existing.kind },
+      );
+    }
+  }
   const result: ImportResult = { imported: [], registered: [], waiting: [], superseded: [], failed: [] };
   // A registered seed is never touched again: its objects belong to a visible point.
   // A disk given twice (or with a copy of it) goes in once: the first copy

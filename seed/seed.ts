@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { lstat, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join, resolve, sep } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Disk } from '../format/disk.js';
 import { FerryError, UsageError, formatSize } from '../format/errors.js';
 import { emptyImage } from '../format/vhd/create.js';
@@ -23,6 +23,7 @@ import { sourceEntries, volumeChunks } from './sources.js';
 import { volumeSize as sizeOfVolume, writableMounts } from '../source/volume.js';
 import { scanTotals } from './scan.js';
 import { printable } from '../format/printable.js';
+import { checkDiskPlace } from './diskplace.js';
 
 export interface SeedOptions {
   vault: VaultReader;
@@ -148,12 +149,8 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
   }
   const vault = o.vault;
   const prefix = o.databox ? `BlockBlob/${o.databox}/` : '';
-  for (const d of o.disks) {
-    const abs = resolve(d);
-    if (abs === vault.location || abs.startsWith(vault.location + sep)) {
-      throw new UsageError(`--disk ${d} is inside the vault ${vault.location}: seed disks travel apart from the vault; name a folder outside it`);
-    }
-  }
+  // (through symbolic links and bind mounts too; another vault as well)
+  for (const d of o.disks) await checkDiskPlace(d, vault.location);
   // What would only fail at import, after the disks have travelled, fails here, before they are written.
   const existing = await readItem(vault, machine, o.item);
   if (existing && existing.kind !== o.kind) {
@@ -319,6 +316,10 @@ export async function seed(o: SeedOptions): Promise<SeedResult> {
       resumed: !!previous,
       ...(targets.madeDisks.length ? { madeDisks: targets.madeDisks } : {}),
     };
+  } catch (err) {
+    // a disk given up on with nothing of the seed on it is left as it was
+    await targets.abandon();
+    throw err;
   } finally {
     targets.release();
   }

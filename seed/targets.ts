@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { access, lstat, open as fsOpen, readdir, readFile, rename, rm, statfs, stat } from 'node:fs/promises';
+import { access, lstat, open as fsOpen, readdir, readFile, rename, rm, rmdir, statfs, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { FerryError } from '../format/errors.js';
@@ -15,7 +15,7 @@ import { SEED_FORMAT, SEED_MANIFEST, type SeedDiskSummary, type SeedManifest, ty
 import { lockFile, mkdirp, writeAll } from '../format/fsio.js';
 import { startWriteback } from '../format/writeback.js';
 import { putFileNative } from '../format/native.js';
-import { onInterrupt } from '../format/interrupt.js';
+import { interrupted, onInterrupt } from '../format/interrupt.js';
 
 const run = promisify(execFile);
 /** Beside FERRY-SEED.json while a seed writes the disk. */
@@ -135,6 +135,8 @@ export class SeedTargets {
   private failure: unknown;
   private sinceCheckpoint = 0;
   private readonly madeDirs = new Set<string>();
+  /** Per disk: the folders this run made there for objects (each with the first of them made), to undo on a disk left empty. */
+  private readonly madeFolders: Array<Array<{ dir: string; first: string }>>;
   stats = { written: 0, kept: 0, sealedBytes: 0 };
   private manifestWrites: Promise<void> = Promise.resolve();
   private unhook: (() => void) | undefined;
@@ -154,6 +156,7 @@ export class SeedTargets {
     this.order = dirs.map(() => []);
     this.numbered = dirs.map(() => undefined);
     this.listed = dirs.map(() => false);
+    this.madeFolders = dirs.map(() => []);
   }
 
   /**
@@ -504,7 +507,8 @@ export class SeedTargets {
     const tmp = join(dir, `.ferry-tmp-${randomBytes(6).toString('hex')}`);
     try {
       if (!this.madeDirs.has(dir)) {
-        await mkdirp(dir);
+        const first = await mkdirp(dir);
+        if (first) this.madeFolders[disk].push({ dir, first });
         this.madeDirs.add(dir);
       }
       // one trip to libuv's pool with the addon: this chain writes one object after another
@@ -567,6 +571,45 @@ export class SeedTargets {
    */
   private async checkpoint(): Promise<void> {
     for (let i = 0; i < this.dirs.length; i++) if (this.count[i] > 0 || this.listed[i]) await this.writeManifest(i, false);
+  }
+
+  /**
+   * The seed failed (a disk too small, the disks full, a source error):
+   * each disk that holds nothing of it (no object, its folder empty) is put
+   * back as it was: its manifest (which alone would make it a disk "in use"
+   * for any other seed), the folders this run made there, and the --disk
+   * folder itself when this run made it. A disk that holds objects keeps its
+   * manifest: the same command run again resumes from it.
+   */
+  async abandon(): Promise<void> {
+    if (this.of > 0 || interrupted()) return; // marking only, or a Ctrl-C's checkpoint under way
+    await this.writes.catch(() => {});
+    await this.manifestWrites.catch(() => {});
+    for (let i = 0; i < this.dirs.length; i++) {
+      if (this.count[i] > 0) continue;
+      const dir = this.dirs[i];
+      try {
+        const m = await manifestOn(dir).catch(() => undefined);
+        const ours = m && m.vaultId === this.id.vaultId && m.params.diskId === this.id.params.diskId && m.objects.length === 0 && !m.point && !m.complete;
+        if (m && !ours) continue;
+        if (await holdsFiles(join(dir, this.id.prefix + `disks/${this.id.params.diskId}`))) continue;
+        await rm(join(dir, `.${SEED_MANIFEST}.tmp`), { force: true });
+        if (m) await rm(join(dir, SEED_MANIFEST), { force: true });
+        this.listed[i] = false;
+        // the deepest first; a folder something else went into stays
+        for (const { dir: made, first } of this.madeFolders[i].reverse()) {
+          for (let d = made; ; d = dirname(d)) {
+            if (!(await rmdir(d).then(() => true, () => false)) || d === first || dirname(d) === d) break;
+          }
+        }
+        if (this.madeDisks.includes(dir)) {
+          this.unlocks[i]?.();
+          await rmdir(dir).catch(() => {});
+        }
+      } catch {
+        /* left as it is: the failure being reported is the one that counts */
+      }
+    }
   }
 
   /** Stops listing on interrupt, and lets go of the disks (when the run ends, whichever way). */
@@ -669,6 +712,17 @@ export class SeedTargets {
   get diskPaths(): string[] {
     return this.dirs;
   }
+}
+
+/** Whether folder `dir` (not followed if a link) holds anything but empty folders. */
+async function holdsFiles(dir: string): Promise<boolean> {
+  const st = await lstat(dir).catch(() => null);
+  if (!st) return false;
+  if (!st.isDirectory()) return true;
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    if (!e.isDirectory() || (await holdsFiles(join(dir, e.name)))) return true;
+  }
+  return false;
 }
 
 async function writeFileSynced(path: string, text: string): Promise<void> {

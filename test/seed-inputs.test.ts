@@ -39,7 +39,7 @@ test('a seed disk inside the vault, or on a read-only mount, is refused before a
     await mkdir(join(dir, 'src'));
     let r = await ferry(['seed', '--vault', vault, '--item', 'x', '--kind', 'files', '--disk', join(vault, 'd'), join(dir, 'src')], { env });
     t.is(r.code, 2);
-    t.is(r.stderr, `ferry: --disk ${join(vault, 'd')} is inside the vault ${vault}: seed disks travel apart from the vault; name a folder outside it\n`);
+    t.is(r.stderr, `ferry: --disk ${join(vault, 'd')} is inside the vault ${vault}: a seed disk must be a folder of its own, outside any vault; name another folder\n`);
     const ro = join(dir, 'ro');
     await mkdir(join(ro));
     t.is(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', ro]).status, 0);
