@@ -315,6 +315,19 @@ async function openRecord(vault: VaultWriter, dir: string, m: SeedManifest): Pro
  * left out, a disk renumbered) would register a point with data missing.
  */
 function checkAgainstRecord(dir: string, m: SeedManifest, rec: SeedPointRecord): void {
+  // what the manifest shows in the clear (and import's messages repeat) is what was sealed
+  const p = rec.point;
+  const shown: [string, unknown, unknown][] = [['machine', m.machine, p.machine], ['item', m.item, p.item], ['kind', m.kind, p.kind], ['time', m.params.time, p.time]];
+  if (m.sources !== undefined) shown.push(['sources', JSON.stringify(m.sources), JSON.stringify(p.sources)]);
+  const edited = shown.find(([, plain, sealed]) => plain !== sealed);
+  if (edited) {
+    const [what, plain, sealed] = edited;
+    throw new FerryError(
+      'SEED_BAD_MANIFEST',
+      `${dir}: its ${SEED_MANIFEST} says ${what} ${String(plain)}, the seed's sealed record ${String(sealed)}; the disk cannot be trusted, nothing was imported from it`,
+      { disk: dir },
+    );
+  }
   if (!rec.disks) return; // sealed before records said (then only the per-object checks hold)
   const why = (disks: SeedDiskSummary[], d: SeedDiskSummary | undefined, s: SeedDiskSummary): string => {
     if (disks.length !== m.of) return `the seed has ${disks.length} disks, the manifest says ${m.of}`;

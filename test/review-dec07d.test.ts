@@ -161,3 +161,35 @@ test('a --to that cannot be a folder says what it is: a symlink to nothing, a de
     t.false(existsSync(join(dir, 'out')));
   });
 });
+
+test('a FERRY-SEED.json whose machine, item, kind, time or sources were edited stops the import, naming what differs; nothing is imported', async (t) => {
+  await withTmp(async (dir) => {
+    const vault = join(dir, 'vault');
+    const src = join(dir, 'src');
+    await mkdir(src);
+    await writeFile(join(src, 'f'), 'x');
+    t.is((await ferry(['init', vault, '--kdf-log-n', '12'], { env })).code, 0);
+    const disk = join(dir, 'd1');
+    t.is((await ferry(['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', disk, src, '--quiet'], { env })).code, 0);
+    const file = join(disk, 'FERRY-SEED.json');
+    const original = await readFile(file, 'utf8');
+    const edits: [string, (m: Record<string, unknown>) => void][] = [
+      ['machine', (m) => (m.machine = 'evil')],
+      ['item', (m) => (m.item = 'other')],
+      ['kind', (m) => (m.kind = 'volume')],
+      ['time', (m) => ((m.params as { time: string }).time = '2001-01-01T00:00:00.000Z')],
+      ['sources', (m) => (m.sources = ['/etc'])],
+    ];
+    for (const [what, edit] of edits) {
+      const m = JSON.parse(original) as Record<string, unknown>;
+      edit(m);
+      await writeFile(file, JSON.stringify(m, null, 2));
+      const r = await ferry(['import', '--vault', vault, disk], { env });
+      t.is(r.code, 1, `${what}: ${r.stderr}`);
+      t.regex(r.stderr, new RegExp(`says ${what} .*the seed's sealed record .*nothing was imported from it`), what);
+      t.is((await ferry(['points', '--vault', vault, '--json'], { env })).stdout.toString().includes('"seq"'), false);
+    }
+    await writeFile(file, original);
+    t.is((await ferry(['import', '--vault', vault, disk, '--quiet'], { env })).code, 0);
+  });
+});
