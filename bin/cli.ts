@@ -155,12 +155,28 @@ class FerryCommand extends Command {
    * negative number are values.)
    */
   override parseOptions(argv: string[]): ParseOptionsResult {
+    // An option of one value given twice (`--vault a --vault b`) took the last, unsaid: a usage error too.
+    const given = new Map<string, string>();
+    const once = (opt: (typeof this.options)[number], value: string) => {
+      if (opt.parseArg || opt.variadic) return; // (--disk, --path, --exclude: repeated on purpose)
+      const name = opt.long ?? opt.short ?? '';
+      const before = given.get(name);
+      if (before !== undefined && before !== value) this.error(`option ${name} given twice (${before} and ${value}); give it once`, { exitCode: EXIT.usage, code: 'ferry.optionTwice' });
+      given.set(name, value);
+    };
     for (let i = 0; i < argv.length; i++) {
       const arg = argv[i];
       if (arg === '--') break;
+      const eq = arg.startsWith('--') ? arg.indexOf('=') : -1;
+      if (eq > 0) {
+        const o = this.options.find((x) => x.long === arg.slice(0, eq));
+        if (o?.required) once(o, arg.slice(eq + 1));
+        continue;
+      }
       const opt = arg.startsWith('-') ? this.options.find((o) => o.long === arg || o.short === arg) : undefined;
       if (!opt?.required || i + 1 >= argv.length) continue;
       const value = argv[++i];
+      once(opt, value);
       if (value.startsWith('--') || (/^-[A-Za-z]$/.test(value) && this.options.some((o) => o.short === value))) {
         this.error(`option ${opt.long ?? opt.short} needs a value (got ${value})`, { exitCode: EXIT.usage, code: 'ferry.optionMissingValue' });
       }

@@ -260,3 +260,21 @@ test('check reports an item whose definition is gone while its points remain: IT
     t.is(back.code, 0, back.stderr);
   });
 });
+
+test('an option of one value given twice with two values is a usage error naming both; the same value twice, and repeatable options, are fine', async (t) => {
+  await withTmp(async (dir) => {
+    const { vault } = await backedUp(dir);
+    const r = await ferry(['points', '--vault', vault, '--vault', join(dir, 'other')], { env });
+    t.is(r.code, 2, r.stderr);
+    oneLine(t, r.stderr, `ferry: option --vault given twice (${vault} and ${join(dir, 'other')}); give it once`);
+    const r2 = await ferry(['restore', '--vault', vault, '--item', 'it', '--item=other', '--to', join(dir, 'o')], { env });
+    t.is(r2.code, 2, r2.stderr);
+    oneLine(t, r2.stderr, 'ferry: option --item given twice (it and other); give it once');
+    t.false(existsSync(join(dir, 'o')));
+    t.is((await ferry(['points', '--vault', vault, `--vault=${vault}`], { env })).code, 0);
+    const two = await ferry(['restore', '--vault', vault, '--machine', 'm', '--item', 'it', '--to', join(dir, 'p'), '--path', '/nothing-a', '--path', '/nothing-b'], { env });
+    t.is(two.code, 1, two.stderr); // both --path taken: neither matches
+    t.regex(two.stderr, /nothing-a/);
+    t.regex(two.stderr, /nothing-b/);
+  });
+});
