@@ -56,6 +56,7 @@ import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type Wr
 import { linkRefused, mkdirpSync } from '../format/fsio.js';
 import { nativeAddon } from '../format/native.js';
 import { printable } from '../format/printable.js';
+import { freeBuffer } from '../format/buffers.js';
 
 /** Bytes of one file read between two progress reports within it. */
 const PROGRESS_STEP = 16 * 1024 * 1024;
@@ -885,13 +886,21 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
       await writer.write(j, (r) => report(r, last));
     };
     try {
-      // (lent by the stored disk where it can: the writer gives the view back once written)
-      const whole = reader.readWhole(data, PART_BYTES, true);
-      // most files: one read, one piece
-      if (whole) {
-        const b = await whole;
-        pieces.push({ offset: 0, data: b });
-        countRead(b.length);
+      const x = reader.oneExtent(data);
+      if (x) {
+        // Most files: in one extent, read a part at a time (one, for all
+        // but large files), lent by the stored disk where it can (views of
+        // its blocks: no copy; the writer gives them back once written).
+        const step = Math.max(cs, Math.floor(PART_BYTES / cs) * cs);
+        for (let from = 0; from < x.length; from += step) {
+          if (from > 0) await send(from, false);
+          let at = from;
+          for (const b of await reader.readSpan(x, from, Math.min(step, x.length - from))) {
+            pieces.push({ offset: at, data: b });
+            at += b.length;
+          }
+          countRead(at - from);
+        }
       } else {
         for await (const p of reader.readData(data, { check: false })) {
           // each piece lies within one chunk, and they come in order
@@ -906,6 +915,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         }
       }
     } catch (err) {
+      for (const p of pieces) freeBuffer(p.data); // (read, or lent, and not handed over)
       // parts already written: the writer closes the file and removes it
       if (!first) await writer.write(job([], { key, first: false, last: true, base: partBase, end: partBase }, true), () => {});
       throw err;
@@ -1496,8 +1506,14 @@ function targetOf(to: Buffer, volumeId: string): ReturnType<typeof prepareTarget
     return prepareTarget(to, volumeId);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    const st = lstatSync(to, { throwIfNoEntry: false });
-    const link = st?.isSymbolicLink() ? readlinkSync(to, { encoding: 'buffer' }) : null;
+    let st: Stats | undefined;
+    let link: Buffer | null = null;
+    try {
+      st = lstatSync(to, { throwIfNoEntry: false });
+      link = st?.isSymbolicLink() ? readlinkSync(to, { encoding: 'buffer' }) : null;
+    } catch {
+      /* (a file on the way: ENOTDIR below says it) */
+    }
     const kind = st && !st.isDirectory() && !link ? (st.isFile() ? 'a file' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isFIFO() ? 'a fifo' : 'a socket') : null;
     const why = code === 'ENOENT' && link ? `it is a symlink to ${printable(link)}, which is not there`
       : kind ? `it is ${kind}, not a folder`

@@ -10,11 +10,12 @@ import Database from 'better-sqlite3';
 import type { Disk } from '../disk.js';
 import { FerryError, checkArg } from '../errors.js';
 import { HASH_SIZE, SUPERBLOCK_SIZE, decodeSuperblock, type Superblock } from './layout.js';
-import { ENTRY_COLUMNS_SQL, fromRaw, limitCatalogCache, type VolumeEntry } from './catalog.js';
+import { ENTRY_COLUMNS_SQL, fromRaw, limitCatalogCache, type FileExtent, type VolumeEntry } from './catalog.js';
 import { zeroChunkHash } from './writer.js';
 import { catalogSpaceError, makeCatalogDir } from './tmpcat.js';
 import { writeAll } from '../fsio.js';
 import { nativeAddon } from '../native.js';
+import { freeBuffer } from '../buffers.js';
 
 export interface VolumeReaderOptions {
   /**
@@ -276,17 +277,44 @@ export class VolumeReader {
   /**
    * A file's data in one read, unchecked (as readData with check: false),
    * when it lies in a single extent with no hole and is at most `max` bytes
-   * (most files); else null. With `lend`, the bytes may come as a view
-   * into the disk's own memory (Disk.view: no copy): not to be changed, and
-   * given back with freeBuffer() once done with; a buffer read is the
-   * caller's, and freeBuffer() frees it.
+   * (most files); else null.
    */
-  readWhole(file: VolumeEntry, max: number, lend = false): Promise<Buffer> | null {
+  readWhole(file: VolumeEntry, max: number): Promise<Buffer> | null {
+    const x = this.oneExtent(file);
+    if (!x || x.length > max) return null;
+    return this.disk.read(x.diskOffset, x.length);
+  }
+
+  /** The extent of a file that lies in one, with no hole (most files); else null. */
+  oneExtent(file: VolumeEntry): FileExtent | null {
     const e = this.fileEntry(file);
     const x = e.extents.length === 1 ? e.extents[0] : undefined;
-    if (!x || x.fileOffset !== 0 || x.length !== e.size || e.size > max) return null;
-    if (lend && this.disk.view) return this.disk.view(x.diskOffset, x.length).then((v) => v ?? this.disk.read(x.diskOffset, x.length));
-    return this.disk.read(x.diskOffset, x.length);
+    return x && x.fileOffset === 0 && x.length === e.size ? x : null;
+  }
+
+  /**
+   * `length` bytes of a file in one extent (oneExtent) from file offset
+   * `from`, unchecked, in order: views into the disk's own memory where it
+   * lends them (Disk.view, one per block: no copy), else one buffer read.
+   * A view must not be changed, and goes back with freeBuffer() once done
+   * with; a buffer read is the caller's, and freeBuffer() frees it too.
+   */
+  async readSpan(x: FileExtent, from: number, length: number): Promise<Buffer[]> {
+    const d = this.disk;
+    const at = x.diskOffset + from;
+    if (d.view) {
+      const views: Buffer[] = [];
+      for (let pos = at; pos < at + length; ) {
+        const n = Math.min(d.blockSize - (pos % d.blockSize), at + length - pos);
+        const v = await d.view(pos, n);
+        if (!v) break;
+        views.push(v);
+        pos += n;
+      }
+      if (views.length > 0 && views.reduce((n, v) => n + v.length, 0) === length) return views;
+      for (const v of views) freeBuffer(v);
+    }
+    return [await d.read(at, length)];
   }
 
   /** Indexes of the chunks of a file whose data does not match its checksum. */
