@@ -31,7 +31,7 @@ export async function main(argv: string[]): Promise<void> {
       // (a new line first only after a progress bar's line on a terminal)
       process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}ferry: ${message}\n`);
       // the vault's writer lock goes (a moment at most); a second Ctrl-C stops at once
-      void runInterruptCleanups().finally(() => {
+      void runInterruptCleanups(sig).finally(() => {
         // --json: the one document, as for any other failure (unless the command wrote its own: import lists the disks in so far)
         if (wantsJson(argv) && !jsonDocumentWritten()) process.stdout.write(JSON.stringify({ error: { code: 'INTERRUPTED', signal: sig, message } }, null, 2) + '\n');
         process.exit(code);

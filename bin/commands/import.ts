@@ -26,7 +26,7 @@ export function register(program: Command): void {
         const inSoFar: ImportResult['imported'] = [];
         let told = false;
         /** Once (an interrupt also ends in the error it causes); under --json in the one document. */
-        const tellSoFar = (err?: unknown) => {
+        const tellSoFar = (err?: unknown, signal?: string) => {
           if (told) return;
           told = true;
           bar.stop();
@@ -35,10 +35,10 @@ export function register(program: Command): void {
           } else if (err instanceof FerryError) {
             err.data.imported = inSoFar; // the error document lists them
           } else if (err === undefined) {
-            out.json({ error: { code: 'INTERRUPTED', message: 'interrupted; run the same command again to go on', imported: inSoFar } });
+            out.json({ error: { code: 'INTERRUPTED', signal, message: `interrupted (${signal}); run the same command again to go on`, imported: inSoFar } });
           }
         };
-        const unhook = onInterrupt(async () => tellSoFar());
+        const unhook = onInterrupt(async (signal) => tellSoFar(undefined, signal));
         try {
           let r: ImportResult;
           try {
