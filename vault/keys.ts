@@ -281,7 +281,12 @@ export function parseVaultConfig(data: Buffer, location: string): VaultConfig {
     throw bad('its content does not match its "check" (SHA-256)');
   }
   const c = body as Partial<VaultConfig>;
-  if (c.format !== VAULT_FORMAT) throw bad(`"format" is ${JSON.stringify(c.format)}, not "${VAULT_FORMAT}"`);
+  if (c.format === undefined && check === undefined) {
+    // (no format and no check: not a vault.json of ferry's at all, rather than a damaged one)
+    throw new FerryError('VAULT_CONFIG_BAD', `${location}/${VAULT_CONFIG_NAME} is not a ferry vault's config: no "format" field (expected "${VAULT_FORMAT}"); give the vault's own folder, or put back a copy of ${VAULT_CONFIG_NAME} saved after the last \`ferry init\` or \`ferry key add|remove\``, { location, file: VAULT_CONFIG_NAME });
+  }
+  if (c.format !== VAULT_FORMAT) throw bad(c.format === undefined ? `no "format" field (expected "${VAULT_FORMAT}")` : `"format" is ${JSON.stringify(c.format)}, not "${VAULT_FORMAT}"`);
+  if (c.version === undefined) throw bad(`no "version" field (expected ${VAULT_VERSION})`);
   if (c.version !== VAULT_VERSION) {
     throw new FerryError('VAULT_VERSION', `${location} is a version ${c.version} vault; this ferry reads version ${VAULT_VERSION}; upgrade ferry`, { location, version: c.version });
   }

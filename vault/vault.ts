@@ -20,8 +20,6 @@ import {
   SlotInfo,
   unlock,
   VAULT_CONFIG_NAME,
-  VAULT_FORMAT,
-  VAULT_VERSION,
   VaultConfig,
   withoutSlot,
   withSlot,
@@ -299,7 +297,7 @@ export class VaultWriter extends VaultReader {
     // while --break-lock let another add a key would otherwise write its
     // older copy over the new slot.
     await this.lock.verify();
-    const now = parseConfig(await this.backend.get(VAULT_CONFIG_NAME), this.location);
+    const now = parseVaultConfig(await this.backend.get(VAULT_CONFIG_NAME), this.location);
     if (JSON.stringify(now) !== JSON.stringify(this.currentConfig)) {
       throw new FerryError('VAULT_CONFIG_CHANGED', `${this.location}/${VAULT_CONFIG_NAME} changed since this command read it (another command changed the keys); nothing changed: run it again`, {});
     }
@@ -308,7 +306,7 @@ export class VaultWriter extends VaultReader {
     // Read back: a vault.json that does not parse would lock everyone out.
     const back = await this.backend.get(VAULT_CONFIG_NAME);
     if (!back.equals(bytes)) throw new FerryError('VAULT_CONFIG_BAD', `${this.location}/${VAULT_CONFIG_NAME} does not read back as written`, {});
-    this.currentConfig = parseConfig(back, this.location);
+    this.currentConfig = parseVaultConfig(back, this.location);
   }
 
   override async close(): Promise<void> {
@@ -330,39 +328,7 @@ export async function readVaultConfig(backend: Backend, holdsOther = false): Pro
     if (err instanceof FerryError && err.code === 'OBJECT_MISSING') throw noVault(backend.location, false, holdsOther);
     throw err;
   }
-  return parseConfig(data, backend.location);
-}
-
-/**
- * parseVaultConfig, with a field that is not there named as missing, not
- * as "undefined": `{}` said `"format" is undefined, not "ferry-vault"`, and
- * a vault.json without "version" that it was "a version undefined vault"
- * (upgrade ferry).
- */
-function parseConfig(data: Buffer, location: string): VaultConfig {
-  try {
-    return parseVaultConfig(data, location);
-  } catch (err) {
-    if (!(err instanceof FerryError) || (err.code !== 'VAULT_CONFIG_BAD' && err.code !== 'VAULT_VERSION')) throw err;
-    let doc: Record<string, unknown>;
-    try {
-      doc = JSON.parse(data.toString('utf8').replace(/^\uFEFF/, ''));
-    } catch {
-      throw err;
-    }
-    if (!doc || typeof doc !== 'object' || Array.isArray(doc)) throw err;
-    const file = `${location}/${VAULT_CONFIG_NAME}`;
-    const putBack = `put back a copy of ${VAULT_CONFIG_NAME} saved after the last \`ferry init\` or \`ferry key add|remove\``;
-    // (with a "check", one that does not match is said first, as parseVaultConfig does)
-    if (err.code === 'VAULT_CONFIG_BAD' && doc.format === undefined && doc.check === undefined) {
-      throw new FerryError('VAULT_CONFIG_BAD', `${file} is not a ferry vault's config: no "format" field (expected "${VAULT_FORMAT}"); give the vault's own folder, or ${putBack}`, err.data, err.exitCode);
-    }
-    // (VAULT_VERSION comes only once the check and the format passed)
-    if (err.code === 'VAULT_VERSION' && doc.version === undefined) {
-      throw new FerryError('VAULT_CONFIG_BAD', `${file} is damaged: no "version" field (expected ${VAULT_VERSION}); ${putBack}`, { location, file: VAULT_CONFIG_NAME });
-    }
-    throw err;
-  }
+  return parseVaultConfig(data, backend.location);
 }
 
 function noVault(location: string, notAFolder = false, holdsOther = false): FerryError {
