@@ -227,7 +227,7 @@ test('a vault.json with no "format" (or no "version") is named as such, never as
     await writeFile(join(vault, 'vault.json'), JSON.stringify({ format: 'ferry-vault' }));
     const v = await ferry(['points', '--vault', vault], { env });
     t.is(v.code, 1);
-    oneLine(t, v.stderr, /^ferry: \S+\/vault\.json is damaged: no "version" field \(expected 1\); put back a copy of vault\.json saved after/);
+    oneLine(t, v.stderr, /^ferry: \S+\/vault\.json is damaged: no "version" field \(expected 1\); put back a copy of it saved after/);
     t.false(v.stderr.includes('undefined'), v.stderr);
 
     // another tool's config keeps its message
