@@ -7,25 +7,10 @@ import { existsSync, symlinkSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { printable } from '../format/printable.js';
-import { ferry, run, withTmp } from './helpers/exec.js';
+import { backedUp, ferry, run, withTmp } from './helpers/exec.js';
 
 const env = { FERRY_PASSPHRASE: 'dec07d review passphrase, long enough' };
 
-async function backedUp(dir: string, fill: (src: string) => Promise<void>): Promise<{ vault: string; src: string }> {
-  const vault = join(dir, 'vault');
-  const src = join(dir, 'src');
-  await mkdir(src);
-  await fill(src);
-  for (const args of [
-    ['init', vault, '--kdf-log-n', '12'],
-    ['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src],
-    ['import', '--vault', vault, join(dir, 'd1')],
-  ]) {
-    const r = await ferry(args, { env });
-    if (r.code !== 0) throw new Error(`ferry ${args.join(' ')}: ${r.stderr}`);
-  }
-  return { vault, src };
-}
 
 test('printable escapes control characters, bytes that are not UTF-8 and the backslash, and keeps printable UTF-8', (t) => {
   t.is(printable(Buffer.from('/srv/a b/ü日本.txt')), '/srv/a b/ü日本.txt');
@@ -50,7 +35,7 @@ test('a source name with a newline shows in the warning as one escaped line', as
 
 test('restore --to inside a vault (through a symlink too) is refused before anything is written', async (t) => {
   await withTmp(async (dir) => {
-    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    const { vault } = await backedUp(dir, env, async (s) => writeFile(join(s, 'f'), 'x'));
     const before = (await readdir(vault)).sort();
     symlinkSync(vault, join(dir, 'link'));
     for (const to of [join(vault, 'restored'), join(dir, 'link', 'sub', 'deeper'), vault]) {
@@ -83,7 +68,7 @@ test('a system-state restore needs --to: nothing is put over the running system 
 
 test('overwrite of a folder of the user\'s where the backup has a file says so, naming it, and exits 3; an empty one goes unsaid', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => {
+    const { vault, src } = await backedUp(dir, env, async (s) => {
       await writeFile(join(s, 'f'), 'the file');
       await writeFile(join(s, 'g'), 'another');
     });
@@ -104,7 +89,7 @@ test('overwrite of a folder of the user\'s where the backup has a file says so, 
 
 test('a restore that could make no folder at all (a read-only target) leaves no journal behind', async (t) => {
   await withTmp(async (dir) => {
-    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    const { vault } = await backedUp(dir, env, async (s) => writeFile(join(s, 'f'), 'x'));
     const ro = join(dir, 'ro');
     const state = join(dir, 'state');
     await mkdir(ro);
@@ -123,7 +108,7 @@ test('a restore that could make no folder at all (a read-only target) leaves no 
 
 test('copy run again over a file that differs, whose copy a run before wrote: counted and named as such, not as equal', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => {
+    const { vault, src } = await backedUp(dir, env, async (s) => {
       await writeFile(join(s, 'hello.txt'), 'hello\n');
       await writeFile(join(s, 'same.txt'), 'same\n');
     });
@@ -147,7 +132,7 @@ test('copy run again over a file that differs, whose copy a run before wrote: co
 
 test('a --to that cannot be a folder says what it is: a symlink to nothing, a device, a file; --salvage on a files item is a usage error', async (t) => {
   await withTmp(async (dir) => {
-    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'x'));
+    const { vault } = await backedUp(dir, env, async (s) => writeFile(join(s, 'f'), 'x'));
     symlinkSync('/nonexistent/x', join(dir, 'dang'));
     await writeFile(join(dir, 'afile'), 'x');
     for (const [to, why] of [[join(dir, 'dang'), 'it is a symlink to /nonexistent/x, which is not there'], ['/dev/null', 'it is a character device, not a folder'], [join(dir, 'afile'), 'it is a file, not a folder']]) {

@@ -7,30 +7,14 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, readFile, readdir, utimes, writeFile } from 'node:fs/promises';
 import { HOST_TAG } from '../format/fsio.js';
 import { join } from 'node:path';
-import { ferry, must, withTmp } from './helpers/exec.js';
+import { backedUp, ferry, must, withTmp } from './helpers/exec.js';
 
 const env = { FERRY_PASSPHRASE: 'ux review passphrase, long enough' };
 
-/** A vault holding `src` (seeded and imported) as item "it". */
-async function backedUp(dir: string, fill: (src: string) => Promise<void>): Promise<{ vault: string; src: string }> {
-  const vault = join(dir, 'vault');
-  const src = join(dir, 'src');
-  await mkdir(src);
-  await fill(src);
-  for (const args of [
-    ['init', vault, '--kdf-log-n', '12'],
-    ['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src],
-    ['import', '--vault', vault, join(dir, 'd1')],
-  ]) {
-    const r = await ferry(args, { env });
-    if (r.code !== 0) throw new Error(`ferry ${args.join(' ')}: ${r.stderr}`);
-  }
-  return { vault, src };
-}
 
 test('a relative --to with folders in it is taken from the working folder (files and tar)', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => {
+    const { vault, src } = await backedUp(dir, env, async (s) => {
       await mkdir(join(s, 'd'));
       await writeFile(join(s, 'd', 'f'), 'hello');
     });
@@ -51,7 +35,7 @@ test('a relative --to with folders in it is taken from the working folder (files
 
 test('--if-exists copy never writes over a file of the user that bears the copy name: .2, .3 ... instead; run again, nothing more', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => writeFile(join(s, 'b.conf'), 'from the backup'));
+    const { vault, src } = await backedUp(dir, env, async (s) => writeFile(join(s, 'b.conf'), 'from the backup'));
     const out = join(dir, 'out');
     const restore = () => ferry(['restore', '--vault', vault, '--item', 'it', '--to', out, '--if-exists', 'copy'], { env });
     t.is((await restore()).code, 0);
@@ -74,7 +58,7 @@ test('--if-exists copy never writes over a file of the user that bears the copy 
 
 test('--path naming a file whose name holds glob characters restores that file alone', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => {
+    const { vault, src } = await backedUp(dir, env, async (s) => {
       await writeFile(join(s, '[br]acket'), 'the one');
       await writeFile(join(s, 'racket'), 'not this');
     });
@@ -92,7 +76,7 @@ test('--path naming a file whose name holds glob characters restores that file a
 
 test('a killed tar restore: its partial archive beside --to goes at the next run, also when that run writes a copy beside it', async (t) => {
   await withTmp(async (dir) => {
-    const { vault } = await backedUp(dir, async (s) => writeFile(join(s, 'f'), 'data'));
+    const { vault } = await backedUp(dir, env, async (s) => writeFile(join(s, 'f'), 'data'));
     const out = join(dir, 'out');
     await mkdir(out);
     await writeFile(join(out, 'a.tar'), 'not this backup'); // so the run writes a.tar.ferry-restored-1
@@ -132,7 +116,7 @@ test('a TMPDIR that cannot hold a folder (missing, or a file) is one line naming
 
 test('files, links and folders dated after 2262 (ext4 keeps times to 2446) are seeded and restored with their times, not a crash', async (t) => {
   await withTmp(async (dir) => {
-    const { vault, src } = await backedUp(dir, async (s) => {
+    const { vault, src } = await backedUp(dir, env, async (s) => {
       await mkdir(join(s, 'later'));
       await writeFile(join(s, 'later', 'f'), 'from the future\n');
       await must('ln', ['-s', 'f', join(s, 'later', 'l')]);

@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import { copyFile, mkdir, readFile, readdir, stat, symlink, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { SEED_MANIFEST } from '../format/seedmanifest.js';
-import { ferry, withTmp } from './helpers/exec.js';
+import { ferry, ferryOk, withTmp } from './helpers/exec.js';
 import { withMount, withTmpfs } from './helpers/mounts.js';
 
 const env = { FERRY_PASSPHRASE: 'seed guard passphrase, long enough' };
@@ -19,12 +19,8 @@ const MiB = 1024 * 1024;
 // mounts (tmpfs, bind) need root, as CI runs
 const isRoot = process.getuid?.() === 0;
 const rootTest = isRoot ? test.serial : test.skip;
+const ok = (args: string[]) => ferryOk(args, env);
 
-async function ok(args: string[]): Promise<string> {
-  const r = await ferry(args, { env });
-  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-  return r.stdout.toString();
-}
 
 /** Every file and folder under `root` with its size (files): what a refused command must leave as it was. */
 async function snapshot(root: string): Promise<string[]> {

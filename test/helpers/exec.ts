@@ -1,7 +1,7 @@
 // Running real tools from tests: ferry's own CLI and the peers (qemu-img,
 // vhdimount ...), always as child processes.
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -41,6 +41,18 @@ export async function ferryOk(args: string[], env: NodeJS.ProcessEnv = {}): Prom
   const r = await ferry(args, { env });
   if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
   return r.stdout.toString();
+}
+
+/** A vault in `dir` holding what `fill` puts in `dir`/src, seeded and imported as item "it" (a cheap KDF). */
+export async function backedUp(dir: string, env: NodeJS.ProcessEnv, fill: (src: string) => Promise<void>): Promise<{ vault: string; src: string }> {
+  const vault = join(dir, 'vault');
+  const src = join(dir, 'src');
+  await mkdir(src);
+  await fill(src);
+  await ferryOk(['init', vault, '--kdf-log-n', '12'], env);
+  await ferryOk(['seed', '--vault', vault, '--item', 'it', '--kind', 'files', '--disk', join(dir, 'd1'), src], env);
+  await ferryOk(['import', '--vault', vault, join(dir, 'd1')], env);
+  return { vault, src };
 }
 
 /** Like run, but throws with the tool's stderr when it fails. */
