@@ -774,7 +774,7 @@ class ReadBuffers {
 /** A read buffer shared by the pieces cut from it; back to the pool when the last one is released. */
 class Lease {
   private refs = 1;
-  constructor(readonly buf: Buffer, private readonly pool: ReadBuffers) {}
+  constructor(readonly buf: Buffer, private readonly pool: Pick<ReadBuffers, 'give'>) {}
   hold(): void {
     this.refs++;
   }
@@ -908,7 +908,7 @@ async function readSmall(e: Entry, sparse: boolean, limit: Limit, state: ReadSta
     const r = await state.reader.read(realOf(e), e.size, e.dev, e.ino, e.mtimeNs, state.hashChunk);
     if (r.data) {
       if (r.changed) changedAfterListing(e, state);
-      const lease = new Lease(r.data, NO_POOL);
+      const lease = new Lease(r.data, r.release ? { give: r.release } : NO_POOL);
       try {
         const pieces = smallPieces(e, sparse, state, r.data, r.data.length, lease, (r.size ?? 0) < e.size);
         if (r.hashes && pieces.length) pieces[0].hashed = { chunk: state.hashChunk!, size: r.data.length, hashes: r.hashes };

@@ -17,6 +17,7 @@ import { nativeAddon } from '../format/native.js';
 import { startWorker } from '../format/threads.js';
 import { errnoCode, errnoText } from '../format/native.js';
 import { splitTime } from '../format/volume/catalog.js';
+import { freeBuffer } from '../format/buffers.js';
 
 export interface ReadRequest {
   path: Uint8Array;
@@ -204,6 +205,12 @@ export interface SmallRead {
   changed?: boolean;
   /** The chunk hashes of `data`, when asked for. */
   hashes?: Buffer;
+  /**
+   * `data` lies in a batch's buffer with other files' data: called (once,
+   * any number of calls) when it is no longer needed, the batch's buffer is
+   * freed once every file of it is: at once, not at some later collection.
+   */
+  release?: () => void;
 }
 
 interface Slot {
@@ -365,7 +372,25 @@ export class SmallFileReader {
     const done = (errno: number | null) => {
       this.inFlight--;
       if (errno !== null) this.failure ??= new Error(`the addon's file reads failed (${errnoText(errno, 'readFiles')})`);
-      b.forEach((x, i) => x.resolve(this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
+      const rs = b.map((x, i) => (this.failure && errno !== null ? { error: this.failure.message } : nativeReply(x.req, replies, i, out, Number(reqs[i * REQ + 6]))));
+      // the batch's buffer goes when the last file read into it is released
+      let live = 0;
+      const gone = () => {
+        if (--live === 0) freeBuffer(out);
+      };
+      for (const r of rs) {
+        if (!r.data) continue;
+        live++;
+        let held = true;
+        r.release = () => {
+          if (held) {
+            held = false;
+            gone();
+          }
+        };
+      }
+      if (live === 0) freeBuffer(out);
+      b.forEach((x, i) => x.resolve(rs[i]));
       this.sendNative();
     };
     this.native!(new Uint8Array(reqs.buffer), paths, out, new Uint8Array(replies.buffer), done);
@@ -388,7 +413,8 @@ export class SmallFileReader {
 function nativeReply(req: ReadRequest, replies: Float64Array, i: number, out: Buffer, at: number): SmallRead {
   const [status, got, size, extra] = replies.subarray(i * REPLY, i * REPLY + REPLY);
   if (status === 0) {
-    const hashes = req.chunk ? out.subarray(at + req.length, at + req.length + Math.ceil(got / req.chunk) * 32) : undefined;
+    // (the hashes copied: they outlive the data's release, and the batch's buffer with it)
+    const hashes = req.chunk ? Buffer.from(out.subarray(at + req.length, at + req.length + Math.ceil(got / req.chunk) * 32)) : undefined;
     return { data: out.subarray(at, at + got), size, changed: extra === 1, hashes };
   }
   if (status === -1) return { error: NOT_REGULAR(size), code: SOURCE_CHANGED };

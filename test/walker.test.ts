@@ -477,7 +477,12 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
       try {
         // the same asks many times over, so batches overlap
         const all = await Promise.all(Array.from({ length: 5 }, () => asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk))).flat());
-        return all.map((r) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
+        // (the data as text; a batch's buffer given back by release, which the threads' reads have not)
+        return all.map(({ release, ...r }) => {
+          const out = { ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') };
+          release?.();
+          return out;
+        });
       } finally {
         await reader.close();
       }
@@ -540,6 +545,37 @@ test('readFiles (addon): what it does not write of its uninitialised buffer is z
       t.throws(() => readFiles(new Uint8Array(bad.buffer), paths, out, new Uint8Array(replies.buffer), () => {}), { instanceOf: TypeError });
     }
   } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('SmallFileReader (addon): a batch\'s buffer is freed once every file read into it is released, not before; the chunk sums outlive it', async (t) => {
+  if (!nativeAddon()?.readFiles) return t.fail('the addon lacks readFiles: npm test builds it');
+  const { SmallFileReader } = await import('../source/reader.js');
+  const dir = await mkdtemp(join(tmpdir(), 'ferry-reader-'));
+  const reader = new SmallFileReader(2, { native: true });
+  try {
+    const files: { path: Buffer; data: Buffer; dev: bigint; ino: bigint }[] = [];
+    for (let i = 0; i < 3; i++) {
+      const p = join(dir, `s${i}`);
+      const data = pseudoRandom(10_000 + i, 70 + i);
+      await writeFile(p, data);
+      const st = await lstat(p, { bigint: true });
+      files.push({ path: Buffer.from(p), data, dev: st.dev, ino: st.ino });
+    }
+    // asked for together: one batch
+    const rs = await Promise.all(files.map((f) => reader.read(f.path, f.data.length, f.dev, f.ino, undefined, 4096)));
+    const hashes = rs.map((r) => Buffer.from(r.hashes!));
+    rs.forEach((r, i) => t.true(r.data!.equals(files[i].data)));
+    rs[0].release!();
+    rs[0].release!(); // (twice is once)
+    rs[1].release!();
+    t.true(rs[2].data!.equals(files[2].data), 'still there while one file holds it');
+    rs[2].release!();
+    t.is(rs[2].data!.length, 0, 'freed with the last release');
+    rs.forEach((r, i) => t.true(r.hashes!.equals(hashes[i]), 'the sums are copies of their own'));
+  } finally {
+    await reader.close();
     await rm(dir, { recursive: true, force: true });
   }
 });
