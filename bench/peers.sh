@@ -324,7 +324,7 @@ if [ "$PROFILE" = 1 ]; then
     local name=$1; shift
     drop
     local t0; t0=$(now)
-    node --max-semi-space-size=4 --cpu-prof --cpu-prof-dir="$P/$name" "$FROOT/bin/ferry" "$@" --quiet || [ $? = 3 ]
+    node --max-semi-space-size=2 --heap-growing-percent=60 --cpu-prof --cpu-prof-dir="$P/$name" "$FROOT/bin/ferry" "$@" --quiet || [ $? = 3 ]
     sync
     echo "$name: $(echo "$(now) - $t0" | bc -l | xargs printf '%.1f') s under the profiler"
     node "$ROOT/bench/peers-profile.mjs" "$P/$name" 12

@@ -1,9 +1,11 @@
-#!/usr/bin/env -S node --max-semi-space-size=4 --heap-growing-percent=60
+#!/usr/bin/env -S node --max-semi-space-size=2 --heap-growing-percent=60
 // Launcher: the CLI is compiled from bin/ferry.ts to dist/bin/ferry.js (`npm run build`).
-// V8's young generation is held to 4 MiB semi-spaces (Node's default is 16):
+// V8's young generation is held to 2 MiB semi-spaces (Node's default is 16):
 // ferry's garbage is short-lived buffers and rows, and the larger default
 // only let it pile up (a seed peaked 30 MiB higher, a restore 45-50 MiB,
-// for no time saved: docs/PERFORMANCE.md). The old generation may grow by
+// for no time saved; 2 against 4 MiB: seeds 6-10 MiB lower at their
+// highest, in the same time, once the main threads made less garbage:
+// docs/PERFORMANCE.md). The old generation may grow by
 // 60 % of what a full collection leaves before the next (V8 lets it grow up
 // to 4x: a restore's heap swelled to 80 MiB of which 15-25 were live; 60 %
 // held it near 30 MiB for 0.5 s more CPU). The flags take effect only from
