@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { nativeAddon } from '../format/native.js';
 import { SmallFileReader, type SmallRead } from '../source/reader.js';
+import { comparable } from './helpers/reads.js';
 
 type Ask = { path: Buffer; length: number; dev: bigint; ino: bigint; mtimeNs?: bigint; chunk?: number };
 
@@ -16,7 +17,7 @@ async function both(asks: Ask[]): Promise<{ native: unknown[]; threads: unknown[
     const reader = new SmallFileReader(2, { native });
     try {
       const all: SmallRead[] = await Promise.all(asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk)));
-      return all.map((r) => ({ ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') }));
+      return all.map((r) => comparable(r));
     } finally {
       await reader.close();
     }
@@ -85,7 +86,7 @@ const asks = ${JSON.stringify([join(dir, 'secret'), join(dir, 'public')])}.map((
 const out = {};
 for (const native of [true, false]) {
   const r = new SmallFileReader(2, { native });
-  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map((x) => ({ ...x, data: x.data?.toString(), hashes: x.hashes?.toString('hex') }));
+  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map((x) => comparable(x, 'utf8'));
   await r.close();
 }
 console.log(JSON.stringify(out));`,

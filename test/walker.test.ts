@@ -14,6 +14,7 @@ import { makeTree, NAMES, pseudoRandom } from './helpers/tree.js';
 import { readBatch, type ReadBatchResult } from '../source/reader.js';
 import { nativeAddon } from '../format/native.js';
 import { ROOT, run } from './helpers/exec.js';
+import { comparable } from './helpers/reads.js';
 
 const MiB = 1024 * 1024;
 
@@ -477,12 +478,7 @@ test('SmallFileReader: the addon on libuv\'s pool and the reader threads give th
       try {
         // the same asks many times over, so batches overlap
         const all = await Promise.all(Array.from({ length: 5 }, () => asks.map((a) => reader.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, a.chunk))).flat());
-        // (the data as text; a batch's buffer given back by release, which the threads' reads have not)
-        return all.map(({ release, ...r }) => {
-          const out = { ...r, data: r.data?.toString('hex'), hashes: r.hashes?.toString('hex') };
-          release?.();
-          return out;
-        });
+        return all.map((r) => comparable(r));
       } finally {
         await reader.close();
       }
