@@ -86,7 +86,7 @@ const asks = ${JSON.stringify([join(dir, 'secret'), join(dir, 'public')])}.map((
 const out = {};
 for (const native of [true, false]) {
   const r = new SmallFileReader(2, { native });
-  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map((x) => comparable(x, 'utf8'));
+  out[native ? 'native' : 'threads'] = (await Promise.all(asks.map((a) => r.read(a.path, a.length, a.dev, a.ino, a.mtimeNs, 4096)))).map((x) => ({ ...x, data: x.data?.toString(), hashes: x.hashes?.toString('hex') }));
   await r.close();
 }
 console.log(JSON.stringify(out));`,
