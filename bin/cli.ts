@@ -176,10 +176,10 @@ class FerryCommand extends Command {
       const opt = arg.startsWith('-') ? this.options.find((o) => o.long === arg || o.short === arg) : undefined;
       if (!opt?.required || i + 1 >= argv.length) continue;
       const value = argv[++i];
-      once(opt, value);
       if (value.startsWith('--') || (/^-[A-Za-z]$/.test(value) && this.options.some((o) => o.short === value))) {
         this.error(`option ${opt.long ?? opt.short} needs a value (got ${value})`, { exitCode: EXIT.usage, code: 'ferry.optionMissingValue' });
       }
+      once(opt, value);
     }
     return super.parseOptions(argv);
   }

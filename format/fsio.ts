@@ -6,7 +6,7 @@
 // they are renamed into place: named after this host and process, removed
 // when the process exits, and swept by later runs once it is gone.
 import { createHash } from 'node:crypto';
-import { linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { constants as FS, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -402,5 +402,19 @@ export async function blockDeviceSize(path: string, rdev: number): Promise<numbe
     }
   } finally {
     await fh.close();
+  }
+}
+
+/** What a file of `mode` (st_mode) is, for messages: "a file", "a folder", "a symlink", "a fifo", "a socket", "a character device", "a block device". */
+export function kindOf(mode: number): string {
+  switch (mode & FS.S_IFMT) {
+    case FS.S_IFREG: return 'a file';
+    case FS.S_IFDIR: return 'a folder';
+    case FS.S_IFLNK: return 'a symlink';
+    case FS.S_IFIFO: return 'a fifo';
+    case FS.S_IFSOCK: return 'a socket';
+    case FS.S_IFCHR: return 'a character device';
+    case FS.S_IFBLK: return 'a block device';
+    default: return 'a file of an unknown kind';
   }
 }

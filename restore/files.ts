@@ -53,7 +53,7 @@ import { FerryError, checkArg, counted, formatSize } from '../format/errors.js';
 import { compileSelectors, formatSetfattr, normalizeSource, run } from '../source/files.js';
 import { Anchored, openFilesLimit, removeTree } from './anchor.js';
 import { FileWriter, setMetaNoFollow, clearSync as clear, type WriteJob, type WriteResult } from './writer.js';
-import { linkRefused, mkdirpSync } from '../format/fsio.js';
+import { kindOf, linkRefused, mkdirpSync } from '../format/fsio.js';
 import { nativeAddon } from '../format/native.js';
 import { printable } from '../format/printable.js';
 import { freeBuffer } from '../format/buffers.js';
@@ -125,7 +125,6 @@ const PART_BYTES = 4 * 1024 * 1024;
 function maxOpenFolders(): number {
   return Math.max(16, Math.min(2048, Math.floor(openFilesLimit() / 4)));
 }
-
 
 function join(dir: Buffer, name: Buffer): Buffer {
   const slash = dir.length > 0 && dir[dir.length - 1] === SLASH ? 0 : 1;
@@ -483,9 +482,9 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   }
 
   const result: RestoreResult = { restored: 0, skipped: 0, unchanged: 0, copies: 0, copiesFound: 0, bytes: 0, failed: 0, warnings: 0 };
-  // The first "disk full" error: once the target's disk is full every
-  // further file would fail too, so the run stops (the marker stays).
-  let full: EntryWarning | null = null;
+  // The first error that every further file would meet too (the target's
+  // disk full, or a read-only target): the run stops (the marker stays).
+  let stopped: EntryWarning | null = null;
   // every call on an entry inside the target names it through its folder's descriptor (anchor.ts)
   const anchored = new Anchored(to ?? Buffer.from('/'));
   const A = (p: Buffer): Buffer => anchored.at(p);
@@ -508,7 +507,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // (a read-only target too; in the original places, one read-only file system of several is a warning per entry)
     if (w.errno === 'ENOSPC' || w.errno === 'EDQUOT' || (w.errno === 'EROFS' && to)) {
       // one error at the end says it, not a warning per file still in flight
-      full ??= w;
+      stopped ??= w;
       return;
     }
     result.warnings++;
@@ -1321,7 +1320,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     // different blocks and evicted each other's)
     fill: for (const src of sources) {
       for (const e of src) {
-        if (full) break fill;
+        if (stopped) break fill;
         if (!selected(e)) continue;
         handled++;
         if (e.type === 'hardlink') {
@@ -1336,10 +1335,10 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
     }
     await drainWriter();
     // ---- pass 2: hard links, to the first restored member of their group
-    // (none once the disk is full: the folders' metadata below still goes on)
+    // (none once the run stopped, its target full or read-only: the folders' metadata below still goes on)
     const members = new Map<number, VolumeEntry[]>(); // (only for groups whose data was found in place)
     for (const e of keptAnchors.size ? hardlinks : []) if (e.linkGroup !== null && keptAnchors.has(e.linkGroup)) members.set(e.linkGroup, [...(members.get(e.linkGroup) ?? []), e]);
-    for (const e of full ? [] : hardlinks) {
+    for (const e of stopped ? [] : hardlinks) {
       const dst = dstOf(e);
       if (dst === undefined) continue;
       const group = e.linkGroup;
@@ -1455,7 +1454,7 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
         message: `${counted(metaWarnings - META_WARNINGS_SHOWN, 'more warning')} like those above about owners, modes, times or extended attributes not shown: the file system there may not keep them`,
       });
     }
-    if (full) throw diskFull(full, to, result);
+    if (stopped) throw stoppedBy(stopped, to, result);
     // Nothing is unfinished when every entry made it and the run covered
     // the whole tree: its own new one, or all of the same volume over an
     // unfinished one.
@@ -1483,8 +1482,8 @@ export async function restoreFiles(reader: VolumeReader, opts: RestoreOptions = 
   return result;
 }
 
-/** The error that stops a restore whose target's disk is full. */
-function diskFull(w: EntryWarning, to: Buffer | null, result: RestoreResult): FerryError {
+/** The error that stops a restore whose target's disk is full, or read-only. */
+function stoppedBy(w: EntryWarning, to: Buffer | null, result: RestoreResult): FerryError {
   const where = to ? printable(to) : 'the original places';
   if (w.errno === 'EROFS') {
     return new FerryError(
@@ -1514,7 +1513,7 @@ function targetOf(to: Buffer, volumeId: string): ReturnType<typeof prepareTarget
     } catch {
       /* (a file on the way: ENOTDIR below says it) */
     }
-    const kind = st && !st.isDirectory() && !link ? (st.isFile() ? 'a file' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : st.isFIFO() ? 'a fifo' : 'a socket') : null;
+    const kind = st && !st.isDirectory() && !link ? kindOf(st.mode) : null;
     const why = code === 'ENOENT' && link ? `it is a symlink to ${printable(link)}, which is not there`
       : kind ? `it is ${kind}, not a folder`
       : code === 'ENOTDIR' ? 'a file stands where a folder of the path goes' : code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only filesystem' : (err as Error).message;

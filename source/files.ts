@@ -390,21 +390,8 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
   const links = new Map<string, { path: Buffer; left: number }>();
   const emittedAncestors = new Set<string>();
 
-  /** finish() of an entry that is no symlink and has one link: nothing to wait for. */
-  const finishPlain = (e: Entry, st: WalkStat): Entry => {
-    allocated.set(e, st.blocks);
-    return e;
-  };
-
-  const finish = async (e: Entry, st: WalkStat): Promise<Entry | null> => {
-    if (e.type === 'symlink') {
-      try {
-        e.target = await readlink(realOf(e), { encoding: 'buffer' });
-      } catch (err) {
-        warn({ code: 'SOURCE_READ', message: `cannot read the symlink ${printable(e.path)}: ${errText(err)}`, path: e.path });
-        return null;
-      }
-    }
+  /** An entry's hard links and allocated size noted (nothing to wait for). */
+  const noted = (e: Entry, st: WalkStat): Entry => {
     if (e.type !== 'dir' && e.nlink > 1) {
       const key = `${st.dev}:${st.ino}`;
       const first = links.get(key);
@@ -417,6 +404,17 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
     }
     allocated.set(e, st.blocks);
     return e;
+  };
+
+  /** A symlink's target read, then noted; null (said so) when it cannot be read. */
+  const symlinkNoted = async (e: Entry, st: WalkStat): Promise<Entry | null> => {
+    try {
+      e.target = await readlink(realOf(e), { encoding: 'buffer' });
+    } catch (err) {
+      warn({ code: 'SOURCE_READ', message: `cannot read the symlink ${printable(e.path)}: ${errText(err)}`, path: e.path });
+      return null;
+    }
+    return noted(e, st);
   };
 
   const pseudoOf = pseudoFilesystems();
@@ -504,7 +502,7 @@ async function* lstatWalk(roots: Root[], opts: WalkOptions, warn: (w: EntryWarni
           const stored = root.real === root.as ? path : asStored(root, path);
           const m = metaOf(stored, s);
           if (stored !== path) realPaths.set(m, path);
-          const e = m.type === 'symlink' || (m.type !== 'dir' && m.nlink > 1) ? await finish(m, s) : finishPlain(m, s);
+          const e = m.type === 'symlink' ? await symlinkNoted(m, s) : noted(m, s);
           if (e) {
             yield e;
             if (e.type === 'dir') {

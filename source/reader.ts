@@ -18,6 +18,7 @@ import { startWorker } from '../format/threads.js';
 import { errnoCode, errnoText } from '../format/native.js';
 import { splitTime } from '../format/volume/catalog.js';
 import { freeBuffer } from '../format/buffers.js';
+import { kindOf } from '../format/fsio.js';
 
 export interface ReadRequest {
   path: Uint8Array;
@@ -67,15 +68,6 @@ export const READ_FLAGS_ATIME = C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK;
 
 /** The error code of a source file that is no longer what the walk listed (see changedSince). */
 export const SOURCE_CHANGED = 'SOURCE_CHANGED';
-
-function kindOf(mode: number): string {
-  const t = mode & C.S_IFMT;
-  if (t === C.S_IFDIR) return 'a folder';
-  if (t === C.S_IFIFO) return 'a fifo';
-  if (t === C.S_IFLNK) return 'a symlink';
-  if (t === C.S_IFSOCK) return 'a socket';
-  return 'a device';
-}
 
 const NOT_REGULAR = (mode: number) => `it is now ${kindOf(mode)}, not the regular file that was listed; left out`;
 const REPLACED = 'it was replaced by another file since it was listed; left out';

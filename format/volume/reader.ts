@@ -304,15 +304,16 @@ export class VolumeReader {
     const at = x.diskOffset + from;
     if (d.view) {
       const views: Buffer[] = [];
-      for (let pos = at; pos < at + length; ) {
+      let pos = at;
+      while (pos < at + length) {
         const n = Math.min(d.blockSize - (pos % d.blockSize), at + length - pos);
         const v = await d.view(pos, n);
         if (!v) break;
         views.push(v);
         pos += n;
       }
-      if (views.length > 0 && views.reduce((n, v) => n + v.length, 0) === length) return views;
-      for (const v of views) freeBuffer(v);
+      if (pos === at + length) return views;
+      for (const v of views) freeBuffer(v); // (a block that cannot lend: all of it read instead)
     }
     return [await d.read(at, length)];
   }
